@@ -1,0 +1,133 @@
+"""GroupLasso: the structured-sparsity regulariser of Wen et al. (NIPS 2016)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from ssl_keras.structures import Structure, group_size, group_square_sums, normalize_axes
+
+
+def _validate_coefficient(value, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a non-negative finite float. Received: {name}={value!r}"
+        ) from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a non-negative finite float. Received: {name}={value}"
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="ssl_keras")
+class GroupLasso(keras.regularizers.Regularizer):
+    """Group Lasso over the structures of a kernel: filters, channels, shapes and depth.
+
+    With the kernel `W` seen as `(spatial..., c_in, n_out)` (Keras layout) and
+    `norm(g) = sqrt(sum(g**2) + epsilon)`:
+
+    - `F = sum_n norm(W[..., :, n])`: one group per output filter / unit.
+    - `C = sum_c norm(W[..., c, :])`: one group per input channel.
+    - `S = sum_{s, c} norm(W[s..., c, :])`: one group per spatial position and input channel
+      (a column of the im2col GEMM matrix); for Dense it equals `C`.
+    - `D = norm(W)`: the whole kernel.
+
+    `loss = filters * F + channels * C + shapes * S + depth * D`
+
+    With `normalize=True` every norm is multiplied by `sqrt(group size)` (classic group Lasso,
+    Yuan & Lin); off by default, as in the method's reference code.
+
+    On a DepthwiseConv2D kernel `(kh, kw, c_in, depth_multiplier)`: CHANNELS groups one input
+    channel with all of its `depth_multiplier` outputs (removing it removes the channel);
+    FILTERS groups multiplier index `m` across all channels (rarely useful); SHAPES one
+    (position, channel) across multipliers. For SeparableConv2D use it as
+    `depthwise_regularizer` (channels) and `pointwise_regularizer` (filters, channels).
+    For other layouts, declare the axes: a Conv2DTranspose kernel `(kh, kw, n_out, c_in)` is
+    `GroupLasso(filters=..., in_axis=-1, out_axis=-2)`.
+
+    Args:
+        filters: coefficient of the filter-wise groups (`lambda_n`), >= 0.
+        channels: coefficient of the channel-wise groups (`lambda_c`), >= 0.
+        shapes: coefficient of the shape-wise groups (`lambda_s`), >= 0.
+        depth: coefficient of the whole-kernel group (`lambda_d`), >= 0.
+        normalize: multiply each group's norm by `sqrt(group size)`.
+        epsilon: added under every square root so that gradients stay finite at zero, > 0.
+        in_axis: the axis of input channels in the kernel (-2 in Keras layout).
+        out_axis: the axis of output units / filters in the kernel (-1 in Keras layout).
+
+    Example:
+    >>> layer = keras.layers.Conv2D(
+    ...     64, 3, kernel_regularizer=GroupLasso(filters=1e-4, channels=1e-4))
+    """
+
+    def __init__(self, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, normalize=False,
+                 epsilon=1e-8, in_axis=-2, out_axis=-1):
+        self.filters = _validate_coefficient(filters, "filters")
+        self.channels = _validate_coefficient(channels, "channels")
+        self.shapes = _validate_coefficient(shapes, "shapes")
+        self.depth = _validate_coefficient(depth, "depth")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
+        self.normalize = normalize
+        epsilon_ok = isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0
+        if not epsilon_ok:
+            raise ValueError(
+                f"`epsilon` must be a finite float > 0. Received: epsilon={epsilon!r}"
+            )
+        self.epsilon = float(epsilon)
+        for name, axis in (("in_axis", in_axis), ("out_axis", out_axis)):
+            if not isinstance(axis, int) or isinstance(axis, bool):
+                raise ValueError(f"`{name}` must be an integer. Received: {name}={axis!r}")
+        if in_axis == out_axis:
+            raise ValueError(
+                "`in_axis` and `out_axis` must name different axes. "
+                f"Received: in_axis={in_axis}, out_axis={out_axis}"
+            )
+        self.in_axis = in_axis
+        self.out_axis = out_axis
+
+    def coefficients(self) -> dict[Structure, float]:
+        """The non-zero coefficients, by structure."""
+        values = {
+            Structure.FILTERS: self.filters,
+            Structure.CHANNELS: self.channels,
+            Structure.SHAPES: self.shapes,
+            Structure.DEPTH: self.depth,
+        }
+        return {s: c for s, c in values.items() if c != 0.0}
+
+    def __call__(self, x):
+        normalize_axes(len(x.shape), self.in_axis, self.out_axis)
+        # float16 / bfloat16 kernels: square sums overflow or lose the small groups.
+        dtype = "float32" if x.dtype in ("float16", "bfloat16") else x.dtype
+        x = ops.cast(x, dtype)
+        loss = ops.convert_to_tensor(0.0, dtype=dtype)
+        for structure, coefficient in self.coefficients().items():
+            sums = group_square_sums(x, structure, self.in_axis, self.out_axis)
+            total = ops.sum(ops.sqrt(sums + self.epsilon))
+            if self.normalize:
+                size = group_size(structure, x.shape, self.in_axis, self.out_axis)
+                total = total * math.sqrt(size)
+            loss = loss + coefficient * total
+        return loss
+
+    def get_config(self):
+        return {
+            "filters": self.filters,
+            "channels": self.channels,
+            "shapes": self.shapes,
+            "depth": self.depth,
+            "normalize": self.normalize,
+            "epsilon": self.epsilon,
+            "in_axis": self.in_axis,
+            "out_axis": self.out_axis,
+        }
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"GroupLasso({args})"
