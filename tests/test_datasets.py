@@ -1,0 +1,176 @@
+"""Tests of examples/datasets.py: IDX reading, local sources, normalisation, splits, errors."""
+
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from examples import datasets
+
+
+def _write_idx(path, array, compress=True):
+    codes = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}
+    array = np.asarray(array)
+    header = bytes([0, 0, codes[array.dtype], array.ndim])
+    header += b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    data = header + array.tobytes()
+    opener = gzip.open if compress else open
+    with opener(path, "wb") as f:
+        f.write(data)
+
+
+def _fake_idx_dir(directory, n_train=50, n_test=20, seed=0, compress=True):
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "y_test": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    suffix = ".gz" if compress else ""
+    for key, name in datasets.IDX_FILES.items():
+        _write_idx(os.path.join(directory, name + suffix), arrays[key], compress)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trip(tmp_path, compress):
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (3, 4, 5), dtype=np.uint8)
+    path = str(tmp_path / ("a.idx.gz" if compress else "a.idx"))
+    _write_idx(path, a, compress)
+    np.testing.assert_array_equal(datasets.read_idx(path), a)
+
+
+def test_read_idx_big_endian_int32(tmp_path):
+    a = np.array([1, -2, 70000], dtype=">i4")
+    path = str(tmp_path / "b.idx")
+    _write_idx(path, a, compress=False)
+    out = datasets.read_idx(path)
+    np.testing.assert_array_equal(out, [1, -2, 70000])
+    assert out.dtype.isnative
+
+
+def test_read_idx_rejects_non_idx(tmp_path):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(b"PK\x03\x04junk")
+    with pytest.raises(ValueError, match="Not an IDX file"):
+        datasets.read_idx(str(path))
+
+
+def test_read_idx_rejects_truncated(tmp_path):
+    path = str(tmp_path / "t.idx")
+    _write_idx(path, np.zeros((4, 4), np.uint8), compress=False)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:-3])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        datasets.read_idx(path)
+
+
+def test_load_from_data_dir_normalises_and_splits(tmp_path):
+    raw = _fake_idx_dir(str(tmp_path), n_train=50, n_test=20)
+    data = datasets.load("mnist", data_dir=str(tmp_path), validation_split=0.2, seed=3,
+                         allow_download=False)
+    assert data.source == str(tmp_path)
+    assert data.x_train.shape == (40, 28, 28, 1) and data.x_val.shape == (10, 28, 28, 1)
+    assert data.x_test.shape == (20, 28, 28, 1)
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
+    # NumPy oracle: the same seeded permutation, scaling and training-split statistics.
+    order = np.random.default_rng(3).permutation(50)
+    x = raw["x_train"][order].astype(np.float32)[..., None] / 255.0
+    mean, std = x[:40].mean(), x[:40].std()
+    np.testing.assert_allclose(data.x_train, (x[:40] - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(data.x_val, (x[40:] - mean) / std, atol=1e-5)
+    np.testing.assert_array_equal(data.y_val, raw["y_train"][order][40:])
+    np.testing.assert_allclose(data.x_test[..., 0],
+                               (raw["x_test"] / 255.0 - mean) / std, atol=1e-5)
+    np.testing.assert_array_equal(data.y_test, raw["y_test"])
+    assert abs(float(data.x_train.mean())) < 1e-4
+    assert abs(float(data.x_train.std()) - 1.0) < 1e-3
+
+
+def test_load_uncompressed_truncated_padded_rgb(tmp_path):
+    _fake_idx_dir(str(tmp_path), compress=False)
+    data = datasets.load("fashion_mnist", data_dir=str(tmp_path), max_train=30, max_test=5,
+                         validation_split=0.0, standardize=False, pad_to=32, channels=3,
+                         allow_download=False)
+    assert data.x_train.shape == (30, 32, 32, 3) and data.x_val.shape == (0, 32, 32, 3)
+    assert data.x_test.shape == (5, 32, 32, 3) and data.input_shape == (32, 32, 3)
+    assert data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
+    np.testing.assert_array_equal(data.x_train[:, :2], 0.0)  # the 2-pixel zero border
+    np.testing.assert_array_equal(data.x_train[..., 0], data.x_train[..., 2])
+
+
+def test_load_is_seeded(tmp_path):
+    _fake_idx_dir(str(tmp_path))
+    a = datasets.load("mnist", data_dir=str(tmp_path), seed=5, allow_download=False)
+    b = datasets.load("mnist", data_dir=str(tmp_path), seed=5, allow_download=False)
+    c = datasets.load("mnist", data_dir=str(tmp_path), seed=6, allow_download=False)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    assert not np.array_equal(a.y_train, c.y_train)
+
+
+def test_load_cifar_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    sub = tmp_path / "cifar-10-batches-py"
+    sub.mkdir()
+    first = None
+    for name in datasets.CIFAR_BATCHES:
+        x = rng.integers(0, 256, (4, 3 * 32 * 32), dtype=np.uint8)
+        first = x if first is None else first
+        with open(sub / name, "wb") as f:
+            pickle.dump({b"data": x, b"labels": list(rng.integers(0, 10, 4))}, f)
+    data = datasets.load("cifar10", data_dir=str(tmp_path), validation_split=0.0,
+                         standardize=False, seed=0, allow_download=False)
+    assert data.x_train.shape == (20, 32, 32, 3) and data.x_test.shape == (4, 32, 32, 3)
+    order = np.random.default_rng(0).permutation(20)
+    i = int(np.where(order == 0)[0][0])  # where the first image of data_batch_1 went
+    expected = first[0].reshape(3, 32, 32).transpose(1, 2, 0) / 255.0
+    np.testing.assert_allclose(data.x_train[i], expected, atol=1e-6)
+
+
+@pytest.mark.skipif(not os.path.isdir(datasets.DEBIAN_FASHION_MNIST),
+                    reason="the Debian package dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_debian_package():
+    data = datasets.load("fashion_mnist", max_train=1000, max_test=100, allow_download=False)
+    assert data.source == datasets.DEBIAN_FASHION_MNIST
+    assert data.x_train.shape == (900, 28, 28, 1) and data.x_test.shape == (100, 28, 28, 1)
+    assert set(np.unique(data.y_train)) <= set(range(10))
+    assert len(np.unique(data.y_train)) == 10
+
+
+def test_missing_dataset_names_the_options(tmp_path):
+    with pytest.raises(datasets.DatasetNotFoundError,
+                       match=r"Could not load the dataset 'mnist'.*--data_dir.*internet"):
+        datasets.load("mnist", data_dir=str(tmp_path), allow_download=False)
+    with pytest.raises(datasets.DatasetNotFoundError, match=r"data_batch_1.*test_batch"):
+        datasets.load("cifar10", data_dir=str(tmp_path), allow_download=False)
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(datasets.DatasetNotFoundError, match="`data_dir` is not a directory"):
+        datasets.load("mnist", data_dir=str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"name": "svhn"}, "Unknown dataset"),
+    ({"validation_split": 1.0}, r"`validation_split` must be in \[0, 1\)"),
+    ({"max_train": 0}, "`max_train` must be a positive integer"),
+    ({"max_test": 2.5}, "`max_test` must be a positive integer"),
+    ({"pad_to": 20}, "`pad_to` must be at least the image size"),
+    ({"max_train": 1, "validation_split": 0.9}, "leaves no training images"),
+])
+def test_argument_errors(tmp_path, kwargs, match):
+    _fake_idx_dir(str(tmp_path))
+    kwargs = {"name": "mnist", "data_dir": str(tmp_path), "allow_download": False, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        datasets.load(**kwargs)
+
+
+def test_channels_of_rgb_images_cannot_change(tmp_path):
+    with pytest.raises(ValueError, match="can only replicate a single-channel image"):
+        datasets._prepare_images(np.zeros((1, 4, 4, 3), np.uint8), None, 1)
