@@ -1,0 +1,113 @@
+"""Training step-time overhead of GroupLasso(filters, channels) on every conv / dense layer.
+
+    python -m benchmarks.regularizer_overhead [--rounds 60 --models lenet,resnet20]
+
+For each architecture two copies are compiled (same weights, same optimizer): one plain, one
+with GroupLasso(filters=1e-4, channels=1e-4) as the kernel regulariser of every Conv/Dense
+layer. Their train steps are timed interleaved (plain, regularised, plain, ...) so that machine
+noise falls on both alike; the figure is the ratio of median step times. Not a test: timings
+vary with the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from examples import models  # noqa: E402
+from ssl_keras import GroupLasso  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["lenet", "resnet20"], "Architectures: lenet, resnet20.")
+flags.DEFINE_integer("rounds", 60, "Interleaved timing rounds (one step of each model).")
+flags.DEFINE_integer("warmup", 5, "Untimed steps per model first.")
+flags.DEFINE_integer("batch_size", 64, "Batch size of a training step.")
+flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
+
+SETUPS = {
+    "lenet": lambda: models.lenet(input_shape=(28, 28, 1)),
+    "resnet20": lambda: models.resnet(depth=20, input_shape=(32, 32, 3)),
+}
+
+
+def _with_group_lasso(model):
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            config["kernel_regularizer"] = GroupLasso(filters=1e-4, channels=1e-4)
+        return layer.__class__.from_config(config)
+
+    regularised = keras.models.clone_model(model, clone_function=clone)
+    regularised.set_weights(model.get_weights())
+    return regularised
+
+
+def measure(name: str) -> dict:
+    keras.utils.set_random_seed(0)
+    plain = SETUPS[name]()
+    regularised = _with_group_lasso(plain)
+    n_regularised = sum(len(layer.losses) > 0 for layer in regularised.layers)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(FLAGS.batch_size,) + tuple(plain.input_shape[1:])).astype("float32")
+    y = rng.integers(0, 10, size=(FLAGS.batch_size,))
+    for m in (plain, regularised):
+        m.compile(keras.optimizers.SGD(0.01, momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        for _ in range(FLAGS.warmup):
+            m.train_on_batch(x, y)
+    times = {"plain": [], "group_lasso": []}
+    progress = keras.utils.Progbar(FLAGS.rounds, unit_name="round")
+    for r in range(FLAGS.rounds):
+        order = [("plain", plain), ("group_lasso", regularised)]
+        if r % 2:
+            order.reverse()
+        for key, m in order:
+            start = time.perf_counter()
+            m.train_on_batch(x, y)
+            times[key].append(time.perf_counter() - start)
+        progress.update(r + 1)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    ratios = np.array(times["group_lasso"]) / np.array(times["plain"])
+    return {
+        "model": name,
+        "regularised_layers": n_regularised,
+        "batch_size": FLAGS.batch_size,
+        "rounds": FLAGS.rounds,
+        "plain_median_ms": 1e3 * med["plain"],
+        "group_lasso_median_ms": 1e3 * med["group_lasso"],
+        "overhead": med["group_lasso"] / med["plain"] - 1.0,
+        "roundwise_ratio_p10_p90": [float(np.percentile(ratios, 10)),
+                                    float(np.percentile(ratios, 90))],
+    }
+
+
+def main(argv):
+    del argv
+    unknown = [m for m in FLAGS.models if m not in SETUPS]
+    if unknown:
+        raise app.UsageError(f"Unknown model {unknown[0]!r}; expected one of {sorted(SETUPS)}.")
+    rows = [measure(name) for name in FLAGS.models]
+    print("\n| model | layers with GroupLasso | step, plain (ms) | step, GroupLasso (ms) "
+          "| overhead | round-wise ratio p10-p90 |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        lo, hi = r["roundwise_ratio_p10_p90"]
+        print(f"| {r['model']} | {r['regularised_layers']} | {r['plain_median_ms']:.2f} | "
+              f"{r['group_lasso_median_ms']:.2f} | {100 * r['overhead']:+.1f}% | "
+              f"{lo:.2f}-{hi:.2f} |")
+    if FLAGS.json:
+        tmp = FLAGS.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(rows, f, indent=2)
+        os.replace(tmp, FLAGS.json)
+
+
+if __name__ == "__main__":
+    app.run(main)
