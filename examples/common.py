@@ -1,0 +1,747 @@
+"""The examples' shared pipeline: dense -> SSL -> zero + fine-tune -> strip -> thin -> TFLite.
+
+Every example (lenet, mlp, convnet, resnet) is a `Recipe` (architecture, dataset, default
+coefficients and schedule) handed to `main`, which runs these steps:
+
+1. data      examples.datasets.load (normalised, seeded validation split)
+2. dense     train the dense baseline (SGD with momentum, or Adam)
+3. ssl       apply_ssl(dense) and train with group Lasso at about 0.1x the learning rate
+4. finetune  zero_groups(threshold), strip_ssl, fine-tune with the zero groups frozen
+5. thin      thin(model): a smaller dense Keras model with the same outputs (checked)
+6. export    float32 TFLite of dense and thinned, int8 of thinned; outputs checked
+7. tfmot     element-wise magnitude pruning at the same parameter sparsity, in its own process
+8. bench     tflite_bench.benchmark: 1 and 2 threads, batch 1, interleaved
+9. report    one table on stdout, results/<name>_<dataset>.json and .md, plots
+
+Every phase saves its model to `<out_dir>/<name>_<dataset>/`; a run that was interrupted
+resumes from the last finished phase, and inside a phase from the last finished epoch
+(keras.callbacks.BackupAndRestore). A step whose ssl_keras / tflite_bench piece is missing
+fails with an error naming it; nothing is faked.
+
+Example:
+    python -m examples.lenet --quick
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+from absl import flags
+
+from examples import datasets
+
+PHASES = ("dense", "ssl", "finetune")
+
+
+class StepUnavailableError(RuntimeError):
+    """A pipeline step needs an ssl_keras / tflite_bench piece that this checkout lacks."""
+
+
+class UsageError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What one example trains, and its defaults.
+
+    Attributes:
+        name: the example's name ("lenet"); results go to `<out_dir>/<name>_<dataset>.*`.
+        build: `build(input_shape=..., num_classes=...) -> keras.Model`.
+        defaults: flag defaults for the full run (see `define_flags` for the names).
+        quick: flag overrides applied by `--quick`.
+        tfmot_arch: the `--arch` of `python -m tflite_bench.baselines`, or None.
+        dataset_kwargs: extra arguments of `datasets.load` (pad_to, channels).
+        ssl_layers: the layer names apply_ssl penalises, or None for all.
+    """
+
+    name: str
+    build: Callable
+    defaults: dict
+    quick: dict
+    tfmot_arch: str | None = None
+    dataset_kwargs: dict = dataclasses.field(default_factory=dict)
+    ssl_layers: tuple | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+
+
+def define_flags(recipe: Recipe) -> flags.FlagValues:
+    """Defines the examples' flags on a fresh FlagValues, with the recipe's defaults."""
+    d = {
+        "dataset": "fashion_mnist", "data_dir": None, "max_train": 0, "max_test": 0,
+        "validation_split": 0.1, "epochs": 8, "ssl_epochs": 4, "finetune_epochs": 3,
+        "lr": 0.01, "ssl_lr": 0.001, "finetune_lr": 0.001, "optimizer": "sgd",
+        "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "depth": 0.0,
+        "proximal": True, "threshold": 1e-3, "seed": 0, "out_dir": "results",
+        "threads": "1,2", "runs": 300, "warmup": 30, "tfmot": True, "fresh": False,
+        "verbose": 1,
+    }
+    d.update(recipe.defaults)
+    fv = flags.FlagValues()
+    D = flags
+    D.DEFINE_enum("dataset", d["dataset"], list(datasets.DATASETS), "The dataset.", flag_values=fv)
+    D.DEFINE_string("data_dir", d["data_dir"], "A directory with the dataset's files (IDX or "
+                    "CIFAR-10 batches); tried before the Debian package and keras.datasets.",
+                    flag_values=fv)
+    D.DEFINE_integer("max_train", d["max_train"], "Use at most this many training images "
+                     "(0: all).", flag_values=fv)
+    D.DEFINE_integer("max_test", d["max_test"], "Use the first N test images (0: all).",
+                     flag_values=fv)
+    D.DEFINE_float("validation_split", d["validation_split"], "Held-out fraction of the "
+                   "training images.", flag_values=fv)
+    D.DEFINE_integer("epochs", d["epochs"], "Epochs of dense training.", flag_values=fv)
+    D.DEFINE_integer("ssl_epochs", d["ssl_epochs"], "Epochs with group Lasso.", flag_values=fv)
+    D.DEFINE_integer("finetune_epochs", d["finetune_epochs"], "Epochs of fine-tuning with the "
+                     "zero groups frozen.", flag_values=fv)
+    D.DEFINE_float("lr", d["lr"], "Learning rate of dense training.", flag_values=fv)
+    D.DEFINE_float("ssl_lr", d["ssl_lr"], "Learning rate of the SSL phase.", flag_values=fv)
+    D.DEFINE_float("finetune_lr", d["finetune_lr"], "Learning rate of fine-tuning.",
+                   flag_values=fv)
+    D.DEFINE_enum("optimizer", d["optimizer"], ["sgd", "adam"], "sgd: SGD with momentum 0.9 "
+                  "(the method's recipe); adam: Adam.", flag_values=fv)
+    D.DEFINE_integer("batch_size", d["batch_size"], "Batch size.", flag_values=fv)
+    D.DEFINE_float("filters", d["filters"], "Filter-wise (neuron-wise) group Lasso coefficient.",
+                   flag_values=fv)
+    D.DEFINE_float("channels", d["channels"], "Channel-wise group Lasso coefficient.",
+                   flag_values=fv)
+    D.DEFINE_float("shapes", d["shapes"], "Shape-wise group Lasso coefficient.", flag_values=fv)
+    D.DEFINE_float("depth", d["depth"], "Depth-wise (whole kernel) group Lasso coefficient.",
+                   flag_values=fv)
+    D.DEFINE_boolean("proximal", d["proximal"], "Proximal group soft-thresholding after each "
+                     "step of the SSL phase (exact zeros).", flag_values=fv)
+    D.DEFINE_float("threshold", d["threshold"], "Groups whose L2 norm is below this are zeroed "
+                   "and removed.", flag_values=fv)
+    D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
+    D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
+    D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
+                    "benchmark.", flag_values=fv)
+    D.DEFINE_integer("runs", d["runs"], "Timed runs per model and thread count.", flag_values=fv)
+    D.DEFINE_integer("warmup", d["warmup"], "Untimed warm-up runs.", flag_values=fv)
+    D.DEFINE_boolean("tfmot", d["tfmot"], "Also build the tfmot element-wise pruning baseline "
+                     "(needs the bench extra).", flag_values=fv)
+    D.DEFINE_boolean("fresh", d["fresh"], "Ignore (delete) the checkpoints of an earlier run "
+                     "instead of resuming from them.", flag_values=fv)
+    D.DEFINE_integer("verbose", d["verbose"], "Keras fit verbosity (1: progress bars).",
+                     flag_values=fv)
+    D.DEFINE_boolean("quick", False, "A small run (few images, 1 epoch per phase) for CI.",
+                     flag_values=fv)
+    return fv
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The validated settings of one run (flags after --quick)."""
+
+    dataset: str
+    data_dir: str | None
+    max_train: int
+    max_test: int
+    validation_split: float
+    epochs: int
+    ssl_epochs: int
+    finetune_epochs: int
+    lr: float
+    ssl_lr: float
+    finetune_lr: float
+    optimizer: str
+    batch_size: int
+    filters: float
+    channels: float
+    shapes: float
+    depth: float
+    proximal: bool
+    threshold: float
+    seed: int
+    out_dir: str
+    threads: tuple
+    runs: int
+    warmup: int
+    tfmot: bool
+    fresh: bool
+    verbose: int
+    quick: bool
+
+    def training_key(self) -> dict:
+        """The settings that decide the checkpoints (a resumed run must match them)."""
+        keys = ("dataset", "data_dir", "max_train", "max_test", "validation_split", "epochs",
+                "ssl_epochs", "finetune_epochs", "lr", "ssl_lr", "finetune_lr", "optimizer",
+                "batch_size", "filters", "channels", "shapes", "depth", "proximal",
+                "threshold", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
+    """Builds the Config from parsed flags; --quick overrides the flags not given explicitly."""
+    values = {name: fv[name].value for name in fv}
+    if values["quick"]:
+        for key, value in recipe.quick.items():
+            if not fv[key].present:
+                values[key] = value
+    try:
+        threads = tuple(int(t) for t in str(values["threads"]).split(",") if t.strip())
+    except ValueError:
+        threads = ()
+    if not threads or any(t < 1 for t in threads):
+        raise UsageError("--threads must be a comma-separated list of positive integers. "
+                         f"Received: --threads={values['threads']!r}")
+    values["threads"] = threads
+    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs"):
+        if values[name] < 1:
+            raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
+    for name in ("max_train", "max_test", "warmup"):
+        if values[name] < 0:
+            raise UsageError(f"--{name} must be >= 0 (0: all). Received: --{name}={values[name]}")
+    for name in ("lr", "ssl_lr", "finetune_lr", "threshold"):
+        if not values[name] > 0:
+            raise UsageError(f"--{name} must be > 0. Received: --{name}={values[name]}")
+    for name in ("filters", "channels", "shapes", "depth"):
+        if values[name] < 0:
+            raise UsageError(f"--{name} must be >= 0. Received: --{name}={values[name]}")
+    if not any(values[n] > 0 for n in ("filters", "channels", "shapes", "depth")):
+        raise UsageError("At least one of --filters, --channels, --shapes, --depth must be > 0. "
+                         "Received: all zero")
+    if not 0 <= values["validation_split"] < 1:
+        raise UsageError("--validation_split must be in [0, 1). "
+                         f"Received: --validation_split={values['validation_split']}")
+    fields = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in values.items() if k in fields})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of ssl_keras / tflite_bench, looked up when needed
+
+
+def need(module: str, name: str, step: str):
+    """Returns `module.name`, or raises StepUnavailableError naming the step and the piece."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise StepUnavailableError(
+            f"Step {step!r} needs {module}.{name}, but {module} cannot be imported ({e}). "
+            "Expected: the module in this checkout."
+        ) from None
+    if not hasattr(mod, name):
+        raise StepUnavailableError(
+            f"Step {step!r} needs {module}.{name}, which this checkout does not provide yet. "
+            f"Expected: a public name {name!r} in {module}."
+        )
+    return getattr(mod, name)
+
+
+def atomic_save(model, path: str) -> None:
+    """model.save to a temporary file beside `path`, then os.replace (no half-written file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".tmp_")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _optimizer(keras, kind: str, lr: float):
+    if kind == "adam":
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.SGD(lr, momentum=0.9)
+
+
+def _compile(keras, model, kind: str, lr: float):
+    model.compile(
+        optimizer=_optimizer(keras, kind, lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=()):
+    callbacks = [keras.callbacks.BackupAndRestore(backup), *callbacks]
+    validation = (data.x_val, data.y_val) if len(data.x_val) else None
+    return model.fit(data.x_train, data.y_train, batch_size=cfg.batch_size, epochs=epochs,
+                     validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
+                     shuffle=True)
+
+
+def _accuracy(model, data, batch_size=256) -> float:
+    logits = model.predict(data.x_test, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == data.y_test))
+
+
+def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
+    """Runs a .tflite file on every row of `x`, one image at a time (batch-1 models)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    batch = int(inp["shape"][0]) or 1
+    outputs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch].astype(np.float32)
+        if inp["dtype"] != np.float32:  # fully quantised input
+            scale, zero = inp["quantization"]
+            chunk = np.round(chunk / scale + zero).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], chunk)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        outputs.append(np.array(y))
+    return np.concatenate(outputs)
+
+
+def units_per_layer(model) -> dict:
+    """Output filters / units of every Conv and Dense layer, by layer name."""
+    import keras
+
+    out = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            out[layer.name] = int(layer.units)
+        elif isinstance(layer, keras.layers.Conv2D):  # SeparableConv2D etc. subclass BaseConv
+            out[layer.name] = int(layer.filters)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+class Pipeline:
+    """Runs one recipe with one Config; `run()` returns the results dict (also written)."""
+
+    def __init__(self, recipe: Recipe, cfg: Config):
+        self.recipe = recipe
+        self.cfg = cfg
+        suffix = "_quick" if cfg.quick else ""
+        self.stem = f"{recipe.name}_{cfg.dataset}{suffix}"
+        self.work = os.path.join(cfg.out_dir, self.stem)
+        self.timings = {}
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.recipe.name}] {msg}", flush=True)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.work, name)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _prepare_work_dir(self) -> None:
+        key_path = self.path("config.json")
+        key = self.cfg.training_key()
+        if self.cfg.fresh and os.path.isdir(self.work):
+            self.log(f"--fresh: deleting the checkpoints in {self.work}")
+            shutil.rmtree(self.work)
+        os.makedirs(self.work, exist_ok=True)
+        if os.path.exists(key_path):
+            with open(key_path, encoding="utf-8") as f:
+                old = json.load(f)
+            if old != json.loads(json.dumps(key)):
+                diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+                raise UsageError(
+                    f"The checkpoints in {self.work} were trained with other settings "
+                    f"(setting: (checkpoint, now)) {diff}. Expected the same settings to "
+                    "resume. Pass --fresh to retrain, or another --out_dir."
+                )
+        else:
+            atomic_write_text(key_path, json.dumps(key, indent=1))
+
+    def _phase(self, name: str, train: Callable):
+        """Loads `<name>.keras` when an earlier run finished the phase, else trains it."""
+        import keras
+
+        path = self.path(f"{name}.keras")
+        if os.path.exists(path):
+            self.log(f"phase {name}: resuming from {path}")
+            return keras.saving.load_model(path, compile=False)
+        start = time.time()
+        model = train()
+        atomic_save(model, path)
+        self.timings[name] = round(time.time() - start, 1)
+        return model
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def load_data(self):
+        cfg = self.cfg
+        self.data = datasets.load(
+            cfg.dataset, data_dir=cfg.data_dir, validation_split=cfg.validation_split,
+            seed=cfg.seed, max_train=cfg.max_train or None, max_test=cfg.max_test or None,
+            **self.recipe.dataset_kwargs)
+        d = self.data
+        self.log(f"data: {cfg.dataset} from {d.source}: train {len(d.x_train)}, "
+                 f"validation {len(d.x_val)}, test {len(d.x_test)}, shape {d.input_shape}")
+
+    def train_dense(self):
+        import keras
+
+        cfg = self.cfg
+
+        def train():
+            self.log(f"phase dense: {cfg.epochs} epochs, {cfg.optimizer} lr={cfg.lr}")
+            model = self.recipe.build(input_shape=self.data.input_shape,
+                                      num_classes=self.data.num_classes)
+            _compile(keras, model, cfg.optimizer, cfg.lr)
+            _fit(keras, model, self.data, cfg, cfg.epochs, self.path("backup_dense"))
+            return model
+
+        self.dense = self._phase("dense", train)
+
+    def train_ssl(self):
+        import keras
+
+        cfg = self.cfg
+        apply_ssl = need("ssl_keras", "apply_ssl", "ssl")
+
+        def train():
+            self.log(f"phase ssl: {cfg.ssl_epochs} epochs, lr={cfg.ssl_lr}, filters={cfg.filters}"
+                     f" channels={cfg.channels} shapes={cfg.shapes} depth={cfg.depth}"
+                     f" proximal={cfg.proximal}")
+            model = apply_ssl(self.dense, filters=cfg.filters, channels=cfg.channels,
+                              shapes=cfg.shapes, depth=cfg.depth, coupled=True,
+                              layers=self.recipe.ssl_layers)
+            _compile(keras, model, cfg.optimizer, cfg.ssl_lr)
+            callbacks = [need("ssl_keras.callbacks", "SparsityMonitor", "ssl")(
+                threshold=cfg.threshold)]
+            if cfg.proximal:
+                callbacks.append(
+                    need("ssl_keras.callbacks", "ProximalGroupLasso", "ssl")())
+            _fit(keras, model, self.data, cfg, cfg.ssl_epochs, self.path("backup_ssl"),
+                 callbacks)
+            return model
+
+        self.ssl = self._phase("ssl", train)
+
+    def finetune(self):
+        import keras
+
+        cfg = self.cfg
+        zero_groups = need("ssl_keras", "zero_groups", "finetune")
+        strip_ssl = need("ssl_keras", "strip_ssl", "finetune")
+        freeze = need("ssl_keras", "freeze_zero_groups", "finetune")
+
+        def train():
+            self.log(f"phase finetune: zero groups below {cfg.threshold}, "
+                     f"{cfg.finetune_epochs} epochs, lr={cfg.finetune_lr}, zero groups frozen")
+            model = strip_ssl(zero_groups(self.ssl, cfg.threshold))
+            _compile(keras, model, cfg.optimizer, cfg.finetune_lr)
+            _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
+                 self.path("backup_finetune"), [freeze(model)])
+            return model
+
+        self.finetuned = self._phase("finetune", train)
+
+    def thin(self):
+        thin = need("ssl_keras", "thin", "thin")
+        self.thinned = thin(self.finetuned, threshold=self.cfg.threshold)
+        atomic_save(self.thinned, self.path("thinned.keras"))
+        x = self.data.x_test[:256]
+        ref = self.finetuned.predict(x, verbose=0)
+        got = self.thinned.predict(x, verbose=0)
+        self.thin_max_abs_diff = float(np.max(np.abs(ref - got)))
+        self.log(f"thin: {units_per_layer(self.dense)} -> {units_per_layer(self.thinned)}; "
+                 f"max |thinned - finetuned| on 256 test images = {self.thin_max_abs_diff:.2e}")
+
+    def export(self):
+        export_tflite = need("ssl_keras", "export_tflite", "export")
+        rep = self.data.x_train[:200]
+        self.tflite = {
+            "dense": self.path("dense_float32.tflite"),
+            "ssl": self.path("ssl_thinned_float32.tflite"),
+            "ssl_int8": self.path("ssl_thinned_int8.tflite"),
+        }
+        export_tflite(self.dense, self.tflite["dense"], overwrite=True)
+        export_tflite(self.thinned, self.tflite["ssl"], overwrite=True)
+        export_tflite(self.thinned, self.tflite["ssl_int8"], quantize="int8",
+                      representative_data=rep, overwrite=True)
+        x = self.data.x_test[:100]
+        self.tflite_max_abs_diff = float(np.max(np.abs(
+            tflite_predict(self.tflite["ssl"], x) - self.finetuned.predict(x, verbose=0))))
+        self.log(f"export: max |thinned float32 TFLite - finetuned Keras| on 100 test images = "
+                 f"{self.tflite_max_abs_diff:.2e}")
+
+    def tfmot_baseline(self, sparsity: float):
+        """Runs `python -m tflite_bench.baselines` in its own process (tfmot needs Keras 2)."""
+        self.tfmot = None
+        if not self.cfg.tfmot or self.recipe.tfmot_arch is None:
+            self.log("tfmot: skipped (--notfmot or no tf_keras architecture)")
+            return
+        out = self.path("tfmot")
+        cmd = [sys.executable, "-m", "tflite_bench.baselines", "--arch", self.recipe.tfmot_arch,
+               "--sparsity", f"{sparsity:.4f}", "--weights", self.path("dense.keras"),
+               "--out", out]
+        self.log("tfmot: " + " ".join(cmd[1:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise StepUnavailableError(
+                f"Step 'tfmot' failed: python -m tflite_bench.baselines exited with "
+                f"{proc.returncode}: {last}. Pass --notfmot to skip the baseline.")
+        found = sorted(os.path.join(out, f) for f in os.listdir(out) if f.endswith(".tflite"))
+        float32 = [f for f in found if "int8" not in f and "float16" not in f]
+        if not float32:
+            raise StepUnavailableError(
+                f"Step 'tfmot' failed: tflite_bench.baselines wrote no float32 .tflite file in "
+                f"{out}. Received: {found}. Pass --notfmot to skip the baseline.")
+        self.tfmot = {"command": " ".join(cmd[1:]), "stdout": proc.stdout[-2000:],
+                      "tflite": float32[0], "sparsity": sparsity}
+
+    def bench(self):
+        benchmark = need("tflite_bench", "benchmark", "bench")
+        paths = [self.tflite["dense"], self.tflite["ssl"], self.tflite["ssl_int8"]]
+        if self.tfmot and self.tfmot.get("tflite"):
+            paths.append(self.tfmot["tflite"])
+        self.bench_result = benchmark(paths, threads=self.cfg.threads, runs=self.cfg.runs,
+                                      warmup=self.cfg.warmup)
+        atomic_write_text(self.path("bench.json"), json.dumps(self.bench_result, indent=1))
+
+    def run(self) -> dict:
+        t0 = time.time()
+        import keras
+
+        keras.utils.set_random_seed(self.cfg.seed)
+        self._prepare_work_dir()
+        self.load_data()
+        self.train_dense()
+        self.train_ssl()
+        self.finetune()
+        self.thin()
+        self.export()
+        count_params = need("ssl_keras", "count_params", "report")
+        sparsity = 1.0 - count_params(self.thinned) / count_params(self.dense)
+        self.tfmot_baseline(sparsity)
+        self.bench()
+        results = self.results()
+        results["seconds"] = round(time.time() - t0, 1)
+        self.write(results)
+        return results
+
+    # -- report ------------------------------------------------------------------------------
+
+    def _latency(self, path: str) -> dict:
+        out = {}
+        for m in self.bench_result["models"]:
+            if os.path.abspath(m["path"]) == os.path.abspath(path):
+                out[int(m["threads"])] = float(m["median_us"])
+        return out
+
+    def results(self) -> dict:
+        count_params = need("ssl_keras", "count_params", "report")
+        count_macs = need("ssl_keras", "count_macs", "report")
+        evaluate_tflite = need("ssl_keras", "evaluate_tflite", "report")
+        data = self.data
+        rows = {}
+
+        def row(model, path, keras_model=None):
+            lat = self._latency(path)
+            r = {
+                "accuracy": float(evaluate_tflite(path, data.x_test, data.y_test)),
+                "params": int(count_params(model)) if model is not None else None,
+                "macs": int(count_macs(model)) if model is not None else None,
+                "latency_us": lat.get(1), "latency_us_by_threads": lat,
+                "file_bytes": os.path.getsize(path), "tflite": path,
+            }
+            if keras_model is not None:
+                r["keras_accuracy"] = _accuracy(keras_model, data)
+            return r
+
+        rows["baseline"] = row(self.dense, self.tflite["dense"], self.dense)
+        rows["ssl"] = row(self.thinned, self.tflite["ssl"], self.thinned)
+        rows["ssl"]["filters_per_layer"] = units_per_layer(self.thinned)
+        rows["baseline"]["filters_per_layer"] = units_per_layer(self.dense)
+        rows["ssl_int8"] = row(self.thinned, self.tflite["ssl_int8"])
+        base1 = rows["baseline"]["latency_us"]
+        speedup = {t: base1_t / rows["ssl"]["latency_us_by_threads"][t]
+                   for t, base1_t in rows["baseline"]["latency_us_by_threads"].items()}
+        tfmot = None
+        if self.tfmot and self.tfmot.get("tflite"):
+            tfmot = row(None, self.tfmot["tflite"])
+            tfmot.update({k: v for k, v in self.tfmot.items() if k != "stdout"})
+        cfg = dataclasses.asdict(self.cfg)
+        return {
+            "example": self.recipe.name,
+            "dataset": self.cfg.dataset,
+            "data_source": data.source,
+            "command": " ".join(sys.argv),
+            "config": cfg,
+            "baseline": rows["baseline"],
+            "ssl": rows["ssl"],
+            "ssl_int8": rows["ssl_int8"],
+            "tfmot": tfmot,
+            "speedup": speedup.get(1, base1 / rows["ssl"]["latency_us"]),
+            "speedup_by_threads": speedup,
+            "mac_ratio": rows["baseline"]["macs"] / rows["ssl"]["macs"],
+            "thin_max_abs_diff": self.thin_max_abs_diff,
+            "tflite_max_abs_diff": self.tflite_max_abs_diff,
+            "phase_seconds": self.timings,
+        }
+
+    def table(self, results: dict) -> str:
+        threads = self.cfg.threads
+        head = ["model", "accuracy", "params", "MACs"]
+        head += [f"latency {t}T (us)" for t in threads] + ["speedup 1T", "file (KB)"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        base = results["baseline"]["latency_us_by_threads"]
+        for label, key in (("dense baseline (float32)", "baseline"),
+                           ("SSL thinned (float32)", "ssl"), ("SSL thinned (int8)", "ssl_int8"),
+                           ("tfmot element-wise (float32)", "tfmot")):
+            r = results.get(key)
+            if r is None:
+                lines.append(f"| {label} | not run | | |" + " |" * (len(threads) + 2))
+                continue
+            lat = r["latency_us_by_threads"]
+            cells = [label, f"{100 * r['accuracy']:.2f}%",
+                     f"{r['params']:,}" if r["params"] is not None else "-",
+                     f"{r['macs']:,}" if r["macs"] is not None else "-"]
+            cells += [f"{lat[t]:.1f}" if t in lat else "-" for t in threads]
+            cells.append(f"{base[1] / lat[1]:.2f}x" if 1 in lat and 1 in base else "-")
+            cells.append(f"{r['file_bytes'] / 1024:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def write(self, results: dict) -> None:
+        table = self.table(results)
+        print(table, flush=True)
+        out = self.cfg.out_dir
+        json_path = os.path.join(out, f"{self.stem}.json")
+        md_path = os.path.join(out, f"{self.stem}.md")
+        for path in (json_path, md_path):
+            if os.path.exists(path):
+                self.log(f"replacing {path} (written by an earlier run)")
+        atomic_write_text(json_path, json.dumps(results, indent=1, default=str))
+        md = [f"# {self.recipe.name} on {self.cfg.dataset}", "",
+              f"Command: `{results['command']}`", "", table, "",
+              f"Filters/units per layer: dense {results['baseline']['filters_per_layer']}"
+              f" -> SSL {results['ssl']['filters_per_layer']}", ""]
+        atomic_write_text(md_path, "\n".join(md))
+        try:
+            self.plots(results)
+        except ImportError as e:
+            self.log(f"plots skipped: matplotlib missing ({e}); install the plot extra")
+        self.log(f"wrote {json_path} and {md_path}")
+
+    def plots(self, results: dict) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out = self.cfg.out_dir
+        before = results["baseline"]["filters_per_layer"]
+        after = results["ssl"]["filters_per_layer"]
+        names = list(before)
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3))
+        idx = np.arange(len(names))
+        ax.bar(idx - 0.2, [before[n] for n in names], 0.4, label="dense")
+        ax.bar(idx + 0.2, [after.get(n, 0) for n in names], 0.4, label="SSL thinned")
+        ax.set_xticks(idx, names, rotation=30)
+        ax.set_ylabel("filters / units")
+        ax.legend()
+        fig.tight_layout()
+        _save_fig(fig, os.path.join(out, f"{self.stem}_filters.png"))
+        plt.close(fig)
+
+        labels, values = [], []
+        for key in ("baseline", "ssl", "ssl_int8", "tfmot"):
+            r = results.get(key)
+            if r is None:
+                continue
+            for t, v in sorted(r["latency_us_by_threads"].items()):
+                labels.append(f"{key}\n{t}T")
+                values.append(v)
+        fig, ax = plt.subplots(figsize=(0.8 * len(labels) + 2, 3))
+        ax.bar(range(len(values)), values)
+        ax.set_xticks(range(len(values)), labels, fontsize=7)
+        ax.set_ylabel("median latency (us), batch 1")
+        fig.tight_layout()
+        _save_fig(fig, os.path.join(out, f"{self.stem}_latency.png"))
+        plt.close(fig)
+
+        first = _first_conv(self.dense)
+        if first is not None:
+            fig, axes = plt.subplots(2, 1, figsize=(8, 2.2))
+            for ax, model, title in ((axes[0], self.dense, "dense"),
+                                     (axes[1], self.finetuned, "SSL (zero filters blank)")):
+                k = np.asarray(_first_conv(model).kernel)  # (kh, kw, c_in, n)
+                tiles = [k[:, :, 0, i] for i in range(k.shape[-1])]
+                vmax = max(float(np.max(np.abs(k))), 1e-12)
+                pad = np.full((k.shape[0], 1), np.nan)
+                row_img = np.concatenate([np.concatenate([t, pad], axis=1) for t in tiles], 1)
+                ax.imshow(row_img, cmap="bwr", vmin=-vmax, vmax=vmax)
+                ax.set_title(f"{_first_conv(model).name} filters, {title}", fontsize=8)
+                ax.axis("off")
+            fig.tight_layout()
+            _save_fig(fig, os.path.join(out, f"{self.stem}_conv1.png"))
+            plt.close(fig)
+
+
+def _first_conv(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer
+    return None
+
+
+def _save_fig(fig, path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory, prefix=".tmp_")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def main(recipe: Recipe, argv=None) -> int:
+    """Parses flags, runs the pipeline; bad input prints one line and returns 2."""
+    argv = list(sys.argv if argv is None else argv)
+    fv = define_flags(recipe)
+    try:
+        fv(argv)
+        cfg = config_from_flags(fv, recipe)
+    except (flags.Error, UsageError) as e:
+        print(f"{recipe.name}: error: {e}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        Pipeline(recipe, cfg).run()
+    except (UsageError, datasets.DatasetNotFoundError) as e:
+        print(f"{recipe.name}: error: {e}", file=sys.stderr)
+        return 2
+    except StepUnavailableError as e:
+        print(f"{recipe.name}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
