@@ -1,0 +1,714 @@
+"""TFLite export with quantisation and verified outputs.
+
+The conversion goes through a SavedModel with a static input signature (the reliable path on
+TensorFlow 2.21), then `tf.lite.TFLiteConverter.from_saved_model`, builtin ops only unless
+asked otherwise. The result is run with the ai_edge_litert interpreter and compared with the
+Keras model before the file is written (atomically).
+
+Command line:
+
+    python -m ssl_keras.export MODEL.keras OUT.tflite [--quantize int8 --calibration X.npy]
+        [--overwrite] [--batch_size 1] [--num_calibration_samples 100] [--allow_select_ops]
+        [--noverify]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+
+from ssl_keras import _tflite
+
+QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
+_FLOAT32_ATOL = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportReport:
+    """What `export_tflite` wrote and how well it agrees with the Keras model.
+
+    Attributes:
+        path: the .tflite file written.
+        size_bytes: its size.
+        quantize: `"float32"`, `"float16"`, `"dynamic"` or `"int8"`.
+        op_counts: op type -> count, read from the flatbuffer (`"CONV_2D": 2`, ...).
+        inputs: the input tensors (name, shape, dtype, int8 scale / zero point).
+        outputs: the output tensors.
+        max_abs_diff: max |TFLite - Keras| over all outputs and verification samples
+            (int8 outputs dequantised first); None when not verified.
+        max_abs_output: max |Keras output| on the same samples, to put the difference in scale.
+        verified_samples: how many samples were compared (0 when not verified).
+        rebuilt_float32: True when a mixed-precision model was rebuilt in float32 first.
+    """
+
+    path: str
+    size_bytes: int
+    quantize: str
+    op_counts: dict
+    inputs: tuple
+    outputs: tuple
+    max_abs_diff: float | None
+    max_abs_output: float | None
+    verified_samples: int
+    rebuilt_float32: bool = False
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict of every field."""
+        data = dataclasses.asdict(self)
+        data["inputs"] = [info.to_dict() for info in self.inputs]
+        data["outputs"] = [info.to_dict() for info in self.outputs]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def __str__(self) -> str:
+        ops = ", ".join(f"{name} x{count}" for name, count in self.op_counts.items())
+        if self.max_abs_diff is None:
+            check = "not verified"
+        else:
+            check = (
+                f"max |tflite - keras| = {self.max_abs_diff:.3g} over {self.verified_samples} "
+                f"samples (max |keras output| = {self.max_abs_output:.3g})"
+            )
+        lines = [
+            f"{self.path}: {self.size_bytes} bytes, {self.quantize}"
+            + (" (mixed precision rebuilt in float32)" if self.rebuilt_float32 else ""),
+            f"  ops: {ops}",
+            *(f"  input  {info}" for info in self.inputs),
+            *(f"  output {info}" for info in self.outputs),
+            f"  check: {check}",
+        ]
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def _input_struct(model):
+    """The model's inputs as a KerasTensor, a list of them or a dict of them."""
+    try:
+        return model.input
+    except (AttributeError, ValueError):
+        pass
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "export_tflite needs a model with defined inputs (a functional model or a "
+            "Sequential model with an Input). Subclassed models: wrap them with "
+            "`keras.Model(inputs, model(inputs))` first. "
+            f"Received: model={model.name!r} of class {type(model).__name__}"
+        )
+    return inputs[0] if len(inputs) == 1 else list(inputs)
+
+
+def _input_names(struct) -> list:
+    """Input names in the order of the flattened structure (dict: sorted keys)."""
+    if isinstance(struct, dict):
+        names = sorted(struct)
+    else:
+        tensors = struct if isinstance(struct, (list, tuple)) else [struct]
+        names = [t.name for t in tensors]
+    names = [re.sub(r"\W", "_", name) for name in names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"The model's input names must be unique. Received: names={names}")
+    return names
+
+
+def _flat_inputs(struct) -> list:
+    if isinstance(struct, dict):
+        return [struct[k] for k in sorted(struct)]
+    return list(struct) if isinstance(struct, (list, tuple)) else [struct]
+
+
+def _unflatten(struct, arrays: list):
+    if isinstance(struct, dict):
+        return dict(zip(sorted(struct), arrays, strict=True))
+    return list(arrays) if isinstance(struct, (list, tuple)) else arrays[0]
+
+
+def _static_shapes(struct) -> list:
+    shapes = [tuple(t.shape[1:]) for t in _flat_inputs(struct)]
+    for name, shape in zip(_input_names(struct), shapes, strict=True):
+        if any(d is None for d in shape):
+            raise ValueError(
+                "export_tflite needs static input shapes (only the batch may be None). "
+                f"Received: input {name!r} with shape {(None, *shape)}"
+            )
+    return shapes
+
+
+def _to_sample_arrays(element, names: list, shapes: list) -> list:
+    """One data element (a sample or a batch, possibly (x, y)) -> per-input batches."""
+    if isinstance(element, dict) and set(element) != set(names) and "x" in element:
+        element = element["x"]
+    if isinstance(element, dict):
+        if sorted(element) != sorted(names):
+            raise ValueError(
+                f"Dict data must be keyed by the model's input names {sorted(names)}. "
+                f"Received: keys={sorted(element)}"
+            )
+        parts = [element[n] for n in names]
+    elif isinstance(element, (list, tuple)):
+        nested = len(element) in (2, 3) and (
+            len(names) == 1 or isinstance(element[0], (list, tuple, dict))
+        )
+        if nested:  # (x, y) or (x, y, sample_weight)
+            return _to_sample_arrays(element[0], names, shapes)
+        parts = list(element)
+    else:
+        parts = [element]
+    if len(parts) != len(names):
+        raise ValueError(
+            f"The data must give {len(names)} input(s) ({names}). Received: {len(parts)} arrays"
+        )
+    arrays = []
+    for name, shape, part in zip(names, shapes, parts, strict=True):
+        array = np.asarray(part, dtype=np.float32)
+        if array.shape == shape:
+            array = array[None]
+        if array.shape[1:] != shape:
+            raise ValueError(
+                f"Data for input {name!r} must have samples of shape {shape}. "
+                f"Received: shape={array.shape}"
+            )
+        arrays.append(array)
+    return arrays
+
+
+def _collect(data, struct, limit: int) -> list:
+    """representative_data (arrays, tf.data.Dataset or generator) -> per-input arrays."""
+    names, shapes = _input_names(struct), _static_shapes(struct)
+    if isinstance(data, (np.ndarray, dict)) or (
+        isinstance(data, (list, tuple)) and all(isinstance(a, np.ndarray) for a in data)
+    ):
+        elements = [data]
+    elif hasattr(data, "as_numpy_iterator"):
+        elements = data.as_numpy_iterator()
+    elif hasattr(data, "__iter__") or hasattr(data, "__next__"):
+        elements = iter(data)
+    else:
+        raise ValueError(
+            "`representative_data` must be a NumPy array (or a list / dict of them for several "
+            "inputs), a tf.data.Dataset or a generator. "
+            f"Received: representative_data of type {type(data).__name__}"
+        )
+    chunks, count = [], 0
+    for element in elements:
+        arrays = _to_sample_arrays(element, names, shapes)
+        chunks.append([a[: limit - count] for a in arrays])
+        count += len(chunks[-1][0])
+        if count >= limit:
+            break
+    if count == 0:
+        raise ValueError("`representative_data` is empty. Received: 0 samples")
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(names))]
+
+
+# ------------------------------------------------------------------------- float32 rebuild
+
+
+def _float32_config(config):
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "dtype" and _is_mixed(value):
+                out[key] = "float32"
+            else:
+                out[key] = _float32_config(value)
+        return out
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    return config
+
+
+def _is_mixed(dtype) -> bool:
+    if isinstance(dtype, dict):
+        dtype = dtype.get("config", {}).get("name", "")
+    return isinstance(dtype, str) and dtype.startswith("mixed_")
+
+
+def _needs_float32(model) -> bool:
+    return any(
+        layer.dtype_policy.compute_dtype != "float32"
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if hasattr(layer, "dtype_policy") and layer.dtype_policy.variable_dtype == "float32"
+    )
+
+
+def rebuild_float32(model):
+    """A copy of a mixed-precision model computing in float32, with the same weights.
+
+    mixed_float16 / mixed_bfloat16 models do not convert to TFLite builtin ops (Conv2D and
+    MatMul in float16 need Select TF ops). The variables of such models are float32 already,
+    so the copy has the same weights exactly.
+
+    Args:
+        model: a functional or Sequential Keras model.
+
+    Returns:
+        A new model; `model` is not modified.
+    """
+
+    def clone(layer):
+        return layer.__class__.from_config(_float32_config(layer.get_config()))
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except Exception as error:
+        raise ValueError(
+            "Could not rebuild the mixed-precision model in float32 for TFLite; rebuild it "
+            "yourself with keras.mixed_precision.set_global_policy('float32'). "
+            f"Received: model={model.name!r}, error={str(error).splitlines()[0]}"
+        ) from error
+    copy.set_weights(model.get_weights())
+    if _needs_float32(copy):
+        raise ValueError(
+            "The model still has layers computing in reduced precision after the float32 "
+            f"rebuild. Received: model={model.name!r}"
+        )
+    return copy
+
+
+# -------------------------------------------------------------------------------- convert
+
+
+def _validate(quantize, representative_data, batch_size, num_calibration_samples):
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"`quantize` must be one of {list(QUANTIZE_MODES)}. Received: quantize={quantize!r}"
+        )
+    if quantize == "int8" and representative_data is None:
+        raise ValueError(
+            "quantize='int8' needs `representative_data` to calibrate the activation ranges. "
+            "Received: representative_data=None"
+        )
+    for name, value in (("batch_size", batch_size),
+                        ("num_calibration_samples", num_calibration_samples)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+
+
+def _convert(model, struct, batch_size, quantize, calibration, allow_select_ops) -> bytes:
+    import tensorflow as tf
+
+    names, shapes = _input_names(struct), _static_shapes(struct)
+    specs = [tf.TensorSpec((batch_size, *s), tf.float32, name=n)
+             for n, s in zip(names, shapes, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="ssl_keras_export_") as saved_model:
+        model.export(saved_model, format="tf_saved_model",
+                     input_signature=[_unflatten(struct, specs)], verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantize == "int8"
+               else tf.lite.OpsSet.TFLITE_BUILTINS]
+        if allow_select_ops:
+            ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        converter.target_spec.supported_ops = ops
+        if quantize is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+            usable = len(calibration[0]) // batch_size * batch_size
+            if usable == 0:
+                raise ValueError(
+                    f"int8 calibration needs at least batch_size={batch_size} samples. "
+                    f"Received: {len(calibration[0])} samples"
+                )
+
+            def representative_dataset():
+                for start in range(0, usable, batch_size):
+                    yield {n: a[start:start + batch_size]
+                           for n, a in zip(names, calibration, strict=True)}
+
+            converter.representative_dataset = representative_dataset
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tf.lite.Interpreter deprecation (calibration)
+                return converter.convert()
+        except Exception as error:
+            message = str(error)
+            if "ERROR_NEEDS_FLEX_OPS" in message or "TF Select ops" in message:
+                found = _tflite.select_ops_from_error(message)
+                raise ValueError(
+                    "The model needs TensorFlow ops that TFLite has no builtin kernel for"
+                    + (" with int8 quantisation" if quantize == "int8" else "")
+                    + f": {', '.join(found) or 'see the converter log'}. Replace those layers, "
+                    "or pass allow_select_ops=True (the app then needs the Flex delegate). "
+                    f"Received: model={model.name!r}, quantize={quantize!r}"
+                ) from None
+            first = next((line for line in message.splitlines() if "error" in line.lower()),
+                         message.splitlines()[0] if message else type(error).__name__)
+            raise ValueError(
+                f"TFLite conversion failed: {first.strip()[:500]}. "
+                f"Received: model={model.name!r}, quantize={quantize!r}"
+            ) from error
+
+
+def _keras_outputs(model, x) -> dict:
+    y = model(x, training=False)
+    if isinstance(y, dict):
+        return {k: np.asarray(keras.ops.convert_to_numpy(v), np.float32) for k, v in y.items()}
+    ys = y if isinstance(y, (list, tuple)) else [y]
+    return {f"output_{i}": np.asarray(keras.ops.convert_to_numpy(v), np.float32)
+            for i, v in enumerate(ys)}
+
+
+def _verify(model, struct, content, samples, quantize, atol):
+    names = _input_names(struct)
+    interpreter = _tflite.make_interpreter(model_content=content)
+    got = _tflite.run(interpreter, dict(zip(names, samples, strict=True)))
+    want = _keras_outputs(model, _unflatten(struct, samples))
+    if sorted(got) != sorted(want):
+        raise RuntimeError(
+            "The TFLite outputs do not match the Keras model's outputs by name. "
+            f"Received: tflite={sorted(got)}, keras={sorted(want)}"
+        )
+    diff = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
+    scale = max(float(np.max(np.abs(want[k]))) for k in want)
+    if quantize is None and not diff <= atol:
+        raise ValueError(
+            f"The float32 TFLite model disagrees with the Keras model: max |diff| = {diff:.3g} "
+            f"> atol = {atol:g} over {len(samples[0])} samples. Nothing was written. "
+            f"Received: model={model.name!r}"
+        )
+    return diff, scale
+
+
+def export_tflite(
+    model,
+    path,
+    quantize=None,
+    representative_data=None,
+    batch_size=1,
+    verify=True,
+    overwrite=False,
+    *,
+    num_calibration_samples=100,
+    num_verify_samples=8,
+    allow_select_ops=False,
+    atol=_FLOAT32_ATOL,
+    seed=0,
+) -> ExportReport:
+    """Converts a Keras model to a .tflite file, checks its outputs, and writes it atomically.
+
+    Conversion: `model.export(format="tf_saved_model")` with a static input signature
+    `(batch_size, *input_shape)` float32, then `tf.lite.TFLiteConverter.from_saved_model`.
+    BatchNormalization after a convolution is folded into it by the converter; activations
+    are fused. Only TFLite builtin ops are allowed unless `allow_select_ops=True`.
+
+    Quantisation modes:
+
+    - None: float32.
+    - "float16": float16 weights, dequantised to float32 at run time (half the size).
+    - "dynamic": int8 weights, float activations (dynamic range quantisation).
+    - "int8": full integer; int8 input and output tensors, with activation ranges calibrated
+      on `representative_data` (`q = round(x / scale) + zero_point`).
+
+    Verification (`verify=True`) runs the .tflite bytes with ai_edge_litert's Interpreter on
+    `num_verify_samples` inputs (the first samples of `representative_data` when given, seeded
+    uniform [0, 1) inputs otherwise), int8 inputs quantised and outputs dequantised with the
+    tensors' scale and zero point, and compares with `model(x)`. In float32 the max absolute
+    difference must be <= `atol` or a ValueError is raised and nothing is written; the
+    quantised modes report their difference.
+
+    Mixed-precision models (mixed_float16) are rebuilt in float32 first (`rebuild_float32`).
+    Models with several inputs (list or dict) and several outputs are supported: the TFLite
+    signature keys are the Keras input names, and `output_<i>` (list outputs) or the output
+    dict keys.
+
+    Args:
+        model: a functional or Sequential Keras 3 model (TensorFlow backend), static input
+            shapes apart from the batch.
+        path: the .tflite file to write. Its directory must exist.
+        quantize: None, "float16", "dynamic" or "int8".
+        representative_data: samples for int8 calibration and for verification: a NumPy
+            array `(n, *input_shape)` (a list or dict of arrays for several inputs), a
+            tf.data.Dataset or a generator of samples or batches (`(x, y)` elements are fine).
+        batch_size: the static batch size of the .tflite model.
+        verify: run and compare the .tflite model with the Keras model before writing.
+        overwrite: replace an existing file at `path`; otherwise FileExistsError.
+        num_calibration_samples: at most this many samples of `representative_data` are used.
+        num_verify_samples: how many samples are compared.
+        allow_select_ops: allow Select TF ops (Flex); such a model cannot be verified here.
+        atol: the float32 tolerance.
+        seed: the seed of the random verification inputs.
+
+    Returns:
+        An ExportReport: path, size in bytes, op counts, input / output tensors and the
+        verification difference.
+
+    Example:
+    >>> report = export_tflite(model, "lenet_int8.tflite", quantize="int8",
+    ...                        representative_data=x_train[:200])
+    >>> print(report.size_bytes, report.op_counts, report.max_abs_diff)
+    """
+    _validate(quantize, representative_data, batch_size, num_calibration_samples)
+    for name, value in (("num_verify_samples", num_verify_samples),):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`model` must be a keras.Model. Received: model of type {type(model).__name__}"
+        )
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"The directory of the output file does not exist. Received: path={path!r}"
+        )
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(
+            f"The output file already exists; pass overwrite=True to replace it. "
+            f"Received: path={path!r}"
+        )
+    rebuilt = _needs_float32(model)
+    if rebuilt:
+        model = rebuild_float32(model)
+    struct = _input_struct(model)
+    shapes = _static_shapes(struct)
+    limit = max(num_calibration_samples, num_verify_samples)
+    data = None if representative_data is None else _collect(representative_data, struct, limit)
+
+    content = _convert(model, struct, batch_size, quantize,
+                       None if data is None else [a[:num_calibration_samples] for a in data],
+                       allow_select_ops)
+    counts = _tflite.op_counts(content)
+    flex = _tflite.flex_ops(counts)
+    diff = scale = None
+    n_verified = 0
+    if verify:
+        if flex:
+            raise ValueError(
+                "The converted model contains Select TF ops, which the ai_edge_litert "
+                "interpreter cannot run, so it cannot be verified; pass verify=False to "
+                f"export it unverified. Received: flex ops={flex}"
+            )
+        if data is not None:
+            samples = [a[:num_verify_samples] for a in data]
+        else:
+            rng = np.random.default_rng(seed)
+            samples = [rng.random((num_verify_samples, *s), dtype=np.float32) for s in shapes]
+        diff, scale = _verify(model, struct, content, samples, quantize, atol)
+        n_verified = len(samples[0])
+    _tflite.write_atomic(path, content, overwrite)
+    interpreter = None if flex else _tflite.make_interpreter(model_content=content)
+    inputs, outputs = ((), ()) if interpreter is None else _tflite.signature_details(interpreter)
+    return ExportReport(
+        path=path,
+        size_bytes=len(content),
+        quantize=quantize or "float32",
+        op_counts=counts,
+        inputs=inputs,
+        outputs=outputs,
+        max_abs_diff=diff,
+        max_abs_output=scale,
+        verified_samples=n_verified,
+        rebuilt_float32=rebuilt,
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _tflite_inputs(path, x):
+    if not os.path.isfile(os.fspath(path)):
+        raise FileNotFoundError(f"No such .tflite file. Received: path={os.fspath(path)!r}")
+    interpreter = _tflite.make_interpreter(model_path=os.fspath(path))
+    in_infos, _ = _tflite.signature_details(interpreter)
+    names = [info.name for info in in_infos]
+    if isinstance(x, dict):
+        feed = dict(x)
+    elif len(names) == 1 and not isinstance(x, (list, tuple)):
+        feed = {names[0]: x}
+    elif len(names) == 1 and len(x) == 1:
+        feed = {names[0]: x[0]}
+    else:
+        raise ValueError(
+            f"This .tflite file has {len(names)} inputs; pass `x` as a dict keyed by the input "
+            f"names {names}. Received: x of type {type(x).__name__}"
+        )
+    return interpreter, feed
+
+
+def predict_tflite(path, x) -> dict:
+    """Runs a .tflite file on float inputs and returns its float outputs.
+
+    int8 inputs are quantised and int8 outputs dequantised with the tensors' scale and zero
+    point; any number of samples is run in batches of the file's static batch size.
+
+    Args:
+        path: a .tflite file with one signature.
+        x: an array `(n, *input_shape)`, or a dict of them keyed by input name.
+
+    Returns:
+        A dict from output name (`output_0`, ...) to a float32 array `(n, ...)`.
+
+    Example:
+    >>> logits = predict_tflite("lenet.tflite", x_test)["output_0"]
+    """
+    interpreter, feed = _tflite_inputs(path, x)
+    return _tflite.run(interpreter, feed)
+
+
+def evaluate_tflite(path, x, y, batch_size=None, output=None) -> float:
+    """Top-1 accuracy of a .tflite classifier on (x, y).
+
+    Args:
+        path: a .tflite file with one signature.
+        x: an array `(n, *input_shape)`, or a dict of them keyed by input name.
+        y: integer labels `(n,)` or one-hot labels `(n, classes)`.
+        batch_size: accepted for symmetry with Keras; the file's static batch size is what
+            runs, so any other value raises a ValueError.
+        output: the output name to score (`output_0` ...); required with several outputs.
+
+    Returns:
+        The fraction of samples whose argmax output equals the label.
+
+    Example:
+    >>> evaluate_tflite("lenet_int8.tflite", x_test, y_test)
+    0.83
+    """
+    interpreter, feed = _tflite_inputs(path, x)
+    in_infos, out_infos = _tflite.signature_details(interpreter)
+    if batch_size is not None and batch_size != in_infos[0].shape[0]:
+        raise ValueError(
+            f"The .tflite file has a static batch size of {in_infos[0].shape[0]}; export it "
+            f"with batch_size={batch_size} or leave batch_size=None. "
+            f"Received: batch_size={batch_size}"
+        )
+    names = [info.name for info in out_infos]
+    if output is None and len(names) != 1:
+        raise ValueError(f"The model has several outputs; choose one of {names}. Received: None")
+    output = names[0] if output is None else output
+    if output not in names:
+        raise ValueError(f"`output` must be one of {names}. Received: output={output!r}")
+    y = np.asarray(y)
+    labels = y.argmax(-1) if y.ndim == 2 else y.reshape(-1)
+    logits = _tflite.run(interpreter, feed)[output]
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(
+            "evaluate_tflite scores classifiers with one score per class (n, classes >= 2). "
+            f"Received: output shape {logits.shape}"
+        )
+    if len(labels) != len(logits):
+        raise ValueError(
+            f"`x` and `y` must have the same number of samples. "
+            f"Received: {len(logits)} inputs, {len(labels)} labels"
+        )
+    return float(np.mean(logits.argmax(-1) == labels))
+
+
+# -------------------------------------------------------------------------- command line
+
+
+def _fail(message: str):
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _load_calibration(path):
+    if not os.path.isfile(path):
+        _fail(f"No such calibration file. Received: --calibration={path!r}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as error:
+        _fail(f"Could not read the calibration file as .npy / .npz: {error}. "
+              f"Received: --calibration={path!r}")
+    if isinstance(data, np.ndarray):
+        return data
+    return {key: data[key] for key in data.files}
+
+
+def _load_model(path):
+    if not os.path.isfile(path):
+        _fail(f"No such model file. Received: MODEL={path!r}")
+    import zipfile
+
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        _fail(f"The model must be a Keras .keras file (a zip archive). Received: MODEL={path!r}")
+    import ssl_keras  # noqa: F401  (registers the package's serialisable objects)
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        _fail(f"Could not load the Keras model: {str(error).splitlines()[0]}. "
+              f"Received: MODEL={path!r}")
+
+
+def _define_flags():
+    from absl import flags
+
+    flags.DEFINE_string("quantize", None, "None (float32), float16, dynamic or int8.")
+    flags.DEFINE_string("calibration", None, ".npy (or .npz, one array per input name) of "
+                        "samples for int8 calibration and verification.")
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.")
+    flags.DEFINE_integer("batch_size", 1, "Static batch size of the .tflite model.")
+    flags.DEFINE_integer("num_calibration_samples", 100, "Calibration samples used at most.")
+    flags.DEFINE_boolean("allow_select_ops", False, "Allow Select TF (Flex) ops.")
+    flags.DEFINE_boolean("verify", True, "Compare the .tflite outputs with the Keras model.")
+    flags.DEFINE_boolean("json", False, "Print the report as JSON.")
+    return flags.FLAGS
+
+
+def _parse_flags(argv):
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        _fail(str(error))
+
+
+def _main(argv):
+    from absl import flags
+
+    FLAGS = flags.FLAGS
+    if len(argv) != 3:
+        _fail("usage: python -m ssl_keras.export MODEL.keras OUT.tflite [--quantize MODE] "
+              f"[--calibration DATA.npy] [--overwrite]. Received: {argv[1:]}")
+    model_path, out_path = argv[1], argv[2]
+    quantize = None if FLAGS.quantize in (None, "", "none", "None", "float32") else FLAGS.quantize
+    if quantize not in QUANTIZE_MODES:
+        _fail(f"--quantize must be one of float32, float16, dynamic, int8. "
+              f"Received: --quantize={FLAGS.quantize!r}")
+    if quantize == "int8" and FLAGS.calibration is None:
+        _fail("--quantize=int8 needs --calibration DATA.npy to calibrate activation ranges.")
+    if os.path.exists(out_path) and not FLAGS.overwrite:
+        _fail(f"The output file already exists; pass --overwrite to replace it. "
+              f"Received: OUT={out_path!r}")
+    calibration = None if FLAGS.calibration is None else _load_calibration(FLAGS.calibration)
+    model = _load_model(model_path)
+    try:
+        report = export_tflite(
+            model, out_path, quantize=quantize, representative_data=calibration,
+            batch_size=FLAGS.batch_size, verify=FLAGS.verify, overwrite=FLAGS.overwrite,
+            num_calibration_samples=FLAGS.num_calibration_samples,
+            allow_select_ops=FLAGS.allow_select_ops,
+        )
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        _fail(str(error))
+    print(report.to_json() if FLAGS.json else report)
+
+
+def main():
+    """Entry point of `python -m ssl_keras.export`."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from absl import app
+
+    _define_flags()
+    app.run(_main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    main()
