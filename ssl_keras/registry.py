@@ -1,0 +1,423 @@
+"""Layer registry: how each layer class couples the channels of its inputs and outputs.
+
+The whole coupling model of `ssl_keras.graph` rests on one `LayerSpec` per layer class,
+looked up through the class MRO (a subclass of `Dense` is a `Dense`). A spec has a `Kind`:
+
+| kind        | channels                                   | examples                          |
+|-------------|--------------------------------------------|-----------------------------------|
+| PRODUCER    | reads input channels (consumer slices),     | Dense, Conv1D/2D/3D, Conv*Transpose,|
+|             | creates new output channels (kernel, bias) | SeparableConv1D/2D                |
+| TIED        | output channel `c` is input channel `c`    | BatchNormalization, PReLU,        |
+|             | (or a block of `depth_multiplier` outputs) | DepthwiseConv1D/2D                |
+|             | and owns weight slices for it              |                                   |
+| PASSTHROUGH | output channel `c` is input channel `c`    | ReLU, Dropout, pooling, padding   |
+| GLOBAL_POOL | as PASSTHROUGH; the spatial axes go away   | GlobalAveragePooling2D            |
+| MERGE_TIE   | channel `c` of every operand is one channel| Add, Subtract, Multiply, Maximum  |
+| CONCAT      | channel axis: output = operands end to end | Concatenate                       |
+| FLATTEN     | channel `c` of `(..., C)` -> positions     | Flatten                           |
+|             | `c, c + C, c + 2C, ...` of the flat vector |                                   |
+| BLOCK       | channels that reach it cannot be removed   | LayerNormalization, Reshape,      |
+|             | (the spec's `reason` says why)             | attention layers                  |
+
+Users declare their own layers with `register_layer(cls, spec)`. A layer whose class (and
+every base class) is unregistered is never treated as pass-through: it blocks the channels
+that reach it, or raises with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+
+import keras
+from keras import layers as L
+
+__all__ = [
+    "Kind",
+    "LayerSpec",
+    "WeightSlice",
+    "lookup",
+    "register_layer",
+    "registered_classes",
+    "unregistered_message",
+]
+
+
+class Kind(enum.Enum):
+    """How a layer couples the channels (last axis) of its inputs and outputs."""
+
+    PRODUCER = "producer"
+    TIED = "tied"
+    PASSTHROUGH = "passthrough"
+    GLOBAL_POOL = "global_pool"
+    MERGE_TIE = "merge_tie"
+    CONCAT = "concat"
+    FLATTEN = "flatten"
+    BLOCK = "block"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSlice:
+    """One weight of a layer and the axis along which a channel owns a slice of it.
+
+    Channel `c` owns the indices `[c * block, (c + 1) * block)` along `axis` of the variable
+    whose short name (`variable.name`) is `weight`.
+
+    Args:
+        weight: the variable's short name: "kernel", "bias", "gamma", "depthwise_kernel", ...
+        axis: the axis of the slice (negative counts from the end, as in Keras layouts).
+        block: the number of consecutive indices one channel owns: an int, or the name of an
+            integer attribute of the layer ("depth_multiplier").
+        penalize: whether group Lasso should penalise this slice (kernels yes, biases and
+            BatchNorm statistics no).
+        optional: whether the variable may be absent (`use_bias=False`, `center=False`).
+
+    Example:
+    >>> WeightSlice("kernel", axis=-1)
+    WeightSlice(weight='kernel', axis=-1, block=1, penalize=True, optional=False)
+    """
+
+    weight: str
+    axis: int
+    block: int | str = 1
+    penalize: bool = True
+    optional: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.weight, str) or not self.weight:
+            raise ValueError(
+                "`weight` must be a non-empty variable name such as 'kernel'. "
+                f"Received: weight={self.weight!r}"
+            )
+        if not isinstance(self.axis, int) or isinstance(self.axis, bool):
+            raise ValueError(f"`axis` must be an integer. Received: axis={self.axis!r}")
+        if isinstance(self.block, bool) or not (
+            (isinstance(self.block, int) and self.block >= 1)
+            or (isinstance(self.block, str) and self.block)
+        ):
+            raise ValueError(
+                "`block` must be a positive integer or the name of a layer attribute. "
+                f"Received: block={self.block!r}"
+            )
+
+
+Check = Callable[[keras.layers.Layer, list], "str | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    """How one layer class couples channels; see the module docstring for the kinds.
+
+    Args:
+        kind: a `Kind`.
+        consumes: PRODUCER: the slices that read input channel `c` (role "consumer").
+        produces: PRODUCER: the slices that create output channel `c` (role "producer").
+        bias: PRODUCER: the slices of output channel `c` that are not penalised
+            (role "producer_bias").
+        tied: TIED: the slices that belong to channel `c` (role "tied").
+        expand: TIED: output positions per input channel (int or attribute name, e.g.
+            "depth_multiplier": input channel `c` becomes outputs `c * m ... c * m + m - 1`).
+        affine_safe: PASSTHROUGH / MERGE_TIE: whether a channel that carries a constant still
+            carries a constant after the layer (False for zero padding and Multiply).
+        reason: BLOCK: why channels reaching this layer cannot be removed.
+        check: optional `check(layer, input_shapes) -> reason or None`, called for every use of
+            the layer; a returned reason blocks the channels that reach it (an unsupported
+            axis, data format or configuration).
+
+    Example:
+    >>> LayerSpec(Kind.BLOCK, reason="normalises over channels")  # doctest: +ELLIPSIS
+    LayerSpec(kind=<Kind.BLOCK: 'block'>, ...)
+    """
+
+    kind: Kind
+    consumes: tuple[WeightSlice, ...] = ()
+    produces: tuple[WeightSlice, ...] = ()
+    bias: tuple[WeightSlice, ...] = ()
+    tied: tuple[WeightSlice, ...] = ()
+    expand: int | str = 1
+    affine_safe: bool = True
+    reason: str | None = None
+    check: Check | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.kind, Kind):
+            raise ValueError(
+                f"`kind` must be a member of ssl_keras.registry.Kind ({[k.name for k in Kind]})."
+                f" Received: kind={self.kind!r}"
+            )
+        for field in ("consumes", "produces", "bias", "tied"):
+            value = getattr(self, field)
+            if isinstance(value, WeightSlice):
+                value = (value,)
+            value = tuple(value)
+            if not all(isinstance(v, WeightSlice) for v in value):
+                raise ValueError(
+                    f"`{field}` must be a tuple of WeightSlice. Received: {field}={value!r}"
+                )
+            object.__setattr__(self, field, value)
+        if self.kind is Kind.PRODUCER and not self.produces:
+            raise ValueError(
+                "A PRODUCER spec needs the slices that create an output channel. "
+                "Received: produces=()"
+            )
+        if self.kind is not Kind.PRODUCER and (self.consumes or self.produces or self.bias):
+            raise ValueError(
+                "`consumes`, `produces` and `bias` are only meaningful for Kind.PRODUCER. "
+                f"Received: kind={self.kind}"
+            )
+        if self.kind is not Kind.TIED and (self.tied or self.expand != 1):
+            raise ValueError(
+                "`tied` and `expand` are only meaningful for Kind.TIED. "
+                f"Received: kind={self.kind}"
+            )
+        if self.kind is Kind.BLOCK and not self.reason:
+            raise ValueError(
+                "A BLOCK spec needs a `reason` (why channels reaching the layer cannot be "
+                f"removed). Received: reason={self.reason!r}"
+            )
+        if self.kind is not Kind.BLOCK and self.reason is not None:
+            raise ValueError(
+                f"`reason` is only meaningful for Kind.BLOCK. Received: kind={self.kind}"
+            )
+        if self.check is not None and not callable(self.check):
+            raise ValueError(f"`check` must be callable. Received: check={self.check!r}")
+
+
+_REGISTRY: dict[type, LayerSpec] = {}
+
+
+def register_layer(cls: type, spec: LayerSpec, overwrite: bool = False) -> None:
+    """Declares how a layer class couples channels, for `removable_groups` and `apply_ssl`.
+
+    Subclasses of `cls` inherit the spec (lookup follows the MRO) unless registered
+    themselves.
+
+    Args:
+        cls: a subclass of `keras.Operation` (usually of `keras.layers.Layer`).
+        spec: a `LayerSpec`.
+        overwrite: replace an existing entry for exactly `cls` (otherwise an error).
+
+    Example:
+    >>> class Swish(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return x * keras.ops.sigmoid(x)
+    >>> register_layer(Swish, LayerSpec(Kind.PASSTHROUGH))
+    """
+    if not isinstance(cls, type) or not issubclass(cls, keras.Operation):
+        raise ValueError(
+            "`cls` must be a layer class (a subclass of keras.layers.Layer or keras.Operation)."
+            f" Received: cls={cls!r}"
+        )
+    if not isinstance(spec, LayerSpec):
+        raise ValueError(
+            "`spec` must be an ssl_keras.registry.LayerSpec, e.g. LayerSpec(Kind.PASSTHROUGH). "
+            f"Received: spec={spec!r}"
+        )
+    if cls in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"{cls.__name__} is already registered. Pass overwrite=True to replace its spec. "
+            f"Received: cls={cls.__module__}.{cls.__qualname__}"
+        )
+    _REGISTRY[cls] = spec
+
+
+def lookup(obj) -> tuple[type, LayerSpec] | None:
+    """Returns `(registered class, spec)` for a layer, an operation or a class, or None.
+
+    The first class of `type(obj).__mro__` (or `obj.__mro__`) that is registered wins.
+    """
+    cls = obj if isinstance(obj, type) else type(obj)
+    for base in cls.__mro__:
+        if base in _REGISTRY:
+            return base, _REGISTRY[base]
+    return None
+
+
+def registered_classes() -> list[type]:
+    """Every registered class, in registration order."""
+    return list(_REGISTRY)
+
+
+def _supported_names() -> str:
+    return ", ".join(sorted({c.__name__ for c in _REGISTRY}))
+
+
+def unregistered_message(name: str, layer) -> str:
+    """The error text for a layer whose class is not registered (names, classes, remedy)."""
+    cls = type(layer)
+    return (
+        f"Layer '{name}' (class {cls.__module__}.{cls.__qualname__}) is not registered in "
+        "ssl_keras, so its channel coupling is unknown. Supported classes (and their "
+        f"subclasses): {_supported_names()}. Register it with "
+        f"ssl_keras.register_layer({cls.__name__}, ssl_keras.LayerSpec(ssl_keras.Kind."
+        "PASSTHROUGH)) if output channel c depends only on input channel c, or with "
+        "Kind.BLOCK and a reason if its channels must never be removed."
+    )
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _channels_first(layer, shapes):
+    if getattr(layer, "data_format", None) == "channels_first":
+        return "data_format='channels_first' is not supported (channels are the last axis)"
+    return None
+
+
+def _last_axis(attr: str):
+    def check(layer, shapes):
+        reason = _channels_first(layer, shapes)
+        if reason:
+            return reason
+        axis = getattr(layer, attr)
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        rank = len(shapes[0]) if shapes and shapes[0] is not None else None
+        if rank is None or len(axes) != 1 or axes[0] not in (-1, rank - 1):
+            return f"{attr}={axis!r} is not the channel (last) axis"
+        return None
+
+    return check
+
+
+def _grouped(layer, shapes):
+    reason = _channels_first(layer, shapes)
+    if reason:
+        return reason
+    groups = getattr(layer, "groups", 1) or 1
+    if groups > 1:
+        return (
+            f"grouped convolution (groups={groups}): channels can only be removed evenly from "
+            "every group, not one at a time"
+        )
+    return None
+
+
+def _activation(layer, shapes):
+    fn = getattr(layer, "activation", None)
+    name = getattr(fn, "__name__", str(fn))
+    if name in ("softmax", "log_softmax"):
+        return f"activation '{name}' normalises over the channel axis"
+    return None
+
+
+def _prelu(layer, shapes):
+    shared = getattr(layer, "shared_axes", None) or []
+    rank = len(shapes[0]) if shapes and shapes[0] is not None else None
+    if rank is not None and any(a in (-1, rank - 1) for a in shared):
+        return "PReLU shares its alpha across the channel axis"
+    return None
+
+
+def _rescaling(layer, shapes):
+    for attr in ("scale", "offset"):
+        value = getattr(layer, attr, 0)
+        if hasattr(value, "shape") and len(value.shape) > 0 or isinstance(value, (list, tuple)):
+            return f"Rescaling with a per-channel {attr} (a vector, not a scalar)"
+    return None
+
+
+def _last_axis_free(attr: str):
+    """Softmax-like layers: normalising over the channel axis blocks."""
+
+    def check(layer, shapes):
+        axis = getattr(layer, attr)
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        rank = len(shapes[0]) if shapes and shapes[0] is not None else None
+        if rank is None or any(a in (-1, rank - 1) for a in axes):
+            return f"{attr}={axis!r} normalises over the channel axis"
+        return None
+
+    return check
+
+
+# ----------------------------------------------------------------------------- built-ins
+
+_K = WeightSlice("kernel", -1)
+_B = WeightSlice("bias", 0, penalize=False, optional=True)
+
+
+def _producer(consumes, produces=(_K,), bias=(_B,), check=_grouped):
+    return LayerSpec(Kind.PRODUCER, consumes=consumes, produces=produces, bias=bias, check=check)
+
+
+_CONV = _producer((WeightSlice("kernel", -2),))
+_CONV_T = _producer((WeightSlice("kernel", -1),), produces=(WeightSlice("kernel", -2),))
+_SEPARABLE = _producer(
+    (WeightSlice("depthwise_kernel", -2),
+     WeightSlice("pointwise_kernel", -2, block="depth_multiplier")),
+    produces=(WeightSlice("pointwise_kernel", -1),),
+)
+_DEPTHWISE = LayerSpec(
+    Kind.TIED,
+    tied=(WeightSlice("kernel", -2),
+          WeightSlice("bias", 0, block="depth_multiplier", penalize=False, optional=True)),
+    expand="depth_multiplier",
+    check=_channels_first,
+)
+_BN = LayerSpec(
+    Kind.TIED,
+    tied=(WeightSlice("gamma", 0, optional=True),
+          WeightSlice("beta", 0, penalize=False, optional=True),
+          WeightSlice("moving_mean", 0, penalize=False),
+          WeightSlice("moving_variance", 0, penalize=False)),
+    check=_last_axis("axis"),
+)
+_PASS = LayerSpec(Kind.PASSTHROUGH, check=_channels_first)
+_PASS_UNSAFE = LayerSpec(Kind.PASSTHROUGH, affine_safe=False, check=_channels_first)
+
+
+def _register_builtins():
+    for cls in (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D):
+        register_layer(cls, _CONV)
+    for cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
+        register_layer(cls, _CONV_T)
+    for cls in (L.SeparableConv1D, L.SeparableConv2D):
+        register_layer(cls, _SEPARABLE)
+    for cls in (L.DepthwiseConv1D, L.DepthwiseConv2D):
+        register_layer(cls, _DEPTHWISE)
+    register_layer(L.BatchNormalization, _BN)
+    register_layer(L.PReLU, LayerSpec(
+        Kind.TIED, tied=(WeightSlice("alpha", -1, penalize=False),), check=_prelu))
+    for cls in (L.ReLU, L.LeakyReLU, L.ELU, L.Identity, L.ActivityRegularization,
+                L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+                L.GaussianNoise, L.GaussianDropout, L.AlphaDropout,
+                L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+                L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+                L.Cropping1D, L.Cropping2D, L.Cropping3D,
+                L.UpSampling1D, L.UpSampling2D, L.UpSampling3D):
+        register_layer(cls, _PASS)
+    for cls in (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D):
+        register_layer(cls, _PASS_UNSAFE)
+    register_layer(L.Activation, LayerSpec(Kind.PASSTHROUGH, check=_activation))
+    register_layer(L.Softmax, LayerSpec(Kind.PASSTHROUGH, check=_last_axis_free("axis")))
+    register_layer(L.Rescaling, LayerSpec(Kind.PASSTHROUGH, check=_rescaling))
+    for cls in (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+                L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D):
+        register_layer(cls, LayerSpec(Kind.GLOBAL_POOL, check=_channels_first))
+    for cls in (L.Add, L.Subtract, L.Maximum, L.Minimum, L.Average):
+        register_layer(cls, LayerSpec(Kind.MERGE_TIE))
+    register_layer(L.Multiply, LayerSpec(Kind.MERGE_TIE, affine_safe=False))
+    register_layer(L.Concatenate, LayerSpec(Kind.CONCAT))
+    register_layer(L.Flatten, LayerSpec(Kind.FLATTEN, check=_channels_first))
+    blocks = {
+        L.LayerNormalization: "normalises over channels",
+        L.GroupNormalization: "normalises over groups of channels",
+        L.UnitNormalization: "normalises over channels",
+        L.RMSNormalization: "normalises over channels",
+        L.Reshape: "reshapes the channel axis",
+        L.Permute: "moves the channel axis",
+        L.RepeatVector: "changes the meaning of the axes",
+        L.Dot: "mixes channels in a dot product",
+        L.EinsumDense: "einsum kernels are not analysed",
+        L.MultiHeadAttention: "attention mixes channels",
+        L.Attention: "attention mixes channels",
+        L.AdditiveAttention: "attention mixes channels",
+        L.GroupQueryAttention: "attention mixes channels",
+        L.Masking: "computes its mask over all channels",
+    }
+    for cls, reason in blocks.items():
+        register_layer(cls, LayerSpec(Kind.BLOCK, reason=reason))
+
+
+_register_builtins()
