@@ -649,6 +649,8 @@ def _load_model(path):
 def _define_flags():
     from absl import flags
 
+    if "quantize" in flags.FLAGS:  # already defined (main() called twice in one process)
+        return flags.FLAGS
     flags.DEFINE_string("quantize", None, "None (float32), float16, dynamic or int8.")
     flags.DEFINE_string("calibration", None, ".npy (or .npz, one array per input name) of "
                         "samples for int8 calibration and verification.")
@@ -664,6 +666,7 @@ def _define_flags():
 def _parse_flags(argv):
     from absl import flags
 
+    flags.FLAGS.unparse_flags()  # back to the defaults when main() runs twice in one process
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:

@@ -1,0 +1,469 @@
+"""export_tflite, evaluate_tflite and the command line: modes, agreement, ops, errors, writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import ssl_keras
+from ssl_keras import _tflite, export
+from ssl_keras.export import ExportReport, evaluate_tflite, export_tflite, predict_tflite
+
+MODES = [None, "float16", "dynamic", "int8"]
+SHAPE = (10, 10, 2)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Ops that would mean an unfolded BatchNorm (x * scale + offset, or the rsqrt of the variance).
+BATCHNORM_OPS = {"MUL", "ADD", "SUB", "RSQRT", "SQRT", "DIV"}
+
+
+def conv_bn_net(filters=(6, 8), units=3, name="conv_bn"):
+    """A small conv net with BatchNorm (non-trivial statistics) of the kind thin() produces."""
+    inputs = keras.Input(SHAPE, name="image")
+    x = keras.layers.Conv2D(filters[0], 3, use_bias=False, name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="relu1")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(filters[1], 3, activation="relu", name="conv2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(units, name="fc")(x)
+    model = keras.Model(inputs, outputs, name=name)
+    rng = np.random.default_rng(1)
+    bn = model.get_layer("bn1")
+    gamma, beta, mean, var = (w.copy() for w in bn.get_weights())
+    bn.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.3, beta.shape),
+                    rng.normal(0, 0.3, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+    return model
+
+
+def data(n, seed=0, shape=SHAPE):
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return conv_bn_net()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """One export per mode of the conv + BatchNorm net (shared by the tests below)."""
+    directory = tmp_path_factory.mktemp("modes")
+    calibration = data(64, seed=1)
+    reports = {}
+    for mode in MODES:
+        path = directory / f"net_{mode or 'float32'}.tflite"
+        reports[mode] = export_tflite(
+            model, path, quantize=mode, batch_size=2,
+            representative_data=calibration if mode == "int8" else None,
+        )
+    return reports
+
+
+# ------------------------------------------------------------------------------- modes
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_report_describes_the_written_file(exported, mode):
+    report = exported[mode]
+    assert isinstance(report, ExportReport)
+    assert os.path.getsize(report.path) == report.size_bytes > 0
+    with open(report.path, "rb") as f:
+        assert _tflite.op_counts(f.read()) == report.op_counts
+    assert report.quantize == (mode or "float32")
+    assert report.inputs[0].name == "image" and report.inputs[0].shape == (2, *SHAPE)
+    assert report.outputs[0].shape == (2, 3)
+    int8 = mode == "int8"
+    assert report.inputs[0].dtype == report.outputs[0].dtype == ("int8" if int8 else "float32")
+    assert (report.inputs[0].scale is not None) == int8
+    assert report.verified_samples == 8 and report.max_abs_diff is not None
+    d = report.to_dict()
+    assert d["size_bytes"] == report.size_bytes and d["inputs"][0]["shape"] == [2, *SHAPE]
+    assert '"op_counts"' in report.to_json()
+    assert f"max |tflite - keras| = {report.max_abs_diff:.3g} over 8 samples" in str(report)
+    assert "CONV_2D x2" in str(report)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batchnorm_folded_and_builtin_ops_only(exported, mode):
+    ops = exported[mode].op_counts
+    assert ops["CONV_2D"] == 2 and ops["FULLY_CONNECTED"] == 1 and ops["MAX_POOL_2D"] == 1
+    assert not BATCHNORM_OPS & set(ops), ops
+    assert not any(name.startswith("Flex") for name in ops)
+    if mode == "float16":
+        assert "DEQUANTIZE" in ops  # float16 weights, dequantised at run time
+
+
+def test_sizes_shrink_with_quantisation(exported):
+    size = {mode: exported[mode].size_bytes for mode in MODES}
+    assert size["float16"] < size[None] and size["int8"] < size[None]
+
+
+@pytest.mark.parametrize("mode,tol", [(None, 1e-4), ("float16", 2e-2), ("dynamic", 2e-2),
+                                      ("int8", 0.1)])
+def test_agreement_with_keras_on_fresh_inputs(model, exported, mode, tol):
+    """Independent of the built-in check: 7 new samples (odd, so the last batch is padded)."""
+    x = data(7, seed=5)
+    want = model.predict(x, verbose=0)
+    got = predict_tflite(exported[mode].path, x)["output_0"]
+    assert got.shape == want.shape and got.dtype == np.float32
+    scale = np.abs(want).max()
+    assert np.abs(got - want).max() <= tol * max(scale, 1.0)
+    assert exported[mode].max_abs_diff <= tol * max(exported[mode].max_abs_output, 1.0)
+    if mode is None:
+        assert exported[mode].max_abs_diff <= 1e-4
+
+
+def test_int8_quantisation_matches_a_numpy_oracle(model, exported):
+    """Quantise inputs and dequantise outputs by hand, run the raw interpreter, compare."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    report = exported["int8"]
+    i, o = report.inputs[0], report.outputs[0]
+    x = data(2, seed=9)
+    q = np.clip(np.round(x / i.scale) + i.zero_point, -128, 127).astype(np.int8)
+    assert np.array_equal(_tflite.quantize(x, i), q)
+    interpreter = Interpreter(model_path=report.path)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], q)
+    interpreter.invoke()
+    raw = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert raw.dtype == np.int8
+    manual = (raw.astype(np.float64) - o.zero_point) * o.scale
+    got = predict_tflite(report.path, x)["output_0"]
+    np.testing.assert_allclose(got, manual, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_tflite.dequantize(raw, o), manual, rtol=0, atol=1e-6)
+    assert np.abs(manual - model.predict(x, verbose=0)).max() < 0.1 * max(
+        1.0, report.max_abs_output)
+
+
+def test_evaluate_tflite_accuracy_against_keras(model, exported):
+    x = data(11, seed=3)
+    keras_pred = model.predict(x, verbose=0).argmax(-1)
+    y = keras_pred.copy()
+    y[:3] = (y[:3] + 1) % 3  # three labels the model gets wrong
+    assert evaluate_tflite(exported[None].path, x, y) == pytest.approx(8 / 11)
+    one_hot = np.eye(3)[y]
+    assert evaluate_tflite(exported[None].path, x, one_hot, batch_size=2) == pytest.approx(8 / 11)
+    tflite_pred = predict_tflite(exported["int8"].path, x)["output_0"].argmax(-1)
+    expected = np.mean(tflite_pred == y)
+    assert evaluate_tflite(exported["int8"].path, x, y) == pytest.approx(expected)
+
+
+def test_evaluate_tflite_errors(exported, tmp_path):
+    path = exported[None].path
+    x = data(4)
+    with pytest.raises(ValueError, match="static batch size of 2.*Received: batch_size=3"):
+        evaluate_tflite(path, x, np.zeros(4), batch_size=3)
+    with pytest.raises(ValueError, match="same number of samples"):
+        evaluate_tflite(path, x, np.zeros(5))
+    with pytest.raises(ValueError, match="`output` must be one of"):
+        evaluate_tflite(path, x, np.zeros(4), output="logits")
+    with pytest.raises(ValueError, match=r"samples of shape \(10, 10, 2\)"):
+        evaluate_tflite(path, data(4, shape=(9, 10, 2)), np.zeros(4))
+    with pytest.raises(FileNotFoundError, match="No such .tflite file"):
+        evaluate_tflite(tmp_path / "missing.tflite", x, np.zeros(4))
+
+
+# ---------------------------------------------------------------------- other models
+
+
+def test_thinned_model_float32_and_int8(tmp_path):
+    """A narrow model, as thin() builds it (plain Keras layers, fewer filters)."""
+    keras.utils.set_random_seed(2)
+    narrow = conv_bn_net(filters=(2, 3), name="thinned")
+    calibration = data(32, seed=4)
+    for mode in (None, "int8"):
+        report = export_tflite(narrow, tmp_path / f"{mode}.tflite", quantize=mode,
+                               representative_data=calibration)
+        assert not BATCHNORM_OPS & set(report.op_counts)
+        assert report.op_counts["CONV_2D"] == 2
+        x = data(5, seed=6)
+        diff = np.abs(predict_tflite(report.path, x)["output_0"]
+                      - narrow.predict(x, verbose=0)).max()
+        assert diff <= (1e-4 if mode is None else 0.1 * max(1.0, report.max_abs_output))
+
+
+@pytest.mark.skipif(not hasattr(ssl_keras, "thin"), reason="ssl_keras.thin has not landed")
+def test_model_thinned_by_ssl_keras_thin(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = conv_bn_net(filters=(6, 8))
+    kernel = model.get_layer("conv1").get_weights()[0].copy()
+    kernel[..., [1, 4]] = 0.0  # two removable filters
+    model.get_layer("conv1").set_weights([kernel])
+    thinned = ssl_keras.thin(model)
+    assert thinned.count_params() < model.count_params()
+    report = export_tflite(thinned, tmp_path / "thin.tflite")
+    x = data(4, seed=7)
+    got = predict_tflite(report.path, x)["output_0"]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=0)
+
+
+def _two_in_two_out(dict_io):
+    a = keras.Input((4,), name="zeta")
+    b = keras.Input((3,), name="alpha")
+    h = keras.layers.Dense(5, activation="relu")(keras.layers.Concatenate()([a, b]))
+    o1, o2 = keras.layers.Dense(2, name="o1")(h), keras.layers.Dense(4, name="o2")(h)
+    if dict_io:
+        return keras.Model({"zeta": a, "alpha": b}, {"o1": o1, "o2": o2})
+    return keras.Model([a, b], [o1, o2])
+
+
+@pytest.mark.parametrize("dict_io", [False, True])
+def test_several_inputs_and_outputs(tmp_path, dict_io):
+    keras.utils.set_random_seed(4)
+    model = _two_in_two_out(dict_io)
+    rng = np.random.default_rng(0)
+    xa, xb = rng.random((6, 4), dtype=np.float32), rng.random((6, 3), dtype=np.float32)
+    rep = {"zeta": xa, "alpha": xb} if dict_io else [xa, xb]
+    report = export_tflite(model, tmp_path / "two.tflite", representative_data=rep)
+    assert report.max_abs_diff <= 1e-4
+    assert [i.name for i in report.inputs] == ["alpha", "zeta"]
+    names = ["o1", "o2"] if dict_io else ["output_0", "output_1"]
+    assert [o.name for o in report.outputs] == names
+    got = predict_tflite(report.path, {"zeta": xa, "alpha": xb})
+    want = model.predict(rep, verbose=0)
+    want = [want[k] for k in names] if dict_io else want
+    for name, w in zip(names, want, strict=True):
+        np.testing.assert_allclose(got[name], w, atol=1e-5, rtol=0)
+    y = want[0].argmax(-1)
+    assert evaluate_tflite(report.path, {"zeta": xa, "alpha": xb}, y, output=names[0]) == 1.0
+    with pytest.raises(ValueError, match="dict keyed by the input names"):
+        evaluate_tflite(report.path, [xa, xb], y)
+    with pytest.raises(ValueError, match="several outputs"):
+        evaluate_tflite(report.path, {"zeta": xa, "alpha": xb}, y)
+
+
+def test_int8_with_two_inputs(tmp_path):
+    keras.utils.set_random_seed(5)
+    model = _two_in_two_out(False)
+    rng = np.random.default_rng(1)
+    rep = [rng.random((20, 4), dtype=np.float32), rng.random((20, 3), dtype=np.float32)]
+    report = export_tflite(model, tmp_path / "two8.tflite", quantize="int8",
+                           representative_data=rep)
+    assert {i.dtype for i in report.inputs + report.outputs} == {"int8"}
+    assert report.max_abs_diff < 0.1 * max(1.0, report.max_abs_output)
+
+
+def test_mixed_float16_model_is_rebuilt_in_float32(tmp_path):
+    keras.utils.set_random_seed(6)
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        mixed = conv_bn_net(name="mixed")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = export_tflite(mixed, tmp_path / "mixed.tflite")
+    assert report.rebuilt_float32 and "rebuilt in float32" in str(report)
+    assert report.max_abs_diff <= 1e-4  # against the float32 rebuild
+    assert mixed.get_layer("conv1").dtype_policy.name == "mixed_float16"  # input untouched
+    x = data(3, seed=8)
+    got = predict_tflite(report.path, x)["output_0"]
+    np.testing.assert_allclose(got, np.asarray(mixed.predict(x, verbose=0), np.float32),
+                               atol=0.05, rtol=0)  # float16 compute vs float32
+
+
+def test_representative_data_forms_give_the_same_calibration(tmp_path):
+    keras.utils.set_random_seed(7)
+    model = conv_bn_net(filters=(2, 2))
+    x = data(12, seed=2)
+    y = np.zeros(12, np.int64)
+    struct = export._input_struct(model)
+    forms = {
+        "array": x,
+        "dataset of (x, y) batches": tf.data.Dataset.from_tensor_slices((x, y)).batch(5),
+        "generator of samples": (s for s in x),
+        "list": [x],
+        "dict": {"image": x},
+    }
+    for form, value in forms.items():
+        (got,) = export._collect(value, struct, limit=10)
+        np.testing.assert_array_equal(got, x[:10], err_msg=form)
+    a = export_tflite(model, tmp_path / "a.tflite", quantize="int8", representative_data=x,
+                      num_calibration_samples=10)
+    b = export_tflite(model, tmp_path / "b.tflite", quantize="int8",
+                      representative_data=tf.data.Dataset.from_tensor_slices((x, y)).batch(4),
+                      num_calibration_samples=10)
+    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+        assert fa.read() == fb.read()
+
+
+# ------------------------------------------------------------------------ select ops
+
+
+def _det_model():
+    inputs = keras.Input((3, 3), name="m")
+    outputs = keras.layers.Lambda(lambda t: tf.linalg.det(t), name="det")(inputs)
+    return keras.Model(inputs, outputs, name="det")
+
+
+def test_select_tf_ops_are_refused_by_name(tmp_path):
+    path = tmp_path / "det.tflite"
+    with pytest.raises(ValueError, match="builtin kernel for: MatrixDeterminant.*allow_select"):
+        export_tflite(_det_model(), path)
+    assert not path.exists()
+
+
+def test_select_tf_ops_allowed_but_not_verifiable(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot be verified.*FlexMatrixDeterminant"):
+        export_tflite(_det_model(), tmp_path / "a.tflite", allow_select_ops=True)
+    report = export_tflite(_det_model(), tmp_path / "b.tflite", allow_select_ops=True,
+                           verify=False)
+    assert report.op_counts == {"FlexMatrixDeterminant": 1}
+    assert report.max_abs_diff is None and "not verified" in str(report)
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def test_argument_errors(model, tmp_path):
+    path = tmp_path / "m.tflite"
+    x = data(4)
+    with pytest.raises(ValueError, match=r"`quantize` must be one of.*Received: quantize='int4'"):
+        export_tflite(model, path, quantize="int4")
+    with pytest.raises(ValueError, match="needs `representative_data`.*None"):
+        export_tflite(model, path, quantize="int8")
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1.*0"):
+        export_tflite(model, path, batch_size=0)
+    with pytest.raises(ValueError, match="`num_calibration_samples` must be"):
+        export_tflite(model, path, num_calibration_samples=True)
+    with pytest.raises(ValueError, match="`num_verify_samples` must be"):
+        export_tflite(model, path, num_verify_samples=0)
+    with pytest.raises(ValueError, match="must be a keras.Model.*Dense"):
+        export_tflite(keras.layers.Dense(2), path)
+    with pytest.raises(FileNotFoundError, match="directory of the output file"):
+        export_tflite(model, tmp_path / "no" / "m.tflite")
+    with pytest.raises(ValueError, match=r"samples of shape \(10, 10, 2\).*\(4, 10, 10, 3\)"):
+        export_tflite(model, path, representative_data=data(4, shape=(10, 10, 3)))
+    with pytest.raises(ValueError, match="keyed by the model's input names"):
+        export_tflite(model, path, representative_data={"img": x})
+    with pytest.raises(ValueError, match="is empty"):
+        export_tflite(model, path, representative_data=iter([]))
+    with pytest.raises(ValueError, match="must be a NumPy array.*int"):
+        export_tflite(model, path, representative_data=3)
+    with pytest.raises(ValueError, match=r"at least batch_size=8 samples.*4 samples"):
+        export_tflite(model, path, quantize="int8", representative_data=x, batch_size=8)
+    dynamic = keras.Model(i := keras.Input((None, 3)), keras.layers.Dense(2)(i))
+    with pytest.raises(ValueError, match=r"static input shapes.*\(None, None, 3\)"):
+        export_tflite(dynamic, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_float32_disagreement_raises_and_writes_nothing(model, tmp_path, monkeypatch):
+    real = export._keras_outputs
+    monkeypatch.setattr(export, "_keras_outputs",
+                        lambda m, x: {k: v + 1e-3 for k, v in real(m, x).items()})
+    with pytest.raises(ValueError, match=r"disagrees.*> atol = 0.0001.*Nothing was written"):
+        export_tflite(model, tmp_path / "m.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------ atomic writes
+
+
+def test_no_overwrite_without_permission(model, exported, tmp_path):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"keep me")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_tflite(model, path)
+    assert path.read_bytes() == b"keep me"
+    report = export_tflite(model, path, overwrite=True)
+    assert path.read_bytes()[4:8] == b"TFL3" and report.size_bytes == path.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]  # no temporary left
+
+
+def test_write_atomic_never_leaves_partial_files(tmp_path, monkeypatch):
+    path = str(tmp_path / "out.bin")
+    _tflite.write_atomic(path, b"first", overwrite=False)
+    with pytest.raises(FileExistsError, match="already exists.*out.bin"):
+        _tflite.write_atomic(path, b"second", overwrite=False)  # the race: lost at link time
+    assert open(path, "rb").read() == b"first"
+    _tflite.write_atomic(path, b"third", overwrite=True)
+    assert open(path, "rb").read() == b"third"
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        _tflite.write_atomic(str(tmp_path / "new.bin"), b"x" * 100, overwrite=False)
+    with pytest.raises(OSError, match="disk full"):
+        _tflite.write_atomic(path, b"fourth", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    assert open(path, "rb").read() == b"third"
+
+
+def test_op_counts_and_select_op_parsing_helpers(exported):
+    assert _tflite.flex_ops({"CONV_2D": 1, "FlexErf": 2, "FlexAtan2": 1}) == ["FlexAtan2",
+                                                                               "FlexErf"]
+    message = "...\nTF Select ops: Erf, MatrixDeterminant\nDetails: ..."
+    assert _tflite.select_ops_from_error(message) == ["Erf", "MatrixDeterminant"]
+    message = "error: 'tf.Foo' op is neither a custom op nor a flex op"
+    assert _tflite.select_ops_from_error(message) == ["Foo"]
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def _cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["ssl_keras.export", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        export.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def saved_model(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "net.keras"
+    model.save(path)
+    return path
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "o.tflite"
+    text = tmp_path / "notes.keras"
+    text.write_text("not a zip")
+    existing = tmp_path / "exists.tflite"
+    existing.write_bytes(b"x")
+    bad_npy = tmp_path / "bad.npy"
+    bad_npy.write_text("nope")
+    cases = {
+        "No such model file": [tmp_path / "missing.keras", out],
+        "must be a Keras .keras file": [text, out],
+        "--quantize must be one of": [saved_model, out, "--quantize=int3"],
+        "needs --calibration": [saved_model, out, "--quantize", "int8"],
+        "No such calibration file": [saved_model, out, "--calibration", tmp_path / "c.npy"],
+        "Could not read the calibration file": [saved_model, out, "--calibration", bad_npy],
+        "already exists; pass --overwrite": [saved_model, existing],
+        "usage:": [saved_model],
+        "Unknown command line flag 'bogus'": [saved_model, out, "--bogus"],
+        "`batch_size` must be an integer >= 1": [saved_model, out, "--batch_size=0"],
+    }
+    for message, args in cases.items():
+        code, stdout, stderr = _cli(monkeypatch, capsys, *args)
+        assert code == 2, (message, stderr)
+        assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr
+        assert stdout == ""
+    assert not out.exists() and existing.read_bytes() == b"x"
+
+
+def test_cli_int8_end_to_end_in_a_subprocess(saved_model, tmp_path):
+    calibration = tmp_path / "cal.npy"
+    np.save(calibration, data(16, seed=3))
+    out = tmp_path / "net_int8.tflite"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    command = [sys.executable, "-m", "ssl_keras.export", str(saved_model), str(out),
+               "--quantize", "int8", "--calibration", str(calibration), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["quantize"] == "int8" and report["inputs"][0]["dtype"] == "int8"
+    assert report["size_bytes"] == out.stat().st_size and report["verified_samples"] == 8
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.strip().splitlines()[-1].startswith("error: The output file already")
