@@ -1,0 +1,168 @@
+"""Parameter and multiply-accumulate (MAC) counts, and a before/after table for `thin`.
+
+MACs per layer, for one example (batch 1), with `out` the output's spatial positions:
+
+| layer                         | MACs                                            |
+|-------------------------------|-------------------------------------------------|
+| Dense                         | in * units * (positions of the leading axes)    |
+| Conv1D/2D/3D                  | prod(kernel_size) * c_in / groups * filters * out |
+| DepthwiseConv1D/2D            | prod(kernel_size) * c_in * depth_multiplier * out |
+| SeparableConv1D/2D            | depthwise part + c_in * depth_multiplier * filters * out |
+| Conv1D/2D/3DTranspose         | prod(kernel_size) * c_in * filters * in (input positions) |
+| anything else                 | 0 (pooling, BatchNorm, activations, adds are not counted) |
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def _shape(tensor_shape):
+    return [int(d) if d is not None else 1 for d in tensor_shape]
+
+
+def _calls(model):
+    """(layer, input shape, output shape) for every call of a layer in `model`'s graph."""
+    from ssl_keras.thin import _graph, _nodes
+
+    out = []
+    for node in _nodes(_graph(model)):
+        op = node.operation
+        if not isinstance(op, keras.layers.Layer) or not node.input_tensors:
+            continue
+        out.append((op, _shape(node.input_tensors[0].shape), _shape(node.outputs[0].shape)))
+    return out
+
+
+def layer_macs(layer, input_shape, output_shape) -> int:
+    """The MACs of one call of `layer` for one example (see the module table).
+
+    Args:
+        layer: a Keras layer.
+        input_shape: its input shape, batch axis included.
+        output_shape: its output shape, batch axis included.
+
+    Returns:
+        An int (0 for layers without a kernel).
+
+    Example:
+    >>> layer_macs(keras.layers.Dense(3), (None, 4), (None, 3))
+    12
+    """
+    from ssl_keras.thin import _is_conv, _is_depthwise, _is_separable, _is_transpose
+
+    cls = type(layer)
+    cin = input_shape[-1]
+    out_pos = int(np.prod(output_shape[1:-1], dtype=np.int64))
+    if isinstance(layer, keras.layers.Dense):
+        return int(cin * layer.units * int(np.prod(input_shape[1:-1], dtype=np.int64)))
+    k = int(np.prod(getattr(layer, "kernel_size", (1,)), dtype=np.int64))
+    if _is_separable(cls):
+        dm = layer.depth_multiplier
+        return int(k * cin * dm * out_pos + cin * dm * layer.filters * out_pos)
+    if _is_depthwise(cls):
+        return int(k * cin * layer.depth_multiplier * out_pos)
+    if _is_transpose(cls):
+        in_pos = int(np.prod(input_shape[1:-1], dtype=np.int64))
+        return int(k * cin * layer.filters * in_pos)
+    if _is_conv(cls):
+        return int(k * cin // getattr(layer, "groups", 1) * layer.filters * out_pos)
+    return 0
+
+
+def count_params(model: keras.Model) -> int:
+    """The number of weights of `model` (trainable and not), as `model.count_params()`.
+
+    Example:
+    >>> count_params(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    15
+    """
+    return int(sum(int(np.prod(v.shape, dtype=np.int64)) for v in model.weights))
+
+
+def count_macs(model: keras.Model, per_layer: bool = False):
+    """The MACs of one forward pass of `model` for one example (batch 1).
+
+    Args:
+        model: a functional or Sequential model with static input shapes.
+        per_layer: also return `{layer name: MACs}`.
+
+    Returns:
+        The total as an int, or `(total, per-layer dict)` when `per_layer`.
+
+    Example:
+    >>> count_macs(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    12
+    """
+    table = {}
+    for layer, ins, outs in _calls(model):
+        table[layer.name] = table.get(layer.name, 0) + layer_macs(layer, ins, outs)
+    total = int(sum(table.values()))
+    return (total, table) if per_layer else total
+
+
+def _width(layer):
+    for attr in ("filters", "units"):
+        value = getattr(layer, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _in_width(model):
+    return {layer.name: ins[-1] for layer, ins, _ in _calls(model)}
+
+
+def _ratio(a, b):
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> str:
+    """Prints and returns a table of widths, parameters and MACs before and after thinning.
+
+    One row per layer of `original` with a kernel: input channels and filters / units before
+    -> after ("removed" for a layer the thinned model no longer has), its MACs before and
+    after; then the totals of parameters and MACs with their reduction factors.
+
+    Args:
+        original: the model before `thin`.
+        thinned: the model `thin` returned.
+        print_fn: where the table goes (None: do not print).
+
+    Returns:
+        The table, a string.
+
+    Example:
+    >>> text = summarize(model, ssl_keras.thin(model))
+    """
+    macs0, per0 = count_macs(original, per_layer=True)
+    macs1, per1 = count_macs(thinned, per_layer=True)
+    in0, in1 = _in_width(original), _in_width(thinned)
+    names1 = {layer.name: layer for layer in thinned.layers}
+    rows = [("layer", "class", "in", "out", "MACs", "MACs after")]
+    for layer in original.layers:
+        if layer.name not in per0 or not any(v.name.endswith("kernel") for v in layer.weights):
+            continue
+        new = names1.get(layer.name)
+        if new is None:
+            io = (f"{in0[layer.name]} -> removed", f"{_width(layer)} -> removed")
+        else:
+            io = (f"{in0[layer.name]} -> {in1.get(layer.name)}",
+                  f"{_width(layer)} -> {_width(new)}")
+        rows.append((layer.name, type(layer).__name__, *io, f"{per0[layer.name]:,}",
+                     f"{per1.get(layer.name, 0):,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    p0, p1 = count_params(original), count_params(thinned)
+    lines += [
+        "",
+        f"parameters: {p0:,} -> {p1:,} ({_ratio(p0, p1)} fewer)",
+        f"MACs:       {macs0:,} -> {macs1:,} ({_ratio(macs0, macs1)} fewer)",
+    ]
+    text = "\n".join(lines)
+    if print_fn is not None:
+        print_fn(text)
+    return text
