@@ -6,15 +6,26 @@ Public API (everything else is internal):
     group_norms, Structure          per-group L2 norms of a kernel
     removable_groups                the coupled channel groups of a model, as plain data
     register_layer, LayerSpec, Kind, WeightSlice   declare how a user layer couples channels
+    thin, thinning_plan, apply_plan  rebuild a group-sparse model as a smaller dense model
+    zero_groups, ConstantAdd        the zeroed reference model; the constant layer thin may add
+    count_params, count_macs, summarize   sizes before / after thinning
+    export_tflite, evaluate_tflite, predict_tflite, ExportReport   verified TFLite export
 """
 
+from ssl_keras.export import ExportReport, evaluate_tflite, export_tflite, predict_tflite
 from ssl_keras.graph import Kind, LayerSpec, WeightSlice, register_layer, removable_groups
 from ssl_keras.regularizers import GroupLasso
+from ssl_keras.report import count_macs, count_params, summarize
 from ssl_keras.structures import Structure, group_norms
+from ssl_keras.thin import ConstantAdd, apply_plan, thin, thinning_plan, zero_groups
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ExportReport",
+    "evaluate_tflite",
+    "export_tflite",
+    "predict_tflite",
     "GroupLasso",
     "Kind",
     "LayerSpec",
@@ -23,4 +34,12 @@ __all__ = [
     "removable_groups",
     "Structure",
     "group_norms",
+    "thin",
+    "thinning_plan",
+    "apply_plan",
+    "zero_groups",
+    "ConstantAdd",
+    "count_params",
+    "count_macs",
+    "summarize",
 ]
