@@ -325,9 +325,9 @@ class CoupledTerms:
     def scale(self, factors: np.ndarray) -> None:
         """Multiplies every slice of group g by factors[g] (in place, on the variables)."""
         for variable, axis, matrix in self.terms:
-            covered = matrix.sum(axis=0) > 0
-            per_index = np.ones(matrix.shape[1], dtype=np.float64)
-            per_index[covered] = factors @ matrix[:, covered]
+            # A position may belong to several groups (a channel and a residual branch):
+            # their factors multiply.
+            per_index = np.prod(np.where(matrix > 0, factors[:, None], 1.0), axis=0)
             if np.all(per_index == 1.0):
                 continue
             shape = [1] * len(variable.shape)

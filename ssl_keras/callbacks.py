@@ -1,0 +1,526 @@
+"""Training callbacks of Structured Sparsity Learning.
+
+- `SparsityMonitor`: per layer, how many removable groups are below a threshold, in the logs
+  (History) every epoch, as TensorBoard scalars, and as a table at the end of training.
+- `ZeroSmallGroups`: sets groups whose norm is below a threshold to exactly zero (the method's
+  reference recipe).
+- `ProximalGroupLasso`: group soft-thresholding after each optimizer step,
+  `w_g <- w_g * max(0, 1 - lr * lambda / ||w_g||)`, exact zeros during training.
+- `freeze_zero_groups(model)`: a callback that keeps the groups that are zero now at exactly
+  zero while everything else trains (fine-tuning).
+- `zero_groups(model)`: a copy of a model with every group below a threshold set to zero.
+
+The groups come from the model: the `StructuredSparsity` wrappers (per-layer groups of every
+structure with a non-zero coefficient) and, for an `SSLModel`, its coupled channel groups and
+residual-branch groups. A plain model can be given `groups=` (the output of
+`ssl_keras.removable_groups(model)`, or the `ssl_groups` of an SSLModel); without it, a plain
+model is analysed with `removable_groups` plus the per-layer filter, channel and shape groups
+of every supported layer.
+
+Weights are changed with `variable.assign` between steps, which works with the TensorFlow
+backend (MirroredStrategy included) and the JAX backend (the callbacks sync the JAX state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from ssl_keras.structures import Structure, group_size, reduction_axes
+from ssl_keras.wrap import CoupledTerms, SSLModel, StructuredSparsity, kernel_specs
+
+__all__ = [
+    "FreezeZeroGroups",
+    "ProximalGroupLasso",
+    "SparsityMonitor",
+    "ZeroSmallGroups",
+    "freeze_zero_groups",
+    "zero_groups",
+]
+
+
+def _validate_threshold(value, name="threshold") -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a non-negative finite float. Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _validate_steps(value, name) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+    return value
+
+
+class _StructureSet:
+    """The groups of one structure of one kernel (per-layer groups)."""
+
+    def __init__(self, layer, variable, structure, in_axis, out_axis, coefficient,
+                 normalize=False):
+        self.layer = layer
+        self.label = f"{layer}/{Structure.parse(structure).value}"
+        self.variable = variable
+        self.axes = reduction_axes(structure, len(variable.shape), in_axis, out_axis)
+        size = group_size(structure, variable.shape, in_axis, out_axis)
+        self.coefficient = float(coefficient) * (math.sqrt(size) if normalize else 1.0)
+        self.labels = None
+
+    def norms(self) -> np.ndarray:
+        x = np.asarray(ops.convert_to_numpy(self.variable), dtype=np.float64)
+        return np.sqrt(np.sum(np.square(x), axis=self.axes)).reshape(-1)
+
+    def scale(self, factors: np.ndarray) -> None:
+        if np.all(factors == 1.0):
+            return
+        x = np.asarray(ops.convert_to_numpy(self.variable))
+        kept = np.sqrt(np.sum(np.square(x), axis=self.axes, keepdims=True)).shape
+        self.variable.assign((x * factors.reshape(kept)).astype(x.dtype))
+
+
+class _CoupledSet:
+    """Groups spanning layers (coupled channels, residual branches), by CoupledTerms."""
+
+    def __init__(self, terms: CoupledTerms, coefficients, labels):
+        self.terms = terms
+        self.coefficient = np.asarray(coefficients, dtype=np.float64)
+        self.labels = list(labels)
+        self.label = None
+
+    def norms(self) -> np.ndarray:
+        return self.terms.norms()
+
+    def scale(self, factors: np.ndarray) -> None:
+        self.terms.scale(np.asarray(factors, dtype=np.float64))
+
+
+def _wrapper_sets(model) -> list:
+    sets = []
+    for layer in model._flatten_layers(include_self=False):
+        if not isinstance(layer, StructuredSparsity):
+            continue
+        for variable, regularizer in layer.ssl_penalized_weights():
+            for structure, coefficient in regularizer.coefficients().items():
+                sets.append(_StructureSet(layer.name, variable, structure,
+                                          regularizer.in_axis, regularizer.out_axis,
+                                          coefficient, regularizer.normalize))
+    return sets
+
+
+def _plain_sets(model) -> list:
+    sets = []
+    for layer in model._flatten_layers(include_self=False):
+        inner = layer.ssl_inner_layer if isinstance(layer, StructuredSparsity) else layer
+        specs = kernel_specs(inner)
+        if specs is None or not inner.built:
+            continue
+        for attribute, in_axis, out_axis, _ in specs:
+            for structure in (Structure.FILTERS, Structure.CHANNELS, Structure.SHAPES):
+                sets.append(_StructureSet(layer.name, getattr(inner, attribute), structure,
+                                          in_axis, out_axis, 0.0))
+    return sets
+
+
+def _normalize_groups(groups, coefficient) -> list[dict]:
+    """removable_groups / ssl_groups entries -> {"id", "layer", "kind", "coefficient", "slices"}."""
+    if not isinstance(groups, (list, tuple)):
+        raise ValueError(
+            "`groups` must be a list of group dicts (the output of "
+            f"ssl_keras.removable_groups(model)). Received: groups={groups!r}"
+        )
+    out = []
+    for group in groups:
+        if not isinstance(group, dict) or "slices" not in group or "id" not in group:
+            raise ValueError(
+                "Every entry of `groups` must be a dict with 'id' and 'slices' (see "
+                f"docs/groups-format.md). Received: {group!r}"
+            )
+        if group.get("blocked"):
+            continue
+        slices = [s for s in group["slices"] if s.get("penalize", True)]
+        if not slices:
+            continue
+        value = group.get("coefficient", 0.0) if coefficient is None else coefficient
+        label = group.get("layer") or str(group.get("source", group["id"])).split("/")[0]
+        out.append({"id": group["id"], "layer": label, "kind": group.get("kind", "channel"),
+                    "coefficient": float(value), "slices": slices})
+    return out
+
+
+def _coupled_set(model, groups) -> _CoupledSet | None:
+    if not groups:
+        return None
+    terms = CoupledTerms(model, groups)
+    return _CoupledSet(terms, [g["coefficient"] for g in groups],
+                       [f"{g['layer']}/{g['kind']}" for g in groups])
+
+
+def group_sets(model, groups=None, coefficient=None, fallback=True) -> list:
+    """Collects the groups that the callbacks act on (internal).
+
+    Args:
+        model: the model being trained.
+        groups: coupled groups as plain data, or None to read them from the model.
+        coefficient: overrides every group's lambda (ProximalGroupLasso).
+        fallback: analyse a plain model (removable_groups + per-layer structures) when it
+            carries no SSL groups.
+    """
+    if coefficient is not None:
+        coefficient = _validate_threshold(coefficient, "coefficient")
+    if groups is not None:
+        found = [_coupled_set(model, _normalize_groups(groups, coefficient))]
+        return [s for s in found if s is not None]
+    sets = _wrapper_sets(model)
+    if isinstance(model, SSLModel) and model.ssl_groups:
+        sets.append(_coupled_set(model, _normalize_groups(model.ssl_groups, coefficient)))
+    if coefficient is not None:
+        for s in sets:
+            if isinstance(s, _StructureSet):
+                s.coefficient = coefficient
+    if sets or not fallback:
+        return [s for s in sets if s is not None]
+    from ssl_keras.graph import removable_groups
+
+    sets = _plain_sets(model)
+    coupled = _coupled_set(model, _normalize_groups(removable_groups(model), coefficient))
+    if coupled is not None:
+        sets.append(coupled)
+    if coefficient is not None:
+        for s in sets:
+            if isinstance(s, _StructureSet):
+                s.coefficient = coefficient
+    return sets
+
+
+def _sync_jax(model) -> None:
+    if keras.backend.backend() == "jax" and hasattr(model, "jax_state_sync"):
+        model.jax_state_sync()
+
+
+def _current_learning_rate(optimizer) -> float:
+    """The learning rate of the step just taken (schedules evaluated at iterations - 1)."""
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        step = max(int(ops.convert_to_numpy(optimizer.iterations)) - 1, 0)
+        return float(ops.convert_to_numpy(schedule(step)))
+    return float(ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def _zero_below(sets, threshold) -> int:
+    zeroed = 0
+    for s in sets:
+        norms = s.norms()
+        small = norms < threshold
+        factors = np.where(small, 0.0, 1.0)
+        # Groups already exactly zero need no write.
+        zeroed += int(np.sum(small & (norms > 0)))
+        if np.any(small & (norms > 0)):
+            s.scale(factors)
+    return zeroed
+
+
+def sparsity_summary(sets, threshold) -> dict[str, tuple[int, int]]:
+    """{label: (groups below threshold, groups)} over every group set (internal)."""
+    out = {}
+    for s in sets:
+        below = s.norms() < threshold
+        labels = [s.label] * len(below) if s.labels is None else s.labels
+        for label, small in zip(labels, below, strict=True):
+            zero, total = out.get(label, (0, 0))
+            out[label] = (zero + int(small), total + 1)
+    return out
+
+
+class SparsityMonitor(keras.callbacks.Callback):
+    """Logs, per layer and structure, how many removable groups are below a threshold.
+
+    Every epoch it adds to the logs (and so to `History.history`):
+    `ssl/<layer>/<structure>/zero` (count), `ssl/<layer>/<structure>/fraction`, and the totals
+    `ssl/zero_groups` and `ssl/zero_fraction`. Structures are "filters", "channels", "shapes",
+    "depth" for per-layer groups; "channel" (a coupled channel group, under its source layer)
+    and "depth" (a residual branch, under its Add layer) for an SSLModel. With `log_dir`, the
+    same figures are written as TensorBoard scalars. At the end of training, a table is
+    printed (and kept in `self.table`).
+
+    Args:
+        threshold: a group whose L2 norm is below it counts as zero, >= 0.
+        log_dir: a directory for TensorBoard scalars, or None.
+        groups: plain-data groups for a plain model (see the module doc), or None.
+        verbose: print the table at the end of training.
+
+    Example:
+    >>> monitor = SparsityMonitor(threshold=1e-4)
+    >>> history = ssl_model.fit(x, y, epochs=3, callbacks=[monitor])
+    >>> history.history["ssl/zero_fraction"]
+    """
+
+    def __init__(self, threshold=1e-4, log_dir=None, groups=None, verbose=True):
+        super().__init__()
+        self.threshold = _validate_threshold(threshold)
+        if log_dir is not None and not isinstance(log_dir, (str, bytes)) and not hasattr(
+                log_dir, "__fspath__"):
+            raise ValueError(
+                f"`log_dir` must be a path or None. Received: log_dir={log_dir!r}")
+        self.log_dir = log_dir
+        self.groups = groups
+        self.verbose = bool(verbose)
+        self.summary = {}
+        self.table = ""
+        self._sets = None
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        self._sets = group_sets(self.model, self.groups)
+        if self.log_dir is not None:
+            import tensorflow as tf
+
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+
+    def on_epoch_end(self, epoch, logs=None):
+        _sync_jax(self.model)
+        self.summary = sparsity_summary(self._sets, self.threshold)
+        values = {}
+        for label, (zero, total) in self.summary.items():
+            values[f"ssl/{label}/zero"] = float(zero)
+            values[f"ssl/{label}/fraction"] = zero / total if total else 0.0
+        zero = sum(z for z, _ in self.summary.values())
+        total = sum(t for _, t in self.summary.values())
+        values["ssl/zero_groups"] = float(zero)
+        values["ssl/zero_fraction"] = zero / total if total else 0.0
+        if logs is not None:
+            logs.update(values)
+        if self._writer is not None:
+            import tensorflow as tf
+
+            with self._writer.as_default():
+                for key, value in values.items():
+                    tf.summary.scalar(key, value, step=epoch)
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._sets is None:
+            return
+        _sync_jax(self.model)
+        self.summary = sparsity_summary(self._sets, self.threshold)
+        width = max([len("layer/structure")] + [len(k) for k in self.summary])
+        lines = [f"{'layer/structure':<{width}}  {'groups':>7}  {'zero':>7}  {'fraction':>8}"]
+        for label, (zero, total) in self.summary.items():
+            lines.append(f"{label:<{width}}  {total:>7d}  {zero:>7d}  {zero / total:>8.3f}")
+        zero = sum(z for z, _ in self.summary.values())
+        total = sum(t for _, t in self.summary.values())
+        fraction = zero / total if total else 0.0
+        lines.append(f"{'total':<{width}}  {total:>7d}  {zero:>7d}  {fraction:>8.3f}")
+        self.table = "\n".join(lines)
+        if self.verbose:
+            print(f"Group sparsity (norm < {self.threshold:g}):\n{self.table}")
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class ZeroSmallGroups(keras.callbacks.Callback):
+    """Sets every group whose L2 norm is below `threshold` to exactly zero.
+
+    The reference recipe of the method (after the updates, small groups are treated as
+    removed). Runs every `every_n_steps` training steps and at the end of training.
+
+    Args:
+        threshold: groups with `||w_g|| < threshold` are set to zero, >= 0.
+        every_n_steps: how often, in training steps, >= 1.
+        groups: plain-data groups for a plain model, or None.
+
+    Example:
+    >>> ssl_model.fit(x, y, callbacks=[ZeroSmallGroups(1e-4, every_n_steps=10)])
+    """
+
+    def __init__(self, threshold=1e-4, every_n_steps=1, groups=None):
+        super().__init__()
+        self.threshold = _validate_threshold(threshold)
+        self.every_n_steps = _validate_steps(every_n_steps, "every_n_steps")
+        self.groups = groups
+        self.zeroed = 0
+        self._sets = None
+        self._step = 0
+
+    def on_train_begin(self, logs=None):
+        self._sets = group_sets(self.model, self.groups)
+        self._step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step % self.every_n_steps == 0:
+            _sync_jax(self.model)
+            self.zeroed += _zero_below(self._sets, self.threshold)
+
+    def on_train_end(self, logs=None):
+        _sync_jax(self.model)
+        self.zeroed += _zero_below(self._sets, self.threshold)
+
+
+class ProximalGroupLasso(keras.callbacks.Callback):
+    """Group soft-thresholding after every optimizer step: exact zeros during training.
+
+    For every group g with coefficient `lambda_g` and the learning rate `lr` of the step just
+    taken (a schedule is evaluated at that step):
+
+    `w_g <- w_g * max(0, 1 - lr * lambda_g / ||w_g||)`
+
+    The coefficients are read from the model (the wrappers' GroupLasso, the SSLModel's coupled
+    groups) unless `coefficient` is given. Note: a model from `apply_ssl` also has the group
+    Lasso in its loss, so its gradient already holds the subgradient `lambda w_g / ||w_g||`;
+    the proximal step then adds the exact shrinkage on top (the penalty acts about twice). For
+    pure proximal gradient, train a plain model with `groups=` and `coefficient=`. Where one
+    weight is in several groups (filters and channels of one kernel), the shrinkages are
+    applied one after the other.
+
+    Args:
+        coefficient: one lambda for every group, >= 0, or None to read them from the model
+            (required for a plain model).
+        groups: plain-data groups for a plain model, or None.
+
+    Example:
+    >>> ssl_model.fit(x, y, callbacks=[ProximalGroupLasso()])
+    """
+
+    def __init__(self, coefficient=None, groups=None):
+        super().__init__()
+        self.coefficient = (None if coefficient is None
+                            else _validate_threshold(coefficient, "coefficient"))
+        self.groups = groups
+        self._sets = None
+
+    def on_train_begin(self, logs=None):
+        self._sets = group_sets(self.model, self.groups, self.coefficient, fallback=False)
+        if not self._sets and self.groups is None:
+            raise ValueError(
+                f"Model '{self.model.name}' carries no SSL groups to shrink. Wrap it with "
+                "ssl_keras.apply_ssl(...), or pass groups=ssl_keras.removable_groups(model) "
+                "and coefficient=... . Received: groups=None"
+            )
+        if not any(np.any(np.asarray(s.coefficient) > 0) for s in self._sets):
+            raise ValueError(
+                "Every group has coefficient 0: the proximal step would do nothing. Give "
+                f"`coefficient` > 0 or non-zero coefficients to apply_ssl. Received: "
+                f"coefficient={self.coefficient!r}"
+            )
+
+    def on_train_batch_end(self, batch, logs=None):
+        _sync_jax(self.model)
+        lr = _current_learning_rate(self.model.optimizer)
+        for s in self._sets:
+            norms = s.norms()
+            shrink = lr * np.asarray(s.coefficient, dtype=np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factors = np.where(norms > 0, np.maximum(0.0, 1.0 - shrink / norms), 0.0)
+            factors = np.where(np.asarray(s.coefficient) > 0, factors, 1.0)
+            factors = np.broadcast_to(factors, norms.shape)
+            s.scale(factors)
+
+
+class FreezeZeroGroups(keras.callbacks.Callback):
+    """Keeps the groups that were zero when it was created at exactly zero.
+
+    Made by `freeze_zero_groups(model, threshold)`: the groups whose norm is below `threshold`
+    are set to zero at the start of training and multiplied by 0 after every step (a mask),
+    everything else trains.
+
+    Args:
+        model: the model to fine-tune (the groups are measured on it now).
+        threshold: a group with norm below it is frozen at zero, >= 0.
+        groups: plain-data groups for a plain model, or None.
+    """
+
+    def __init__(self, model, threshold=1e-4, groups=None):
+        super().__init__()
+        if not isinstance(model, keras.Model):
+            raise ValueError(
+                f"`model` must be a Keras model. Received: model={model!r} "
+                f"(of type {type(model).__name__})"
+            )
+        self.threshold = _validate_threshold(threshold)
+        self._sets = group_sets(model, groups)
+        self._frozen = []
+        self.frozen_groups = 0
+        for s in self._sets:
+            small = s.norms() < self.threshold
+            if np.any(small):
+                self._frozen.append((s, np.where(small, 0.0, 1.0)))
+                self.frozen_groups += int(np.sum(small))
+        self._target = model
+
+    def _apply(self):
+        for s, mask in self._frozen:
+            s.scale(mask)
+
+    def on_train_begin(self, logs=None):
+        if self.model is not None and self.model is not self._target:
+            raise ValueError(
+                "This FreezeZeroGroups callback was made for model "
+                f"'{self._target.name}' but is used to train model '{self.model.name}'. "
+                "Call freeze_zero_groups() on the model you fit."
+            )
+        self._apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+        _sync_jax(self.model)
+        self._apply()
+
+
+def freeze_zero_groups(model, threshold=1e-4, groups=None) -> FreezeZeroGroups:
+    """A callback for fine-tuning: groups that are zero now stay exactly zero.
+
+    The groups are those of the model (wrappers, SSLModel) or `groups`; for a plain model
+    (e.g. after `strip_ssl`) the coupled channel groups of `removable_groups(model)` and the
+    per-layer filter, channel and shape groups of every supported layer.
+
+    Args:
+        model: the model that will be fitted.
+        threshold: a group with norm below it is frozen at zero, >= 0.
+        groups: plain-data groups, or None.
+
+    Returns:
+        A `FreezeZeroGroups` callback to pass to `model.fit`.
+
+    Example:
+    >>> plain = strip_ssl(zero_groups(ssl_model, 1e-4))
+    >>> plain.compile("sgd", "mse")
+    >>> plain.fit(x, y, callbacks=[freeze_zero_groups(plain, 1e-4)])
+    """
+    return FreezeZeroGroups(model, threshold, groups)
+
+
+def zero_groups(model, threshold=1e-4, groups=None):
+    """Returns a copy of `model` in which every group with norm below `threshold` is zero.
+
+    The groups are found as in `freeze_zero_groups`. The input is not modified.
+
+    Args:
+        model: a Keras Sequential or functional model (wrapped or plain).
+        threshold: groups with `||w_g|| < threshold` are set to zero, >= 0.
+        groups: plain-data groups, or None.
+
+    Returns:
+        A new model of the same class, with the same weights except the zeroed groups.
+
+    Example:
+    >>> zeroed = zero_groups(ssl_model, 1e-4)
+    """
+    threshold = _validate_threshold(threshold)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`model` must be a Keras model. Received: model={model!r} "
+            f"(of type {type(model).__name__})"
+        )
+    copy = keras.models.clone_model(model)
+    if isinstance(model, SSLModel):
+        copy = SSLModel(inputs=copy.input, outputs=copy.output, name=model.name,
+                        ssl_groups=model.ssl_groups, ssl_epsilon=model.ssl_epsilon)
+    copy.set_weights(model.get_weights())
+    if model.compiled:
+        copy.compile_from_config(model.get_compile_config())
+    _zero_below(group_sets(copy, groups), threshold)
+    return copy
