@@ -10,14 +10,19 @@ Public API (everything else is internal):
     zero_groups, ConstantAdd        the zeroed reference model; the constant layer thin may add
     count_params, count_macs, summarize   sizes before / after thinning
     export_tflite, evaluate_tflite, predict_tflite, ExportReport   verified TFLite export
+    apply_ssl, strip_ssl, StructuredSparsity, SSLModel   put a layer / model under group Lasso
+    freeze_zero_groups; ssl_keras.callbacks   SparsityMonitor, ZeroSmallGroups, ProximalGroupLasso
 """
 
+from ssl_keras import callbacks
+from ssl_keras.callbacks import freeze_zero_groups
 from ssl_keras.export import ExportReport, evaluate_tflite, export_tflite, predict_tflite
 from ssl_keras.graph import Kind, LayerSpec, WeightSlice, register_layer, removable_groups
 from ssl_keras.regularizers import GroupLasso
 from ssl_keras.report import count_macs, count_params, summarize
 from ssl_keras.structures import Structure, group_norms
 from ssl_keras.thin import ConstantAdd, apply_plan, thin, thinning_plan, zero_groups
+from ssl_keras.wrap import SSLModel, StructuredSparsity, apply_ssl, strip_ssl
 
 __version__ = "0.1.0"
 
@@ -42,4 +47,10 @@ __all__ = [
     "count_params",
     "count_macs",
     "summarize",
+    "apply_ssl",
+    "strip_ssl",
+    "StructuredSparsity",
+    "SSLModel",
+    "callbacks",
+    "freeze_zero_groups",
 ]

@@ -8,7 +8,6 @@
   `w_g <- w_g * max(0, 1 - lr * lambda / ||w_g||)`, exact zeros during training.
 - `freeze_zero_groups(model)`: a callback that keeps the groups that are zero now at exactly
   zero while everything else trains (fine-tuning).
-- `zero_groups(model)`: a copy of a model with every group below a threshold set to zero.
 
 The groups come from the model: the `StructuredSparsity` wrappers (per-layer groups of every
 structure with a non-zero coefficient) and, for an `SSLModel`, its coupled channel groups and
@@ -38,7 +37,6 @@ __all__ = [
     "SparsityMonitor",
     "ZeroSmallGroups",
     "freeze_zero_groups",
-    "zero_groups",
 ]
 
 
@@ -486,41 +484,9 @@ def freeze_zero_groups(model, threshold=1e-4, groups=None) -> FreezeZeroGroups:
         A `FreezeZeroGroups` callback to pass to `model.fit`.
 
     Example:
-    >>> plain = strip_ssl(zero_groups(ssl_model, 1e-4))
+    >>> plain = strip_ssl(ssl_keras.zero_groups(ssl_model, 1e-4))
     >>> plain.compile("sgd", "mse")
     >>> plain.fit(x, y, callbacks=[freeze_zero_groups(plain, 1e-4)])
     """
     return FreezeZeroGroups(model, threshold, groups)
 
-
-def zero_groups(model, threshold=1e-4, groups=None):
-    """Returns a copy of `model` in which every group with norm below `threshold` is zero.
-
-    The groups are found as in `freeze_zero_groups`. The input is not modified.
-
-    Args:
-        model: a Keras Sequential or functional model (wrapped or plain).
-        threshold: groups with `||w_g|| < threshold` are set to zero, >= 0.
-        groups: plain-data groups, or None.
-
-    Returns:
-        A new model of the same class, with the same weights except the zeroed groups.
-
-    Example:
-    >>> zeroed = zero_groups(ssl_model, 1e-4)
-    """
-    threshold = _validate_threshold(threshold)
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`model` must be a Keras model. Received: model={model!r} "
-            f"(of type {type(model).__name__})"
-        )
-    copy = keras.models.clone_model(model)
-    if isinstance(model, SSLModel):
-        copy = SSLModel(inputs=copy.input, outputs=copy.output, name=model.name,
-                        ssl_groups=model.ssl_groups, ssl_epsilon=model.ssl_epsilon)
-    copy.set_weights(model.get_weights())
-    if model.compiled:
-        copy.compile_from_config(model.get_compile_config())
-    _zero_below(group_sets(copy, groups), threshold)
-    return copy
