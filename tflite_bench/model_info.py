@@ -89,12 +89,16 @@ def read_model(path):
             f"4-8). Received: path={path!r}, identifier={data[4:8]!r}"
         )
     try:
-        return _fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
+        model = _fb.ModelT.InitFromPackedBuf(bytearray(data), 0)
     except Exception as e:  # a truncated or corrupt flatbuffer raises anything
         raise ValueError(
             f"The file is a corrupt TFLite flatbuffer: {type(e).__name__}: {e}. "
             f"Received: path={path!r}"
         ) from None
+    if not model.subgraphs or not model.buffers:
+        raise ValueError("The file is a corrupt TFLite flatbuffer: it has no subgraph or no "
+                         f"buffer table. Received: path={path!r}")
+    return model
 
 
 def _opcode_name(model, opcode_index):

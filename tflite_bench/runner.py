@@ -305,6 +305,7 @@ def benchmark(paths, threads=(1,), runs=200, warmup=20, round_size=10, kernels="
     workers = {}
     entries = {(p, t): _entry(p, t, infos.get(p), errors.get(p)) for t in threads for p in paths}
     rounds = {}
+    tf_imported, affinity = False, None
     try:
         for p in valid:
             workers[p] = _Worker()
@@ -315,6 +316,8 @@ def benchmark(paths, threads=(1,), runs=200, warmup=20, round_size=10, kernels="
                     r = workers[p].call(cmd="load", path=p, threads=t, kernels=kernels,
                                         warmup=warmup, seed=seed, cores=cores)
                     entries[p, t].update(init_ms=r["init_ms"], first_us=r["first_us"])
+                    tf_imported |= bool(r["tensorflow_imported"])
+                    affinity = r["affinity"]
                     live.append(p)
                     rounds[p, t] = []
                 except WorkerError as e:
@@ -355,6 +358,7 @@ def benchmark(paths, threads=(1,), runs=200, warmup=20, round_size=10, kernels="
                 "round_size": round_size, "rounds": n_rounds, "kernels": kernels,
                 "cores": list(cores) if cores is not None else None, "seed": seed,
                 "bootstrap_resamples": resamples, "confidence": confidence,
-                "speedup_basis": "median", "source": "litert-python"}
+                "speedup_basis": "median", "source": "litert-python",
+                "worker_affinity": affinity, "workers_imported_tensorflow": tf_imported}
     return {"schema_version": SCHEMA_VERSION, "machine": machine_info(), "settings": settings,
             "models": models}

@@ -1,0 +1,207 @@
+"""tflite_bench.runner: statistics (NumPy oracle), the paired bootstrap, MAC ratios, and the
+side-by-side benchmark on tiny hand-built models (schema, error entries; no timing
+assertions)."""
+
+import json
+
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as fb
+
+from tests.test_bench_model_info import build_tflite, fc_model
+from tflite_bench import benchmark, summarize
+from tflite_bench.report import plot_png, to_markdown, write_outputs
+from tflite_bench.runner import ENTRY_KEYS, add_ratios, machine_info, speedup_ci
+
+TOP_KEYS = {"schema_version", "machine", "settings", "models"}
+NUMERIC = ("size_bytes", "params", "macs", "threads", "median_us", "p10_us", "p90_us",
+           "mean_us", "std_us", "min_us", "runs", "init_ms", "first_us", "speedup_vs_first",
+           "mac_ratio_vs_first", "efficiency")
+
+
+def test_summarize_matches_numpy():
+    t = np.random.default_rng(3).gamma(2.0, 10.0, 57)
+    s = summarize(list(t))
+    assert s["median_us"] == pytest.approx(np.median(t))
+    assert s["p10_us"] == pytest.approx(np.percentile(t, 10))
+    assert s["p90_us"] == pytest.approx(np.percentile(t, 90))
+    assert s["mean_us"] == pytest.approx(t.mean())
+    assert s["std_us"] == pytest.approx(t.std())
+    assert s["min_us"] == pytest.approx(t.min())
+    assert s["runs"] == 57
+
+
+def test_summarize_empty():
+    with pytest.raises(ValueError, match="No times to summarize"):
+        summarize([])
+
+
+def test_speedup_ci_contains_true_ratio_and_is_ordered():
+    rng = np.random.default_rng(0)
+    base = [list(100 + rng.normal(0, 2, 10)) for _ in range(20)]
+    other = [list(50 + rng.normal(0, 1, 10)) for _ in range(20)]
+    lo, hi = speedup_ci(base, other, resamples=300, seed=1)
+    assert lo <= hi
+    assert lo < 2.0 < hi
+    point = np.median(np.concatenate(base)) / np.median(np.concatenate(other))
+    assert lo <= point <= hi
+
+
+def test_speedup_ci_paired_rounds_cancel_shared_noise():
+    # every round is slowed by the same factor for both models: the paired ratio is exact
+    factors = np.linspace(1.0, 3.0, 12)
+    base = [[200.0 * f] * 5 for f in factors]
+    other = [[100.0 * f] * 5 for f in factors]
+    lo, hi = speedup_ci(base, other, resamples=200)
+    assert lo == pytest.approx(2.0, rel=0.15) and hi == pytest.approx(2.0, rel=0.15)
+
+
+def test_speedup_ci_errors():
+    with pytest.raises(ValueError, match="same, non-zero number of rounds. Received: 2 and 1"):
+        speedup_ci([[1.0], [1.0]], [[1.0]])
+    with pytest.raises(ValueError, match=r"`confidence` must be in \(0, 1\). Received"):
+        speedup_ci([[1.0]], [[1.0]], confidence=1.5)
+
+
+def test_add_ratios_oracle():
+    e = add_ratios([
+        {"path": "a", "threads": 1, "macs": 1000, "speedup_vs_first": 1.0},
+        {"path": "a", "threads": 2, "macs": 1000, "speedup_vs_first": 1.0},
+        {"path": "b", "threads": 1, "macs": 250, "speedup_vs_first": 3.0},
+        {"path": "b", "threads": 2, "macs": 250, "speedup_vs_first": None},
+    ])
+    assert e[2]["mac_ratio_vs_first"] == 4.0 and e[2]["efficiency"] == 0.75
+    assert e[3]["mac_ratio_vs_first"] == 4.0 and "efficiency" not in e[3]
+
+
+def test_machine_info_keys():
+    m = machine_info()
+    assert {"cpu", "cores", "python", "litert"} <= set(m)
+    assert m["cores"] >= 1
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runner")
+    big = fc_model(d / "big.tflite", 64, 32, seed=1)
+    small = fc_model(d / "small.tflite", 64, 8, seed=2)
+    # weights (4, 9) against an input of 8: fails in allocate_tensors
+    opts = fb.FullyConnectedOptionsT()
+    bad = build_tflite(
+        d / "bad_alloc.tflite",
+        [((1, 8), fb.TensorType.FLOAT32),
+         ((4, 9), fb.TensorType.FLOAT32, np.ones((4, 9), np.float32)),
+         ((1, 4), fb.TensorType.FLOAT32)],
+        [(fb.BuiltinOperator.FULLY_CONNECTED, [0, 1, -1], [2],
+          fb.BuiltinOptions.FullyConnectedOptions, opts)], [0], [2])
+    corrupt = d / "corrupt.tflite"
+    corrupt.write_bytes(b"\0\0\0\0TFL3" + b"\xff" * 20)
+    return {"big": big, "small": small, "bad": bad, "corrupt": corrupt, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def result(models):
+    return benchmark([models["big"], models["small"]], threads=(1, 2), runs=12, warmup=2,
+                     round_size=4, progress=False, resamples=50)
+
+
+def test_result_schema(result, models):
+    assert set(result) == TOP_KEYS
+    assert result["schema_version"] == 1
+    assert {"cpu", "cores", "python", "litert"} <= set(result["machine"])
+    s = result["settings"]
+    assert s["threads"] == [1, 2] and s["runs"] == 12 and s["warmup"] == 2
+    assert s["rounds"] == 3 and s["kernels"] == "xnnpack"
+    assert s["workers_imported_tensorflow"] is False
+    entries = result["models"]
+    assert [(e["name"], e["threads"]) for e in entries] == [
+        ("big.tflite", 1), ("big.tflite", 2), ("small.tflite", 1), ("small.tflite", 2)]
+    for e in entries:
+        assert tuple(e) == ENTRY_KEYS
+        assert e["error"] is None
+        for k in NUMERIC:
+            assert isinstance(e[k], (int, float)), k
+        assert e["runs"] == 12
+        assert e["p10_us"] <= e["median_us"] <= e["p90_us"]
+        assert len(e["speedup_ci"]) == 2 and e["speedup_ci"][0] <= e["speedup_ci"][1]
+    assert entries[0]["speedup_vs_first"] == 1.0
+    assert entries[2]["macs"] == 64 * 8 and entries[0]["macs"] == 64 * 32
+    assert entries[2]["mac_ratio_vs_first"] == 4.0
+    assert entries[2]["params"] == 64 * 8 + 8
+    assert entries[2]["speedup_vs_first"] == pytest.approx(
+        entries[0]["median_us"] / entries[2]["median_us"])
+    assert entries[2]["efficiency"] == pytest.approx(entries[2]["speedup_vs_first"] / 4.0)
+    json.loads(json.dumps(result))  # serialisable as is
+
+
+def test_failures_are_reported_and_others_measured(models):
+    r = benchmark([models["big"], models["corrupt"], models["bad"],
+                   models["dir"] / "missing.tflite", models["small"]], threads=(1,), runs=4,
+                  warmup=0, round_size=2, progress=False, resamples=20)
+    by = {e["name"]: e for e in r["models"]}
+    assert "corrupt TFLite flatbuffer" in by["corrupt.tflite"]["error"]
+    assert "No such .tflite file" in by["missing.tflite"]["error"]
+    assert "ValueError" in by["bad_alloc.tflite"]["error"] or \
+        "RuntimeError" in by["bad_alloc.tflite"]["error"]
+    assert by["bad_alloc.tflite"]["median_us"] is None
+    assert by["small.tflite"]["error"] is None and by["small.tflite"]["runs"] == 4
+    assert by["small.tflite"]["speedup_vs_first"] is not None
+
+
+def test_failed_baseline_gives_no_speedup(models):
+    r = benchmark([models["dir"] / "missing.tflite", models["small"]], runs=2, warmup=0,
+                  progress=False, resamples=10)
+    assert r["models"][1]["error"] is None
+    assert r["models"][1]["speedup_vs_first"] is None
+
+
+def test_reference_kernels_and_int_inputs(tmp_path):
+    # an int8 ADD model runs with random int8 inputs under the reference kernels
+    T = fb.TensorType
+    p = build_tflite(tmp_path / "add.tflite",
+                     [((1, 3), T.INT32), ((1, 3), T.INT32), ((1, 3), T.INT32)],
+                     [(fb.BuiltinOperator.ADD, [0, 1], [2], fb.BuiltinOptions.AddOptions,
+                       fb.AddOptionsT())], [0, 1], [2])
+    r = benchmark([p], runs=3, warmup=0, kernels="reference", progress=False)
+    assert r["models"][0]["error"] is None and r["settings"]["kernels"] == "reference"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"paths": "one.tflite"}, "non-empty list of .tflite paths"),
+    ({"paths": []}, "non-empty list of .tflite paths"),
+    ({"threads": (0,)}, "`threads` must be positive integers. Received: threads=\\(0,\\)"),
+    ({"runs": 0}, "`runs` and `round_size` must be >= 1"),
+    ({"warmup": -1}, "`warmup` >= 0"),
+    ({"kernels": "gpu"}, "`kernels` must be one of"),
+    ({"cores": []}, "`cores` must be a non-empty list"),
+])
+def test_benchmark_argument_errors(kwargs, match):
+    args = {"paths": ["a.tflite"], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        benchmark(**args, progress=False)
+
+
+def test_markdown_and_plot(result, tmp_path):
+    md = to_markdown(result)
+    lines = md.splitlines()
+    assert lines[2].startswith("| model | threads | median us")
+    assert len([x for x in lines if x.startswith("| big.tflite") or
+                x.startswith("| small.tflite")]) == 4
+    assert "4.00" in md  # the MAC ratio of small vs big
+    png = plot_png(result)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    out = tmp_path / "r.json"
+    write_outputs(result, json_path=out, markdown_path=tmp_path / "r.md",
+                  plot_path=tmp_path / "r.png")
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    with pytest.raises(FileExistsError, match="The output file exists; pass --overwrite"):
+        write_outputs(result, json_path=out)
+    write_outputs(result, json_path=out, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="The output folder does not exist"):
+        write_outputs(result, json_path=tmp_path / "no" / "r.json")
+
+
+def test_markdown_shows_errors():
+    r = {"machine": {}, "settings": {}, "models": [
+        {"path": "x.tflite", "threads": 1, "error": "boom"}]}
+    assert "| x.tflite | 1 | error: boom |" in to_markdown(r)
