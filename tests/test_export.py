@@ -21,14 +21,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCHNORM_OPS = {"MUL", "ADD", "SUB", "RSQRT", "SQRT", "DIV"}
 
 
-def conv_bn_net(filters=(6, 8), units=3, name="conv_bn"):
+def conv_bn_net(filters=(6, 8), units=3, name="conv_bn", conv2_padding="valid"):
     """A small conv net with BatchNorm (non-trivial statistics) of the kind thin() produces."""
     inputs = keras.Input(SHAPE, name="image")
     x = keras.layers.Conv2D(filters[0], 3, use_bias=False, name="conv1")(inputs)
     x = keras.layers.BatchNormalization(name="bn1")(x)
     x = keras.layers.ReLU(name="relu1")(x)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
-    x = keras.layers.Conv2D(filters[1], 3, activation="relu", name="conv2")(x)
+    x = keras.layers.Conv2D(filters[1], 3, activation="relu", padding=conv2_padding,
+                            name="conv2")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     outputs = keras.layers.Dense(units, name="fc")(x)
     model = keras.Model(inputs, outputs, name=name)
@@ -190,18 +191,30 @@ def test_thinned_model_float32_and_int8(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(ssl_keras, "thin"), reason="ssl_keras.thin has not landed")
-def test_model_thinned_by_ssl_keras_thin(tmp_path):
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_model_thinned_by_ssl_keras_thin(tmp_path, padding):
+    """Two zero filters behind a BatchNorm: thin folds their constant into conv2's bias
+    ("valid") or, with zero padding at conv2's borders, into a ConstantAdd map ("same")."""
     keras.utils.set_random_seed(3)
-    model = conv_bn_net(filters=(6, 8))
+    model = conv_bn_net(filters=(6, 8), conv2_padding=padding)
     kernel = model.get_layer("conv1").get_weights()[0].copy()
     kernel[..., [1, 4]] = 0.0  # two removable filters
     model.get_layer("conv1").set_weights([kernel])
     thinned = ssl_keras.thin(model)
-    assert thinned.count_params() < model.count_params()
-    report = export_tflite(thinned, tmp_path / "thin.tflite")
-    x = data(4, seed=7)
-    got = predict_tflite(report.path, x)["output_0"]
-    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4, rtol=0)
+    assert thinned.get_layer("conv1").filters == 4
+    constant_add = any(isinstance(la, ssl_keras.ConstantAdd) for la in thinned.layers)
+    assert constant_add == (padding == "same")
+    x = data(5, seed=7)
+    want = model.predict(x, verbose=0)
+    for mode in (None, "int8"):
+        report = export_tflite(thinned, tmp_path / f"thin_{mode}.tflite", quantize=mode,
+                               representative_data=data(32, seed=8))
+        assert not any(name.startswith("Flex") for name in report.op_counts)
+        assert report.op_counts["CONV_2D"] == 2
+        assert ("ADD" in report.op_counts) == constant_add  # ConstantAdd -> one builtin ADD
+        got = predict_tflite(report.path, x)["output_0"]
+        tol = 1e-4 if mode is None else 0.1 * max(1.0, np.abs(want).max())
+        assert np.abs(got - want).max() <= tol, (mode, report.op_counts)
 
 
 def _two_in_two_out(dict_io):
