@@ -418,6 +418,26 @@ def _register_builtins():
     }
     for cls, reason in blocks.items():
         register_layer(cls, LayerSpec(Kind.BLOCK, reason=reason))
+    _register_ops()
+
+
+def _register_ops():
+    """Operations that the functional API records for `x + y`, `keras.ops.relu(x)`, ..."""
+    from keras.src.ops import nn as ops_nn
+    from keras.src.ops import numpy as ops_np
+
+    merges = {"Add": True, "Subtract": True, "Maximum": True, "Minimum": True,
+              "Multiply": False}
+    for name, safe in merges.items():
+        cls = getattr(ops_np, name, None)
+        if cls is not None:
+            register_layer(cls, LayerSpec(Kind.MERGE_TIE, affine_safe=safe))
+    elementwise = [getattr(ops_nn, n, None) for n in
+                   ("Relu", "Relu6", "Sigmoid", "Silu", "Gelu", "LeakyRelu", "Elu")]
+    elementwise.append(getattr(ops_np, "Tanh", None))
+    for cls in elementwise:
+        if cls is not None:
+            register_layer(cls, LayerSpec(Kind.PASSTHROUGH))
 
 
 _register_builtins()

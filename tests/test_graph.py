@@ -1,0 +1,616 @@
+"""Tests of ssl_keras.graph: coupled channel groups of functional and Sequential models."""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers as L  # noqa: E402
+from keras import ops  # noqa: E402
+from keras.src.ops import nn as ops_nn  # noqa: E402
+from keras.src.ops import numpy as ops_np  # noqa: E402
+
+from examples.models import lenet, resnet  # noqa: E402
+from ssl_keras import registry  # noqa: E402
+from ssl_keras.graph import find_layer, layer_channels, removable_groups  # noqa: E402
+from ssl_keras.registry import Kind, LayerSpec  # noqa: E402
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _producer(rank, filters, name):
+    """A layer creating `filters` channels on a tensor of `rank` (batch included)."""
+    if rank == 2:
+        return L.Dense(filters, name=name)
+    return {3: L.Conv1D, 4: L.Conv2D, 5: L.Conv3D}[rank](filters, 1, name=name)
+
+
+def _chain(layer, spatial=(6, 6), channels=4):
+    """input -> pre (producer, `channels`) -> layer -> post (Dense 2)."""
+    inputs = keras.Input(spatial + (3,), name="input")
+    x = _producer(len(spatial) + 2, channels, "pre")(inputs)
+    x = layer(x)
+    return keras.Model(inputs, L.Dense(2, name="post")(x))
+
+
+def _merge(fn, spatial=(5, 5), widths=(4, 4)):
+    """input -> pre (widths[0]) and pre_b (widths[1]) -> fn([a, b]) -> post (Dense 2)."""
+    inputs = keras.Input(spatial + (3,), name="input")
+    a = _producer(len(spatial) + 2, widths[0], "pre")(inputs)
+    b = _producer(len(spatial) + 2, widths[1], "pre_b")(inputs)
+    return keras.Model(inputs, L.Dense(2, name="post")(fn(a, b)))
+
+
+def _by_id(groups):
+    return {g["id"]: g for g in groups}
+
+
+def _group_of(groups, layer, channel):
+    """The group that has producer `layer`:`channel` among its members."""
+    (group,) = [g for g in groups if {"layer": layer, "channel": channel} in g["members"]]
+    return group
+
+
+def _slices(group, layer=None, role=None):
+    return [s for s in group["slices"]
+            if (layer is None or s["layer"] == layer) and (role is None or s["role"] == role)]
+
+
+def _input(model, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (2,) + tuple(model.inputs[0].shape[1:])
+    return rng.normal(size=shape).astype("float32")
+
+
+def _edit(model, s, fn):
+    layer = find_layer(model, s["layer"])
+    var = {v.name: v for v in layer.weights}[s["weight"]]
+    value = np.array(keras.ops.convert_to_numpy(var))
+    index = [slice(None)] * value.ndim
+    index[s["axis"]] = s["index"]
+    value[tuple(index)] = fn(value[tuple(index)])
+    var.assign(value)
+
+
+def _perturb_is_invisible(model, group, x, rng):
+    """Zero the consumer slices, then perturb producer/tied slices: the output must not move.
+
+    If the consumer index map missed a position where the channel is read, the perturbed
+    channel would leak into the output.
+    """
+    for s in _slices(group, role="consumer"):
+        _edit(model, s, np.zeros_like)
+    before = keras.ops.convert_to_numpy(model(x, training=False))
+    for s in group["slices"]:
+        if s["role"] == "consumer":
+            continue
+        if s["weight"] == "moving_variance":
+            _edit(model, s, lambda v: np.abs(v) + rng.uniform(0.5, 2.0, v.shape))
+        else:
+            _edit(model, s, lambda v: v + rng.normal(0.0, 2.0, v.shape) + 1.0)
+    after = keras.ops.convert_to_numpy(model(x, training=False))
+    return before, after
+
+
+def _check_consumers(model, groups, max_groups=6, seed=0):
+    """Numerical check of every (up to max_groups) unblocked group; returns how many ran."""
+    rng = np.random.default_rng(seed)
+    x = _input(model, seed)
+    saved = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    free = [g for g in groups if g["blocked"] is None]
+    chosen = [free[i] for i in sorted(rng.choice(len(free), min(max_groups, len(free)),
+                                                 replace=False))] if free else []
+    for group in chosen:
+        before, after = _perturb_is_invisible(model, group, x, rng)
+        for v, value in zip(model.weights, saved, strict=True):
+            v.assign(value)
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"group {group['id']} leaks into the output")
+    return len(chosen)
+
+
+# ----------------------------------------------------------------- one case per class
+
+_CASES = {
+    # producers
+    L.Dense: lambda: _chain(L.Dense(3, name="x"), spatial=()),
+    L.Conv1D: lambda: _chain(L.Conv1D(3, 3, padding="same", name="x"), spatial=(6,)),
+    L.Conv2D: lambda: _chain(L.Conv2D(3, 3, name="x")),
+    L.Conv3D: lambda: _chain(L.Conv3D(3, 2, name="x"), spatial=(3, 3, 3)),
+    L.Conv1DTranspose: lambda: _chain(L.Conv1DTranspose(3, 2, name="x"), spatial=(4,)),
+    L.Conv2DTranspose: lambda: _chain(L.Conv2DTranspose(3, 2, strides=2, name="x"),
+                                      spatial=(3, 3)),
+    L.Conv3DTranspose: lambda: _chain(L.Conv3DTranspose(3, 2, name="x"), spatial=(2, 2, 2)),
+    L.SeparableConv1D: lambda: _chain(L.SeparableConv1D(3, 3, depth_multiplier=2, name="x"),
+                                      spatial=(6,)),
+    L.SeparableConv2D: lambda: _chain(L.SeparableConv2D(3, 3, depth_multiplier=2, name="x")),
+    # tied
+    L.DepthwiseConv1D: lambda: _chain(L.DepthwiseConv1D(3, depth_multiplier=2, name="x"),
+                                      spatial=(6,)),
+    L.DepthwiseConv2D: lambda: _chain(L.DepthwiseConv2D(3, depth_multiplier=2, name="x")),
+    L.BatchNormalization: lambda: _chain(L.BatchNormalization(name="x")),
+    L.PReLU: lambda: _chain(L.PReLU(name="x")),
+    # pass-through
+    L.ReLU: lambda: _chain(L.ReLU(name="x")),
+    L.LeakyReLU: lambda: _chain(L.LeakyReLU(name="x")),
+    L.ELU: lambda: _chain(L.ELU(name="x")),
+    L.Identity: lambda: _chain(L.Identity(name="x")),
+    L.ActivityRegularization: lambda: _chain(L.ActivityRegularization(name="x")),
+    L.Activation: lambda: _chain(L.Activation("tanh", name="x")),
+    L.Softmax: lambda: _chain(L.Softmax(axis=1, name="x")),
+    L.Rescaling: lambda: _chain(L.Rescaling(2.0, offset=0.5, name="x")),
+    L.Dropout: lambda: _chain(L.Dropout(0.5, name="x")),
+    L.SpatialDropout1D: lambda: _chain(L.SpatialDropout1D(0.5, name="x"), spatial=(6,)),
+    L.SpatialDropout2D: lambda: _chain(L.SpatialDropout2D(0.5, name="x")),
+    L.SpatialDropout3D: lambda: _chain(L.SpatialDropout3D(0.5, name="x"), spatial=(3, 3, 3)),
+    L.GaussianNoise: lambda: _chain(L.GaussianNoise(0.5, name="x")),
+    L.GaussianDropout: lambda: _chain(L.GaussianDropout(0.5, name="x")),
+    L.AlphaDropout: lambda: _chain(L.AlphaDropout(0.5, name="x")),
+    L.MaxPooling1D: lambda: _chain(L.MaxPooling1D(2, name="x"), spatial=(6,)),
+    L.MaxPooling2D: lambda: _chain(L.MaxPooling2D(2, name="x")),
+    L.MaxPooling3D: lambda: _chain(L.MaxPooling3D(2, name="x"), spatial=(4, 4, 4)),
+    L.AveragePooling1D: lambda: _chain(L.AveragePooling1D(2, name="x"), spatial=(6,)),
+    L.AveragePooling2D: lambda: _chain(L.AveragePooling2D(2, name="x")),
+    L.AveragePooling3D: lambda: _chain(L.AveragePooling3D(2, name="x"), spatial=(4, 4, 4)),
+    L.Cropping1D: lambda: _chain(L.Cropping1D(1, name="x"), spatial=(6,)),
+    L.Cropping2D: lambda: _chain(L.Cropping2D(1, name="x")),
+    L.Cropping3D: lambda: _chain(L.Cropping3D(1, name="x"), spatial=(3, 3, 3)),
+    L.UpSampling1D: lambda: _chain(L.UpSampling1D(2, name="x"), spatial=(3,)),
+    L.UpSampling2D: lambda: _chain(L.UpSampling2D(2, name="x"), spatial=(3, 3)),
+    L.UpSampling3D: lambda: _chain(L.UpSampling3D(2, name="x"), spatial=(2, 2, 2)),
+    L.ZeroPadding1D: lambda: _chain(L.ZeroPadding1D(1, name="x"), spatial=(6,)),
+    L.ZeroPadding2D: lambda: _chain(L.ZeroPadding2D(1, name="x")),
+    L.ZeroPadding3D: lambda: _chain(L.ZeroPadding3D(1, name="x"), spatial=(2, 2, 2)),
+    L.GlobalAveragePooling1D: lambda: _chain(L.GlobalAveragePooling1D(name="x"), spatial=(6,)),
+    L.GlobalAveragePooling2D: lambda: _chain(L.GlobalAveragePooling2D(name="x")),
+    L.GlobalAveragePooling3D: lambda: _chain(L.GlobalAveragePooling3D(name="x"),
+                                             spatial=(2, 2, 2)),
+    L.GlobalMaxPooling1D: lambda: _chain(L.GlobalMaxPooling1D(name="x"), spatial=(6,)),
+    L.GlobalMaxPooling2D: lambda: _chain(L.GlobalMaxPooling2D(name="x")),
+    L.GlobalMaxPooling3D: lambda: _chain(L.GlobalMaxPooling3D(name="x"), spatial=(2, 2, 2)),
+    # merges
+    L.Add: lambda: _merge(lambda a, b: L.Add(name="x")([a, b])),
+    L.Subtract: lambda: _merge(lambda a, b: L.Subtract(name="x")([a, b])),
+    L.Multiply: lambda: _merge(lambda a, b: L.Multiply(name="x")([a, b])),
+    L.Maximum: lambda: _merge(lambda a, b: L.Maximum(name="x")([a, b])),
+    L.Minimum: lambda: _merge(lambda a, b: L.Minimum(name="x")([a, b])),
+    L.Average: lambda: _merge(lambda a, b: L.Average(name="x")([a, b])),
+    L.Concatenate: lambda: _merge(lambda a, b: L.Concatenate(name="x")([a, b]), widths=(4, 2)),
+    L.Flatten: lambda: _chain(L.Flatten(name="x"), spatial=(3, 3)),
+    # operations recorded by the functional API
+    ops_np.Add: lambda: _merge(lambda a, b: a + b),
+    ops_np.Subtract: lambda: _merge(lambda a, b: ops.subtract(a, b)),
+    ops_np.Multiply: lambda: _merge(lambda a, b: ops.multiply(a, b)),
+    ops_np.Maximum: lambda: _merge(lambda a, b: ops.maximum(a, b)),
+    ops_np.Minimum: lambda: _merge(lambda a, b: ops.minimum(a, b)),
+    ops_nn.Relu: lambda: _chain(ops.relu),
+    ops_nn.Relu6: lambda: _chain(ops.relu6),
+    ops_nn.Sigmoid: lambda: _chain(ops.sigmoid),
+    ops_nn.Silu: lambda: _chain(ops.silu),
+    ops_nn.Gelu: lambda: _chain(ops.gelu),
+    ops_nn.LeakyRelu: lambda: _chain(ops.leaky_relu),
+    ops_nn.Elu: lambda: _chain(ops.elu),
+    ops_np.Tanh: lambda: _chain(ops.tanh),
+    # blocking
+    L.LayerNormalization: lambda: _chain(L.LayerNormalization(name="x")),
+    L.GroupNormalization: lambda: _chain(L.GroupNormalization(groups=2, name="x")),
+    L.UnitNormalization: lambda: _chain(L.UnitNormalization(name="x")),
+    L.RMSNormalization: lambda: _chain(L.RMSNormalization(name="x")),
+    L.Reshape: lambda: _chain(L.Reshape((36, 4), name="x")),
+    L.Permute: lambda: _chain(L.Permute((2, 1, 3), name="x")),
+    L.RepeatVector: lambda: _chain(L.RepeatVector(2, name="x"), spatial=()),
+    L.Dot: lambda: _merge(lambda a, b: L.Dot(axes=1, name="x")([a, b]), spatial=()),
+    L.EinsumDense: lambda: _chain(L.EinsumDense("abc,cd->abd", (None, 3), name="x"),
+                                  spatial=(5,)),
+    L.MultiHeadAttention: lambda: _chain(
+        lambda t: L.MultiHeadAttention(1, 2, name="x")(t, t), spatial=(5,)),
+    L.Attention: lambda: _chain(lambda t: L.Attention(name="x")([t, t]), spatial=(5,)),
+    L.AdditiveAttention: lambda: _chain(lambda t: L.AdditiveAttention(name="x")([t, t]),
+                                        spatial=(5,)),
+    L.GroupQueryAttention: lambda: _chain(
+        lambda t: L.GroupQueryAttention(2, 2, 1, name="x")(t, t), spatial=(5,)),
+    L.Masking: lambda: _chain(L.Masking(name="x"), spatial=(5,)),
+}
+
+
+def _op_name(model, cls):
+    names = [op.name for op in model._operations
+             if type(op) is cls and op.name not in ("pre", "pre_b", "post")]
+    assert len(names) == 1, names
+    return names[0]
+
+
+@pytest.fixture
+def clean_registry():
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
+@pytest.mark.parametrize("cls", registry.registered_classes(), ids=lambda c: c.__qualname__)
+def test_every_registered_class(cls):
+    assert cls in _CASES, f"registered class {cls.__qualname__} has no test case in _CASES"
+    keras.utils.set_random_seed(1)
+    model = _CASES[cls]()
+    groups = removable_groups(model, strict=True)
+    by_id = _by_id(groups)
+    name = _op_name(model, cls)
+    _, spec = registry.lookup(cls)
+    pre = [by_id[f"pre:{c}"] for c in range(model.get_layer("pre").output.shape[-1])]
+    if spec.kind is Kind.BLOCK:
+        for g in pre:
+            assert g["blocked"] is not None and f"{cls.__name__} '{name}'" in g["blocked"]
+            assert spec.reason in g["blocked"]
+        return
+    for g in pre:
+        assert g["blocked"] is None, g["blocked"]
+        assert _slices(g, "post", "consumer") or spec.kind is Kind.PRODUCER
+    if spec.kind is Kind.PRODUCER:
+        for g in pre:
+            assert _slices(g, name, "consumer"), g
+        own = [g for g in groups if g["source"] == name]
+        assert own and all(_slices(g, name, "producer") and _slices(g, "post", "consumer")
+                           for g in own)
+    elif spec.kind is Kind.TIED:
+        for c, g in enumerate(pre):
+            tied = _slices(g, name, "tied")
+            assert tied and [c] in [s["index"] for s in tied]
+    elif spec.kind in (Kind.MERGE_TIE, Kind.CONCAT):
+        width_b = model.get_layer("pre_b").output.shape[-1]
+        if spec.kind is Kind.MERGE_TIE:
+            for c, g in enumerate(pre):
+                assert {"layer": "pre_b", "channel": c} in g["members"]
+                assert g["affine_safe"] is spec.affine_safe
+        else:
+            for c in range(width_b):
+                (s,) = _slices(by_id[f"pre_b:{c}"], "post", "consumer")
+                assert s["index"] == [len(pre) + c]
+    else:
+        for g in pre:
+            assert name in g["through"]
+            assert g["affine_safe"] is spec.affine_safe
+    assert _check_consumers(model, groups) > 0
+
+
+# ------------------------------------------------------------------ hand-built models
+
+
+def test_lenet_flatten_offsets_and_output_blocking():
+    model = lenet(filters=(3, 4), units=5)
+    groups = removable_groups(model)
+    by_id = _by_id(groups)
+    assert len(groups) == 3 + 4 + 5 + 10
+    (s,) = _slices(by_id["conv2:1"], "ip1", "consumer")
+    assert s["index"] == list(range(1, 4 * 4 * 4, 4)) and s["axis"] == -2
+    (s,) = _slices(by_id["conv1:2"], "conv2", "consumer")
+    assert s["index"] == [2] and s["weight"] == "kernel"
+    assert by_id["conv1:2"]["through"] == ["pool1"]
+    for c in range(10):
+        assert by_id[f"ip2:{c}"]["blocked"] == "reaches model output 'ip2'"
+    assert all(g["blocked"] is None for g in groups if g["source"] != "ip2")
+    assert _check_consumers(model, groups, max_groups=12) == 12
+
+
+def test_checker_detects_a_wrong_consumer_map():
+    model = lenet(filters=(3, 4), units=5)
+    group = _by_id(removable_groups(model))["conv2:1"]
+    wrong = dict(group, slices=[dict(s, index=s["index"][:-1]) if s["layer"] == "ip1" else s
+                                for s in group["slices"]])
+    before, after = _perturb_is_invisible(model, wrong, _input(model), np.random.default_rng(0))
+    assert not np.allclose(before, after, atol=1e-5)
+
+
+def test_conv_bn_relu_conv():
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 3, use_bias=False, name="c1")(inputs)
+    x = L.BatchNormalization(center=False, name="bn")(x)
+    x = L.ReLU(name="relu")(x)
+    x = L.Conv2D(3, 3, name="c2")(x)
+    model = keras.Model(inputs, L.GlobalAveragePooling2D(name="gap")(x))
+    groups = removable_groups(model)
+    g = _by_id(groups)["c1:2"]
+    assert [(s["layer"], s["weight"], s["role"], s["penalize"]) for s in g["slices"]] == [
+        ("c1", "kernel", "producer", True),
+        ("bn", "gamma", "tied", True),
+        ("bn", "moving_mean", "tied", False),
+        ("bn", "moving_variance", "tied", False),
+        ("c2", "kernel", "consumer", True),
+    ]
+    assert g["through"] == ["bn", "relu"] and g["affine_safe"] is True
+    assert _by_id(groups)["c2:0"]["blocked"] == "reaches model output 'gap'"
+    assert _check_consumers(model, groups) == 4
+
+
+def test_resnet_identity_and_projection_shortcuts():
+    model = resnet(depth=8, input_shape=(8, 8, 3), widths=(2, 3, 4))
+    groups = removable_groups(model)
+    by_id = _by_id(groups)
+    ident = by_id["conv0:1"]
+    assert {"layer": "stage1_block1_conv2", "channel": 1} in ident["members"]
+    assert {s["layer"] for s in _slices(ident, role="tied")} == {"bn0", "stage1_block1_bn2"}
+    assert {s["layer"] for s in _slices(ident, role="consumer")} == {
+        "stage1_block1_conv1", "stage2_block1_conv1", "stage2_block1_proj"}
+    proj = by_id["stage2_block1_conv2:2"]
+    assert [m["layer"] for m in proj["members"]] == ["stage2_block1_conv2", "stage2_block1_proj"]
+    assert "stage2_block1_add" in proj["through"]
+    last = by_id["stage3_block1_conv2:3"]
+    assert _slices(last, "fc", "consumer")[0]["index"] == [3]
+    assert len(groups) == 2 + 2 + 3 + 3 + 4 + 4 + 10
+    assert _check_consumers(model, groups, max_groups=8) == 8
+
+
+def test_concatenate_offsets_three_operands():
+    inputs = keras.Input((4, 4, 3))
+    a = L.Conv2D(2, 1, name="a")(inputs)
+    b = L.Conv2D(3, 1, name="b")(inputs)
+    c = L.Conv2D(1, 1, name="c")(inputs)
+    x = L.Concatenate(name="cat")([a, b, c])
+    x = L.Flatten(name="flat")(L.MaxPooling2D(2, name="pool")(x))
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    by_id = _by_id(removable_groups(model))
+    assert _slices(by_id["b:1"], "out")[0]["index"] == [3, 9, 15, 21]
+    assert _slices(by_id["c:0"], "out")[0]["index"] == [5, 11, 17, 23]
+    assert _check_consumers(model, list(by_id.values())) == 6
+
+
+def test_concatenate_on_a_spatial_axis_ties_operands():
+    model = _merge(lambda a, b: L.Concatenate(axis=1, name="cat")([a, b]))
+    by_id = _by_id(removable_groups(model))
+    assert {"layer": "pre_b", "channel": 3} in by_id["pre:3"]["members"]
+
+
+def test_depthwise_multiplier_keeps_blocks_together():
+    model = _chain(L.DepthwiseConv2D(3, depth_multiplier=3, name="dw"), channels=2)
+    g = _by_id(removable_groups(model))["pre:1"]
+    assert [(s["weight"], s["axis"], s["index"]) for s in _slices(g, "dw")] == [
+        ("kernel", -2, [1]), ("bias", 0, [3, 4, 5])]
+    assert _slices(g, "post")[0]["index"] == [3, 4, 5]
+
+
+def test_separable_conv_consumes_depthwise_and_pointwise():
+    model = _chain(L.SeparableConv2D(3, 3, depth_multiplier=2, name="sep"), channels=2)
+    by_id = _by_id(removable_groups(model))
+    assert [(s["weight"], s["index"]) for s in _slices(by_id["pre:1"], "sep")] == [
+        ("depthwise_kernel", [1]), ("pointwise_kernel", [2, 3])]
+    assert [(s["weight"], s["role"]) for s in _slices(by_id["sep:2"], "sep")] == [
+        ("pointwise_kernel", "producer"), ("bias", "producer_bias")]
+
+
+def test_conv2d_transpose_axes():
+    model = _chain(L.Conv2DTranspose(3, 2, name="tr"), spatial=(3, 3))
+    by_id = _by_id(removable_groups(model))
+    assert _slices(by_id["pre:0"], "tr")[0]["axis"] == -1
+    assert _slices(by_id["tr:0"], "tr", "producer")[0]["axis"] == -2
+
+
+def test_grouped_conv_blocks_its_input_channels():
+    model = _chain(L.Conv2D(4, 1, groups=2, name="gconv"))
+    groups = removable_groups(model)
+    by_id = _by_id(groups)
+    reason = by_id["pre:0"]["blocked"]
+    assert "Conv2D 'gconv'" in reason and "grouped convolution (groups=2)" in reason
+    assert not [g for g in groups if g["source"] == "gconv"]
+
+
+def test_dense_on_a_sequence_reads_the_last_axis():
+    model = _chain(L.Dense(3, name="x"), spatial=(5,))
+    g = _by_id(removable_groups(model))["pre:2"]
+    assert _slices(g, "x")[0]["index"] == [2]
+
+
+def test_nested_functional_and_sequential_models_are_inlined():
+    inner_in = keras.Input((5, 5, 4))
+    y = L.Conv2D(3, 1, name="conv")(inner_in)
+    inner = keras.Model(inner_in, L.ReLU(name="relu")(y), name="inner")
+    seq = keras.Sequential([keras.Input((5, 5, 3)), L.Conv2D(2, 1, name="sconv")], name="seq")
+    inputs = keras.Input((5, 5, 3))
+    x = L.Conv2D(4, 1, name="pre")(inputs)
+    x = seq(inner(x))
+    model = keras.Model(inputs, L.Dense(2, name="post")(x))
+    groups = removable_groups(model)
+    by_id = _by_id(groups)
+    assert _slices(by_id["pre:1"], "inner/conv", "consumer")[0]["index"] == [1]
+    g = by_id["inner/conv:2"]
+    assert _slices(g, "seq/sconv", "consumer") and "inner/relu" in g["through"]
+    assert _slices(by_id["seq/sconv:0"], "post", "consumer")
+    assert find_layer(model, "inner/conv") is inner.get_layer("conv")
+    assert _check_consumers(model, groups) == 6
+
+
+def test_shared_layer_ties_its_calls():
+    inputs = keras.Input((5, 5, 3))
+    a = L.Conv2D(3, 1, name="a")(inputs)
+    b = L.Conv2D(3, 1, name="b")(inputs)
+    shared = L.Conv2D(2, 1, name="shared")
+    bn = L.BatchNormalization(name="bn")
+    x = L.Concatenate(name="cat")([bn(shared(a)), bn(shared(b))])
+    model = keras.Model(inputs, L.Dense(2, name="post")(x))
+    groups = removable_groups(model)
+    by_id = _by_id(groups)
+    assert {"layer": "b", "channel": 1} in _group_of(groups, "a", 1)["members"]
+    g = by_id["shared:1"]
+    assert _slices(g, "post")[0]["index"] == [1, 3]
+    assert len([s for s in g["slices"] if s["layer"] == "shared"]) == 2  # kernel + bias once
+    calls = [c for c in layer_channels(model) if c["layer"] == "shared"]
+    assert len(calls) == 2 and calls[0]["outputs"] == calls[1]["outputs"]
+    assert _check_consumers(model, groups) == 5
+
+
+def test_shared_nested_model_ties_its_calls():
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, L.Dense(2, name="d")(inner_in), name="inner")
+    inputs = keras.Input((3,))
+    a = L.Dense(4, name="a")(inputs)
+    b = L.Dense(4, name="b")(inputs)
+    model = keras.Model(inputs, L.Dense(1, name="post")(L.Add(name="add")([inner(a),
+                                                                           inner(b)])))
+    groups = removable_groups(model)
+    assert {"layer": "b", "channel": 2} in _group_of(groups, "a", 2)["members"]
+    assert "add" in _by_id(groups)["inner/d:1"]["through"]
+
+
+def test_layer_normalization_and_softmax_block():
+    model = _chain(L.LayerNormalization(name="ln"))
+    reason = _by_id(removable_groups(model))["pre:0"]["blocked"]
+    assert reason == "reaches LayerNormalization 'ln' (normalises over channels)"
+    model = _chain(L.Softmax(name="sm"))
+    assert "axis=-1 normalises over the channel axis" in _by_id(
+        removable_groups(model))["pre:0"]["blocked"]
+    model = _chain(L.Activation("softmax", name="act"))
+    assert "activation 'softmax'" in _by_id(removable_groups(model))["pre:0"]["blocked"]
+
+
+@pytest.mark.parametrize("layer, match", [
+    (L.BatchNormalization(axis=1, name="x"), r"axis=1 is not the channel \(last\) axis"),
+    (L.MaxPooling2D(2, data_format="channels_first", name="x"), "channels_first"),
+    (L.Flatten(data_format="channels_first", name="x"), "channels_first"),
+    (L.PReLU(shared_axes=[3], name="x"), "shares its alpha"),
+    (L.Rescaling([1.0, 2.0, 3.0, 4.0], name="x"), "per-channel scale"),
+])
+def test_unsupported_configurations_block(layer, match):
+    reason = _by_id(removable_groups(_chain(layer)))["pre:0"]["blocked"]
+    assert reason is not None and "'x'" in reason
+    assert __import__("re").search(match, reason), reason
+
+
+def test_multiply_and_zero_padding_are_not_affine_safe():
+    by_id = _by_id(removable_groups(_chain(L.ZeroPadding2D(1, name="pad"))))
+    assert by_id["pre:0"]["affine_safe"] is False
+    by_id = _by_id(removable_groups(_merge(lambda a, b: L.Multiply()([a, b]))))
+    assert by_id["pre:0"]["affine_safe"] is False
+
+
+def test_broadcast_operand_is_blocked():
+    model = _merge(lambda a, b: a * b, widths=(4, 1))
+    by_id = _by_id(removable_groups(model))
+    assert "broadcast over all channels by Multiply" in by_id["pre_b:0"]["blocked"]
+    assert by_id["pre:0"]["blocked"] is None
+
+
+def test_constant_array_operand_blocks():
+    model = _chain(lambda t: t + np.ones((4,), "float32"))
+    assert "constant array operand" in _by_id(removable_groups(model))["pre:0"]["blocked"]
+
+
+def test_model_input_tied_by_add_is_blocked():
+    inputs = keras.Input((4, 4, 3), name="img")
+    x = L.Add(name="add")([inputs, L.Conv2D(3, 1, name="c")(inputs)])
+    model = keras.Model(inputs, L.Dense(2, name="post")(x))
+    assert _by_id(removable_groups(model))["c:0"]["blocked"] == "tied to model input 'img'"
+
+
+class Unknown(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
+
+
+def test_unregistered_layer_blocks_or_raises():
+    model = _chain(Unknown(name="mystery"))
+    reason = _by_id(removable_groups(model))["pre:0"]["blocked"]
+    assert reason.startswith("reaches unregistered layer 'mystery' (class Unknown)")
+    assert "register_layer" in reason
+    with pytest.raises(ValueError, match=r"Layer 'mystery' \(class .*Unknown\) is not "
+                       r"registered.*Supported classes.*Conv2D.*ssl_keras.register_layer\("
+                       r"Unknown, ssl_keras.LayerSpec"):
+        removable_groups(model, strict=True)
+
+
+def test_registered_user_layer_and_subclass_lookup(clean_registry):
+    class Sub(L.Dense):
+        pass
+
+    model = _chain(Sub(3, name="sub"), spatial=())
+    assert _slices(_by_id(removable_groups(model))["sub:0"], "sub", "producer")
+    registry.register_layer(Unknown, LayerSpec(Kind.PASSTHROUGH))
+    model = _chain(Unknown(name="mystery"))
+    g = _by_id(removable_groups(model, strict=True))["pre:0"]
+    assert g["blocked"] is None and "mystery" in g["through"]
+
+
+def test_user_spec_naming_a_missing_weight(clean_registry):
+    registry.register_layer(Unknown, LayerSpec(Kind.TIED, tied=(registry.WeightSlice(
+        "scale", 0),)))
+    with pytest.raises(ValueError, match=r"Layer 'mystery' \(class Unknown\) has no weight "
+                       r"named 'scale'"):
+        removable_groups(_chain(Unknown(name="mystery")))
+
+
+class SSLWrapper(keras.layers.Wrapper):
+    """A stand-in for ssl_keras.wrap.StructuredSparsity: analysed as its inner layer."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.ssl_inner_layer = layer
+
+    def build(self, input_shape):
+        self.layer.build(input_shape)
+        self.built = True
+
+    def call(self, x):
+        return self.layer(x)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+
+def test_wrapper_is_analysed_as_its_inner_layer():
+    inputs = keras.Input((5, 5, 3))
+    x = SSLWrapper(L.Conv2D(4, 3, name="conv"), name="wconv")(inputs)
+    x = SSLWrapper(L.BatchNormalization(name="bn"), name="wbn")(x)
+    model = keras.Model(inputs, L.Dense(2, name="post")(x))
+    groups = removable_groups(model, strict=True)
+    g = _by_id(groups)["wconv:1"]
+    assert [(s["layer"], s["weight"]) for s in g["slices"]][:3] == [
+        ("wconv", "kernel"), ("wconv", "bias"), ("wbn", "gamma")]
+    assert _check_consumers(model, groups) == 4
+
+
+def test_layer_channels_for_the_converter():
+    model = resnet(depth=8, input_shape=(8, 8, 3), widths=(2, 3, 4))
+    calls = {c["layer"]: c for c in layer_channels(model)}
+    add = calls["stage2_block1_add"]
+    assert add["class"] == "Add"
+    ids = [f"stage2_block1_conv2:{c}" for c in range(3)]
+    assert add["inputs"] == [ids, ids] and add["outputs"] == [ids]
+    assert calls["conv0"]["inputs"] == [[None, None, None]]
+    flat = {c["layer"]: c for c in layer_channels(lenet(filters=(3, 4), units=5))}["flatten"]
+    assert flat["outputs"][0][:5] == ["conv2:0", "conv2:1", "conv2:2", "conv2:3", "conv2:0"]
+
+
+def test_sequential_model_and_json_round_trip():
+    model = keras.Sequential([keras.Input((6, 6, 1)), L.Conv2D(3, 3, name="c1"),
+                              L.MaxPooling2D(name="p"), L.Flatten(name="f"),
+                              L.Dense(4, name="d1"), L.Dense(2, name="d2")])
+    groups = removable_groups(model)
+    assert json.loads(json.dumps(groups)) == groups
+    assert _slices(_by_id(groups)["c1:2"], "d1")[0]["index"] == [2, 5, 8, 11]
+    assert "c1:0" in str(groups)
+
+
+def test_subclassed_model_is_rejected():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match=r"subclassed model whose call\(\) cannot be analysed"
+                       r".*GroupLasso"):
+        removable_groups(net)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match=r"Expected a keras.Model .*Received: model="):
+        removable_groups(L.Dense(2))
+    with pytest.raises(ValueError, match=r"Sequential model 'empty' is not built"):
+        removable_groups(keras.Sequential([L.Dense(2)], name="empty"))
+    with pytest.raises(ValueError, match=r"No layer 'nope' in 'lenet'"):
+        find_layer(lenet(filters=(2, 2), units=3), "nope")
