@@ -29,7 +29,7 @@ from tflite_bench import model_info as _info
 from tflite_bench.runner import ENTRY_KEYS, SCHEMA_VERSION, add_ratios
 
 DEVICE_DIR = "/data/local/tmp/tflite_bench"
-_TIMINGS = re.compile(r"Inference timings in us:\s*(.*)")
+_TIMINGS = re.compile(r"inference timings in us:\s*(.*)", re.IGNORECASE)
 _STAT = re.compile(r"count=(\d+)(.*)")
 _KV = re.compile(r"(\w+)=(-?[\d.eE+]+)")
 _PARAM = re.compile(r"^(?:\w+:\s+)?([A-Za-z][A-Za-z ()]*?):\s*\[(.*)\]\s*$")
