@@ -60,7 +60,10 @@ class Recipe:
         defaults: flag defaults for the full run (see `define_flags` for the names).
         quick: flag overrides applied by `--quick`.
         tfmot_arch: the `--arch` of `python -m tflite_bench.baselines`, or None.
-        dataset_kwargs: extra arguments of `datasets.load` (pad_to, channels).
+        dataset_kwargs: extra arguments of `datasets.load` by dataset name
+            ({"fashion_mnist": {"pad_to": 32}}).
+        fallback_dataset: the dataset used (with a message) when `--dataset` cannot be
+            loaded offline, or None to fail.
         ssl_layers: the layer names apply_ssl penalises, or None for all.
     """
 
@@ -70,6 +73,7 @@ class Recipe:
     quick: dict
     tfmot_arch: str | None = None
     dataset_kwargs: dict = dataclasses.field(default_factory=dict)
+    fallback_dataset: str | None = None
     ssl_layers: tuple | None = None
 
 
@@ -224,8 +228,15 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
 
 
 def need(module: str, name: str, step: str):
-    """Returns `module.name`, or raises StepUnavailableError naming the step and the piece."""
+    """Returns the function / class `module.name`, or raises StepUnavailableError naming both.
+
+    Args:
+        module: the module that defines it ("ssl_keras.thin").
+        name: the public name ("thin").
+        step: the pipeline step that needs it, for the message.
+    """
     import importlib
+    import types
 
     try:
         mod = importlib.import_module(module)
@@ -234,12 +245,13 @@ def need(module: str, name: str, step: str):
             f"Step {step!r} needs {module}.{name}, but {module} cannot be imported ({e}). "
             "Expected: the module in this checkout."
         ) from None
-    if not hasattr(mod, name):
+    value = getattr(mod, name, None)
+    if value is None or isinstance(value, types.ModuleType) or not callable(value):
         raise StepUnavailableError(
             f"Step {step!r} needs {module}.{name}, which this checkout does not provide yet. "
-            f"Expected: a public name {name!r} in {module}."
+            f"Expected: a public function or class {name!r} in {module}."
         )
-    return getattr(mod, name)
+    return value
 
 
 def atomic_save(model, path: str) -> None:
@@ -342,10 +354,16 @@ class Pipeline:
     def __init__(self, recipe: Recipe, cfg: Config):
         self.recipe = recipe
         self.cfg = cfg
-        suffix = "_quick" if cfg.quick else ""
-        self.stem = f"{recipe.name}_{cfg.dataset}{suffix}"
-        self.work = os.path.join(cfg.out_dir, self.stem)
+        self.dataset = cfg.dataset  # the dataset used: the fallback when --dataset is offline
         self.timings = {}
+
+    @property
+    def stem(self) -> str:
+        return f"{self.recipe.name}_{self.dataset}{'_quick' if self.cfg.quick else ''}"
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.cfg.out_dir, self.stem)
 
     def log(self, msg: str) -> None:
         print(f"[{self.recipe.name}] {msg}", flush=True)
@@ -357,7 +375,7 @@ class Pipeline:
 
     def _prepare_work_dir(self) -> None:
         key_path = self.path("config.json")
-        key = self.cfg.training_key()
+        key = {**self.cfg.training_key(), "dataset": self.dataset}
         if self.cfg.fresh and os.path.isdir(self.work):
             self.log(f"--fresh: deleting the checkpoints in {self.work}")
             shutil.rmtree(self.work)
@@ -393,12 +411,25 @@ class Pipeline:
 
     def load_data(self):
         cfg = self.cfg
-        self.data = datasets.load(
-            cfg.dataset, data_dir=cfg.data_dir, validation_split=cfg.validation_split,
-            seed=cfg.seed, max_train=cfg.max_train or None, max_test=cfg.max_test or None,
-            **self.recipe.dataset_kwargs)
+
+        def load(name):
+            return datasets.load(
+                name, data_dir=cfg.data_dir, validation_split=cfg.validation_split,
+                seed=cfg.seed, max_train=cfg.max_train or None, max_test=cfg.max_test or None,
+                **self.recipe.dataset_kwargs.get(name, {}))
+
+        try:
+            self.data = load(cfg.dataset)
+        except datasets.DatasetNotFoundError as e:
+            fallback = self.recipe.fallback_dataset
+            if fallback is None or fallback == cfg.dataset:
+                raise
+            self.log(f"data: {cfg.dataset} is not available ({str(e)[:160]}...); "
+                     f"using {fallback} instead")
+            self.dataset = fallback
+            self.data = load(fallback)
         d = self.data
-        self.log(f"data: {cfg.dataset} from {d.source}: train {len(d.x_train)}, "
+        self.log(f"data: {self.dataset} from {d.source}: train {len(d.x_train)}, "
                  f"validation {len(d.x_val)}, test {len(d.x_test)}, shape {d.input_shape}")
 
     def train_dense(self):
@@ -420,7 +451,7 @@ class Pipeline:
         import keras
 
         cfg = self.cfg
-        apply_ssl = need("ssl_keras", "apply_ssl", "ssl")
+        apply_ssl = need("ssl_keras.wrap", "apply_ssl", "ssl")
 
         def train():
             self.log(f"phase ssl: {cfg.ssl_epochs} epochs, lr={cfg.ssl_lr}, filters={cfg.filters}"
@@ -431,7 +462,7 @@ class Pipeline:
                               layers=self.recipe.ssl_layers)
             _compile(keras, model, cfg.optimizer, cfg.ssl_lr)
             callbacks = [need("ssl_keras.callbacks", "SparsityMonitor", "ssl")(
-                threshold=cfg.threshold)]
+                threshold=cfg.threshold, verbose=cfg.verbose > 0)]
             if cfg.proximal:
                 callbacks.append(
                     need("ssl_keras.callbacks", "ProximalGroupLasso", "ssl")())
@@ -445,23 +476,24 @@ class Pipeline:
         import keras
 
         cfg = self.cfg
-        zero_groups = need("ssl_keras", "zero_groups", "finetune")
-        strip_ssl = need("ssl_keras", "strip_ssl", "finetune")
-        freeze = need("ssl_keras", "freeze_zero_groups", "finetune")
+        zero_groups = need("ssl_keras.thin", "zero_groups", "finetune")
+        strip_ssl = need("ssl_keras.wrap", "strip_ssl", "finetune")
+        freeze = need("ssl_keras.callbacks", "freeze_zero_groups", "finetune")
 
         def train():
             self.log(f"phase finetune: zero groups below {cfg.threshold}, "
                      f"{cfg.finetune_epochs} epochs, lr={cfg.finetune_lr}, zero groups frozen")
-            model = strip_ssl(zero_groups(self.ssl, cfg.threshold))
+            # strip first: the zeroed groups are then exactly the groups thin() removes.
+            model = zero_groups(strip_ssl(self.ssl), cfg.threshold)
             _compile(keras, model, cfg.optimizer, cfg.finetune_lr)
             _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
-                 self.path("backup_finetune"), [freeze(model)])
+                 self.path("backup_finetune"), [freeze(model, cfg.threshold)])
             return model
 
         self.finetuned = self._phase("finetune", train)
 
     def thin(self):
-        thin = need("ssl_keras", "thin", "thin")
+        thin = need("ssl_keras.thin", "thin", "thin")
         self.thinned = thin(self.finetuned, threshold=self.cfg.threshold)
         atomic_save(self.thinned, self.path("thinned.keras"))
         x = self.data.x_test[:256]
@@ -472,17 +504,20 @@ class Pipeline:
                  f"max |thinned - finetuned| on 256 test images = {self.thin_max_abs_diff:.2e}")
 
     def export(self):
-        export_tflite = need("ssl_keras", "export_tflite", "export")
+        export_tflite = need("ssl_keras.export", "export_tflite", "export")
         rep = self.data.x_train[:200]
         self.tflite = {
             "dense": self.path("dense_float32.tflite"),
             "ssl": self.path("ssl_thinned_float32.tflite"),
             "ssl_int8": self.path("ssl_thinned_int8.tflite"),
         }
-        export_tflite(self.dense, self.tflite["dense"], overwrite=True)
-        export_tflite(self.thinned, self.tflite["ssl"], overwrite=True)
-        export_tflite(self.thinned, self.tflite["ssl_int8"], quantize="int8",
-                      representative_data=rep, overwrite=True)
+        # The work directory belongs to this run: its .tflite files are regenerated each time.
+        for key, model, quantize in (("dense", self.dense, None), ("ssl", self.thinned, None),
+                                     ("ssl_int8", self.thinned, "int8")):
+            report = export_tflite(model, self.tflite[key], quantize=quantize,
+                                   representative_data=rep, overwrite=True)
+            self.log(f"export: {self.tflite[key]} ({report.size_bytes} bytes, max |tflite - "
+                     f"keras| on {report.verified_samples} samples = {report.max_abs_diff:.2e})")
         x = self.data.x_test[:100]
         self.tflite_max_abs_diff = float(np.max(np.abs(
             tflite_predict(self.tflite["ssl"], x) - self.finetuned.predict(x, verbose=0))))
@@ -490,30 +525,48 @@ class Pipeline:
                  f"{self.tflite_max_abs_diff:.2e}")
 
     def tfmot_baseline(self, sparsity: float):
-        """Runs `python -m tflite_bench.baselines` in its own process (tfmot needs Keras 2)."""
+        """Runs `python -m tflite_bench.baselines` in its own process (tfmot needs Keras 2).
+
+        Element-wise magnitude pruning of the dense model at `sparsity` (the SSL model's
+        parameter sparsity), fine-tuned on a training subset; the float32 .tflite of the
+        pruned model is benchmarked beside the others.
+        """
         self.tfmot = None
         if not self.cfg.tfmot or self.recipe.tfmot_arch is None:
             self.log("tfmot: skipped (--notfmot or no tf_keras architecture)")
             return
         out = self.path("tfmot")
+        os.makedirs(out, exist_ok=True)
+        npz = self.path("tfmot_data.npz")
+        n = min(len(self.data.x_train), 10000)
+        np.savez(npz, x_train=self.data.x_train[:n], y_train=self.data.y_train[:n],
+                 x_test=self.data.x_test, y_test=self.data.y_test)
+        steps = 50 if self.cfg.quick else 300
         cmd = [sys.executable, "-m", "tflite_bench.baselines", "--arch", self.recipe.tfmot_arch,
-               "--sparsity", f"{sparsity:.4f}", "--weights", self.path("dense.keras"),
-               "--out", out]
-        self.log("tfmot: " + " ".join(cmd[1:]))
+               "--sparsity", f"{min(max(sparsity, 0.01), 0.99):.4f}", "--weights",
+               self.path("dense.keras"), "--data", npz, "--steps", str(steps), "--out", out,
+               "--overwrite"]
+        self.log("tfmot: python " + " ".join(cmd[1:]))
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        os.remove(npz)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise StepUnavailableError(
                 f"Step 'tfmot' failed: python -m tflite_bench.baselines exited with "
                 f"{proc.returncode}: {last}. Pass --notfmot to skip the baseline.")
-        found = sorted(os.path.join(out, f) for f in os.listdir(out) if f.endswith(".tflite"))
-        float32 = [f for f in found if "int8" not in f and "float16" not in f]
-        if not float32:
+        with open(os.path.join(out, "baselines.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        files = [e for e in manifest["files"] if e["kind"] == "elementwise"]
+        if not files:
             raise StepUnavailableError(
-                f"Step 'tfmot' failed: tflite_bench.baselines wrote no float32 .tflite file in "
-                f"{out}. Received: {found}. Pass --notfmot to skip the baseline.")
-        self.tfmot = {"command": " ".join(cmd[1:]), "stdout": proc.stdout[-2000:],
-                      "tflite": float32[0], "sparsity": sparsity}
+                "Step 'tfmot' failed: tflite_bench.baselines listed no 'elementwise' file in "
+                f"{out}/baselines.json. Pass --notfmot to skip the baseline.")
+        entry = files[0]
+        self.tfmot = {"command": "python " + " ".join(cmd[1:]).replace(sys.executable, "python"),
+                      "tflite": entry["path"], "target_sparsity": sparsity,
+                      "kernel_sparsity": entry["kernel_sparsity"],
+                      "pruning": manifest.get("pruning"), "steps": steps}
+        self.log(f"tfmot: {entry['path']}, kernel sparsity {entry['kernel_sparsity']:.3f}")
 
     def bench(self):
         benchmark = need("tflite_bench", "benchmark", "bench")
@@ -521,7 +574,7 @@ class Pipeline:
         if self.tfmot and self.tfmot.get("tflite"):
             paths.append(self.tfmot["tflite"])
         self.bench_result = benchmark(paths, threads=self.cfg.threads, runs=self.cfg.runs,
-                                      warmup=self.cfg.warmup)
+                                      warmup=self.cfg.warmup, progress=self.cfg.verbose == 1)
         atomic_write_text(self.path("bench.json"), json.dumps(self.bench_result, indent=1))
 
     def run(self) -> dict:
@@ -529,15 +582,15 @@ class Pipeline:
         import keras
 
         keras.utils.set_random_seed(self.cfg.seed)
-        self._prepare_work_dir()
         self.load_data()
+        self._prepare_work_dir()
         self.train_dense()
         self.train_ssl()
         self.finetune()
         self.thin()
         self.export()
-        count_params = need("ssl_keras", "count_params", "report")
-        sparsity = 1.0 - count_params(self.thinned) / count_params(self.dense)
+        count_params = need("tflite_bench", "count_params", "tfmot")
+        sparsity = 1.0 - count_params(self.tflite["ssl"]) / count_params(self.tflite["dense"])
         self.tfmot_baseline(sparsity)
         self.bench()
         results = self.results()
@@ -547,49 +600,52 @@ class Pipeline:
 
     # -- report ------------------------------------------------------------------------------
 
-    def _latency(self, path: str) -> dict:
-        out = {}
-        for m in self.bench_result["models"]:
-            if os.path.abspath(m["path"]) == os.path.abspath(path):
-                out[int(m["threads"])] = float(m["median_us"])
-        return out
+    def _entries(self, path: str) -> dict:
+        """The benchmark entries of one .tflite file, by thread count."""
+        return {int(m["threads"]): m for m in self.bench_result["models"]
+                if os.path.abspath(m["path"]) == os.path.abspath(path)}
 
     def results(self) -> dict:
-        count_params = need("ssl_keras", "count_params", "report")
-        count_macs = need("ssl_keras", "count_macs", "report")
-        evaluate_tflite = need("ssl_keras", "evaluate_tflite", "report")
+        evaluate_tflite = need("ssl_keras.export", "evaluate_tflite", "report")
         data = self.data
         rows = {}
 
-        def row(model, path, keras_model=None):
-            lat = self._latency(path)
+        def row(path, keras_model=None):
+            entries = self._entries(path)
+            errors = [e["error"] for e in entries.values() if e.get("error")]
+            if errors:
+                raise StepUnavailableError(f"Step 'bench' failed for {path}: {errors[0]}")
+            lat = {t: float(e["median_us"]) for t, e in entries.items()}
+            first = next(iter(entries.values()))
             r = {
                 "accuracy": float(evaluate_tflite(path, data.x_test, data.y_test)),
-                "params": int(count_params(model)) if model is not None else None,
-                "macs": int(count_macs(model)) if model is not None else None,
+                "params": int(first["params"]), "macs": int(first["macs"]),
                 "latency_us": lat.get(1), "latency_us_by_threads": lat,
+                "latency_p10_p90_us": {t: (e["p10_us"], e["p90_us"])
+                                       for t, e in entries.items()},
                 "file_bytes": os.path.getsize(path), "tflite": path,
             }
             if keras_model is not None:
                 r["keras_accuracy"] = _accuracy(keras_model, data)
             return r
 
-        rows["baseline"] = row(self.dense, self.tflite["dense"], self.dense)
-        rows["ssl"] = row(self.thinned, self.tflite["ssl"], self.thinned)
+        rows["baseline"] = row(self.tflite["dense"], self.dense)
+        rows["ssl"] = row(self.tflite["ssl"], self.thinned)
         rows["ssl"]["filters_per_layer"] = units_per_layer(self.thinned)
         rows["baseline"]["filters_per_layer"] = units_per_layer(self.dense)
-        rows["ssl_int8"] = row(self.thinned, self.tflite["ssl_int8"])
+        rows["ssl_int8"] = row(self.tflite["ssl_int8"])
         base1 = rows["baseline"]["latency_us"]
         speedup = {t: base1_t / rows["ssl"]["latency_us_by_threads"][t]
                    for t, base1_t in rows["baseline"]["latency_us_by_threads"].items()}
         tfmot = None
         if self.tfmot and self.tfmot.get("tflite"):
-            tfmot = row(None, self.tfmot["tflite"])
-            tfmot.update({k: v for k, v in self.tfmot.items() if k != "stdout"})
+            tfmot = row(self.tfmot["tflite"])
+            tfmot.update(self.tfmot)
         cfg = dataclasses.asdict(self.cfg)
         return {
             "example": self.recipe.name,
-            "dataset": self.cfg.dataset,
+            "dataset": self.dataset,
+            "requested_dataset": self.cfg.dataset,
             "data_source": data.source,
             "command": " ".join(sys.argv),
             "config": cfg,
@@ -638,7 +694,7 @@ class Pipeline:
             if os.path.exists(path):
                 self.log(f"replacing {path} (written by an earlier run)")
         atomic_write_text(json_path, json.dumps(results, indent=1, default=str))
-        md = [f"# {self.recipe.name} on {self.cfg.dataset}", "",
+        md = [f"# {self.recipe.name} on {self.dataset}", "",
               f"Command: `{results['command']}`", "", table, "",
               f"Filters/units per layer: dense {results['baseline']['filters_per_layer']}"
               f" -> SSL {results['ssl']['filters_per_layer']}", ""]

@@ -1,0 +1,28 @@
+"""The method's MLP (784-500-300-10) with neuron-wise SSL, end to end.
+
+Neuron-wise group Lasso on the Dense layers (a unit's outgoing row and incoming column form
+one coupled group), zero + fine-tune, thin to fewer hidden units, TFLite, benchmark. The input
+pixels are the model's input and are not removed (the paper also drops input pixels).
+
+Example:
+    python -m examples.mlp                 # Fashion-MNIST
+    python -m examples.mlp --quick
+"""
+
+import sys
+
+from examples import models
+from examples.common import Recipe, main
+
+RECIPE = Recipe(
+    name="mlp",
+    build=models.mlp,
+    defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 4, "lr": 0.01, "ssl_lr": 0.001,
+              "finetune_lr": 0.001, "filters": 3e-3, "channels": 3e-3, "threshold": 1e-3},
+    quick={"max_train": 2000, "max_test": 500, "epochs": 1, "ssl_epochs": 1,
+           "finetune_epochs": 1, "runs": 50, "warmup": 5, "verbose": 2},
+    tfmot_arch="mlp",
+)
+
+if __name__ == "__main__":
+    sys.exit(main(RECIPE))

@@ -1,0 +1,57 @@
+"""CIFAR ResNet-20 / ResNet-32 with depth-wise SSL removing whole residual blocks.
+
+Depth-wise group Lasso: one group per residual branch (all its kernels and BatchNorm gammas);
+a branch driven to zero leaves the identity shortcut, and thin() drops the block. CIFAR-10
+cannot be downloaded on a machine without internet: the default is Fashion-MNIST zero-padded
+to 32x32x1 (say so when reporting), `--dataset=cifar10 --data_dir=...` uses CIFAR-10.
+
+Example:
+    python -m examples.resnet                       # ResNet-20, Fashion-MNIST 32x32x1
+    python -m examples.resnet --resnet_depth=32     # ResNet-32
+    python -m examples.resnet --quick
+"""
+
+import sys
+
+from absl import flags
+
+from examples import models
+from examples.common import Recipe, main
+
+
+def recipe(depth: int = 20) -> Recipe:
+    """The ResNet recipe of the given depth (20, 32, ...)."""
+    return Recipe(
+        name=f"resnet{depth}",
+        build=lambda **kw: models.resnet(depth=depth, **kw),
+        defaults={"max_train": 20000, "epochs": 6, "ssl_epochs": 4, "finetune_epochs": 2,
+                  "lr": 0.05, "ssl_lr": 0.005, "finetune_lr": 0.005, "batch_size": 128,
+                  "depth": 1e-2, "threshold": 1e-3, "runs": 200, "warmup": 20},
+        quick={"max_train": 1000, "max_test": 200, "epochs": 1, "ssl_epochs": 1,
+               "finetune_epochs": 1, "runs": 30, "warmup": 5, "verbose": 2},
+        tfmot_arch=f"resnet{depth}",
+        dataset_kwargs={"fashion_mnist": {"pad_to": 32}, "mnist": {"pad_to": 32}},
+    )
+
+
+def _split_depth_flag(argv):
+    """Parses --resnet_depth (20, 32, ...) out of argv; returns (depth, the other args)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("resnet_depth", 20, "ResNet depth, 6n + 2 (20, 32, ...).",
+                         flag_values=fv)
+    try:
+        rest = fv(list(argv), known_only=True)
+        depth = fv.resnet_depth
+        if depth < 8 or (depth - 2) % 6:
+            raise flags.IllegalFlagValueError(
+                f"--resnet_depth must be 6n + 2 with n >= 1 (20, 32, ...). "
+                f"Received: --resnet_depth={depth}")
+    except flags.Error as e:
+        print(f"resnet: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return depth, rest
+
+
+if __name__ == "__main__":
+    depth, argv = _split_depth_flag(sys.argv)
+    sys.exit(main(recipe(depth), argv))

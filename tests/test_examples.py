@@ -1,0 +1,144 @@
+"""Tests of the examples: the LeNet --quick run end to end, flags, resume checks, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from examples import common, datasets, lenet, resnet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_FASHION = os.path.isdir(datasets.DEBIAN_FASHION_MNIST)
+
+
+def _main(argv, capsys):
+    code = common.main(lenet.RECIPE, ["lenet", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
+def test_lenet_quick_end_to_end(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "examples.lenet", "--quick", f"--out_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| SSL thinned (float32) |" in proc.stdout
+
+    with open(tmp_path / "lenet_fashion_mnist_quick.json", encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["dataset"] == "fashion_mnist"
+    for key in ("baseline", "ssl"):
+        for field in ("accuracy", "params", "macs", "latency_us"):
+            assert result[key][field] is not None and result[key][field] > 0, (key, field)
+    assert "filters_per_layer" in result["ssl"] and "tfmot" in result
+    assert result["speedup"] > 0
+    assert set(result["baseline"]["latency_us_by_threads"]) == {"1", "2"}
+
+    dense, thin = result["baseline"]["filters_per_layer"], result["ssl"]["filters_per_layer"]
+    assert dense["conv1"] == 20 and dense["conv2"] == 50
+    assert sum(thin.values()) < sum(dense.values()), (dense, thin)
+    assert result["ssl"]["params"] < result["baseline"]["params"]
+    assert result["ssl"]["macs"] < result["baseline"]["macs"]
+
+    # The thinned float32 TFLite file computes what the stripped, fine-tuned Keras model does.
+    import keras
+
+    work = tmp_path / "lenet_fashion_mnist_quick"
+    stripped = keras.saving.load_model(work / "finetune.keras", compile=False)
+    assert not any("StructuredSparsity" in type(layer).__name__ for layer in stripped.layers)
+    data = datasets.load("fashion_mnist", max_train=2000, max_test=64, seed=0)
+    x = data.x_test[:64]
+    expected = stripped.predict(x, verbose=0)
+    got = common.tflite_predict(str(work / "ssl_thinned_float32.tflite"), x)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert result["tflite_max_abs_diff"] < 1e-4 and result["thin_max_abs_diff"] < 1e-4
+
+    for suffix in ("_filters.png", "_latency.png", "_conv1.png", ".md"):
+        assert (tmp_path / f"lenet_fashion_mnist_quick{suffix}").stat().st_size > 0
+
+    # A second run resumes from the phase checkpoints instead of training again.
+    proc = subprocess.run(cmd + ["--notfmot", "--runs=10", "--warmup=1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for phase in common.PHASES:
+        assert f"phase {phase}: resuming from" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--epochs=0"], r"--epochs must be >= 1. Received: --epochs=0"),
+    (["--threads=1,x"], r"--threads must be a comma-separated list"),
+    (["--threads=0"], r"--threads must be a comma-separated list"),
+    (["--lr=-1"], r"--lr must be > 0"),
+    (["--filters=0", "--channels=0"], r"At least one of --filters"),
+    (["--validation_split=1.5"], r"--validation_split must be in \[0, 1\)"),
+    (["--max_train=-3"], r"--max_train must be >= 0"),
+    (["--dataset=svhn"], r"flag --dataset=svhn"),
+    (["--nosuchflag"], r"Unknown command line flag 'nosuchflag'"),
+])
+def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
+    code, err = _main(argv, capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("lenet: error: ")
+    assert __import__("re").search(match, err[0]), err
+
+
+def test_missing_data_dir_is_one_line_exit_2(capsys, tmp_path):
+    code, err = _main([f"--out_dir={tmp_path}", f"--data_dir={tmp_path / 'none'}"], capsys)
+    assert code == 2 and len(err) == 1
+    assert "`data_dir` is not a directory" in err[0]
+
+
+def test_resnet_depth_flag_errors():
+    proc = subprocess.run([sys.executable, "-m", "examples.resnet", "--resnet_depth=21"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("resnet: error: --resnet_depth must be 6n + 2 with n >= 1 "
+                                   "(20, 32, ...). Received: --resnet_depth=21")
+    assert resnet._split_depth_flag(["x", "--resnet_depth=32", "--quick"]) == (32, ["x", "--quick"])
+
+
+def test_quick_overrides_only_flags_not_given():
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", "--quick", "--ssl_epochs=3"])
+    cfg = common.config_from_flags(fv, lenet.RECIPE)
+    assert cfg.quick and cfg.max_train == 2000 and cfg.epochs == 1
+    assert cfg.ssl_epochs == 3  # given explicitly: --quick does not override it
+    assert cfg.threads == (1, 2)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}"])
+    first = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
+    first._prepare_work_dir()
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5"])
+    second = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
+    with pytest.raises(common.UsageError, match=r"other settings.*'filters'.*Pass --fresh"):
+        second._prepare_work_dir()
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5", "--fresh"])
+    common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))._prepare_work_dir()
+    with open(tmp_path / "lenet_fashion_mnist" / "config.json", encoding="utf-8") as f:
+        assert json.load(f)["filters"] == 0.5
+
+
+def test_need_names_the_missing_piece():
+    with pytest.raises(common.StepUnavailableError,
+                       match=r"Step 'thin' needs ssl_keras.no_such_name, which this checkout"):
+        common.need("ssl_keras", "no_such_name", "thin")
+    with pytest.raises(common.StepUnavailableError, match=r"cannot be imported"):
+        common.need("ssl_keras_missing_module", "thin", "thin")
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = str(tmp_path / "a.txt")
+    common.atomic_write_text(path, "one")
+    common.atomic_write_text(path, "two")
+    assert open(path, encoding="utf-8").read() == "two"
+    assert os.listdir(tmp_path) == ["a.txt"]  # no temporary file left behind
