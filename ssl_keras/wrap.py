@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ssl_keras.registry import lookup
 from ssl_keras.regularizers import GroupLasso, _validate_coefficient
 
 _COEFFICIENTS = ("filters", "channels", "shapes", "depth")
@@ -547,8 +548,9 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers):
             f"Expected names among {sorted(by_name)}. Received: layers keys={sorted(overrides)}"
         )
     for name, layer in by_name.items():
-        if kernel_specs(layer) is None and not isinstance(layer, _PASS_THROUGH) \
-                and layer.weights and overrides.get(name, 0) is not None:
+        known = kernel_specs(layer) is not None or isinstance(layer, _PASS_THROUGH) \
+            or lookup(layer) is not None
+        if not known and layer.weights and overrides.get(name, 0) is not None:
             raise ValueError(
                 f"Layer '{name}' of class {type(layer).__name__} has weights but apply_ssl does "
                 f"not know how to group them. Supported: {_supported_names()} (or subclasses); "

@@ -1,0 +1,365 @@
+"""Tests for ssl_keras.wrap: StructuredSparsity, apply_ssl, SSLModel, strip_ssl."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import ssl_keras
+from examples.models import lenet, resnet
+from ssl_keras.graph import removable_groups
+from ssl_keras.wrap import SSLModel, StructuredSparsity, apply_ssl, residual_branches, strip_ssl
+
+EPS = 1e-8
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _oracle_kernel(w, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, in_axis=-2,
+                   out_axis=-1):
+    """Loop oracle of the per-layer group Lasso of one kernel."""
+    w = np.moveaxis(np.asarray(w, np.float64), (in_axis, out_axis), (-2, -1))
+    total = 0.0
+    n_in, n_out = w.shape[-2], w.shape[-1]
+    for n in range(n_out):
+        total += filters * np.sqrt(np.sum(w[..., n] ** 2) + EPS)
+    for c in range(n_in):
+        total += channels * np.sqrt(np.sum(w[..., c, :] ** 2) + EPS)
+    for pos in np.ndindex(*w.shape[:-1]):
+        total += shapes * np.sqrt(np.sum(w[pos] ** 2) + EPS)
+    total += depth * np.sqrt(np.sum(w ** 2) + EPS)
+    return total
+
+
+def _tiny_resnet():
+    keras.utils.set_random_seed(1)
+    return resnet(8, input_shape=(8, 8, 3), widths=(4, 8, 8))
+
+
+def _weights(model):
+    return [np.array(v.numpy()) for v in model.weights]
+
+
+def _total_loss(model):
+    return float(sum(float(loss) for loss in model.losses))
+
+
+def _coupled_oracle(model, groups):
+    """sum_g lambda_g sqrt(sum of squares of its slices + eps), by explicit np.take."""
+    total = 0.0
+    for group in groups:
+        squares = 0.0
+        for piece in group["slices"]:
+            layer = model.get_layer(piece["layer"])
+            layer = getattr(layer, "ssl_inner_layer", layer)
+            (w,) = [v for v in layer.weights if v.name == piece["weight"]]
+            part = np.take(np.asarray(w.numpy(), np.float64), piece["index"], axis=piece["axis"])
+            squares += np.sum(part ** 2)
+        total += group["coefficient"] * np.sqrt(squares + EPS)
+    return total
+
+
+def test_wrapper_in_sequential_adds_oracle_loss_and_keeps_outputs():
+    keras.utils.set_random_seed(0)
+    conv = keras.layers.Conv2D(3, 3, name="conv")
+    wrapped = ssl_keras.apply_ssl(conv, filters=0.1, channels=0.2, shapes=0.3, depth=0.4)
+    model = keras.Sequential([keras.Input((6, 6, 2)), wrapped, keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    assert isinstance(wrapped, StructuredSparsity)
+    assert wrapped.name == "conv" and wrapped.ssl_inner_layer is conv
+    expected = _oracle_kernel(conv.kernel.numpy(), 0.1, 0.2, 0.3, 0.4)
+    np.testing.assert_allclose(_total_loss(model), expected, rtol=1e-5)
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(wrapped(x), conv(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("make, attribute, in_axis, out_axis, names", [
+    (lambda: keras.layers.Dense(3), "kernel", -2, -1, ("filters", "channels", "shapes")),
+    (lambda: keras.layers.Conv1D(3, 2), "kernel", -2, -1, ("filters", "channels", "shapes")),
+    (lambda: keras.layers.Conv2DTranspose(3, 2), "kernel", -1, -2,
+     ("filters", "channels", "shapes")),
+    (lambda: keras.layers.DepthwiseConv2D(2), "kernel", -2, -1, ("depthwise",)),
+])
+def test_supported_layers_match_oracle(make, attribute, in_axis, out_axis, names):
+    keras.utils.set_random_seed(2)
+    layer = make()
+    shape = (5, 4) if isinstance(layer, keras.layers.Dense) else (
+        (6, 4) if isinstance(layer, keras.layers.Conv1D) else (5, 5, 4))
+    wrapped = StructuredSparsity(layer, filters=0.3, channels=0.5, shapes=0.7, depth=0.2)
+    wrapped(np.zeros((1, *shape), "float32"))
+    kernel = getattr(layer, attribute).numpy()
+    if names == ("depthwise",):
+        expected = _oracle_kernel(kernel, channels=0.5, shapes=0.7, depth=0.2)
+    else:
+        expected = _oracle_kernel(kernel, 0.3, 0.5, 0.7, 0.2, in_axis, out_axis)
+    np.testing.assert_allclose(_total_loss(wrapped), expected, rtol=1e-5)
+
+
+def test_separable_conv_both_kernels():
+    keras.utils.set_random_seed(3)
+    layer = keras.layers.SeparableConv2D(3, 2)
+    wrapped = StructuredSparsity(layer, filters=0.3, channels=0.5, shapes=0.7)
+    wrapped(np.zeros((1, 5, 5, 2), "float32"))
+    expected = (_oracle_kernel(layer.depthwise_kernel.numpy(), channels=0.5, shapes=0.7)
+                + _oracle_kernel(layer.pointwise_kernel.numpy(), filters=0.3, channels=0.5))
+    np.testing.assert_allclose(_total_loss(wrapped), expected, rtol=1e-5)
+
+
+def test_wrapper_keeps_the_layers_own_regularizer():
+    keras.utils.set_random_seed(4)
+    dense = keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L2(0.5))
+    wrapped = StructuredSparsity(dense, filters=0.1)
+    wrapped(np.zeros((1, 4), "float32"))
+    w = dense.kernel.numpy()
+    expected = 0.5 * np.sum(w ** 2) + _oracle_kernel(w, filters=0.1)
+    np.testing.assert_allclose(_total_loss(wrapped), expected, rtol=1e-5)
+
+
+def test_wrapper_config_round_trip():
+    wrapped = StructuredSparsity(keras.layers.Dense(3, name="d"), filters=0.1, channels=0.2,
+                                 shapes=0.3, depth=0.4, normalize=True, epsilon=1e-6)
+    config = wrapped.get_config()
+    again = StructuredSparsity.from_config(json.loads(json.dumps(config)))
+    assert again.get_config() == config
+    assert again.name == "d" and again.normalize and again.epsilon == 1e-6
+
+
+def test_apply_ssl_uncoupled_per_layer_and_input_unchanged():
+    model = _tiny_resnet()
+    before = _weights(model)
+    wrapped = apply_ssl(model, filters=0.01, channels=0.02, coupled=False,
+                        layers={"fc": None, "conv0": {"filters": 0.5}})
+    assert type(wrapped) is type(model)
+    assert [layer.name for layer in wrapped.layers] == [layer.name for layer in model.layers]
+    assert isinstance(wrapped.get_layer("stage1_block1_conv1"), StructuredSparsity)
+    assert not isinstance(wrapped.get_layer("bn0"), StructuredSparsity)
+    expected = 0.0
+    for layer in wrapped.layers:
+        if isinstance(layer, StructuredSparsity):
+            coefficients = {"fc": (0.0, 0.0), "conv0": (0.5, 0.02)}.get(layer.name, (0.01, 0.02))
+            expected += _oracle_kernel(layer.ssl_inner_layer.kernel.numpy(), *coefficients)
+    np.testing.assert_allclose(_total_loss(wrapped), expected, rtol=1e-5)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(wrapped(x), model(x), atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _weights(model), strict=True))
+    assert model.losses == []
+
+
+def test_apply_ssl_coupled_loss_matches_oracle():
+    model = _tiny_resnet()
+    ssl = apply_ssl(model, filters=0.03, channels=0.02, shapes=0.01)
+    assert isinstance(ssl, SSLModel)
+    groups = removable_groups(model)
+    open_groups = [g for g in groups if not g["blocked"]]
+    assert len(ssl.ssl_groups) == len(open_groups) > 0
+    assert {g["id"] for g in ssl.ssl_groups} == {g["id"] for g in open_groups}
+    for group in ssl.ssl_groups:
+        assert group["coefficient"] == pytest.approx(0.05)
+    coupled = _coupled_oracle(ssl, ssl.ssl_groups)
+    np.testing.assert_allclose(float(ssl.ssl_coupled_loss()), coupled, rtol=1e-5)
+    shapes = sum(_oracle_kernel(layer.ssl_inner_layer.kernel.numpy(), shapes=0.01)
+                 for layer in ssl.layers if isinstance(layer, StructuredSparsity))
+    np.testing.assert_allclose(_total_loss(ssl), coupled + shapes, rtol=1e-5)
+    assert model.losses == []
+
+
+def test_coupled_coefficients_follow_layers_overrides():
+    keras.utils.set_random_seed(5)
+    model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
+    ssl = apply_ssl(model, filters=0.1, channels=0.01,
+                    layers={"conv1": {"filters": 1.0}, "ip1": {"channels": 0.5}})
+    by_source = {}
+    for group in ssl.ssl_groups:
+        by_source.setdefault(group["layer"], set()).add(round(group["coefficient"], 6))
+    # conv1's channels: filters of conv1 (1.0) + channels of conv2 (0.01).
+    # conv2's channels: filters of conv2 (0.1) + channels of ip1 (0.5).
+    # ip1's units: filters of ip1 (0.1) + channels of ip2 (0.01).
+    assert by_source == {"conv1": {1.01}, "conv2": {0.6}, "ip1": {0.11}}
+    np.testing.assert_allclose(float(ssl.ssl_coupled_loss()),
+                               _coupled_oracle(ssl, ssl.ssl_groups), rtol=1e-5)
+
+
+def test_depth_groups_are_residual_branches():
+    model = _tiny_resnet()
+    branches = residual_branches(model)
+    first = [b for b in branches if b["add"] == "stage1_block1_add"]
+    assert first[0]["layers"] == []  # identity shortcut
+    assert first[1]["layers"] == ["stage1_block1_conv1", "stage1_block1_bn1",
+                                  "stage1_block1_relu1", "stage1_block1_conv2",
+                                  "stage1_block1_bn2"]
+    ssl = apply_ssl(model, depth=0.1, layers={"stage3_block1_add": {"depth": 0.7}})
+    ids = {g["id"]: g for g in ssl.ssl_groups}
+    # One group per block, on the residual operand; the projection shortcut is left alone.
+    assert sorted(ids) == ["depth:stage1_block1_add:1", "depth:stage2_block1_add:1",
+                           "depth:stage3_block1_add:1"]
+    assert ids["depth:stage3_block1_add:1"]["coefficient"] == 0.7
+    layers = {s["layer"] for s in ids["depth:stage2_block1_add:1"]["slices"]}
+    assert layers == {"stage2_block1_conv1", "stage2_block1_bn1", "stage2_block1_conv2",
+                      "stage2_block1_bn2"}
+    np.testing.assert_allclose(_total_loss(ssl), _coupled_oracle(ssl, ssl.ssl_groups),
+                               rtol=1e-5)
+
+
+def test_save_load_wrapped_and_stripped(tmp_path):
+    model = _tiny_resnet()
+    x = np.random.default_rng(1).normal(size=(3, 8, 8, 3)).astype("float32")
+    for coupled in (True, False):
+        ssl = apply_ssl(model, filters=0.01, channels=0.02, shapes=0.003, depth=0.04,
+                        coupled=coupled, layers={"conv0": {"filters": 0.2}})
+        ssl.compile(keras.optimizers.SGD(0.01), "mse")
+        ssl.fit(x, np.zeros((3, 10), "float32"), epochs=1, verbose=0)
+        path = str(tmp_path / f"ssl_{coupled}.keras")
+        ssl.save(path)
+        loaded = keras.models.load_model(path)
+        assert type(loaded) is type(ssl)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), ssl.predict(x, verbose=0),
+                                   atol=1e-6)
+        np.testing.assert_allclose(_total_loss(loaded), _total_loss(ssl), rtol=1e-6)
+        if coupled:
+            assert loaded.ssl_groups == ssl.ssl_groups
+
+        plain = strip_ssl(loaded)
+        assert plain.losses == []
+        assert not any(isinstance(layer, (StructuredSparsity,)) for layer in plain.layers)
+        assert not isinstance(plain, SSLModel)
+        assert [type(a) for a in plain.layers] == [type(b) for b in model.layers]
+        np.testing.assert_allclose(plain.predict(x, verbose=0), ssl.predict(x, verbose=0),
+                                   atol=1e-6)
+        path = str(tmp_path / f"plain_{coupled}.keras")
+        plain.save(path)
+        again = keras.models.load_model(path)
+        np.testing.assert_allclose(again.predict(x, verbose=0), ssl.predict(x, verbose=0),
+                                   atol=1e-6)
+        assert again.losses == []
+
+
+def test_strip_ssl_sequential_and_layer():
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((5,)), apply_ssl(keras.layers.Dense(4, name="a"),
+                                                           filters=0.1),
+                              keras.layers.Dense(2, name="b")])
+    plain = strip_ssl(model)
+    assert isinstance(plain, keras.Sequential)
+    assert [type(layer).__name__ for layer in plain.layers] == ["Dense", "Dense"]
+    assert [layer.name for layer in plain.layers] == ["a", "b"]
+    x = np.ones((2, 5), "float32")
+    np.testing.assert_allclose(plain(x), model(x), atol=1e-6)
+    layer = strip_ssl(model.get_layer("a"))
+    assert type(layer) is keras.layers.Dense and layer.kernel.regularizer is None
+    np.testing.assert_array_equal(layer.kernel.numpy(),
+                                  model.get_layer("a").ssl_inner_layer.kernel.numpy())
+
+
+def test_jax_backend_same_loss_and_fit(tmp_path):
+    model = _tiny_resnet()
+    ssl = apply_ssl(model, filters=0.03, channels=0.02, shapes=0.01, depth=0.05)
+    path = str(tmp_path / "ssl.keras")
+    ssl.save(path)
+    script = (
+        "import json, numpy as np, keras, ssl_keras\n"
+        f"m = keras.models.load_model({path!r})\n"
+        "before = float(sum(float(l) for l in m.losses))\n"
+        "m.compile(keras.optimizers.SGD(0.01), 'mse')\n"
+        "h = m.fit(np.ones((4, 8, 8, 3), 'float32'), np.zeros((4, 10), 'float32'),"
+        " epochs=2, batch_size=2, verbose=0)\n"
+        "print(json.dumps({'backend': keras.backend.backend(), 'loss': before,"
+        " 'history': h.history['loss']}))\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax"
+    np.testing.assert_allclose(result["loss"], _total_loss(ssl), rtol=1e-5)
+    assert all(np.isfinite(result["history"]))
+    assert result["history"][1] < result["history"][0]
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_errors():
+    model = _tiny_resnet()
+    with pytest.raises(ValueError, match="subclassed model .*GroupLasso"):
+        apply_ssl(_Subclassed())
+    with pytest.raises(ValueError, match=r"`filters` must be a non-negative .*filters=-0.1"):
+        apply_ssl(model, filters=-0.1)
+    with pytest.raises(ValueError, match=r"`depth` must be a non-negative .*depth=-1"):
+        apply_ssl(keras.layers.Dense(2), depth=-1)
+    with pytest.raises(ValueError, match=r"layers\['conv0'\]\.channels.*channels=-2"):
+        apply_ssl(model, layers={"conv0": {"channels": -2}})
+    with pytest.raises(ValueError, match=r"not in model 'resnet8': \['nope'\]"):
+        apply_ssl(model, layers={"nope": {"filters": 0.1}})
+    with pytest.raises(ValueError, match=r"unknown keys \['filter'\]"):
+        apply_ssl(model, layers={"conv0": {"filter": 0.1}})
+    with pytest.raises(ValueError, match=r"must be a dict of coefficients.*layers\['conv0'\]=3"):
+        apply_ssl(model, layers={"conv0": 3})
+    with pytest.raises(ValueError, match="`layers` must be a dict"):
+        apply_ssl(model, layers=["conv0"])
+    with pytest.raises(ValueError, match="cannot be used when wrapping a single layer"):
+        apply_ssl(keras.layers.Dense(2), layers={"x": None})
+    with pytest.raises(ValueError, match="`coupled` must be a bool"):
+        apply_ssl(model, coupled="yes")
+    with pytest.raises(ValueError, match="`to_wrap` must be a Keras layer.*Received: to_wrap=3"):
+        apply_ssl(3)
+    with pytest.raises(ValueError, match="LayerNormalization has no kernel.*Received"):
+        apply_ssl(keras.layers.LayerNormalization())
+    with pytest.raises(ValueError, match="already wrapped"):
+        StructuredSparsity(StructuredSparsity(keras.layers.Dense(2)))
+    with pytest.raises(ValueError, match="`layer` must be a Keras layer"):
+        StructuredSparsity("dense")
+    with pytest.raises(ValueError, match="`normalize` must be a bool"):
+        StructuredSparsity(keras.layers.Dense(2), normalize=1)
+    with pytest.raises(ValueError, match="`epsilon` must be a finite float > 0"):
+        StructuredSparsity(keras.layers.Dense(2), epsilon=0)
+    with pytest.raises(ValueError, match="already holds StructuredSparsity layers"):
+        apply_ssl(apply_ssl(model, coupled=False))
+    with pytest.raises(ValueError, match="`model` must be a Keras model"):
+        strip_ssl("model")
+    with pytest.raises(ValueError, match="subclassed model"):
+        strip_ssl(_Subclassed())
+
+    inputs = keras.Input((4,))
+    x = keras.layers.Embedding(5, 3, name="emb")(inputs)
+    odd = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    with pytest.raises(ValueError, match=r"'emb' of class Embedding .*layers=\{'emb': None\}"):
+        apply_ssl(odd, coupled=False)
+    kept = apply_ssl(odd, filters=0.1, coupled=False, layers={"emb": None})
+    assert type(kept.get_layer("emb")) is keras.layers.Embedding
+
+
+def test_coupled_group_format_errors():
+    keras.utils.set_random_seed(7)
+    model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
+    ssl = apply_ssl(model, filters=0.1)
+    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
+                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
+                       {"layer": "conv1", "weight": "kernel", "axis": 7, "index": [0]}]}])
+    with pytest.raises(ValueError, match="axis 7 is out of range.*Received: axis=7"):
+        bad.ssl_coupled_loss()
+    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
+                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
+                       {"layer": "conv1", "weight": "kernel", "axis": -1, "index": [9]}]}])
+    with pytest.raises(ValueError, match=r"index out of range.*Received: index=\[9\]"):
+        bad.ssl_coupled_loss()
+    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
+                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
+                       {"layer": "conv1", "weight": "gamma", "axis": 0, "index": [0]}]}])
+    with pytest.raises(ValueError, match="no weight named 'gamma'"):
+        bad.ssl_coupled_loss()
+    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
+                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
+                       {"layer": "ghost", "weight": "kernel", "axis": 0, "index": [0]}]}])
+    with pytest.raises(ValueError, match="refers to layer 'ghost'"):
+        bad.ssl_coupled_loss()
