@@ -85,6 +85,26 @@ def _is_graph_model(op) -> bool:
     )
 
 
+def _ordered_nodes(graph) -> list:
+    """The graph's non-input nodes in execution order; within one depth, in layer order."""
+    rank = {id(op): i for i, op in enumerate(graph._operations)}
+    nodes = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        level = [n for n in graph._nodes_by_depth[depth]
+                 if not n.is_input and n.operation is not None]
+        level.sort(key=lambda n: (rank.get(id(n.operation), len(rank)),
+                                  _node_index(n)))
+        nodes.extend(level)
+    return nodes
+
+
+def _node_index(node) -> int:
+    for i, other in enumerate(node.operation._inbound_nodes):
+        if other is node:
+            return i
+    return 0
+
+
 def _channels(tensor) -> int:
     shape = tensor.shape
     if len(shape) < 2:
@@ -161,16 +181,13 @@ class _Graph:
         layouts = {}
         for tensor, layout in zip(graph.inputs, inputs, strict=True):
             layouts[id(tensor)] = layout
-        for depth in sorted(graph._nodes_by_depth, reverse=True):
-            for node in graph._nodes_by_depth[depth]:
-                if node.is_input or node.operation is None:
-                    continue
-                if any(id(t) not in layouts for t in node.input_tensors):
-                    continue
-                ins = [layouts[id(t)] for t in node.input_tensors]
-                outs = self.node(node, prefix, ins)
-                for tensor, layout in zip(node.outputs, outs, strict=True):
-                    layouts[id(tensor)] = layout
+        for node in _ordered_nodes(graph):
+            if any(id(t) not in layouts for t in node.input_tensors):
+                continue
+            ins = [layouts[id(t)] for t in node.input_tensors]
+            outs = self.node(node, prefix, ins)
+            for tensor, layout in zip(node.outputs, outs, strict=True):
+                layouts[id(tensor)] = layout
         return [layouts[id(t)] for t in graph.outputs]
 
     def node(self, node, prefix: str, ins: list) -> list:

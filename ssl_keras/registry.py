@@ -5,8 +5,8 @@ looked up through the class MRO (a subclass of `Dense` is a `Dense`). A spec has
 
 | kind        | channels                                   | examples                          |
 |-------------|--------------------------------------------|-----------------------------------|
-| PRODUCER    | reads input channels (consumer slices),     | Dense, Conv1D/2D/3D, Conv*Transpose,|
-|             | creates new output channels (kernel, bias) | SeparableConv1D/2D                |
+| PRODUCER    | reads input channels (consumer slices),    | Dense, Conv1D/2D/3D, Conv*Transpose,|
+|             | creates new output channels (kernel, bias) | SeparableConv1D/2D, Embedding     |
 | TIED        | output channel `c` is input channel `c`    | BatchNormalization, PReLU,        |
 |             | (or a block of `depth_multiplier` outputs) | DepthwiseConv1D/2D                |
 |             | and owns weight slices for it              |                                   |
@@ -280,6 +280,12 @@ def _last_axis(attr: str):
     return check
 
 
+def _embedding(layer, shapes):
+    if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
+        return "quantized or LoRA embeddings are not analysed"
+    return None
+
+
 def _grouped(layer, shapes):
     reason = _channels_first(layer, shapes)
     if reason:
@@ -370,6 +376,8 @@ _PASS_UNSAFE = LayerSpec(Kind.PASSTHROUGH, affine_safe=False, check=_channels_fi
 def _register_builtins():
     for cls in (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D):
         register_layer(cls, _CONV)
+    register_layer(L.Embedding, LayerSpec(
+        Kind.PRODUCER, produces=(WeightSlice("embeddings", -1),), check=_embedding))
     for cls in (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose):
         register_layer(cls, _CONV_T)
     for cls in (L.SeparableConv1D, L.SeparableConv2D):

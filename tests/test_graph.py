@@ -62,7 +62,15 @@ def _slices(group, layer=None, role=None):
 def _input(model, seed=0):
     rng = np.random.default_rng(seed)
     shape = (2,) + tuple(model.inputs[0].shape[1:])
+    if "int" in model.inputs[0].dtype:
+        return rng.integers(0, 5, size=shape).astype("int32")
     return rng.normal(size=shape).astype("float32")
+
+
+def _embedding():
+    inputs = keras.Input((5,), dtype="int32")
+    x = L.Embedding(10, 4, name="x")(inputs)
+    return keras.Model(inputs, L.Dense(2, name="post")(x))
 
 
 def _edit(model, s, fn):
@@ -120,6 +128,7 @@ _CASES = {
     L.Conv1D: lambda: _chain(L.Conv1D(3, 3, padding="same", name="x"), spatial=(6,)),
     L.Conv2D: lambda: _chain(L.Conv2D(3, 3, name="x")),
     L.Conv3D: lambda: _chain(L.Conv3D(3, 2, name="x"), spatial=(3, 3, 3)),
+    L.Embedding: _embedding,
     L.Conv1DTranspose: lambda: _chain(L.Conv1DTranspose(3, 2, name="x"), spatial=(4,)),
     L.Conv2DTranspose: lambda: _chain(L.Conv2DTranspose(3, 2, strides=2, name="x"),
                                       spatial=(3, 3)),
@@ -240,7 +249,9 @@ def test_every_registered_class(cls):
     by_id = _by_id(groups)
     name = _op_name(model, cls)
     _, spec = registry.lookup(cls)
-    pre = [by_id[f"pre:{c}"] for c in range(model.get_layer("pre").output.shape[-1])]
+    has_pre = any(layer.name == "pre" for layer in model.layers)
+    width = model.get_layer("pre").output.shape[-1] if has_pre else 0
+    pre = [by_id[f"pre:{c}"] for c in range(width)]
     if spec.kind is Kind.BLOCK:
         for g in pre:
             assert g["blocked"] is not None and f"{cls.__name__} '{name}'" in g["blocked"]
@@ -253,6 +264,7 @@ def test_every_registered_class(cls):
         for g in pre:
             assert _slices(g, name, "consumer"), g
         own = [g for g in groups if g["source"] == name]
+        assert own and len(own) == model.get_layer(name).output.shape[-1]
         assert own and all(_slices(g, name, "producer") and _slices(g, "post", "consumer")
                            for g in own)
     elif spec.kind is Kind.TIED:
@@ -334,10 +346,11 @@ def test_resnet_identity_and_projection_shortcuts():
     assert {s["layer"] for s in _slices(ident, role="tied")} == {"bn0", "stage1_block1_bn2"}
     assert {s["layer"] for s in _slices(ident, role="consumer")} == {
         "stage1_block1_conv1", "stage2_block1_conv1", "stage2_block1_proj"}
-    proj = by_id["stage2_block1_conv2:2"]
-    assert [m["layer"] for m in proj["members"]] == ["stage2_block1_conv2", "stage2_block1_proj"]
+    proj = _group_of(groups, "stage2_block1_conv2", 2)
+    assert sorted(m["layer"] for m in proj["members"]) == [
+        "stage2_block1_conv2", "stage2_block1_proj"]
     assert "stage2_block1_add" in proj["through"]
-    last = by_id["stage3_block1_conv2:3"]
+    last = _group_of(groups, "stage3_block1_conv2", 3)
     assert _slices(last, "fc", "consumer")[0]["index"] == [3]
     assert len(groups) == 2 + 2 + 3 + 3 + 4 + 4 + 10
     assert _check_consumers(model, groups, max_groups=8) == 8
@@ -496,6 +509,32 @@ def test_constant_array_operand_blocks():
     assert "constant array operand" in _by_id(removable_groups(model))["pre:0"]["blocked"]
 
 
+def test_merge_operand_order_names_the_group():
+    model = _merge(lambda a, b: L.Add(name="add")([a, b]))
+    assert [g["id"] for g in removable_groups(model)][:2] == ["pre:0", "pre:1"]
+
+
+class TwoToOne(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs[0] + inputs[1]
+
+
+class Widen(keras.layers.Layer):
+    def call(self, x):
+        return keras.ops.concatenate([x, x], axis=-1)
+
+
+def test_a_wrong_user_spec_blocks_instead_of_guessing(clean_registry):
+    registry.register_layer(TwoToOne, LayerSpec(Kind.PASSTHROUGH))
+    registry.register_layer(Widen, LayerSpec(Kind.PASSTHROUGH))
+    model = _merge(lambda a, b: TwoToOne(name="two")([a, b]))
+    reason = _by_id(removable_groups(model))["pre:0"]["blocked"]
+    assert reason == "reaches TwoToOne 'two' (expects one input tensor, received 2)"
+    reason = _by_id(removable_groups(_chain(Widen(name="wide"))))["pre:0"]["blocked"]
+    assert reason == ("reaches Widen 'wide' (its channels do not line up with its inputs: "
+                      "check its LayerSpec)")
+
+
 def test_model_input_tied_by_add_is_blocked():
     inputs = keras.Input((4, 4, 3), name="img")
     x = L.Add(name="add")([inputs, L.Conv2D(3, 1, name="c")(inputs)])
@@ -574,7 +613,8 @@ def test_layer_channels_for_the_converter():
     calls = {c["layer"]: c for c in layer_channels(model)}
     add = calls["stage2_block1_add"]
     assert add["class"] == "Add"
-    ids = [f"stage2_block1_conv2:{c}" for c in range(3)]
+    groups = removable_groups(model)
+    ids = [_group_of(groups, "stage2_block1_conv2", c)["id"] for c in range(3)]
     assert add["inputs"] == [ids, ids] and add["outputs"] == [ids]
     assert calls["conv0"]["inputs"] == [[None, None, None]]
     flat = {c["layer"]: c for c in layer_channels(lenet(filters=(3, 4), units=5))}["flatten"]
