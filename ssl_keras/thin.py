@@ -29,7 +29,7 @@ sparsity inside a kernel) stay as zeros in the dense kernel.
 
 from __future__ import annotations
 
-import copy
+import functools
 import math
 
 import keras
@@ -161,22 +161,22 @@ def _slice_norm(weights, s):
     return float(np.linalg.norm(np.take(w, s["index"], axis=s["axis"]).astype(np.float64)))
 
 
-def _zero_slice(weights, layer, weight, axis=None, index=None):
-    w = weights[layer][weight]
-    if axis is None:
-        weights[layer][weight] = np.zeros_like(w)
-        return
-    w = w.copy()
-    idx = [slice(None)] * w.ndim
-    idx[axis] = np.asarray(index, dtype=int)
-    w[tuple(idx)] = 0
-    weights[layer][weight] = w
-
-
 def _zeroed_weights(weights, zero):
+    """A copy of `weights` with the `zero` entries set to 0 (each array copied once)."""
     out = {name: dict(ws) for name, ws in weights.items()}
+    copied = set()
     for z in zero:
-        _zero_slice(out, z["layer"], z["weight"], z.get("axis"), z.get("index"))
+        key = (z["layer"], z["weight"])
+        if key not in copied:
+            out[key[0]][key[1]] = out[key[0]][key[1]].copy()
+            copied.add(key)
+        w = out[key[0]][key[1]]
+        if z.get("axis") is None:
+            w[...] = 0
+        else:
+            idx = [slice(None)] * w.ndim
+            idx[z["axis"]] = np.asarray(z["index"], dtype=int)
+            w[tuple(idx)] = 0
     return out
 
 
@@ -340,24 +340,28 @@ def _output_axis_keys(layer_cls_by_name, weights):
     return keys
 
 
+@functools.cache
 def _is_conv(cls):
     from keras.src.layers.convolutional.base_conv import BaseConv
 
     return issubclass(cls, BaseConv) and not _is_transpose(cls)
 
 
+@functools.cache
 def _is_transpose(cls):
     from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
 
     return issubclass(cls, BaseConvTranspose)
 
 
+@functools.cache
 def _is_separable(cls):
     from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 
     return issubclass(cls, BaseSeparableConv)
 
 
+@functools.cache
 def _is_depthwise(cls):
     from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
 
@@ -519,18 +523,24 @@ def _probe_inputs(graph, seed=0):
     return arrays
 
 
-def _run(zgraph, tensors, probes):
+def _run(graph, zw, tensors, probes):
+    """The values of `tensors` (of `graph`) on `probes`, computed with the weights `zw`."""
     if not tensors:
         return []
-    sub = keras.Model(zgraph.inputs, tensors)
-    out = sub(probes, training=False)
+    sub = keras.Model(graph.inputs, tensors)
+    values = {id(v): zw[layer.name][v.name] for layer in sub.layers for v in layer.weights
+              if layer.name in zw}
+    trainable = [values.get(id(v), v) for v in sub.trainable_variables]
+    frozen = [values.get(id(v), v) for v in sub.non_trainable_variables]
+    out, _ = sub.stateless_call(trainable, frozen, [ops.convert_to_tensor(p) for p in probes],
+                                training=False)
     out = out if isinstance(out, (list, tuple)) else [out]
     return [np.asarray(ops.convert_to_numpy(o)) for o in out]
 
 
 def _linear_part(layer, weights, x):
     """`layer` without bias and activation, applied to `x` (NumPy, batch 1)."""
-    cfg = layer.get_config()
+    cfg = _cheap_init(layer.get_config())
     cfg["name"] = f"{layer.name}_linear_probe"
     if "activation" in cfg:
         cfg["activation"] = "linear"
@@ -568,7 +578,7 @@ def _prepare(model, threshold, groups):
         from ssl_keras.graph import removable_groups
 
         groups = removable_groups(model)
-    groups = copy.deepcopy(list(groups))
+    groups = list(groups)
     zero = []
     for layer in _layers(graph):  # depth: whole kernels below threshold
         ws = weights.get(layer.name, {})
@@ -698,14 +708,13 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
     alive, dropped, by_name = st["alive"], st["dropped"], st["by_name"]
     zw = _zeroed_weights(st["weights"], st["zero"])
     probes = _probe_inputs(graph)
-    zgraph = _graph(_copy_with_weights(model, zw))
     layer_cls = {n: type(layer) for n, layer in by_name.items() if n in alive}
     removed = {gid for gid, (s, _) in decisions.items() if s in ("constant", "unused")}
     for _ in range(len(groups) + 1):
         _restore(groups, removed, decisions, zw, alive, layer_cls, round_to)
         const_in = _const_inputs(groups, removed, decisions, alive)
         names = sorted(const_in)
-        values = dict(zip(names, _run(zgraph, [_input_tensor(zgraph, n)[0] for n in names],
+        values = dict(zip(names, _run(graph, zw, [_input_tensor(graph, n)[0] for n in names],
                                       probes), strict=True))
         bad = {}
         for n in names:
@@ -756,8 +765,8 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
     adds = {}
     for name, positions in sorted(dropped.items()):
         node = by_name[name]._inbound_nodes[0]
-        ins = _input_tensor(zgraph, name)
-        vals = _run(zgraph, [ins[i] for i in positions], probes)
+        ins = _input_tensor(graph, name)
+        vals = _run(graph, zw, [ins[i] for i in positions], probes)
         total = np.sum([v.astype(np.float64) for v in vals], axis=0)
         if not _same(total, axis=0):
             raise RuntimeError(f"Internal error: the dropped operands of {name!r} depend on the "
@@ -808,6 +817,12 @@ def _new_weights(layer, new_layer, arrays, entry):
             )
         values.append(w.astype(var.dtype))
     return values
+
+
+def _cheap_init(cfg):
+    """`cfg` with zero initializers: the weights are set right after building."""
+    return {k: ("zeros" if k.endswith("_initializer") and v is not None else v)
+            for k, v in cfg.items()}
 
 
 def _extra_layer(spec):
@@ -882,7 +897,7 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
             if isinstance(op, keras.Model):
                 new = keras.models.clone_model(op)
             else:
-                cfg = op.get_config()
+                cfg = _cheap_init(op.get_config())
                 cfg.update((entry or {}).get("config", {}))
                 new = type(op).from_config(cfg)
             outputs = new(*args, **kwargs)
