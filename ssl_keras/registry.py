@@ -10,13 +10,14 @@ looked up through the class MRO (a subclass of `Dense` is a `Dense`). A spec has
 | TIED        | output channel `c` is input channel `c`    | BatchNormalization, PReLU,        |
 |             | (or a block of `depth_multiplier` outputs) | DepthwiseConv1D/2D                |
 |             | and owns weight slices for it              |                                   |
-| PASSTHROUGH | output channel `c` is input channel `c`    | ReLU, Dropout, pooling, padding   |
+| PASSTHROUGH | output channel `c` is input channel `c`    | ReLU, Dropout, pooling, padding,  |
+|             |                                            | Reshape keeping the last axis     |
 | GLOBAL_POOL | as PASSTHROUGH; the spatial axes go away   | GlobalAveragePooling2D            |
 | MERGE_TIE   | channel `c` of every operand is one channel| Add, Subtract, Multiply, Maximum  |
 | CONCAT      | channel axis: output = operands end to end | Concatenate                       |
 | FLATTEN     | channel `c` of `(..., C)` -> positions     | Flatten                           |
 |             | `c, c + C, c + 2C, ...` of the flat vector |                                   |
-| BLOCK       | channels that reach it cannot be removed   | LayerNormalization, Reshape,      |
+| BLOCK       | channels that reach it cannot be removed   | LayerNormalization, Dot,          |
 |             | (the spec's `reason` says why)             | attention layers                  |
 
 Users declare their own layers with `register_layer(cls, spec)`. A layer whose class (and
@@ -280,6 +281,24 @@ def _last_axis(attr: str):
     return check
 
 
+def _keeps_last_axis(what: str):
+    """Reshape / Permute keep channel `c` at position `c` when the last axis is untouched."""
+
+    def check(layer, shapes):
+        if what == "reshape":
+            target = tuple(layer.target_shape)
+            last = shapes[0][-1] if shapes and shapes[0] is not None else None
+            if last is not None and target and target[-1] == last:
+                return None
+            return f"reshapes the channel axis (target_shape={target})"
+        dims = tuple(layer.dims)
+        if dims and dims[-1] == len(dims):
+            return None
+        return f"moves the channel axis (dims={dims})"
+
+    return check
+
+
 def _embedding(layer, shapes):
     if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
         return "quantized or LoRA embeddings are not analysed"
@@ -400,6 +419,8 @@ def _register_builtins():
     register_layer(L.Activation, LayerSpec(Kind.PASSTHROUGH, check=_activation))
     register_layer(L.Softmax, LayerSpec(Kind.PASSTHROUGH, check=_last_axis_free("axis")))
     register_layer(L.Rescaling, LayerSpec(Kind.PASSTHROUGH, check=_rescaling))
+    register_layer(L.Reshape, LayerSpec(Kind.PASSTHROUGH, check=_keeps_last_axis("reshape")))
+    register_layer(L.Permute, LayerSpec(Kind.PASSTHROUGH, check=_keeps_last_axis("permute")))
     for cls in (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
                 L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D):
         register_layer(cls, LayerSpec(Kind.GLOBAL_POOL, check=_channels_first))
@@ -413,8 +434,6 @@ def _register_builtins():
         L.GroupNormalization: "normalises over groups of channels",
         L.UnitNormalization: "normalises over channels",
         L.RMSNormalization: "normalises over channels",
-        L.Reshape: "reshapes the channel axis",
-        L.Permute: "moves the channel axis",
         L.RepeatVector: "changes the meaning of the axes",
         L.Dot: "mixes channels in a dot product",
         L.EinsumDense: "einsum kernels are not analysed",

@@ -189,6 +189,8 @@ _CASES = {
     L.Average: lambda: _merge(lambda a, b: L.Average(name="x")([a, b])),
     L.Concatenate: lambda: _merge(lambda a, b: L.Concatenate(name="x")([a, b]), widths=(4, 2)),
     L.Flatten: lambda: _chain(L.Flatten(name="x"), spatial=(3, 3)),
+    L.Reshape: lambda: _chain(L.Reshape((-1, 4), name="x")),
+    L.Permute: lambda: _chain(L.Permute((2, 1, 3), name="x")),
     # operations recorded by the functional API
     ops_np.Add: lambda: _merge(lambda a, b: a + b),
     ops_np.Subtract: lambda: _merge(lambda a, b: ops.subtract(a, b)),
@@ -208,8 +210,6 @@ _CASES = {
     L.GroupNormalization: lambda: _chain(L.GroupNormalization(groups=2, name="x")),
     L.UnitNormalization: lambda: _chain(L.UnitNormalization(name="x")),
     L.RMSNormalization: lambda: _chain(L.RMSNormalization(name="x")),
-    L.Reshape: lambda: _chain(L.Reshape((36, 4), name="x")),
-    L.Permute: lambda: _chain(L.Permute((2, 1, 3), name="x")),
     L.RepeatVector: lambda: _chain(L.RepeatVector(2, name="x"), spatial=()),
     L.Dot: lambda: _merge(lambda a, b: L.Dot(axes=1, name="x")([a, b]), spatial=()),
     L.EinsumDense: lambda: _chain(L.EinsumDense("abc,cd->abd", (None, 3), name="x"),
@@ -483,6 +483,8 @@ def test_layer_normalization_and_softmax_block():
     (L.Flatten(data_format="channels_first", name="x"), "channels_first"),
     (L.PReLU(shared_axes=[3], name="x"), "shares its alpha"),
     (L.Rescaling([1.0, 2.0, 3.0, 4.0], name="x"), "per-channel scale"),
+    (L.Reshape((6, 24), name="x"), r"reshapes the channel axis \(target_shape=\(6, 24\)\)"),
+    (L.Permute((3, 1, 2), name="x"), r"moves the channel axis \(dims=\(3, 1, 2\)\)"),
 ])
 def test_unsupported_configurations_block(layer, match):
     reason = _by_id(removable_groups(_chain(layer)))["pre:0"]["blocked"]
@@ -654,3 +656,15 @@ def test_bad_inputs():
         removable_groups(keras.Sequential([L.Dense(2)], name="empty"))
     with pytest.raises(ValueError, match=r"No layer 'nope' in 'lenet'"):
         find_layer(lenet(filters=(2, 2), units=3), "nope")
+
+
+def test_keras_applications_mobilenet_v2():
+    model = keras.applications.MobileNetV2((32, 32, 3), alpha=0.35, weights=None, classes=5)
+    groups = removable_groups(model, strict=True)
+    blocked = [g for g in groups if g["blocked"] is not None]
+    assert [g["blocked"] for g in blocked] == ["reaches model output 'predictions'"] * 5
+    expand = _group_of(groups, "block_1_expand", 0)
+    assert [s["layer"] for s in _slices(expand, role="tied")][:5] == [
+        "block_1_expand_BN", "block_1_expand_BN", "block_1_expand_BN", "block_1_expand_BN",
+        "block_1_depthwise"]
+    assert _check_consumers(model, groups, max_groups=3) == 3
