@@ -623,13 +623,35 @@ def _prepare(model, threshold, groups):
                 dropped=dropped, alive=alive, decisions=decisions, by_name=by_name)
 
 
-def _const_inputs(groups, removed, decisions, alive):
+def _input_axis(layer):
+    """(weight, axis) of the kernel axis that indexes `layer`'s input channels."""
+    cls = type(layer)
+    if _is_separable(cls):
+        return "depthwise_kernel", len(layer.depthwise_kernel.shape) - 2
+    if _is_transpose(cls):
+        return "kernel", len(layer.kernel.shape) - 1
+    kernel = getattr(layer, "kernel", None)
+    return ("kernel", len(kernel.shape) - 2) if kernel is not None else (None, None)
+
+
+def _is_input_slice(s, by_name):
+    """True for a consumer slice that indexes its layer's input channels."""
+    if s["role"] != "consumer":
+        return False
+    layer = by_name[s["layer"]]
+    weight, axis = _input_axis(layer)
+    if s["weight"] != weight:
+        return False
+    return s["axis"] % len(getattr(layer, weight).shape) == axis
+
+
+def _const_inputs(groups, removed, decisions, alive, by_name):
     """{consumer layer: sorted input positions} that carry removed constant channels."""
     out = {}
     for g in groups:
         if g["id"] in removed and decisions[g["id"]][0] == "constant":
             for s in g["slices"]:
-                if s["role"] == "consumer" and s["layer"] in alive:
+                if s["layer"] in alive and _is_input_slice(s, by_name):
                     out.setdefault(s["layer"], set()).update(int(i) for i in s["index"])
     return {k: sorted(v) for k, v in out.items()}
 
@@ -712,26 +734,23 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
     removed = {gid for gid, (s, _) in decisions.items() if s in ("constant", "unused")}
     for _ in range(len(groups) + 1):
         _restore(groups, removed, decisions, zw, alive, layer_cls, round_to)
-        const_in = _const_inputs(groups, removed, decisions, alive)
+        const_in = _const_inputs(groups, removed, decisions, alive, by_name)
         names = sorted(const_in)
         values = dict(zip(names, _run(graph, zw, [_input_tensor(graph, n)[0] for n in names],
                                       probes), strict=True))
-        bad = {}
-        for n in names:
-            for i in _not_constant(values[n], const_in[n]):
-                bad.setdefault(i, n)
+        bad = {(n, i) for n in names for i in _not_constant(values[n], const_in[n])}
         if not bad:
             break
         for g in groups:
             if g["id"] not in removed or decisions[g["id"]][0] != "constant":
                 continue
             for s in g["slices"]:
-                hit = [bad[i] for i in s["index"] if s["role"] == "consumer" and i in bad and
-                       bad[i] == s["layer"]]
-                if hit:
+                if s["layer"] not in alive or not _is_input_slice(s, by_name):
+                    continue
+                if any((s["layer"], i) in bad for i in s["index"]):
                     removed.discard(g["id"])
                     decisions[g["id"]] = ("kept", f"its channel is not constant at the input of "
-                                                  f"{hit[0]!r} (depends on the input)")
+                                                  f"{s['layer']!r} (depends on the input)")
                     break
     rem = _removed_indices(groups, removed, zw, alive)
     channels = _propagate_channels(graph, rem, dropped, alive)

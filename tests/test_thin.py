@@ -1,0 +1,484 @@
+"""Tests of ssl_keras.thin: hand-built models, the plan, errors, saving and TFLite.
+
+Every model test checks the contract:
+max |thin(model)(x) - zeroed(x)| <= 1e-5 * (1 + max |zeroed(x)|), zeroed = zero_groups(model).
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers as L  # noqa: E402
+
+import ssl_keras  # noqa: E402
+from examples.models import lenet, mlp, resnet  # noqa: E402
+from ssl_keras.thin import ConstantAdd, apply_plan, thin, thinning_plan, zero_groups  # noqa: E402
+
+
+def randomize(model, seed=0):
+    """Non-zero biases and BatchNorm statistics, so removed channels carry constants."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for var in layer.weights:
+            shape = tuple(var.shape)
+            if var.name == "moving_variance":
+                var.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
+            elif var.name == "gamma":
+                var.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+            elif var.name in ("bias", "beta", "moving_mean"):
+                var.assign(rng.normal(size=shape).astype("float32"))
+    return model
+
+
+def zero_slices(model, group, role):
+    for s in group["slices"]:
+        if s["role"] != role:
+            continue
+        var = next(v for v in model.get_layer(s["layer"]).weights if v.name == s["weight"])
+        w = np.array(var.numpy())
+        idx = [slice(None)] * w.ndim
+        idx[s["axis"]] = s["index"]
+        w[tuple(idx)] = 0
+        var.assign(w)
+
+
+def zero_random_groups(model, fraction=0.5, seed=0, consumer_share=0.3):
+    """Zeros the producer (or, for some, the consumer) slices of random unblocked groups."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for g in ssl_keras.removable_groups(model):
+        if g["blocked"] or rng.random() >= fraction:
+            continue
+        zero_slices(model, g, "consumer" if rng.random() < consumer_share else "producer")
+        chosen.append(g["id"])
+    return chosen
+
+
+def assert_equivalent(model, small=None, seed=1, **kwargs):
+    threshold = kwargs.get("threshold", 1e-4)
+    small = thin(model, **kwargs) if small is None else small
+    zeroed = zero_groups(model, threshold)
+    shape = model.inputs[0].shape[1:]
+    x = np.random.default_rng(seed).normal(size=(3, *shape)).astype("float32")
+    want = np.asarray(zeroed(x))
+    got = np.asarray(small(x))
+    assert got.shape == want.shape
+    err = float(np.max(np.abs(got - want)))
+    assert err <= 1e-5 * (1 + float(np.max(np.abs(want)))), err
+    return small
+
+
+def widths(model):
+    return {layer.name: getattr(layer, "filters", getattr(layer, "units", None))
+            for layer in model.layers if hasattr(layer, "filters") or hasattr(layer, "units")}
+
+
+def test_lenet_flatten_dense_shrinks_and_matches():
+    model = randomize(lenet(filters=(6, 8), units=20))
+    zero_random_groups(model, 0.5, seed=0)
+    small = assert_equivalent(model)
+    assert small.count_params() < model.count_params()
+    assert [layer.name for layer in small.layers] == [layer.name for layer in model.layers]
+    # ip1 reads conv2's channels at every position of the flattened map.
+    assert small.get_layer("ip1").kernel.shape[0] == 4 * 4 * small.get_layer("conv2").filters
+
+
+def conv_bn_relu_conv(padding="valid", consumer_bias=True):
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, name="conv1")(inputs)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(name="relu1")(x)
+    x = L.Conv2D(5, 3, padding=padding, use_bias=consumer_bias, name="conv2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = randomize(keras.Model(inputs, L.Dense(3, name="out")(x)))
+    model.get_layer("bn1").beta.assign(np.linspace(0.5, 1.5, 6).astype("float32"))
+    model.get_layer("bn1").moving_mean.assign(np.zeros(6, "float32"))  # constants survive ReLU
+    return model
+
+
+def zero_filters(model, layer, filters):
+    var = model.get_layer(layer).kernel
+    w = np.array(var.numpy())
+    w[..., filters] = 0
+    var.assign(w)
+
+
+@pytest.mark.parametrize("consumer_bias", [True, False])
+def test_bn_beta_constant_folds_into_consumer_bias(consumer_bias):
+    model = conv_bn_relu_conv("valid", consumer_bias)
+    zero_filters(model, "conv1", [1, 4])
+    plan = thinning_plan(model)
+    entry = plan["layers"]["conv2"]
+    assert entry["keep"]["kernel"]["2"] == [0, 2, 3, 5]
+    assert entry["bias_add"] is not None and entry["after"] == []
+    assert entry["config"].get("use_bias", True) is True
+    small = assert_equivalent(model)
+    assert small.get_layer("conv1").filters == 4
+    assert small.get_layer("conv2").use_bias
+    assert not any(isinstance(layer, ConstantAdd) for layer in small.layers)
+    # The folded constant is really needed: without it the output differs.
+    plan["layers"]["conv2"]["bias_add"] = [0.0] * 5
+    wrong = apply_plan(model, plan)
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    assert np.max(np.abs(np.asarray(wrong(x)) - np.asarray(small(x)))) > 1e-3
+
+
+def test_same_padding_constant_becomes_a_map():
+    model = conv_bn_relu_conv("same")
+    zero_filters(model, "conv1", [0, 3])
+    plan = thinning_plan(model)
+    after = plan["layers"]["conv2"]["after"]
+    assert after and after[0]["class"] == "ConstantAdd" and after[0]["shape"] == [6, 6, 5]
+    small = assert_equivalent(model)
+    assert isinstance(small.get_layer("conv2_constant"), ConstantAdd)
+
+
+def test_same_padding_map_with_fused_activation_splits_the_activation():
+    inputs = keras.Input((6, 6, 2))
+    x = L.Conv2D(4, 3, name="conv1")(inputs)
+    x = L.Conv2D(3, 3, padding="same", activation="relu", name="conv2")(x)
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(x)))
+    zero_filters(model, "conv1", [2])
+    small = assert_equivalent(model)
+    assert small.get_layer("conv2").get_config()["activation"] == "linear"
+    assert small.get_layer("conv2_activation").get_config()["activation"] == "relu"
+
+
+def test_resnet_identity_and_projection_shortcuts():
+    model = randomize(resnet(8, input_shape=(8, 8, 3), widths=(4, 6, 8)))
+    chosen = zero_random_groups(model, 0.5, seed=3)
+    assert chosen
+    small = assert_equivalent(model)
+    assert ssl_keras.count_macs(small) < ssl_keras.count_macs(model)
+    # An Add's operands keep the same channels.
+    add = small.get_layer("stage2_block1_add")
+    assert add.input[0].shape == add.input[1].shape
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.7])
+def test_residual_branch_removed_entirely(beta):
+    model = randomize(resnet(14, input_shape=(8, 8, 3), widths=(4, 4, 4)))
+    bn = model.get_layer("stage1_block2_bn2")
+    bn.beta.assign(np.full(4, beta, "float32"))
+    bn.moving_mean.assign(np.zeros(4, "float32"))  # the branch's constant is beta
+    conv = model.get_layer("stage1_block2_conv2")
+    conv.kernel.assign(np.zeros(conv.kernel.shape, "float32"))
+    plan = thinning_plan(model)
+    assert plan["dropped"] == {"stage1_block2_add": [1]}
+    assert {"stage1_block2_conv1", "stage1_block2_bn1", "stage1_block2_conv2"} <= set(
+        plan["dead"])
+    small = assert_equivalent(model)
+    names = {layer.name for layer in small.layers}
+    assert "stage1_block2_conv1" not in names and "stage1_block2_conv2" not in names
+    assert ("stage1_block2_add" in names) == (beta != 0.0)
+    assert len(small.layers) < len(model.layers)
+
+
+def test_tiny_kernel_counts_as_zero_depth():
+    model = randomize(resnet(8, input_shape=(8, 8, 3), widths=(4, 4, 4)))
+    conv = model.get_layer("stage2_block1_conv2")
+    conv.kernel.assign(np.full(conv.kernel.shape, 1e-7, "float32"))
+    plan = thinning_plan(model, threshold=1e-4)
+    assert "stage2_block1_add" in plan["dropped"]
+    assert_equivalent(model)
+
+
+def mobilenet_block():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, padding="same", name="stem")(inputs)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU(6.0, name="stem_relu")(x)
+    x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = L.BatchNormalization(name="dw_bn")(x)
+    x = L.ReLU(6.0, name="dw_relu")(x)
+    x = L.Conv2D(5, 1, name="pw")(x)
+    x = L.SeparableConv2D(4, 3, depth_multiplier=2, name="sep")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return randomize(keras.Model(inputs, L.Dense(2, name="out")(x)))
+
+
+def test_mobilenet_depthwise_and_separable():
+    model = mobilenet_block()
+    zero_filters(model, "stem", [0, 2])
+    zero_filters(model, "pw", [1])
+    small = assert_equivalent(model)
+    assert small.get_layer("dw").kernel.shape[2] == 4
+    assert small.get_layer("pw").filters == 4
+    assert small.get_layer("sep").depthwise_kernel.shape[2] == 4
+
+
+def test_inception_concatenate_offsets():
+    inputs = keras.Input((8, 8, 3))
+    a = L.Conv2D(3, 1, name="b1")(inputs)
+    b = L.Conv2D(4, 3, padding="same", name="b2")(inputs)
+    c = L.MaxPooling2D(3, 1, padding="same", name="pool")(inputs)
+    c = L.Conv2D(2, 1, name="b3")(c)
+    x = L.Concatenate(name="concat")([a, b, c])
+    x = L.ReLU(name="relu")(x)
+    x = L.Conv2D(4, 3, name="head")(x)
+    x = L.Flatten(name="flat")(x)
+    model = randomize(keras.Model(inputs, L.Dense(2, name="out")(x)))
+    zero_filters(model, "b1", [2])
+    zero_filters(model, "b2", [0, 3])
+    zero_filters(model, "b3", [1])
+    plan = thinning_plan(model)
+    assert plan["layers"]["head"]["keep"]["kernel"]["2"] == [0, 1, 4, 5, 7]
+    small = assert_equivalent(model)
+    assert small.get_layer("head").kernel.shape[2] == 5
+
+
+def test_mlp_neurons():
+    model = randomize(mlp(input_shape=(6, 6, 1), units=(12, 8)))
+    zero_random_groups(model, 0.5, seed=5)
+    small = assert_equivalent(model)
+    assert small.get_layer("fc1").units < 12 or small.get_layer("fc2").units < 8
+
+
+def test_conv1d_net():
+    inputs = keras.Input((16, 3))
+    x = L.Conv1D(6, 3, name="c1")(inputs)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Activation("tanh", name="act")(x)
+    x = L.Conv1D(4, 3, padding="same", name="c2")(x)
+    x = L.MaxPooling1D(2, name="pool")(x)
+    x = L.Flatten(name="flat")(x)
+    model = randomize(keras.Model(inputs, L.Dense(2, name="out")(x)))
+    zero_filters(model, "c1", [0, 5])
+    zero_filters(model, "c2", [2])
+    small = assert_equivalent(model)
+    assert (small.get_layer("c1").filters, small.get_layer("c2").filters) == (4, 3)
+
+
+def test_sequential_model():
+    model = randomize(keras.Sequential([
+        keras.Input((6, 6, 2)), L.Conv2D(4, 3, name="c1"), L.ReLU(name="r"),
+        L.Flatten(name="f"), L.Dense(3, name="d")]))
+    zero_filters(model, "c1", [1])
+    small = assert_equivalent(model)
+    assert small.get_layer("c1").filters == 3
+
+
+def test_unused_channel_is_removed():
+    model = conv_bn_relu_conv("valid")
+    w = np.array(model.get_layer("conv2").kernel.numpy())
+    w[:, :, 2, :] = 0
+    model.get_layer("conv2").kernel.assign(w)
+    plan = thinning_plan(model)
+    assert plan["groups"]["conv1:2"]["status"] == "removed"
+    assert "consumer" in plan["groups"]["conv1:2"]["why"]
+    small = assert_equivalent(model)
+    assert small.get_layer("conv1").filters == 5
+
+
+def test_nothing_removable_gives_an_equivalent_copy():
+    model = conv_bn_relu_conv("same")
+    small = assert_equivalent(model)
+    assert small is not model
+    assert small.count_params() == model.count_params()
+    assert all(g["status"] == "kept" for g in thinning_plan(model)["groups"].values())
+
+
+def test_input_model_is_not_modified():
+    model = conv_bn_relu_conv("same")
+    zero_filters(model, "conv1", [0])
+    before = [w.copy() for w in model.get_weights()]
+    thin(model)
+    zero_groups(model)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_blocked_group_is_kept_with_its_reason():
+    model = conv_bn_relu_conv("valid")
+    zero_filters(model, "out", [1])  # reaches the model output: blocked
+    plan = thinning_plan(model)
+    assert plan["groups"]["out:1"]["status"] == "kept"
+    assert "output" in plan["groups"]["out:1"]["why"]
+    small = assert_equivalent(model)
+    assert small.get_layer("out").units == 3
+
+
+def test_layer_that_blocks_blocks_only_its_group():
+    inputs = keras.Input((6, 6, 2))
+    a = L.Conv2D(4, 3, name="a")(inputs)
+    b = L.LayerNormalization(name="ln")(a)  # normalises over channels: blocks a's channels
+    c = L.Conv2D(4, 3, name="c")(inputs)
+    x = L.Concatenate(name="cat")([b, c])
+    x = L.Flatten(name="flat")(x)
+    model = randomize(keras.Model(inputs, L.Dense(2, name="out")(x)))
+    zero_filters(model, "a", [0])
+    zero_filters(model, "c", [0])
+    plan = thinning_plan(model)
+    assert plan["groups"]["a:0"]["status"] == "kept" and "ln" in plan["groups"]["a:0"]["why"]
+    assert plan["groups"]["c:0"]["status"] == "removed"
+    small = assert_equivalent(model)
+    assert (small.get_layer("a").filters, small.get_layer("c").filters) == (4, 3)
+
+
+def test_hand_written_groups():
+    model = conv_bn_relu_conv("valid")
+    zero_filters(model, "conv1", [3])
+    groups = [{
+        "id": "conv1:3", "source": "conv1", "channel": 3, "blocked": None,
+        "slices": [
+            {"layer": "conv1", "weight": "kernel", "axis": -1, "index": [3], "role": "producer"},
+            {"layer": "conv1", "weight": "bias", "axis": 0, "index": [3],
+             "role": "producer_bias"},
+            *({"layer": "bn1", "weight": w, "axis": 0, "index": [3], "role": "tied"}
+              for w in ("gamma", "beta", "moving_mean", "moving_variance")),
+            {"layer": "conv2", "weight": "kernel", "axis": -2, "index": [3], "role": "consumer"},
+        ]}]
+    plan = thinning_plan(model, groups=groups)
+    assert list(plan["groups"]) == ["conv1:3"]
+    assert plan["layers"]["bn1"]["keep"]["gamma"]["0"] == [0, 1, 2, 4, 5]
+    assert_equivalent(model, small=apply_plan(model, plan))
+
+
+def test_plan_is_json_and_round_trips():
+    model = mobilenet_block()
+    zero_filters(model, "stem", [1])
+    plan = thinning_plan(model)
+    again = json.loads(json.dumps(plan))
+    assert_equivalent(model, small=apply_plan(model, again))
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_round_to_keeps_multiples_and_outputs(n):
+    model = randomize(lenet(filters=(8, 8), units=12))
+    zero_filters(model, "conv1", [0, 1, 2])
+    zero_filters(model, "conv2", [0, 3, 5, 6, 7])
+    zero_filters(model, "ip1", [1, 2, 3])
+    small = assert_equivalent(model, round_to=n)
+    for name in ("conv1", "conv2", "ip1"):
+        assert widths(small)[name] % n == 0, (name, widths(small))
+    assert widths(thin(model))["conv1"] == 5  # without rounding
+
+
+def test_save_load_and_tflite_builtin_ops(tmp_path):
+    import tensorflow as tf
+
+    model = conv_bn_relu_conv("same")
+    zero_filters(model, "conv1", [0, 3])
+    small = thin(model)
+    path = str(tmp_path / "small.keras")
+    small.save(path)
+    loaded = keras.models.load_model(path)
+    x = np.random.default_rng(0).normal(size=(1, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(small(x)), atol=1e-6)
+    small.export(str(tmp_path / "sm"), format="tf_saved_model", verbose=False,
+                 input_signature=[tf.TensorSpec((1, 8, 8, 3), tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm"))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    flat = converter.convert()
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=flat)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    out = interp.get_tensor(interp.get_output_details()[0]["index"])
+    np.testing.assert_allclose(out, np.asarray(small(x)), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("threshold", [-1.0, float("nan"), float("inf"), "x", True])
+def test_bad_threshold(threshold):
+    model = conv_bn_relu_conv()
+    with pytest.raises(ValueError, match="`threshold` must be a finite number >= 0"):
+        thin(model, threshold=threshold)
+    with pytest.raises(ValueError, match="`threshold` must be"):
+        zero_groups(model, threshold)
+
+
+@pytest.mark.parametrize("round_to", [0, -8, 2.5, True])
+def test_bad_round_to(round_to):
+    with pytest.raises(ValueError, match="`round_to` must be an integer >= 1"):
+        thinning_plan(conv_bn_relu_conv(), round_to=round_to)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_name_the_layer(bad):
+    model = conv_bn_relu_conv()
+    w = np.array(model.get_layer("conv2").kernel.numpy())
+    w[0, 0, 0, 0] = bad
+    model.get_layer("conv2").kernel.assign(w)
+    with pytest.raises(ValueError, match="Layer 'conv2' has NaN or inf values in its weight "
+                                         "'kernel'"):
+        thin(model)
+
+
+def test_subclassed_model_is_rejected():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = L.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    model = Net()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="subclassed model"):
+        thin(model, groups=[])
+
+
+def test_dynamic_input_shape_is_rejected():
+    inputs = keras.Input((None, None, 3))
+    x = L.Conv2D(4, 3, name="c1")(inputs)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    with pytest.raises(ValueError, match="thin needs static input shapes"):
+        thin(model)
+
+
+def test_plan_that_does_not_fit_is_rejected():
+    model = conv_bn_relu_conv()
+    zero_filters(model, "conv1", [0])
+    plan = thinning_plan(model)
+    other = conv_bn_relu_conv()
+    plan["layers"]["conv2"]["keep"]["kernel"]["2"] = [0, 1]  # conv1 keeps 5 filters
+    with pytest.raises(ValueError, match="The plan does not fit layer 'conv2'"):
+        apply_plan(other, plan)
+
+
+def test_constant_add_validates_its_shape():
+    with pytest.raises(ValueError, match="`shape` must be a non-empty tuple of positive sizes"):
+        ConstantAdd((0, 3))
+
+
+# ---------------------------------------------------------------------- keras.applications
+
+
+def zero_application_groups(model, seed):
+    rng = np.random.default_rng(seed)
+    for g in ssl_keras.removable_groups(model):
+        if not g["blocked"] and rng.random() < 0.5:
+            zero_slices(model, g, "producer")
+
+
+def test_mobilenet_v2_application():
+    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                           classes=5)
+    randomize(model, seed=2)
+    zero_application_groups(model, seed=2)
+    small = assert_equivalent(model)
+    assert ssl_keras.count_macs(small) < ssl_keras.count_macs(model)
+
+
+slow = pytest.mark.skipif(not os.environ.get("SSL_KERAS_SLOW"),
+                          reason="about 40 s each: set SSL_KERAS_SLOW=1")
+
+
+@slow
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ResNet50", "DenseNet121"])
+def test_big_applications(name):
+    model = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None, classes=5)
+    randomize(model, seed=4)
+    zero_application_groups(model, seed=4)
+    assert_equivalent(model)
