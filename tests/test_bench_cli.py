@@ -75,6 +75,7 @@ def test_bad_models_are_reported_and_others_measured(models, tmp_path):
     (["--runs", "0"], "flag --runs=0"),
     (["--kernels", "gpu"], "flag --kernels=gpu"),
     (["--adb"], "--adb needs --benchmark_binary"),
+    (["--cores", "0,4096"], "--cores must be cores this process may run on"),
     (["--json", "/no/such/dir/o.json"], "The output folder does not exist"),
 ])
 def test_usage_errors(models, args, match):
@@ -117,3 +118,18 @@ def test_adb_without_adb(models, tmp_path):
     (line,) = one_line_error(cli(models["big"], "--adb", "--benchmark_binary", models["big"],
                                  env=env))
     assert "adb was not found on PATH" in line
+
+
+def test_help():
+    p = cli("--help")
+    assert p.returncode == 0 and "--threads" in p.stdout and "python -m tflite_bench" in p.stdout
+
+
+def test_pinned_cores(models, tmp_path):
+    p = cli(models["small"], "--cores", "0", "--runs", "2", "--warmup", "0", "--noprogress",
+            "--json", tmp_path / "o.json")
+    assert p.returncode == 0, p.stderr
+    s = json.loads((tmp_path / "o.json").read_text())["settings"]
+    assert s["cores"] == [0]
+    if hasattr(os, "sched_setaffinity"):
+        assert s["worker_affinity"] == [0]

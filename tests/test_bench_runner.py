@@ -3,6 +3,7 @@ side-by-side benchmark on tiny hand-built models (schema, error entries; no timi
 assertions)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -194,6 +195,9 @@ def test_markdown_and_plot(result, tmp_path):
     write_outputs(result, json_path=out, markdown_path=tmp_path / "r.md",
                   plot_path=tmp_path / "r.png")
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(FileExistsError, match="The output file exists; pass --overwrite"):
         write_outputs(result, json_path=out)
     write_outputs(result, json_path=out, overwrite=True)

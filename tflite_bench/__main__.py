@@ -88,6 +88,9 @@ def _parse(argv):
     except ValueError:
         raise UsageError(f"--threads and --cores take comma-separated integers. Received: "
                          f"--threads={','.join(FLAGS.threads)}") from None
+    if cores and hasattr(os, "sched_getaffinity") and not set(cores) <= os.sched_getaffinity(0):
+        raise UsageError(f"--cores must be cores this process may run on "
+                         f"({sorted(os.sched_getaffinity(0))}). Received: --cores={cores}")
     if any(t < 1 for t in threads):
         raise UsageError(f"--threads must be positive. Received: --threads={threads}")
     if not rest and not FLAGS.parse_log:
@@ -142,6 +145,10 @@ def main(argv=None):
     """Entry point; returns the process exit code."""
     argv = sys.argv if argv is None else argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help())
+        return 0
     try:
         code, _ = run(argv)
     except UsageError as e:

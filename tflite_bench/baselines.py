@@ -168,10 +168,9 @@ def _to_tflite(tf, model, input_shape, sparse_flag):
 
 
 def _atomic_write(path, data):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    from tflite_bench.report import atomic_write
+
+    atomic_write(path, data, overwrite=True)  # existing files were refused up front
 
 
 def _accuracy(model, data):
@@ -305,6 +304,10 @@ def main(argv=None):
     """Entry point; returns the exit code."""
     argv = sys.argv if argv is None else argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help())
+        return 0
     try:
         manifest = run(argv)
     except UsageError as e:
