@@ -143,3 +143,13 @@ def test_block_size_attribute_must_exist(clean_registry):
     with pytest.raises(ValueError, match=r"reads the attribute `multiplier` as a block size.*"
                        r"Received: multiplier=None"):
         removable_groups(model)
+
+
+def test_docstring_examples(clean_registry):
+    import doctest
+
+    from ssl_keras import graph
+
+    for module in (registry, graph):
+        result = doctest.testmod(module, extraglobs={"keras": keras}, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, (module.__name__, result)
