@@ -46,6 +46,9 @@ class ExportReport:
             (int8 outputs dequantised first); None when not verified.
         max_abs_output: max |Keras output| on the same samples, to put the difference in scale.
         verified_samples: how many samples were compared (0 when not verified).
+        verified_on: which samples: "held-out representative data" (samples after the
+            calibration ones), "representative data" (int8: the calibration samples
+            themselves, when there were no more) or "random uniform [0, 1)".
         rebuilt_float32: True when a mixed-precision model was rebuilt in float32 first.
     """
 
@@ -58,6 +61,7 @@ class ExportReport:
     max_abs_diff: float | None
     max_abs_output: float | None
     verified_samples: int
+    verified_on: str = ""
     rebuilt_float32: bool = False
 
     def to_dict(self) -> dict:
@@ -77,7 +81,7 @@ class ExportReport:
         else:
             check = (
                 f"max |tflite - keras| = {self.max_abs_diff:.3g} over {self.verified_samples} "
-                f"samples (max |keras output| = {self.max_abs_output:.3g})"
+                f"samples of {self.verified_on} (max |keras output| = {self.max_abs_output:.3g})"
             )
         lines = [
             f"{self.path}: {self.size_bytes} bytes, {self.quantize}"
@@ -267,7 +271,7 @@ def rebuild_float32(model):
         raise ValueError(
             "Could not rebuild the mixed-precision model in float32 for TFLite; rebuild it "
             "yourself with keras.mixed_precision.set_global_policy('float32'). "
-            f"Received: model={model.name!r}, error={str(error).splitlines()[0]}"
+            f"Received: model={model.name!r}, error={str(error).splitlines()[0]!r}"
         ) from error
     copy.set_weights(model.get_weights())
     if _needs_float32(copy):
@@ -416,11 +420,12 @@ def export_tflite(
       on `representative_data` (`q = round(x / scale) + zero_point`).
 
     Verification (`verify=True`) runs the .tflite bytes with ai_edge_litert's Interpreter on
-    `num_verify_samples` inputs (the first samples of `representative_data` when given, seeded
-    uniform [0, 1) inputs otherwise), int8 inputs quantised and outputs dequantised with the
-    tensors' scale and zero point, and compares with `model(x)`. In float32 the max absolute
-    difference must be <= `atol` or a ValueError is raised and nothing is written; the
-    quantised modes report their difference.
+    `num_verify_samples` inputs: from `representative_data` when given (the samples after the
+    `num_calibration_samples` used for calibration when there are enough, else the first
+    ones), seeded uniform [0, 1) inputs otherwise. int8 inputs are quantised and outputs
+    dequantised with the tensors' scale and zero point, and compared with `model(x)`. In
+    float32 the max absolute difference must be <= `atol` or a ValueError is raised and
+    nothing is written; the quantised modes report their difference.
 
     Mixed-precision models (mixed_float16) are rebuilt in float32 first (`rebuild_float32`).
     Models with several inputs (list or dict) and several outputs are supported: the TFLite
@@ -477,7 +482,7 @@ def export_tflite(
         model = rebuild_float32(model)
     struct = _input_struct(model)
     shapes = _static_shapes(struct)
-    limit = max(num_calibration_samples, num_verify_samples)
+    limit = num_calibration_samples + num_verify_samples
     data = None if representative_data is None else _collect(representative_data, struct, limit)
 
     content = _convert(model, struct, batch_size, quantize,
@@ -486,7 +491,7 @@ def export_tflite(
     counts = _tflite.op_counts(content)
     flex = _tflite.flex_ops(counts)
     diff = scale = None
-    n_verified = 0
+    n_verified, verified_on = 0, ""
     if verify:
         if flex:
             raise ValueError(
@@ -494,9 +499,14 @@ def export_tflite(
                 "interpreter cannot run, so it cannot be verified; pass verify=False to "
                 f"export it unverified. Received: flex ops={flex}"
             )
-        if data is not None:
+        if data is not None and len(data[0]) == num_calibration_samples + num_verify_samples:
+            samples = [a[num_calibration_samples:] for a in data]
+            verified_on = "held-out representative data"
+        elif data is not None:
             samples = [a[:num_verify_samples] for a in data]
+            verified_on = "representative data"
         else:
+            verified_on = "random uniform [0, 1)"
             rng = np.random.default_rng(seed)
             samples = [rng.random((num_verify_samples, *s), dtype=np.float32) for s in shapes]
         diff, scale = _verify(model, struct, content, samples, quantize, atol)
@@ -514,6 +524,7 @@ def export_tflite(
         max_abs_diff=diff,
         max_abs_output=scale,
         verified_samples=n_verified,
+        verified_on=verified_on,
         rebuilt_float32=rebuilt,
     )
 
@@ -623,7 +634,7 @@ def _load_calibration(path):
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as error:
-        _fail(f"Could not read the calibration file as .npy / .npz: {error}. "
+        _fail(f"Could not read the calibration file as .npy / .npz: {str(error).rstrip('.')}. "
               f"Received: --calibration={path!r}")
     if isinstance(data, np.ndarray):
         return data
@@ -642,7 +653,7 @@ def _load_model(path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:
-        _fail(f"Could not load the Keras model: {str(error).splitlines()[0]}. "
+        _fail(f"Could not load the Keras model: {str(error).splitlines()[0].rstrip('.')}. "
               f"Received: MODEL={path!r}")
 
 
@@ -674,8 +685,10 @@ def _parse_flags(argv):
 
 
 def _main(argv):
+    import tensorflow as tf
     from absl import flags
 
+    tf.get_logger().setLevel("ERROR")  # no SavedModel INFO lines on stderr under absl
     FLAGS = flags.FLAGS
     if len(argv) != 3:
         _fail("usage: python -m ssl_keras.export MODEL.keras OUT.tflite [--quantize MODE] "

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -83,6 +84,8 @@ def test_report_describes_the_written_file(exported, mode):
     assert report.inputs[0].dtype == report.outputs[0].dtype == ("int8" if int8 else "float32")
     assert (report.inputs[0].scale is not None) == int8
     assert report.verified_samples == 8 and report.max_abs_diff is not None
+    # int8 got 64 samples (< 100 calibration + 8): it is checked on its calibration samples.
+    assert report.verified_on == ("representative data" if int8 else "random uniform [0, 1)")
     d = report.to_dict()
     assert d["size_bytes"] == report.size_bytes and d["inputs"][0]["shape"] == [2, *SHAPE]
     assert '"op_counts"' in report.to_json()
@@ -169,6 +172,10 @@ def test_evaluate_tflite_errors(exported, tmp_path):
         evaluate_tflite(path, data(4, shape=(9, 10, 2)), np.zeros(4))
     with pytest.raises(FileNotFoundError, match="No such .tflite file"):
         evaluate_tflite(tmp_path / "missing.tflite", x, np.zeros(4))
+    scorer = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    report = export_tflite(scorer, tmp_path / "one.tflite")
+    with pytest.raises(ValueError, match=r"one score per class.*\(4, 1\)"):
+        evaluate_tflite(report.path, data(4, shape=(3,)), np.zeros(4))
 
 
 # ---------------------------------------------------------------------- other models
@@ -250,15 +257,20 @@ def test_several_inputs_and_outputs(tmp_path, dict_io):
         evaluate_tflite(report.path, [xa, xb], y)
     with pytest.raises(ValueError, match="several outputs"):
         evaluate_tflite(report.path, {"zeta": xa, "alpha": xb}, y)
+    with pytest.raises(ValueError, match=r"keyed by the model's input names \['alpha', 'zeta'\]"):
+        predict_tflite(report.path, {"zeta": xa, "beta": xb})
+    with pytest.raises(ValueError, match="same number of samples"):
+        predict_tflite(report.path, {"zeta": xa, "alpha": xb[:5]})
 
 
 def test_int8_with_two_inputs(tmp_path):
     keras.utils.set_random_seed(5)
     model = _two_in_two_out(False)
     rng = np.random.default_rng(1)
-    rep = [rng.random((20, 4), dtype=np.float32), rng.random((20, 3), dtype=np.float32)]
+    rep = [rng.random((200, 4), dtype=np.float32), rng.random((200, 3), dtype=np.float32)]
     report = export_tflite(model, tmp_path / "two8.tflite", quantize="int8",
-                           representative_data=rep)
+                           representative_data=rep, num_calibration_samples=192)
+    assert report.verified_on == "held-out representative data" and report.verified_samples == 8
     assert {i.dtype for i in report.inputs + report.outputs} == {"int8"}
     assert report.max_abs_diff < 0.1 * max(1.0, report.max_abs_output)
 
@@ -360,6 +372,22 @@ def test_argument_errors(model, tmp_path):
         export_tflite(model, path, representative_data=3)
     with pytest.raises(ValueError, match=r"at least batch_size=8 samples.*4 samples"):
         export_tflite(model, path, quantize="int8", representative_data=x, batch_size=8)
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__(name="sub")
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match="defined inputs.*Received: model='sub'"):
+        export_tflite(subclassed, path)
+    a, b = keras.Input((2,), name="a-b"), keras.Input((2,), name="a_b")
+    clash = keras.Model([a, b], keras.layers.Add()([a, b]))
+    with pytest.raises(ValueError, match=r"input names must be unique.*\['a_b', 'a_b'\]"):
+        export_tflite(clash, path)
     dynamic = keras.Model(i := keras.Input((None, 3)), keras.layers.Dense(2)(i))
     with pytest.raises(ValueError, match=r"static input shapes.*\(None, None, 3\)"):
         export_tflite(dynamic, path)
@@ -445,6 +473,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
     existing.write_bytes(b"x")
     bad_npy = tmp_path / "bad.npy"
     bad_npy.write_text("nope")
+    not_keras = tmp_path / "empty.keras"
+    with zipfile.ZipFile(not_keras, "w") as archive:
+        archive.writestr("readme.txt", "no model here")
     cases = {
         "No such model file": [tmp_path / "missing.keras", out],
         "must be a Keras .keras file": [text, out],
@@ -453,6 +484,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
         "No such calibration file": [saved_model, out, "--calibration", tmp_path / "c.npy"],
         "Could not read the calibration file": [saved_model, out, "--calibration", bad_npy],
         "already exists; pass --overwrite": [saved_model, existing],
+        "Could not load the Keras model": [not_keras, out],
         "usage:": [saved_model],
         "Unknown command line flag 'bogus'": [saved_model, out, "--bogus"],
         "`batch_size` must be an integer >= 1": [saved_model, out, "--batch_size=0"],
@@ -477,6 +509,4 @@ def test_cli_int8_end_to_end_in_a_subprocess(saved_model, tmp_path):
     report = json.loads(done.stdout[done.stdout.index("{"):])
     assert report["quantize"] == "int8" and report["inputs"][0]["dtype"] == "int8"
     assert report["size_bytes"] == out.stat().st_size and report["verified_samples"] == 8
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 2 and "Traceback" not in again.stderr
-    assert again.stderr.strip().splitlines()[-1].startswith("error: The output file already")
+    assert "Traceback" not in done.stderr

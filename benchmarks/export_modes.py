@@ -1,0 +1,115 @@
+"""LeNet-5 exported in every TFLite mode: file size, agreement with Keras, test accuracy.
+
+    python -m benchmarks.export_modes [--train 5000 --test 1000 --epochs 1 --json out.json]
+
+LeNet-5 (examples/models.py, 20-50-500-10) is trained for `--epochs` on a seeded
+`--train`-image subset of Fashion-MNIST (examples/datasets.py, the Debian package offline),
+so that int8 calibration sees real activations. It is then exported with
+`ssl_keras.export_tflite` as float32, float16, dynamic and int8 (calibrated on
+`--calibration` training images, which also serve as the verification inputs of every mode).
+For each mode the table gives the file size, the built-in check's max |tflite - keras| (8
+training images), the max |tflite - keras| over the `--test` test images, and the top-1
+accuracy of the .tflite file on them (ssl_keras.evaluate_tflite) next to the Keras model's.
+No timings: see tflite_bench for latency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from examples import datasets, models  # noqa: E402
+from ssl_keras import evaluate_tflite, export_tflite, predict_tflite  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("train", 5000, "Training images (a seeded subset of Fashion-MNIST).")
+flags.DEFINE_integer("test", 1000, "Test images for the accuracy and the test-set |diff|.")
+flags.DEFINE_integer("epochs", 1, "Training epochs.")
+flags.DEFINE_integer("calibration", 200, "Training images used for int8 calibration.")
+flags.DEFINE_integer("seed", 0, "Seed of the subset, the initial weights and the shuffle.")
+flags.DEFINE_string("out_dir", None, "Keep the .tflite files here (default: a temp dir).")
+flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
+
+MODES = (None, "float16", "dynamic", "int8")
+
+
+def run(out_dir: str) -> dict:
+    keras.utils.set_random_seed(FLAGS.seed)
+    data = datasets.load("fashion_mnist", validation_split=0.0, seed=FLAGS.seed,
+                         max_train=FLAGS.train, max_test=FLAGS.test, allow_download=False)
+    model = models.lenet(input_shape=data.x_train.shape[1:])
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(data.x_train, data.y_train, batch_size=64, epochs=FLAGS.epochs, verbose=0)
+    keras_logits = model.predict(data.x_test, batch_size=256, verbose=0)
+    keras_accuracy = float(np.mean(keras_logits.argmax(-1) == data.y_test))
+    calibration = data.x_train[: FLAGS.calibration]
+    rows = []
+    for mode in MODES:
+        path = os.path.join(out_dir, f"lenet_{mode or 'float32'}.tflite")
+        report = export_tflite(model, path, quantize=mode, representative_data=calibration,
+                               num_calibration_samples=FLAGS.calibration, overwrite=True)
+        tflite_logits = predict_tflite(path, data.x_test)["output_0"]
+        rows.append({
+            "mode": report.quantize,
+            "size_bytes": report.size_bytes,
+            "verify_max_abs_diff": report.max_abs_diff,
+            "test_max_abs_diff": float(np.abs(tflite_logits - keras_logits).max()),
+            "max_abs_logit": float(np.abs(keras_logits).max()),
+            "tflite_accuracy": evaluate_tflite(path, data.x_test, data.y_test),
+            "keras_accuracy": keras_accuracy,
+            "op_counts": report.op_counts,
+        })
+    return {"model": "lenet 20-50-500-10", "dataset": data.source, "train_images": FLAGS.train,
+            "test_images": len(data.x_test), "epochs": FLAGS.epochs,
+            "calibration_images": len(calibration), "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"LeNet-5 on Fashion-MNIST ({result['train_images']} training images, "
+        f"{result['epochs']} epoch(s); {result['test_images']} test images; Keras accuracy "
+        f"{result['rows'][0]['keras_accuracy']:.4f}; max |keras logit| "
+        f"{result['rows'][0]['max_abs_logit']:.3g})",
+        "",
+        "| mode | size (bytes) | max abs diff, check (8 imgs) | max abs diff, test set "
+        "| TFLite accuracy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['mode']} | {row['size_bytes']} | {row['verify_max_abs_diff']:.3g} "
+            f"| {row['test_max_abs_diff']:.3g} | {row['tflite_accuracy']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # no SavedModel INFO lines under absl
+    if FLAGS.out_dir:
+        os.makedirs(FLAGS.out_dir, exist_ok=True)
+        result = run(FLAGS.out_dir)
+    else:
+        with tempfile.TemporaryDirectory() as out_dir:
+            result = run(out_dir)
+    print(markdown(result))
+    if FLAGS.json:
+        tmp = FLAGS.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, FLAGS.json)
+
+
+if __name__ == "__main__":
+    app.run(main)
