@@ -38,6 +38,7 @@ __all__ = [
     "Kind",
     "LayerSpec",
     "WeightSlice",
+    "builtin_classes",
     "lookup",
     "register_layer",
     "registered_classes",
@@ -238,6 +239,11 @@ def lookup(obj) -> tuple[type, LayerSpec] | None:
 def registered_classes() -> list[type]:
     """Every registered class, in registration order."""
     return list(_REGISTRY)
+
+
+def builtin_classes() -> list[type]:
+    """The classes ssl_keras registers itself (each one has a test case in tests/)."""
+    return list(_BUILTINS)
 
 
 def _supported_names() -> str:
@@ -468,3 +474,4 @@ def _register_ops():
 
 
 _register_builtins()
+_BUILTINS = tuple(_REGISTRY)

@@ -44,8 +44,9 @@ def test_lookup_follows_the_mro():
 
 
 def test_every_kind_is_used_by_a_builtin():
-    kinds = {registry.lookup(c)[1].kind for c in registry.registered_classes()}
+    kinds = {registry.lookup(c)[1].kind for c in registry.builtin_classes()}
     assert kinds == set(Kind)
+    assert set(registry.builtin_classes()) <= set(registry.registered_classes())
 
 
 def test_register_and_subclass_override(clean_registry):
@@ -61,6 +62,7 @@ def test_register_and_subclass_override(clean_registry):
     registry.register_layer(MyLayer, LayerSpec(Kind.BLOCK, reason="x"), overwrite=True)
     assert registry.lookup(MyLayer)[1].kind is Kind.BLOCK
     assert MyLayer in registry.registered_classes()
+    assert MyLayer not in registry.builtin_classes()
 
 
 def test_register_errors(clean_registry):
