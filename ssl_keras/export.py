@@ -685,10 +685,9 @@ def _parse_flags(argv):
 
 
 def _main(argv):
-    import tensorflow as tf
-    from absl import flags
+    from absl import flags, logging
 
-    tf.get_logger().setLevel("ERROR")  # no SavedModel INFO lines on stderr under absl
+    logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines on stderr under absl
     FLAGS = flags.FLAGS
     if len(argv) != 3:
         _fail("usage: python -m ssl_keras.export MODEL.keras OUT.tflite [--quantize MODE] "
