@@ -293,10 +293,15 @@ class SparsityMonitor(keras.callbacks.Callback):
             logs.update(values)
         if self._writer is not None:
             import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
 
+            # tf.summary.scalar needs the tensorboard package; this is what it writes.
+            metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
             with self._writer.as_default():
                 for key, value in values.items():
-                    tf.summary.scalar(key, value, step=epoch)
+                    tf.summary.write(key, tf.constant(value, tf.float32), step=epoch,
+                                     metadata=metadata)
             self._writer.flush()
 
     def on_train_end(self, logs=None):

@@ -1,0 +1,291 @@
+"""Tests for ssl_keras.callbacks: SparsityMonitor, ZeroSmallGroups, ProximalGroupLasso, freeze."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import ssl_keras
+from examples.models import resnet
+from ssl_keras.callbacks import (
+    FreezeZeroGroups,
+    ProximalGroupLasso,
+    SparsityMonitor,
+    ZeroSmallGroups,
+    freeze_zero_groups,
+)
+from ssl_keras.graph import removable_groups
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALES = np.array([0.05, 0.5, 1.0, 2.0])
+
+
+def _mlp():
+    """3 -> d1 (4, relu) -> d2 (2); column j of d1 scaled by SCALES[j], row j of d2 too."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(4, activation="relu", name="d1")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d2")(x), name="mlp")
+    rng = np.random.default_rng(0)
+    k1 = rng.normal(size=(3, 4)).astype("float32")
+    k2 = rng.normal(size=(4, 2)).astype("float32")
+    k1 *= SCALES / np.linalg.norm(k1, axis=0)
+    k2 *= (SCALES / np.linalg.norm(k2, axis=1))[:, None]
+    model.get_layer("d1").kernel.assign(k1)
+    model.get_layer("d2").kernel.assign(k2)
+    return model
+
+
+def _prox_oracle(k1, k2, lr, lam):
+    """One coupled proximal step on the d1:j groups (column j of k1 with row j of k2)."""
+    norms = np.sqrt(np.sum(k1.astype(np.float64) ** 2, axis=0)
+                    + np.sum(k2.astype(np.float64) ** 2, axis=1))
+    factors = np.maximum(0.0, 1.0 - lr * lam / norms)
+    return k1 * factors, k2 * factors[:, None]
+
+
+def _kernels(model):
+    return model.get_layer("d1").kernel.numpy(), model.get_layer("d2").kernel.numpy()
+
+
+def test_proximal_coupled_groups_match_oracle_with_schedule():
+    model = _mlp()
+    groups = removable_groups(model)
+    k1, k2 = _kernels(model)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.3, decay_steps=1, decay_rate=0.5)
+    model.compile(keras.optimizers.SGD(schedule), "mse")
+    # x = 0 and zero biases: the kernels get no gradient, only the proximal steps move them.
+    model.fit(np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"), batch_size=1,
+              epochs=1, verbose=0, shuffle=False,
+              callbacks=[ProximalGroupLasso(coefficient=1.0, groups=groups)])
+    k1, k2 = _prox_oracle(k1, k2, 0.3, 1.0)
+    k1, k2 = _prox_oracle(k1, k2, 0.15, 1.0)
+    got1, got2 = _kernels(model)
+    np.testing.assert_allclose(got1, k1, atol=1e-6)
+    np.testing.assert_allclose(got2, k2, atol=1e-6)
+    zero = np.all(k1 == 0.0, axis=0)
+    assert list(zero) == [True, False, False, False]  # group 0 only: norm 0.07 < 0.45
+    assert np.all(got1[:, zero] == 0.0) and np.all(got2[zero] == 0.0)  # exact zeros
+    assert np.all(got1[:, ~zero] != 0.0)
+
+
+def test_proximal_on_wrapper_adds_shrinkage_to_the_subgradient():
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((3,)), ssl_keras.apply_ssl(
+        keras.layers.Dense(4, name="d"), filters=0.5)])
+    kernel = model.get_layer("d").ssl_inner_layer.kernel
+    w = kernel.numpy().astype(np.float64)
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(np.zeros((1, 3), "float32"), np.zeros((1, 4), "float32"), verbose=0,
+              callbacks=[ProximalGroupLasso()])
+    # SGD on the loss (subgradient 0.5 * w / ||w||), then the proximal step with lambda 0.5.
+    step = w * (1 - 0.1 * 0.5 / np.sqrt(np.sum(w ** 2, axis=0) + 1e-8))
+    step = step * np.maximum(0, 1 - 0.1 * 0.5 / np.linalg.norm(step, axis=0))
+    np.testing.assert_allclose(kernel.numpy(), step, atol=1e-6)
+
+
+def test_zero_small_groups():
+    model = _mlp()
+    k1, k2 = _kernels(model)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    callback = ZeroSmallGroups(threshold=0.1, every_n_steps=2,
+                               groups=removable_groups(model))
+    model.fit(np.ones((3, 3), "float32"), np.zeros((3, 2), "float32"), batch_size=1,
+              verbose=0, callbacks=[callback])
+    got1, got2 = _kernels(model)
+    assert np.all(got1[:, 0] == 0.0) and np.all(got2[0] == 0.0)
+    np.testing.assert_array_equal(got1[:, 1:], k1[:, 1:])
+    np.testing.assert_array_equal(got2[1:], k2[1:])
+    assert callback.zeroed == 1
+
+
+def test_freeze_zero_groups_keeps_zeros_exact():
+    model = _mlp()
+    k1, k2 = _kernels(model)
+    k1[:, 1] = 0.0
+    k2[1] = 0.0
+    model.get_layer("d1").kernel.assign(k1)
+    model.get_layer("d2").kernel.assign(k2)
+    freeze = ssl_keras.freeze_zero_groups(model, threshold=1e-4)
+    assert isinstance(freeze, FreezeZeroGroups) and freeze.frozen_groups >= 2
+    model.compile(keras.optimizers.Adam(0.05), "mse")
+    rng = np.random.default_rng(2)
+    model.fit(rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype(
+        "float32"), batch_size=2, epochs=2, verbose=0, callbacks=[freeze])
+    got1, got2 = _kernels(model)
+    assert np.all(got1[:, 1] == 0.0) and np.all(got2[1] == 0.0)
+    assert not np.allclose(got1[:, [0, 2, 3]], k1[:, [0, 2, 3]])
+
+
+def test_resnet_proximal_zeroes_whole_coupled_groups_and_monitor_reports(tmp_path, capsys):
+    keras.utils.set_random_seed(3)
+    model = resnet(8, input_shape=(8, 8, 3), widths=(4, 8, 8))
+    before = [np.array(v.numpy()) for v in model.weights]
+    ssl = ssl_keras.apply_ssl(model, filters=5.0, channels=5.0, depth=5.0)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(16, 8, 8, 3)).astype("float32")
+    y = rng.normal(size=(16, 10)).astype("float32")
+    ssl.compile(keras.optimizers.SGD(0.05), "mse")
+    monitor = SparsityMonitor(threshold=1e-4, log_dir=str(tmp_path / "tb"))
+    history = ssl.fit(x, y, batch_size=8, epochs=3, verbose=0,
+                      callbacks=[ProximalGroupLasso(), monitor])
+    logs = history.history
+    assert len(logs["ssl/zero_groups"]) == 3
+    assert "ssl/stage2_block1_conv1/channel/zero" in logs
+    assert "ssl/stage3_block1_add/depth/fraction" in logs
+
+    def slices_zero(group):
+        for piece in group["slices"]:
+            layer = ssl.get_layer(piece["layer"])
+            layer = getattr(layer, "ssl_inner_layer", layer)
+            (w,) = [v for v in layer.weights if v.name == piece["weight"]]
+            if np.any(np.take(w.numpy(), piece["index"], axis=piece["axis"]) != 0.0):
+                return False
+        return True
+
+    exact = sum(slices_zero(g) for g in ssl.ssl_groups)
+    assert exact > 0 and exact == logs["ssl/zero_groups"][-1]
+    channels = [g for g in ssl.ssl_groups if g["kind"] == "channel" and slices_zero(g)]
+    assert channels and any(len({s["layer"] for s in g["slices"]}) >= 3 for g in channels)
+    assert "total" in monitor.table and "Group sparsity" in capsys.readouterr().out
+    import tensorflow as tf
+
+    (events,) = [name for name in os.listdir(tmp_path / "tb") if name.startswith("events")]
+    scalars = {}
+    for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "tb" / events)):
+        for value in event.summary.value:
+            scalars.setdefault(value.tag, []).append(
+                float(tf.make_ndarray(value.tensor)))
+    assert scalars["ssl/zero_groups"] == logs["ssl/zero_groups"]
+    # The input model is untouched.
+    assert model.losses == []
+    for a, v in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(a, v.numpy())
+
+
+def _run(script, **env):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+MIRRORED = """
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, numpy as np, ssl_keras
+from ssl_keras.callbacks import ProximalGroupLasso, SparsityMonitor, ZeroSmallGroups
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="conv2")(keras.layers.ReLU()(x))
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="fc")(x))
+    ssl = ssl_keras.apply_ssl(model, filters=3.0, channels=3.0, depth=3.0)
+    ssl.compile(keras.optimizers.SGD(0.05), "mse")
+penalty = float(sum(float(l) for l in ssl.losses))
+oracle = 0.0
+for g in ssl.ssl_groups:
+    sq = 0.0
+    for s in g["slices"]:
+        layer = ssl.get_layer(s["layer"])
+        layer = getattr(layer, "ssl_inner_layer", layer)
+        (w,) = [v for v in layer.weights if v.name == s["weight"]]
+        sq += float(np.sum(np.take(np.asarray(w.numpy(), np.float64), s["index"], s["axis"])**2))
+    oracle += g["coefficient"] * np.sqrt(sq + 1e-8)
+rng = np.random.default_rng(0)
+h = ssl.fit(rng.normal(size=(16, 6, 6, 2)).astype("float32"),
+            rng.normal(size=(16, 2)).astype("float32"), batch_size=8, epochs=3, verbose=0,
+            callbacks=[ProximalGroupLasso(), ZeroSmallGroups(1e-3),
+                       SparsityMonitor(1e-4, verbose=False)])
+same = True
+for v in ssl.trainable_variables:
+    values = [np.asarray(r) for r in v.value.values]
+    same = same and len(values) == 2 and all(np.array_equal(values[0], r) for r in values)
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "penalty": penalty,
+                  "oracle": oracle, "zero": h.history["ssl/zero_groups"],
+                  "loss": h.history["loss"], "replicas_equal": bool(same)}))
+"""
+
+
+def test_mirrored_strategy_two_cpus():
+    result = _run(MIRRORED)
+    assert result["replicas"] == 2
+    np.testing.assert_allclose(result["penalty"], result["oracle"], rtol=1e-5)
+    assert all(np.isfinite(result["loss"]))
+    assert result["zero"][-1] > 0
+    assert result["replicas_equal"]
+
+
+JAX = """
+import json, keras, numpy as np
+from ssl_keras.callbacks import ProximalGroupLasso, SparsityMonitor
+from ssl_keras.graph import removable_groups
+from tests.test_callbacks import _mlp, _kernels, _prox_oracle
+model = _mlp()
+k1, k2 = _kernels(model)
+model.compile(keras.optimizers.SGD(0.3), "mse")
+h = model.fit(np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"), batch_size=1,
+              verbose=0, shuffle=False, callbacks=[
+                  ProximalGroupLasso(coefficient=1.0, groups=removable_groups(model)),
+                  SparsityMonitor(1e-4, groups=removable_groups(model), verbose=False)])
+for _ in range(2):
+    k1, k2 = _prox_oracle(k1, k2, 0.3, 1.0)
+g1, g2 = _kernels(model)
+print(json.dumps({"backend": keras.backend.backend(),
+                  "error": float(max(np.abs(g1 - k1).max(), np.abs(g2 - k2).max())),
+                  "zero": h.history["ssl/zero_groups"],
+                  "expected": float(np.sum(np.all(k1 == 0, axis=0)))}))
+"""
+
+
+def test_jax_backend_proximal_matches_oracle():
+    result = _run(JAX, KERAS_BACKEND="jax")
+    assert result["backend"] == "jax"
+    assert result["error"] < 1e-6
+    assert result["zero"] == [result["expected"]] == [1.0]
+
+
+def test_errors():
+    model = _mlp()
+    with pytest.raises(ValueError, match=r"`threshold` must be a non-negative.*threshold=-1"):
+        SparsityMonitor(threshold=-1)
+    with pytest.raises(ValueError, match=r"`threshold` must be a non-negative.*threshold=nan"):
+        ZeroSmallGroups(threshold=float("nan"))
+    with pytest.raises(ValueError, match=r"`every_n_steps` must be an integer >= 1.*=0"):
+        ZeroSmallGroups(every_n_steps=0)
+    with pytest.raises(ValueError, match=r"`coefficient` must be a non-negative.*=-0.5"):
+        ProximalGroupLasso(coefficient=-0.5)
+    with pytest.raises(ValueError, match=r"`threshold` must be a non-negative.*=-0.1"):
+        freeze_zero_groups(model, threshold=-0.1)
+    with pytest.raises(ValueError, match="`model` must be a Keras model"):
+        freeze_zero_groups("model")
+    with pytest.raises(ValueError, match="`log_dir` must be a path or None"):
+        SparsityMonitor(log_dir=3)
+    with pytest.raises(ValueError, match="`groups` must be a list of group dicts"):
+        freeze_zero_groups(model, groups="all")
+    with pytest.raises(ValueError, match="must be a dict with 'id' and 'slices'"):
+        freeze_zero_groups(model, groups=[{"id": "x"}])
+
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    data = (np.zeros((1, 3), "float32"), np.zeros((1, 2), "float32"))
+    with pytest.raises(ValueError, match="carries no SSL groups to shrink.*groups=None"):
+        model.fit(*data, verbose=0, callbacks=[ProximalGroupLasso()])
+    with pytest.raises(ValueError, match="Every group has coefficient 0"):
+        model.fit(*data, verbose=0,
+                  callbacks=[ProximalGroupLasso(groups=removable_groups(model))])
+    other = _mlp()
+    with pytest.raises(ValueError, match="made for model 'mlp' but is used to train"):
+        model.fit(*data, verbose=0, callbacks=[freeze_zero_groups(other)])
