@@ -657,38 +657,29 @@ def _load_model(path):
               f"Received: MODEL={path!r}")
 
 
-def _define_flags():
+def _flag_values():
+    """The command line's absl flags, in a private FlagValues (no clash with global flags)."""
     from absl import flags
 
-    if "quantize" in flags.FLAGS:  # already defined (main() called twice in one process)
-        return flags.FLAGS
-    flags.DEFINE_string("quantize", None, "None (float32), float16, dynamic or int8.")
+    fv = flags.FlagValues()
+    flags.DEFINE_string("quantize", None, "float32 (default), float16, dynamic or int8.",
+                        flag_values=fv)
     flags.DEFINE_string("calibration", None, ".npy (or .npz, one array per input name) of "
-                        "samples for int8 calibration and verification.")
-    flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.")
-    flags.DEFINE_integer("batch_size", 1, "Static batch size of the .tflite model.")
-    flags.DEFINE_integer("num_calibration_samples", 100, "Calibration samples used at most.")
-    flags.DEFINE_boolean("allow_select_ops", False, "Allow Select TF (Flex) ops.")
-    flags.DEFINE_boolean("verify", True, "Compare the .tflite outputs with the Keras model.")
-    flags.DEFINE_boolean("json", False, "Print the report as JSON.")
-    return flags.FLAGS
+                        "samples for int8 calibration and verification.", flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "Replace an existing output file.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1, "Static batch size of the .tflite model.",
+                         flag_values=fv)
+    flags.DEFINE_integer("num_calibration_samples", 100, "Calibration samples used at most.",
+                         flag_values=fv)
+    flags.DEFINE_boolean("allow_select_ops", False, "Allow Select TF (Flex) ops.",
+                         flag_values=fv)
+    flags.DEFINE_boolean("verify", True, "Compare the .tflite outputs with the Keras model.",
+                         flag_values=fv)
+    flags.DEFINE_boolean("json", False, "Print the report as JSON.", flag_values=fv)
+    return fv
 
 
-def _parse_flags(argv):
-    from absl import flags
-
-    flags.FLAGS.unparse_flags()  # back to the defaults when main() runs twice in one process
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        _fail(str(error))
-
-
-def _main(argv):
-    from absl import flags, logging
-
-    logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines on stderr under absl
-    FLAGS = flags.FLAGS
+def _main(argv, FLAGS):
     if len(argv) != 3:
         _fail("usage: python -m ssl_keras.export MODEL.keras OUT.tflite [--quantize MODE] "
               f"[--calibration DATA.npy] [--overwrite]. Received: {argv[1:]}")
@@ -716,13 +707,26 @@ def _main(argv):
     print(report.to_json() if FLAGS.json else report)
 
 
-def main():
-    """Entry point of `python -m ssl_keras.export`."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from absl import app
+def main(argv=None):
+    """Entry point of `python -m ssl_keras.export`; exits 0, or 2 with one line on stderr.
 
-    _define_flags()
-    app.run(_main, flags_parser=_parse_flags)
+    Args:
+        argv: the command line, program name first; `sys.argv` when None.
+    """
+    from absl import flags, logging
+
+    argv = list(sys.argv if argv is None else argv)
+    fv = _flag_values()
+    if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+        print(__doc__.strip() + "\n\n" + fv.get_help())
+        sys.exit(0)
+    try:
+        rest = fv(argv)
+    except flags.Error as error:
+        _fail(str(error))
+    logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines on stderr
+    _main(rest, fv)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -495,6 +495,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
         assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr
         assert stdout == ""
     assert not out.exists() and existing.read_bytes() == b"x"
+    code, stdout, _ = _cli(monkeypatch, capsys, "--help")
+    assert code == 0 and "python -m ssl_keras.export MODEL.keras" in stdout
+    assert "--quantize" in stdout
 
 
 def test_cli_int8_end_to_end_in_a_subprocess(saved_model, tmp_path):
