@@ -285,3 +285,36 @@ def test_flatbuffer_without_subgraphs(tmp_path):
     p.write_bytes(b"\0\0\0\0TFL3" + b"\xff" * 20)
     with pytest.raises(ValueError, match="corrupt TFLite flatbuffer: it has no subgraph"):
         model_info(p)
+
+
+def test_float16_and_int8_models_count_the_same_and_run(keras_2d_model, tmp_path):
+    import tensorflow as tf
+
+    from tflite_bench import benchmark
+
+    model, path = keras_2d_model
+    sm = str(path.parent / "sm")
+    conv = tf.lite.TFLiteConverter.from_saved_model(sm)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_types = [tf.float16]
+    f16 = tmp_path / "f16.tflite"
+    f16.write_bytes(conv.convert())
+    rng = np.random.default_rng(0)
+    conv = tf.lite.TFLiteConverter.from_saved_model(sm)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([rng.random((1, 10, 10, 3), np.float32)]
+                                           for _ in range(4))
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    i8 = tmp_path / "i8.tflite"
+    i8.write_bytes(conv.convert())
+    ref = model_info(path)
+    for p in (f16, i8):
+        info = model_info(p)
+        assert info["macs"] == ref["macs"]
+        assert info["params"] == ref["params"]
+    assert model_info(i8)["inputs"][0]["dtype"] == "int8"
+    r = benchmark([path, f16, i8], runs=2, warmup=0, progress=False, resamples=10)
+    assert [e["error"] for e in r["models"]] == [None, None, None]
+    assert r["models"][2]["mac_ratio_vs_first"] == 1.0

@@ -209,3 +209,16 @@ def test_markdown_shows_errors():
     r = {"machine": {}, "settings": {}, "models": [
         {"path": "x.tflite", "threads": 1, "error": "boom"}]}
     assert "| x.tflite | 1 | error: boom |" in to_markdown(r)
+
+
+def test_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, tflite_bench; "
+            "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'matplotlib', "
+            "'tensorflow_model_optimization') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
