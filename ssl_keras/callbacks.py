@@ -29,7 +29,13 @@ import numpy as np
 from keras import ops
 
 from ssl_keras.structures import Structure, group_size, reduction_axes
-from ssl_keras.wrap import CoupledTerms, SSLModel, StructuredSparsity, kernel_specs
+from ssl_keras.wrap import (
+    CoupledTerms,
+    SSLModel,
+    StructuredSparsity,
+    kernel_specs,
+    set_penalty_gradient,
+)
 
 __all__ = [
     "FreezeZeroGroups",
@@ -373,12 +379,12 @@ class ProximalGroupLasso(keras.callbacks.Callback):
     `w_g <- w_g * max(0, 1 - lr * lambda_g / ||w_g||)`
 
     The coefficients are read from the model (the wrappers' GroupLasso, the SSLModel's coupled
-    groups) unless `coefficient` is given. Note: a model from `apply_ssl` also has the group
-    Lasso in its loss, so its gradient already holds the subgradient `lambda w_g / ||w_g||`;
-    the proximal step then adds the exact shrinkage on top (the penalty acts about twice). For
-    pure proximal gradient, train a plain model with `groups=` and `coefficient=`. Where one
-    weight is in several groups (filters and channels of one kernel), the shrinkages are
-    applied one after the other.
+    groups) unless `coefficient` is given. This is proximal gradient descent: for the length
+    of the fit, the group Lasso of a model from `apply_ssl` stays in the reported loss but
+    its gradient is switched off (the train function is rebuilt at the start and the end of
+    training), so the optimizer follows the data loss only and this step applies the
+    penalty. Where one weight is in several groups (filters and channels of one kernel, a
+    channel and a residual branch), the shrinkages are applied one after the other.
 
     Args:
         coefficient: one lambda for every group, >= 0, or None to read them from the model
@@ -395,6 +401,7 @@ class ProximalGroupLasso(keras.callbacks.Callback):
                             else _validate_threshold(coefficient, "coefficient"))
         self.groups = groups
         self._sets = None
+        self._switched = False
 
     def on_train_begin(self, logs=None):
         self._sets = group_sets(self.model, self.groups, self.coefficient, fallback=False)
@@ -410,6 +417,9 @@ class ProximalGroupLasso(keras.callbacks.Callback):
                 f"`coefficient` > 0 or non-zero coefficients to apply_ssl. Received: "
                 f"coefficient={self.coefficient!r}"
             )
+        self._switched = set_penalty_gradient(self.model, False)
+        if self._switched:
+            self.model.make_train_function(force=True)
 
     def on_train_batch_end(self, batch, logs=None):
         _sync_jax(self.model)
@@ -422,6 +432,12 @@ class ProximalGroupLasso(keras.callbacks.Callback):
             factors = np.where(np.asarray(s.coefficient) > 0, factors, 1.0)
             factors = np.broadcast_to(factors, norms.shape)
             s.scale(factors)
+
+    def on_train_end(self, logs=None):
+        if self._switched:
+            set_penalty_gradient(self.model, True)
+            self.model.train_function = None  # the next fit traces with the gradient back
+            self._switched = False
 
 
 class FreezeZeroGroups(keras.callbacks.Callback):

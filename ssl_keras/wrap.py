@@ -94,15 +94,24 @@ def _check_coefficients(values: dict, where: str = "") -> dict[str, float]:
     return out
 
 
-class _SumRegularizer:
-    """The layer's own regulariser (e.g. L2) plus the group Lasso, on one variable."""
+class _Penalty:
+    """The group Lasso of one variable (plus the layer's own regulariser, e.g. L2).
 
-    def __init__(self, first, second):
-        self.first = first
-        self.second = second
+    While `owner.ssl_penalty_gradient` is False (set by ProximalGroupLasso for the length of
+    a fit), the group Lasso is still in the loss value but contributes no gradient: the
+    proximal step applies it instead.
+    """
+
+    def __init__(self, owner, regularizer, own=None):
+        self.owner = owner
+        self.regularizer = regularizer
+        self.own = own
 
     def __call__(self, x):
-        return self.first(x) + self.second(x)
+        loss = self.regularizer(x)
+        if not self.owner.ssl_penalty_gradient:
+            loss = ops.stop_gradient(loss)
+        return loss if self.own is None else self.own(x) + loss
 
 
 @keras.saving.register_keras_serializable(package="ssl_keras")
@@ -173,6 +182,7 @@ class StructuredSparsity(keras.layers.Wrapper):
             raise ValueError(f"`epsilon` must be a finite float > 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
         self._penalties = {}
+        self.ssl_penalty_gradient = True
 
     @property
     def ssl_inner_layer(self):
@@ -215,9 +225,7 @@ class StructuredSparsity(keras.layers.Wrapper):
         self._penalties = self.ssl_regularizers()
         for attribute, regularizer in self._penalties.items():
             variable = getattr(self.layer, attribute)
-            own = variable.regularizer
-            variable.regularizer = regularizer if own is None else _SumRegularizer(
-                own, regularizer)
+            variable.regularizer = _Penalty(self, regularizer, variable.regularizer)
 
     def call(self, inputs, *args, **kwargs):
         return self.layer(inputs, *args, **kwargs)
@@ -359,6 +367,7 @@ class SSLModel(keras.Model):
         super().__init__(*args, **kwargs)
         self.ssl_groups = list(ssl_groups or [])
         self.ssl_epsilon = float(ssl_epsilon)
+        self.ssl_penalty_gradient = True
         self._ssl_terms = None
 
     def ssl_coupled_terms(self) -> CoupledTerms | None:
@@ -375,7 +384,8 @@ class SSLModel(keras.Model):
             return ops.convert_to_tensor(0.0)
         sums = terms.square_sums(read=_current_value)
         norms = ops.sqrt(sums + self.ssl_epsilon)
-        return ops.sum(ops.convert_to_tensor(terms.coefficients) * norms)
+        loss = ops.sum(ops.convert_to_tensor(terms.coefficients) * norms)
+        return loss if self.ssl_penalty_gradient else ops.stop_gradient(loss)
 
     def _get_regularization_losses(self):
         losses = super()._get_regularization_losses()
@@ -398,7 +408,25 @@ class SSLModel(keras.Model):
         model.ssl_groups = list(groups)
         model.ssl_epsilon = float(epsilon)
         model._ssl_terms = None
+        model.ssl_penalty_gradient = True
         return model
+
+
+def set_penalty_gradient(model, enabled: bool) -> bool:
+    """Turns the gradient of every SSL penalty of `model` on or off (the loss value stays).
+
+    Used by ProximalGroupLasso: with the proximal step doing the shrinkage, the loss must not
+    also push the groups with the subgradient. The train function is traced with the setting
+    in force, so the caller rebuilds it. Returns whether any setting changed.
+    """
+    changed = False
+    owners = [layer for layer in model._flatten_layers(include_self=True)
+              if isinstance(layer, (StructuredSparsity, SSLModel))]
+    for owner in owners:
+        if owner.ssl_penalty_gradient != enabled:
+            owner.ssl_penalty_gradient = enabled
+            changed = True
+    return changed
 
 
 def _settings(layers, filters, channels, shapes, depth) -> tuple[dict, dict]:

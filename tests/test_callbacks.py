@@ -73,19 +73,26 @@ def test_proximal_coupled_groups_match_oracle_with_schedule():
     assert np.all(got1[:, ~zero] != 0.0)
 
 
-def test_proximal_on_wrapper_adds_shrinkage_to_the_subgradient():
+def test_proximal_on_wrapper_is_pure_proximal_gradient():
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((3,)), ssl_keras.apply_ssl(
         keras.layers.Dense(4, name="d"), filters=0.5)])
-    kernel = model.get_layer("d").ssl_inner_layer.kernel
+    wrapper = model.get_layer("d")
+    kernel = wrapper.ssl_inner_layer.kernel
     w = kernel.numpy().astype(np.float64)
+    penalty = 0.5 * np.sum(np.sqrt(np.sum(w ** 2, axis=0) + 1e-8))
     model.compile(keras.optimizers.SGD(0.1), "mse")
-    model.fit(np.zeros((1, 3), "float32"), np.zeros((1, 4), "float32"), verbose=0,
-              callbacks=[ProximalGroupLasso()])
-    # SGD on the loss (subgradient 0.5 * w / ||w||), then the proximal step with lambda 0.5.
-    step = w * (1 - 0.1 * 0.5 / np.sqrt(np.sum(w ** 2, axis=0) + 1e-8))
-    step = step * np.maximum(0, 1 - 0.1 * 0.5 / np.linalg.norm(step, axis=0))
+    x, y = np.zeros((1, 3), "float32"), np.zeros((1, 4), "float32")
+    history = model.fit(x, y, verbose=0, callbacks=[ProximalGroupLasso()])
+    # The penalty is in the loss value, but only the proximal step moves the kernel.
+    np.testing.assert_allclose(history.history["loss"][0], penalty, rtol=1e-5)
+    step = w * np.maximum(0, 1 - 0.1 * 0.5 / np.linalg.norm(w, axis=0))
     np.testing.assert_allclose(kernel.numpy(), step, atol=1e-6)
+    # After the fit, the penalty has its gradient back: plain SGD on loss + group Lasso.
+    assert wrapper.ssl_penalty_gradient and model.train_function is None
+    model.fit(x, y, verbose=0)
+    sub = step * (1 - 0.1 * 0.5 / np.sqrt(np.sum(step ** 2, axis=0) + 1e-8))
+    np.testing.assert_allclose(kernel.numpy(), sub, atol=1e-6)
 
 
 def test_zero_small_groups():
