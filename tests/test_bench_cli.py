@@ -133,3 +133,28 @@ def test_pinned_cores(models, tmp_path):
     assert s["cores"] == [0]
     if hasattr(os, "sched_setaffinity"):
         assert s["worker_affinity"] == [0]
+
+
+def test_adb_with_fake_device(models, tmp_path):
+    import stat
+
+    from tests.test_bench_device import FAKE_ADB
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    adb = bindir / "adb"
+    adb.write_text(FAKE_ADB.format(python=sys.executable))
+    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"fake")
+    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+           "FAKE_ADB_LOG": str(tmp_path / "adb.log")}
+    p = cli(models["big"], models["small"], "--adb", "--benchmark-binary", binary,
+            "--threads", "1,4", "--runs", "50", "--warmup", "5", "--json", tmp_path / "o.json",
+            env=env)
+    assert p.returncode == 0, p.stderr
+    r = json.loads((tmp_path / "o.json").read_text())
+    assert [(e["name"], e["threads"]) for e in r["models"]] == [
+        ("big.tflite", 1), ("big.tflite", 4), ("small.tflite", 1), ("small.tflite", 4)]
+    assert r["models"][2]["speedup_vs_first"] == 4.0
+    assert "--num_runs=50 --warmup_runs=5" in (tmp_path / "adb.log").read_text()

@@ -152,6 +152,7 @@ def test_run_adb_with_fake_device(fake_adb):
                for c in runs)
     assert r["machine"]["device"] == "FakePhone"
     assert r["settings"]["source"] == "benchmark_model (adb)"
+    assert r["settings"]["kernels"] == "xnnpack" and r["settings"]["runs"] == 200
     ok = [e for e in r["models"] if not e["error"]]
     assert [(e["name"], e["threads"]) for e in ok] == [
         ("big.tflite", 1), ("big.tflite", 2), ("small.tflite", 1), ("small.tflite", 2)]

@@ -220,7 +220,11 @@ def run(argv):
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    from examples.models import BUILDERS
+    try:
+        from examples.models import BUILDERS
+    except ImportError as e:
+        raise UsageError(f"The architectures come from examples/models.py, which is not "
+                         f"importable here (run from the repository root): {e}") from None
 
     tf.random.set_seed(FLAGS.seed)
     np.random.seed(FLAGS.seed)

@@ -275,5 +275,6 @@ def run_adb(paths, binary, threads=(1,), runs=200, warmup=20, xnnpack=True, seri
             if e["path"] == r:
                 e["path"] = os.fspath(p)
     result["settings"].update(runs=runs, warmup=warmup, threads=list(threads),
+                              kernels="xnnpack" if xnnpack else "builtin",
                               source="benchmark_model (adb)")
     return result
