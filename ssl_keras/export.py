@@ -240,10 +240,16 @@ def _is_mixed(dtype) -> bool:
     return isinstance(dtype, str) and dtype.startswith("mixed_")
 
 
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
 def _needs_float32(model) -> bool:
     return any(
         layer.dtype_policy.compute_dtype != "float32"
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in _all_layers(model)
         if hasattr(layer, "dtype_policy") and layer.dtype_policy.variable_dtype == "float32"
     )
 

@@ -384,6 +384,14 @@ def test_argument_errors(model, tmp_path):
     subclassed(np.zeros((1, 3), np.float32))
     with pytest.raises(ValueError, match="defined inputs.*Received: model='sub'"):
         export_tflite(subclassed, path)
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        mixed_subclassed = Subclassed()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    mixed_subclassed(np.zeros((1, 3), np.float32))
+    with pytest.raises(ValueError, match="Could not rebuild the mixed-precision model"):
+        export_tflite(mixed_subclassed, path)
     a, b = keras.Input((2,), name="a-b"), keras.Input((2,), name="a_b")
     clash = keras.Model([a, b], keras.layers.Add()([a, b]))
     with pytest.raises(ValueError, match=r"input names must be unique.*\['a_b', 'a_b'\]"):
