@@ -140,8 +140,14 @@ def _unflatten(struct, arrays: list):
 
 
 def _static_shapes(struct) -> list:
-    shapes = [tuple(t.shape[1:]) for t in _flat_inputs(struct)]
-    for name, shape in zip(_input_names(struct), shapes, strict=True):
+    tensors = _flat_inputs(struct)
+    shapes = [tuple(t.shape[1:]) for t in tensors]
+    for name, shape, tensor in zip(_input_names(struct), shapes, tensors, strict=True):
+        if not str(tensor.dtype).startswith(("float", "bfloat")):
+            raise ValueError(
+                "export_tflite supports float inputs only (the .tflite inputs are float32, or "
+                f"int8 when quantised). Received: input {name!r} of dtype {tensor.dtype}"
+            )
         if any(d is None for d in shape):
             raise ValueError(
                 "export_tflite needs static input shapes (only the batch may be None). "
@@ -439,8 +445,8 @@ def export_tflite(
     dict keys.
 
     Args:
-        model: a functional or Sequential Keras 3 model (TensorFlow backend), static input
-            shapes apart from the batch.
+        model: a functional or Sequential Keras 3 model (TensorFlow backend) with float
+            inputs of static shape apart from the batch.
         path: the .tflite file to write. Its directory must exist.
         quantize: None, "float16", "dynamic" or "int8".
         representative_data: samples for int8 calibration and for verification: a NumPy

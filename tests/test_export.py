@@ -396,6 +396,10 @@ def test_argument_errors(model, tmp_path):
     clash = keras.Model([a, b], keras.layers.Add()([a, b]))
     with pytest.raises(ValueError, match=r"input names must be unique.*\['a_b', 'a_b'\]"):
         export_tflite(clash, path)
+    tokens = keras.Input((4,), dtype="int32", name="tokens")
+    embed = keras.Model(tokens, keras.layers.Embedding(10, 2)(tokens))
+    with pytest.raises(ValueError, match="float inputs only.*'tokens' of dtype int32"):
+        export_tflite(embed, path)
     dynamic = keras.Model(i := keras.Input((None, 3)), keras.layers.Dense(2)(i))
     with pytest.raises(ValueError, match=r"static input shapes.*\(None, None, 3\)"):
         export_tflite(dynamic, path)
