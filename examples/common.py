@@ -64,7 +64,9 @@ class Recipe:
             ({"fashion_mnist": {"pad_to": 32}}).
         fallback_dataset: the dataset used (with a message) when `--dataset` cannot be
             loaded offline, or None to fail.
-        ssl_layers: the layer names apply_ssl penalises, or None for all.
+        ssl_layers: per-layer multipliers of the coefficient flags, `{layer: {"filters": 2.0}}`
+            (the reference code's per-layer multipliers), or None: every layer takes the
+            flags as they are. A layer mapped to None is not penalised.
     """
 
     name: str
@@ -74,7 +76,7 @@ class Recipe:
     tfmot_arch: str | None = None
     dataset_kwargs: dict = dataclasses.field(default_factory=dict)
     fallback_dataset: str | None = None
-    ssl_layers: tuple | None = None
+    ssl_layers: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,9 +88,10 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
     d = {
         "dataset": "fashion_mnist", "data_dir": None, "max_train": 0, "max_test": 0,
         "validation_split": 0.1, "epochs": 8, "ssl_epochs": 4, "finetune_epochs": 3,
-        "lr": 0.01, "ssl_lr": 0.001, "finetune_lr": 0.001, "optimizer": "sgd",
+        "lr": 0.01, "ssl_lr": 0.01, "finetune_lr": 0.001, "optimizer": "sgd",
+        "ssl_momentum": 0.0,
         "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "depth": 0.0,
-        "proximal": True, "threshold": 1e-3, "seed": 0, "out_dir": "results",
+        "proximal": False, "zero_every": 100, "threshold": 1e-3, "seed": 0, "out_dir": "results",
         "threads": "1,2", "runs": 300, "warmup": 30, "tfmot": True, "fresh": False,
         "verbose": 1,
     }
@@ -111,6 +114,10 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                      "zero groups frozen.", flag_values=fv)
     D.DEFINE_float("lr", d["lr"], "Learning rate of dense training.", flag_values=fv)
     D.DEFINE_float("ssl_lr", d["ssl_lr"], "Learning rate of the SSL phase.", flag_values=fv)
+    D.DEFINE_float("ssl_momentum", d["ssl_momentum"], "SGD momentum of the SSL phase. 0 by "
+                   "default: momentum carries the group Lasso subgradient past the proximal "
+                   "step, so that groups oscillate around zero instead of reaching it.",
+                   flag_values=fv)
     D.DEFINE_float("finetune_lr", d["finetune_lr"], "Learning rate of fine-tuning.",
                    flag_values=fv)
     D.DEFINE_enum("optimizer", d["optimizer"], ["sgd", "adam"], "sgd: SGD with momentum 0.9 "
@@ -124,7 +131,11 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
     D.DEFINE_float("depth", d["depth"], "Depth-wise (whole kernel) group Lasso coefficient.",
                    flag_values=fv)
     D.DEFINE_boolean("proximal", d["proximal"], "Proximal group soft-thresholding after each "
-                     "step of the SSL phase (exact zeros).", flag_values=fv)
+                     "step of the SSL phase (exact zeros; a Python step per batch, several "
+                     "times slower). Off: groups below --threshold are zeroed every "
+                     "--zero_every steps.", flag_values=fv)
+    D.DEFINE_integer("zero_every", d["zero_every"], "Without --proximal: zero the groups below "
+                     "--threshold every this many steps of the SSL phase.", flag_values=fv)
     D.DEFINE_float("threshold", d["threshold"], "Groups whose L2 norm is below this are zeroed "
                    "and removed.", flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
@@ -158,6 +169,7 @@ class Config:
     finetune_epochs: int
     lr: float
     ssl_lr: float
+    ssl_momentum: float
     finetune_lr: float
     optimizer: str
     batch_size: int
@@ -166,6 +178,7 @@ class Config:
     shapes: float
     depth: float
     proximal: bool
+    zero_every: int
     threshold: float
     seed: int
     out_dir: str
@@ -180,9 +193,10 @@ class Config:
     def training_key(self) -> dict:
         """The settings that decide the checkpoints (a resumed run must match them)."""
         keys = ("dataset", "data_dir", "max_train", "max_test", "validation_split", "epochs",
-                "ssl_epochs", "finetune_epochs", "lr", "ssl_lr", "finetune_lr", "optimizer",
+                "ssl_epochs", "finetune_epochs", "lr", "ssl_lr", "ssl_momentum", "finetune_lr",
+                "optimizer",
                 "batch_size", "filters", "channels", "shapes", "depth", "proximal",
-                "threshold", "seed")
+                "zero_every", "threshold", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -201,7 +215,7 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
         raise UsageError("--threads must be a comma-separated list of positive integers. "
                          f"Received: --threads={values['threads']!r}")
     values["threads"] = threads
-    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs"):
+    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every"):
         if values[name] < 1:
             raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
     for name in ("max_train", "max_test", "warmup"):
@@ -216,6 +230,9 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     if not any(values[n] > 0 for n in ("filters", "channels", "shapes", "depth")):
         raise UsageError("At least one of --filters, --channels, --shapes, --depth must be > 0. "
                          "Received: all zero")
+    if not 0 <= values["ssl_momentum"] < 1:
+        raise UsageError("--ssl_momentum must be in [0, 1). "
+                         f"Received: --ssl_momentum={values['ssl_momentum']}")
     if not 0 <= values["validation_split"] < 1:
         raise UsageError("--validation_split must be in [0, 1). "
                          f"Received: --validation_split={values['validation_split']}")
@@ -279,15 +296,15 @@ def atomic_write_text(path: str, text: str) -> None:
             os.remove(tmp)
 
 
-def _optimizer(keras, kind: str, lr: float):
+def _optimizer(keras, kind: str, lr: float, momentum: float = 0.9):
     if kind == "adam":
         return keras.optimizers.Adam(lr)
-    return keras.optimizers.SGD(lr, momentum=0.9)
+    return keras.optimizers.SGD(lr, momentum=momentum)
 
 
-def _compile(keras, model, kind: str, lr: float):
+def _compile(keras, model, kind: str, lr: float, momentum: float = 0.9):
     model.compile(
-        optimizer=_optimizer(keras, kind, lr),
+        optimizer=_optimizer(keras, kind, lr, momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
@@ -454,18 +471,28 @@ class Pipeline:
         apply_ssl = need("ssl_keras.wrap", "apply_ssl", "ssl")
 
         def train():
-            self.log(f"phase ssl: {cfg.ssl_epochs} epochs, lr={cfg.ssl_lr}, filters={cfg.filters}"
+            self.log(f"phase ssl: {cfg.ssl_epochs} epochs, lr={cfg.ssl_lr} momentum="
+                     f"{cfg.ssl_momentum}, filters={cfg.filters}"
                      f" channels={cfg.channels} shapes={cfg.shapes} depth={cfg.depth}"
                      f" proximal={cfg.proximal}")
+            layers = None
+            if self.recipe.ssl_layers is not None:
+                layers = {name: None if mult is None else
+                          {k: getattr(cfg, k) * m for k, m in mult.items()}
+                          for name, mult in self.recipe.ssl_layers.items()}
+                self.log(f"phase ssl: per-layer coefficients {layers}")
             model = apply_ssl(self.dense, filters=cfg.filters, channels=cfg.channels,
                               shapes=cfg.shapes, depth=cfg.depth, coupled=True,
-                              layers=self.recipe.ssl_layers)
-            _compile(keras, model, cfg.optimizer, cfg.ssl_lr)
+                              layers=layers)
+            _compile(keras, model, cfg.optimizer, cfg.ssl_lr, cfg.ssl_momentum)
             callbacks = [need("ssl_keras.callbacks", "SparsityMonitor", "ssl")(
                 threshold=cfg.threshold, verbose=cfg.verbose > 0)]
             if cfg.proximal:
                 callbacks.append(
                     need("ssl_keras.callbacks", "ProximalGroupLasso", "ssl")())
+            else:  # the reference recipe: subgradient, small groups set to zero now and then
+                callbacks.append(need("ssl_keras.callbacks", "ZeroSmallGroups", "ssl")(
+                    cfg.threshold, every_n_steps=cfg.zero_every))
             _fit(keras, model, self.data, cfg, cfg.ssl_epochs, self.path("backup_ssl"),
                  callbacks)
             return model

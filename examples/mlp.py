@@ -17,7 +17,7 @@ from examples.common import Recipe, main
 RECIPE = Recipe(
     name="mlp",
     build=models.mlp,
-    defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 4, "lr": 0.01, "ssl_lr": 0.001,
+    defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 4, "lr": 0.01, "ssl_lr": 0.01,
               "finetune_lr": 0.001, "filters": 3e-3, "channels": 3e-3, "threshold": 1e-3},
     quick={"max_train": 2000, "max_test": 500, "epochs": 1, "ssl_epochs": 1,
            "finetune_epochs": 1, "runs": 50, "warmup": 5, "verbose": 2},
