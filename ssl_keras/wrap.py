@@ -473,6 +473,13 @@ def _clone_layer(layer):
 
 def _check_model(model, argument="to_wrap"):
     if isinstance(model, keras.Sequential):
+        if not model.built or getattr(model, "_functional", None) is None:
+            raise ValueError(
+                f"Sequential model '{model.name}' is not built: it has no input shape, so "
+                "its layers have no weights to copy or group. Start it with "
+                f"`keras.Input(shape)` or call it on data first. Received: {argument}="
+                f"{model.name!r}"
+            )
         return
     if isinstance(model, keras.Model) and isinstance(
             model, keras.src.models.functional.Functional):
@@ -607,7 +614,11 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers):
         return wrapped
     groups = _coupled_groups(model, defaults, overrides)
     groups += _depth_groups(wrapped, defaults, overrides)
-    result = SSLModel(inputs=wrapped.input, outputs=wrapped.output, name=model.name,
+    if isinstance(wrapped, keras.Sequential):
+        inputs, outputs = wrapped.inputs[0], wrapped.outputs[0]
+    else:
+        inputs, outputs = wrapped.input, wrapped.output
+    result = SSLModel(inputs=inputs, outputs=outputs, name=model.name,
                       ssl_groups=groups)
     return result
 

@@ -44,7 +44,8 @@ def _prox_oracle(k1, k2, lr, lam):
     """One coupled proximal step on the d1:j groups (column j of k1 with row j of k2)."""
     norms = np.sqrt(np.sum(k1.astype(np.float64) ** 2, axis=0)
                     + np.sum(k2.astype(np.float64) ** 2, axis=1))
-    factors = np.maximum(0.0, 1.0 - lr * lam / norms)
+    with np.errstate(divide="ignore"):
+        factors = np.maximum(0.0, 1.0 - lr * lam / norms)
     return k1 * factors, k2 * factors[:, None]
 
 

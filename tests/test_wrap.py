@@ -252,6 +252,21 @@ def test_strip_ssl_sequential_and_layer():
                                   model.get_layer("a").ssl_inner_layer.kernel.numpy())
 
 
+def test_sequential_coupled_becomes_ssl_model():
+    keras.utils.set_random_seed(9)
+    seq = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="a"),
+                            keras.layers.Dense(3, name="b")])
+    ssl = apply_ssl(seq, filters=0.2, channels=0.1)
+    assert isinstance(ssl, SSLModel) and [g["id"] for g in ssl.ssl_groups] == [
+        "a:0", "a:1", "a:2", "a:3"]
+    np.testing.assert_allclose(_total_loss(ssl), _coupled_oracle(ssl, ssl.ssl_groups),
+                               rtol=1e-5)
+    x = np.ones((2, 6), "float32")
+    np.testing.assert_allclose(ssl(x), seq(x), atol=1e-6)
+    with pytest.raises(ValueError, match="is not built.*keras.Input"):
+        apply_ssl(keras.Sequential([keras.layers.Dense(2)]))
+
+
 def test_jax_backend_same_loss_and_fit(tmp_path):
     keras.utils.set_random_seed(8)
     inputs = keras.Input((6, 6, 2))
