@@ -1,0 +1,170 @@
+"""Which `thin(..., round_to=N)` gives the best TFLite latency per MAC on this CPU.
+
+    python -m benchmarks.round_to [--round_to 1,4,8,16 --fraction 0.75 --runs 200
+                                   --threads 1 --json out.json --out_dir dir]
+
+ResNet-20 (examples/models.py, CIFAR 32x32x3) with non-zero BatchNorm statistics gets the
+producer slices of a random `fraction` of its unblocked coupled groups zeroed. The dense model
+and `thin(model, round_to=N)` for every N are exported to float32 .tflite
+(ssl_keras.export_tflite, outputs verified) and timed side by side, interleaved, with
+tflite_bench.benchmark (LiteRT, XNNPACK, batch 1). Printed per model: conv widths, MACs,
+median latency, speedup over dense, MAC reduction and efficiency = speedup / MAC reduction
+(1.0 means latency fell as much as MACs did; the latency per MAC relative to dense is its
+inverse). Not a test: timings depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_list("round_to", ["1", "4", "8", "16"], "Values of round_to to compare.",
+                  flag_values=FLAGS)
+flags.DEFINE_float("fraction", 0.75, "Share of the unblocked groups to zero, in (0, 1).",
+                   flag_values=FLAGS)
+flags.DEFINE_integer("runs", 200, "Timed invokes per model.", flag_values=FLAGS)
+flags.DEFINE_list("threads", ["1"], "Thread counts.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of the zeroed groups.", flag_values=FLAGS)
+flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this directory.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("json", None, "Also write the results as JSON to this new file.",
+                    flag_values=FLAGS)
+
+
+def _fail(message):
+    print(f"round_to: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _ints(values, name):
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        _fail(f"--{name} must be a comma-separated list of integers. Received: {values}")
+    if not out or any(v < 1 for v in out):
+        _fail(f"--{name} values must be >= 1. Received: {values}")
+    return out
+
+
+def _parse(argv):
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).splitlines()[0])
+    if not 0 < FLAGS.fraction < 1:
+        _fail(f"--fraction must be in (0, 1). Received: {FLAGS.fraction}")
+    if FLAGS.runs < 10:
+        _fail(f"--runs must be >= 10. Received: {FLAGS.runs}")
+    if FLAGS.json and os.path.exists(FLAGS.json):
+        _fail(f"--json {FLAGS.json!r} exists; refusing to overwrite it.")
+    if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and os.listdir(FLAGS.out_dir):
+        _fail(f"--out_dir {FLAGS.out_dir!r} is not empty; refusing to overwrite files in it.")
+    return _ints(FLAGS.round_to, "round_to"), _ints(FLAGS.threads, "threads")
+
+
+def sparse_resnet20(fraction, seed):
+    """ResNet-20 with non-zero BatchNorm statistics and `fraction` of its groups zeroed."""
+    import numpy as np
+
+    import ssl_keras
+    from examples.models import resnet
+
+    rng = np.random.default_rng(seed)
+    model = resnet(20, input_shape=(32, 32, 3))
+    for layer in model.layers:
+        for var in layer.weights:
+            if var.name in ("beta", "moving_mean", "bias"):
+                var.assign(rng.normal(size=tuple(var.shape)).astype("float32") * 0.1)
+    weights = {layer.name: {v.name: v for v in layer.weights} for layer in model.layers}
+    for g in ssl_keras.removable_groups(model):
+        if g["blocked"] or rng.random() >= fraction:
+            continue
+        for s in g["slices"]:
+            if s["role"] == "producer":
+                var = weights[s["layer"]][s["weight"]]
+                w = np.array(var.numpy())
+                index = [slice(None)] * w.ndim
+                index[s["axis"]] = s["index"]
+                w[tuple(index)] = 0
+                var.assign(w)
+    return model
+
+
+def _conv_widths(model):
+    import keras
+
+    return sorted({layer.filters for layer in model.layers
+                   if isinstance(layer, keras.layers.Conv2D)})
+
+
+def run(out_dir, values, threads):
+    from absl import logging
+
+    import ssl_keras
+    import tflite_bench
+
+    logging.set_verbosity(logging.WARNING)
+    model = sparse_resnet20(FLAGS.fraction, FLAGS.seed)
+    models = {"dense": model}
+    for n in values:
+        models[f"round_to_{n}"] = ssl_keras.thin(model, round_to=n)
+    paths, info = [], {}
+    for name, m in models.items():
+        path = os.path.join(out_dir, f"resnet20_{name}.tflite")
+        report = ssl_keras.export_tflite(m, path)
+        paths.append(path)
+        info[report.path] = {"name": name, "keras_macs": ssl_keras.count_macs(m),
+                             "conv_widths": _conv_widths(m), "max_abs_diff": report.max_abs_diff}
+    result = tflite_bench.benchmark(paths, threads=threads, runs=FLAGS.runs, progress=False)
+    rows = []
+    for e in result["models"]:
+        extra = info.get(e["path"], {})
+        rows.append({"model": extra.get("name", e["name"]), "threads": e["threads"],
+                     "conv_widths": extra.get("conv_widths"), "macs": e["macs"],
+                     "median_us": e["median_us"], "speedup": e["speedup_vs_first"],
+                     "speedup_ci": e["speedup_ci"], "mac_ratio": e["mac_ratio_vs_first"],
+                     "efficiency": e["efficiency"], "error": e["error"]})
+    return {"fraction": FLAGS.fraction, "seed": FLAGS.seed, "runs": FLAGS.runs,
+            "machine": result.get("machine"), "rows": rows}
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def table(result):
+    lines = ["| model | threads | conv widths | MACs | median us | speedup | MAC ratio | "
+             "efficiency |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        widths = ",".join(str(w) for w in r["conv_widths"] or [])
+        lines.append(f"| {r['model']} | {r['threads']} | {widths} | {_fmt(r['macs'], ',')} | "
+                     f"{_fmt(r['median_us'], '.1f')} | {_fmt(r['speedup'], '.2f')} | "
+                     f"{_fmt(r['mac_ratio'], '.2f')} | {_fmt(r['efficiency'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    values, threads = _parse(sys.argv if argv is None else argv)
+    if FLAGS.out_dir:
+        os.makedirs(FLAGS.out_dir, exist_ok=True)
+        result = run(FLAGS.out_dir, values, threads)
+    else:
+        with tempfile.TemporaryDirectory() as out_dir:
+            result = run(out_dir, values, threads)
+    print(table(result))
+    if FLAGS.json:
+        tmp = f"{FLAGS.json}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, FLAGS.json)
+
+
+if __name__ == "__main__":
+    main()
