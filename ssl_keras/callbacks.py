@@ -74,16 +74,19 @@ class _StructureSet:
         self.coefficient = float(coefficient) * (math.sqrt(size) if normalize else 1.0)
         self.labels = None
 
-    def norms(self) -> np.ndarray:
-        x = np.asarray(ops.convert_to_numpy(self.variable), dtype=np.float64)
-        return np.sqrt(np.sum(np.square(x), axis=self.axes)).reshape(-1)
+    def values(self) -> np.ndarray:
+        return np.asarray(ops.convert_to_numpy(self.variable))
 
-    def scale(self, factors: np.ndarray) -> None:
+    def norms(self, values=None) -> np.ndarray:
+        x = self.values() if values is None else values
+        return np.sqrt(np.sum(np.square(x, dtype=np.float64), axis=self.axes)).reshape(-1)
+
+    def scale(self, factors: np.ndarray, values=None) -> None:
         if np.all(factors == 1.0):
             return
-        x = np.asarray(ops.convert_to_numpy(self.variable))
-        kept = np.sqrt(np.sum(np.square(x), axis=self.axes, keepdims=True)).shape
-        self.variable.assign((x * factors.reshape(kept)).astype(x.dtype))
+        x = self.values() if values is None else values
+        kept = [1 if a in self.axes else n for a, n in enumerate(x.shape)]
+        self.variable.assign((x * np.reshape(factors, kept)).astype(x.dtype))
 
 
 class _CoupledSet:
@@ -95,11 +98,14 @@ class _CoupledSet:
         self.labels = list(labels)
         self.label = None
 
-    def norms(self) -> np.ndarray:
-        return self.terms.norms()
+    def values(self) -> list[np.ndarray]:
+        return self.terms.values()
 
-    def scale(self, factors: np.ndarray) -> None:
-        self.terms.scale(np.asarray(factors, dtype=np.float64))
+    def norms(self, values=None) -> np.ndarray:
+        return self.terms.norms(values)
+
+    def scale(self, factors: np.ndarray, values=None) -> None:
+        self.terms.scale(np.asarray(factors, dtype=np.float64), values)
 
 
 def _wrapper_sets(model) -> list:
@@ -217,13 +223,14 @@ def _current_learning_rate(optimizer) -> float:
 def _zero_below(sets, threshold) -> int:
     zeroed = 0
     for s in sets:
-        norms = s.norms()
+        values = s.values()
+        norms = s.norms(values)
         small = norms < threshold
         factors = np.where(small, 0.0, 1.0)
         # Groups already exactly zero need no write.
         zeroed += int(np.sum(small & (norms > 0)))
         if np.any(small & (norms > 0)):
-            s.scale(factors)
+            s.scale(factors, values)
     return zeroed
 
 
@@ -425,13 +432,14 @@ class ProximalGroupLasso(keras.callbacks.Callback):
         _sync_jax(self.model)
         lr = _current_learning_rate(self.model.optimizer)
         for s in self._sets:
-            norms = s.norms()
+            values = s.values()
+            norms = s.norms(values)
             shrink = lr * np.asarray(s.coefficient, dtype=np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
                 factors = np.where(norms > 0, np.maximum(0.0, 1.0 - shrink / norms), 0.0)
             factors = np.where(np.asarray(s.coefficient) > 0, factors, 1.0)
             factors = np.broadcast_to(factors, norms.shape)
-            s.scale(factors)
+            s.scale(factors, values)
 
     def on_train_end(self, logs=None):
         if self._switched:

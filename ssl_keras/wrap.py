@@ -310,6 +310,17 @@ class CoupledTerms:
                     )
                 keyed[key][2][g_index, index] = 1.0
         self.terms = list(keyed.values())
+        # The same membership as (group, position) pairs, for the NumPy side; a variable
+        # may appear in several terms (a Dense kernel as producer and as consumer).
+        self._pairs = [np.nonzero(matrix) for _, _, matrix in self.terms]
+        self._variables = []
+        self._slot = []
+        for variable, _, _ in self.terms:
+            ids = [id(v) for v in self._variables]
+            if id(variable) not in ids:
+                self._variables.append(variable)
+                ids.append(id(variable))
+            self._slot.append(ids.index(id(variable)))
 
     def square_sums(self, read=lambda v: v):
         """Per-group square sums as a keras.ops tensor."""
@@ -322,27 +333,42 @@ class CoupledTerms:
             total = part if total is None else total + part
         return total
 
-    def norms(self) -> np.ndarray:
+    def values(self) -> list[np.ndarray]:
+        """The current value of every variable of the groups, NumPy."""
+        return [np.asarray(ops.convert_to_numpy(v)) for v in self._variables]
+
+    def norms(self, values=None) -> np.ndarray:
         """Per-group L2 norms, NumPy, without epsilon."""
+        values = self.values() if values is None else values
         sums = np.zeros(len(self.groups), dtype=np.float64)
-        for variable, axis, matrix in self.terms:
-            x = np.asarray(ops.convert_to_numpy(variable), dtype=np.float64)
+        for (_, axis, _), (groups, positions), slot in zip(self.terms, self._pairs,
+                                                            self._slot, strict=True):
+            x = values[slot]
             axes = tuple(a for a in range(x.ndim) if a != axis)
-            sums += matrix.astype(np.float64) @ np.sum(np.square(x), axis=axes)
+            per_index = np.sum(np.square(x, dtype=np.float64), axis=axes)
+            sums += np.bincount(groups, weights=per_index[positions], minlength=len(sums))
         return np.sqrt(sums)
 
-    def scale(self, factors: np.ndarray) -> None:
+    def scale(self, factors: np.ndarray, values=None) -> None:
         """Multiplies every slice of group g by factors[g] (in place, on the variables)."""
-        for variable, axis, matrix in self.terms:
+        values = self.values() if values is None else values
+        multipliers = [None] * len(self._variables)
+        for (_, axis, matrix), (groups, positions), slot in zip(
+                self.terms, self._pairs, self._slot, strict=True):
             # A position may belong to several groups (a channel and a residual branch):
             # their factors multiply.
-            per_index = np.prod(np.where(matrix > 0, factors[:, None], 1.0), axis=0)
+            per_index = np.ones(matrix.shape[1], dtype=np.float64)
+            np.multiply.at(per_index, positions, factors[groups])
             if np.all(per_index == 1.0):
                 continue
-            shape = [1] * len(variable.shape)
+            shape = [1] * values[slot].ndim
             shape[axis] = -1
-            x = np.asarray(ops.convert_to_numpy(variable))
-            variable.assign((x * per_index.reshape(shape)).astype(x.dtype))
+            per_index = per_index.reshape(shape)
+            old = multipliers[slot]
+            multipliers[slot] = per_index if old is None else old * per_index
+        for variable, x, multiplier in zip(self._variables, values, multipliers, strict=True):
+            if multiplier is not None:
+                variable.assign((x * multiplier).astype(x.dtype))
 
 
 @keras.saving.register_keras_serializable(package="ssl_keras")

@@ -74,6 +74,29 @@ def test_proximal_coupled_groups_match_oracle_with_schedule():
     assert np.all(got1[:, ~zero] != 0.0)
 
 
+def test_proximal_kernel_in_two_groups_of_different_axes():
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(4, activation="relu", name="d1")(inputs)
+    x = keras.layers.Dense(5, activation="relu", name="d2")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d3")(x))
+    k1, k2, k3 = (model.get_layer(n).kernel.numpy().astype(np.float64)
+                  for n in ("d1", "d2", "d3"))
+    model.compile(keras.optimizers.SGD(0.2), "mse")
+    model.fit(np.zeros((1, 3), "float32"), np.zeros((1, 2), "float32"), verbose=0,
+              callbacks=[ProximalGroupLasso(coefficient=1.5, groups=removable_groups(model))])
+    # d2's kernel is a consumer of the d1 groups (rows) and the producer of the d2 groups
+    # (columns): both factors, from the norms before the step, multiply.
+    n1 = np.sqrt(np.sum(k1 ** 2, axis=0) + np.sum(k2 ** 2, axis=1))
+    n2 = np.sqrt(np.sum(k2 ** 2, axis=0) + np.sum(k3 ** 2, axis=1))
+    f1, f2 = np.maximum(0, 1 - 0.3 / n1), np.maximum(0, 1 - 0.3 / n2)
+    np.testing.assert_allclose(model.get_layer("d1").kernel.numpy(), k1 * f1, atol=1e-6)
+    np.testing.assert_allclose(model.get_layer("d2").kernel.numpy(), k2 * f1[:, None] * f2,
+                               atol=1e-6)
+    np.testing.assert_allclose(model.get_layer("d3").kernel.numpy(), k3 * f2[:, None],
+                               atol=1e-6)
+
+
 def test_proximal_on_wrapper_is_pure_proximal_gradient():
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((3,)), ssl_keras.apply_ssl(
