@@ -664,6 +664,63 @@ def _not_constant(value, idx):
     return {i for i, d, s in zip(idx, dev, scale, strict=True) if d > _TOL * (1 + s)}
 
 
+def _same_pads(size, k, stride, dilation):
+    """(before, after) zero padding of TensorFlow's 'same' along one axis."""
+    effective = (k - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def _crop_kernel(layer, kernel, keep):
+    """Crops zero border rows / columns of a conv kernel: (keep, config, before) or None.
+
+    A border slice of the kernel that is zero for every kept filter and channel is removed;
+    the padding becomes explicit (ZeroPadding / Cropping before the conv, then 'valid') so that
+    every output position still reads the same inputs. Zero positions inside the kernel stay.
+    """
+    cls = type(layer)
+    if not _is_conv(cls) or len(layer._inbound_nodes) != 1:
+        return None
+    shape = layer._inbound_nodes[0].input_tensors[0].shape
+    rank = kernel.ndim - 2
+    if layer.padding not in ("valid", "same", "causal") or any(d is None for d in shape[1:-1]):
+        return None
+    for axis, idx in keep.get("kernel", {}).items():  # the kept channels and filters only
+        kernel = np.take(kernel, idx, axis=int(axis))
+    if not np.any(kernel):
+        return None
+    spatial, pads, crops, new_k = {}, [], [], []
+    for a in range(rank):
+        nz = np.flatnonzero(np.any(kernel != 0, axis=tuple(i for i in range(kernel.ndim)
+                                                             if i != a)))
+        k, d, stride = kernel.shape[a], layer.dilation_rate[a], layer.strides[a]
+        top, bottom = int(nz[0]), int(k - 1 - nz[-1])
+        if layer.padding == "same":
+            pt, pb = _same_pads(shape[1 + a], k, stride, d)
+        elif layer.padding == "causal":
+            pt, pb = (k - 1) * d, 0
+        else:
+            pt, pb = 0, 0
+        pt, pb = pt - top * d, pb - bottom * d
+        pads.append((max(pt, 0), max(pb, 0)))
+        crops.append((max(-pt, 0), max(-pb, 0)))
+        new_k.append(k - top - bottom)
+        if top or bottom:
+            spatial[str(a)] = list(range(top, k - bottom))
+    if not spatial:
+        return None
+    before = []
+    suffix = f"{rank}D"
+    if any(p != (0, 0) for p in pads):
+        before.append({"class": f"ZeroPadding{suffix}", "name": f"{layer.name}_pad",
+                       "padding": pads[0] if rank == 1 else pads})
+    if any(c != (0, 0) for c in crops):
+        before.append({"class": f"Cropping{suffix}", "name": f"{layer.name}_crop",
+                       "cropping": crops[0] if rank == 1 else crops})
+    return spatial, {"kernel_size": new_k, "padding": "valid"}, before
+
+
 def _width_config(layer, keep):
     cls = type(layer)
 
@@ -692,7 +749,7 @@ def _constant_spec(name, value):
 
 
 def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
-                  groups: list[dict] | None = None) -> dict:
+                  groups: list[dict] | None = None, crop_kernels: bool = True) -> dict:
     """Returns what `thin` will do to `model`, as plain JSON-serialisable data.
 
     The plan (all names are layer names of `model`):
@@ -705,6 +762,7 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
          "layers": {layer: {"keep": {weight: {axis: [kept indices]}},
                             "config": {"filters": 12, "use_bias": true, ...},
                             "bias_add": [...] | None,           # folded constants
+                            "before": [ZeroPadding / Cropping specs of a cropped kernel],
                             "after": [layer specs added after it (ConstantAdd, Activation)]}},
          "adds": {add_layer: ConstantAdd spec | None}}
 
@@ -715,6 +773,9 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
         round_to: keep every thinned width a multiple of this (restoring the strongest removed
             channels; their weights are zero or constant, so outputs stay exact).
         groups: the coupled groups (docs/groups-format.md); `removable_groups(model)` when None.
+        crop_kernels: crop the border rows / columns of a Conv kernel that are zero for every
+            kept filter and channel (with explicit ZeroPadding / Cropping before the conv, so
+            that the output is unchanged). Zero positions inside a kernel stay zeros.
 
     Returns:
         The plan, a dict of plain data (`json.dumps` works on it).
@@ -779,6 +840,11 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
                     entry["config"]["activation"] = "linear"
                     entry["after"].append({"class": "Activation", "name": f"{name}_activation",
                                            "activation": activation})
+        crop = _crop_kernel(layer, zw[name].get("kernel"), keep) if crop_kernels else None
+        if crop is not None:
+            keep.setdefault("kernel", {}).update(crop[0])
+            entry["config"].update(crop[1])
+            entry["before"] = crop[2]
         if keep or entry["bias_add"] is not None or entry["after"] or entry["config"]:
             layers[name] = entry
     adds = {}
@@ -844,6 +910,9 @@ def _cheap_init(cfg):
             for k, v in cfg.items()}
 
 
+_PAD_CROP = {f"{kind}{r}D" for kind in ("ZeroPadding", "Cropping") for r in (1, 2, 3)}
+
+
 def _extra_layer(spec):
     if spec["class"] == "ConstantAdd":
         layer = ConstantAdd(spec["shape"], name=spec["name"])
@@ -852,7 +921,13 @@ def _extra_layer(spec):
         return layer
     if spec["class"] == "Activation":
         return keras.layers.Activation(spec["activation"], name=spec["name"])
-    raise ValueError(f"Unknown layer spec in the plan. Expected class ConstantAdd or Activation. "
+    if spec["class"] in _PAD_CROP:
+        arg = "padding" if spec["class"].startswith("Zero") else "cropping"
+        value = spec[arg]
+        value = tuple(value) if np.ndim(value) == 1 else tuple(tuple(v) for v in value)
+        return getattr(keras.layers, spec["class"])(value, name=spec["name"])
+    raise ValueError(f"Unknown layer spec in the plan. Expected class ConstantAdd, Activation, "
+                     "ZeroPadding1D/2D/3D or Cropping1D/2D/3D. "
                      f"Received: class={spec['class']!r}")
 
 
@@ -908,6 +983,11 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
             continue
         args, kwargs = node.arguments.fill_in(tensors)
         entry = layer_plans.get(op.name)
+        if entry and entry.get("before"):
+            x = args[0]
+            for spec in entry["before"]:
+                x = _extra_layer(spec)(x)
+            args = (x, *args[1:])
         if not isinstance(op, keras.layers.Layer):
             outputs = _clone_op(op)(*args, **kwargs)
         elif op.name in clones:
@@ -940,7 +1020,7 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
 
 
 def thin(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
-         groups: list[dict] | None = None) -> keras.Model:
+         groups: list[dict] | None = None, crop_kernels: bool = True) -> keras.Model:
     """Returns a smaller dense copy of `model` without its below-threshold groups.
 
     `thin(model)` computes `thinning_plan(model, threshold, round_to, groups)` and applies it.
@@ -951,6 +1031,7 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
         threshold: the group norm at or below which a group counts as zero (>= 0).
         round_to: keep every thinned width a multiple of this (e.g. 8 for XNNPACK).
         groups: the coupled groups; `removable_groups(model)` when None.
+        crop_kernels: crop zero border rows / columns of Conv kernels (see `thinning_plan`).
 
     Returns:
         A new keras.Model made of plain Keras layers (plus `ConstantAdd` where a constant
@@ -960,7 +1041,7 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
     >>> small = ssl_keras.thin(model, threshold=1e-4)
     >>> ssl_keras.summarize(model, small)
     """
-    return apply_plan(model, thinning_plan(model, threshold, round_to, groups))
+    return apply_plan(model, thinning_plan(model, threshold, round_to, groups, crop_kernels))
 
 
 def zero_groups(model: keras.Model, threshold: float = 1e-4,

@@ -482,3 +482,60 @@ def test_big_applications(name):
     randomize(model, seed=4)
     zero_application_groups(model, seed=4)
     assert_equivalent(model)
+
+
+# ------------------------------------------------------------------------- kernel cropping
+
+
+def zero_kernel_rows(model, layer, rows=(), cols=()):
+    var = model.get_layer(layer).kernel
+    w = np.array(var.numpy())
+    for r in rows:
+        w[r] = 0
+    for c in cols:
+        w[:, c] = 0
+    var.assign(w)
+
+
+@pytest.mark.parametrize("padding,strides,size", [
+    ("valid", 1, 9), ("same", 1, 9), ("same", 2, 9), ("same", 2, 8), ("valid", 2, 9)])
+def test_zero_border_rows_and_columns_are_cropped(padding, strides, size):
+    inputs = keras.Input((size, size, 2))
+    x = L.Conv2D(3, 5, strides=strides, padding=padding, name="conv")(inputs)
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(x)))
+    zero_kernel_rows(model, "conv", rows=(0, 4), cols=(0, 1))
+    w = np.array(model.get_layer("conv").kernel.numpy())
+    w[2, 2] = 0  # an inner zero position stays
+    model.get_layer("conv").kernel.assign(w)
+    plan = thinning_plan(model)
+    assert plan["layers"]["conv"]["config"]["kernel_size"] == [3, 3]
+    assert plan["layers"]["conv"]["keep"]["kernel"] == {"0": [1, 2, 3], "1": [2, 3, 4]}
+    small = assert_equivalent(model)
+    assert small.get_layer("conv").kernel.shape[:2] == (3, 3)
+    assert not np.any(small.get_layer("conv").kernel.numpy()[1, 0])  # was w[2, 2]
+    assert not thinning_plan(model, crop_kernels=False)["layers"]
+
+
+def test_conv1d_causal_kernel_is_cropped():
+    inputs = keras.Input((10, 2))
+    x = L.Conv1D(3, 4, padding="causal", dilation_rate=2, name="conv")(inputs)
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(x)))
+    w = np.array(model.get_layer("conv").kernel.numpy())
+    w[0] = 0
+    w[3] = 0
+    model.get_layer("conv").kernel.assign(w)
+    small = assert_equivalent(model)
+    assert small.get_layer("conv").kernel.shape[0] == 2
+
+
+def test_cropping_with_removed_channels_uses_the_kept_slices():
+    inputs = keras.Input((7, 7, 2))
+    x = L.Conv2D(3, 3, name="c1")(inputs)
+    x = L.Conv2D(2, 3, padding="same", name="c2")(x)
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(x)))
+    zero_filters(model, "c1", [0])  # c2's input channel 0 is removed (its constant folded)
+    w = np.array(model.get_layer("c2").kernel.numpy())
+    w[0, :, 1:] = 0  # the top row is zero in the kept input channels only
+    model.get_layer("c2").kernel.assign(w)
+    small = assert_equivalent(model)
+    assert small.get_layer("c2").kernel.shape == (2, 3, 2, 2)
