@@ -1,0 +1,118 @@
+"""Tests of ssl_keras.report: MAC and parameter counts against hand-written oracles."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers as L  # noqa: E402
+
+from ssl_keras.report import count_macs, count_params, layer_macs, summarize  # noqa: E402
+from ssl_keras.thin import thin  # noqa: E402
+
+
+def one_layer(layer, shape):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, layer(inputs)), layer
+
+
+def conv_out(size, k, stride, padding, dilation=1):
+    eff = (k - 1) * dilation + 1
+    return -(-size // stride) if padding == "same" else (size - eff) // stride + 1
+
+
+@pytest.mark.parametrize("padding,stride", [("valid", 1), ("same", 1), ("same", 2), ("valid", 2)])
+def test_conv2d_macs(padding, stride):
+    model, _ = one_layer(L.Conv2D(5, 3, strides=stride, padding=padding), (9, 7, 4))
+    h, w = conv_out(9, 3, stride, padding), conv_out(7, 3, stride, padding)
+    assert count_macs(model) == 3 * 3 * 4 * 5 * h * w
+
+
+def test_grouped_conv_divides_by_groups():
+    model, _ = one_layer(L.Conv2D(6, 3, groups=2), (6, 6, 4))
+    assert count_macs(model) == 3 * 3 * (4 // 2) * 6 * 4 * 4
+
+
+def test_conv1d_and_conv3d_macs():
+    m1, _ = one_layer(L.Conv1D(3, 5, dilation_rate=2), (20, 2))
+    assert count_macs(m1) == 5 * 2 * 3 * conv_out(20, 5, 1, "valid", 2)
+    m3, _ = one_layer(L.Conv3D(2, (1, 2, 3), padding="same"), (4, 5, 6, 3))
+    assert count_macs(m3) == 1 * 2 * 3 * 3 * 2 * 4 * 5 * 6
+
+
+def test_depthwise_and_separable_macs():
+    m, _ = one_layer(L.DepthwiseConv2D(3, depth_multiplier=2), (6, 6, 3))
+    assert count_macs(m) == 3 * 3 * 3 * 2 * 4 * 4
+    m, _ = one_layer(L.SeparableConv2D(5, 3, depth_multiplier=2, padding="same"), (6, 6, 3))
+    assert count_macs(m) == 3 * 3 * 3 * 2 * 36 + 3 * 2 * 5 * 36
+
+
+def test_transpose_counts_input_positions():
+    m, _ = one_layer(L.Conv2DTranspose(4, 3, strides=2), (5, 5, 2))
+    assert count_macs(m) == 3 * 3 * 2 * 4 * 5 * 5
+
+
+def test_dense_on_sequences_multiplies_positions():
+    m, _ = one_layer(L.Dense(7), (5, 3))
+    assert count_macs(m) == 5 * 3 * 7
+    assert layer_macs(L.Dense(3), (None, 4), (None, 3)) == 12
+
+
+def test_layers_without_kernel_count_zero_and_per_layer_table():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 3, name="c")(inputs)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.MaxPooling2D(name="pool")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(2, name="d")(x))
+    total, table = count_macs(model, per_layer=True)
+    assert table == {"c": 3 * 3 * 3 * 4 * 36, "bn": 0, "pool": 0, "gap": 0, "d": 8}
+    assert total == sum(table.values())
+
+
+def test_count_params_matches_keras_and_numpy():
+    model, _ = one_layer(L.SeparableConv2D(5, 3, depth_multiplier=2), (6, 6, 3))
+    assert count_params(model) == model.count_params()
+    assert count_params(model) == sum(int(np.prod(w.shape)) for w in model.get_weights())
+
+
+def test_summarize_before_and_after():
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, name="conv1")(inputs)
+    x = L.ReLU(name="relu")(x)
+    x = L.Conv2D(4, 3, name="conv2")(x)
+    x = L.Flatten(name="flat")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    w = np.array(model.get_layer("conv1").kernel.numpy())
+    w[..., :3] = 0
+    model.get_layer("conv1").kernel.assign(w)
+    small = thin(model)
+    printed = []
+    text = summarize(model, small, print_fn=printed.append)
+    assert printed == [text]
+    lines = text.splitlines()
+    assert lines[0].split() == ["layer", "class", "in", "out", "MACs", "MACs", "after"]
+    row = next(line for line in lines if line.startswith("conv1"))
+    assert "6 -> 3" in row
+    row = next(line for line in lines if line.startswith("conv2"))
+    assert "6 -> 3" in row and f"{3 * 3 * 6 * 4 * 16:,}" in row
+    p0, p1 = count_params(model), count_params(small)
+    assert f"parameters: {p0:,} -> {p1:,} ({p0 / p1:.2f}x fewer)" in text
+    m0, m1 = count_macs(model), count_macs(small)
+    assert f"MACs:       {m0:,} -> {m1:,} ({m0 / m1:.2f}x fewer)" in text
+    assert summarize(model, small, print_fn=None) == text
+
+
+def test_summarize_marks_removed_layers():
+    inputs = keras.Input((6, 6, 2))
+    x = L.Conv2D(2, 3, padding="same", name="stem")(inputs)
+    y = L.Conv2D(2, 3, padding="same", name="branch")(x)
+    x = L.Add(name="add")([x, y])
+    x = L.Flatten(name="flat")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    model.get_layer("branch").kernel.assign(np.zeros((3, 3, 2, 2), "float32"))
+    text = summarize(model, thin(model), print_fn=None)
+    row = next(line for line in text.splitlines() if line.startswith("branch"))
+    assert "removed" in row
