@@ -373,39 +373,54 @@ def _restore(groups, removed, decisions, weights, alive, layer_cls, round_to):
 
     The strongest removed groups (largest norm of their slices) are restored first; a
     restored channel is kept with its (zero or constant) weights, so outputs stay exact.
+    Channels of one (layer, weight, axis) belong to one group each, so counts are kept
+    incrementally.
     """
-    by_id = {g["id"]: g for g in groups}
     out_keys = _output_axis_keys(layer_cls, weights)
-    for _ in range(len(groups) + 1):
+    key_groups, group_keys, count = {}, {}, {}
+    for g in groups:
+        if g["id"] not in removed:
+            continue
+        per_key = {}
+        for s in g["slices"]:
+            if s["layer"] in alive and s["weight"] in weights.get(s["layer"], {}):
+                key = (s["layer"], s["weight"], _axis(weights, s))
+                per_key.setdefault(key, set()).update(s["index"])
+        group_keys[g["id"]] = {k: len(v) for k, v in per_key.items()}
+        for k, n in group_keys[g["id"]].items():
+            key_groups.setdefault(k, []).append(g["id"])
+            count[k] = count.get(k, 0) + n
+    strength = {}
+    by_id = {g["id"]: g for g in groups}
+
+    def strongest(key):
+        cands = [gid for gid in key_groups[key] if gid in removed]
+        for gid in cands:
+            if gid not in strength:
+                strength[gid] = _strength(by_id[gid], weights, alive)
+        return sorted(cands, key=lambda gid: (-strength[gid], gid))
+
+    changed = True
+    while changed:
         changed = False
-        rem = _removed_indices(groups, removed, weights, alive)
-        for (layer, weight, axis), idx in sorted(rem.items()):
+        for key in sorted(key_groups):
+            layer, weight, axis = key
             size = weights[layer][weight].shape[axis]
-            kept = size - len(idx)
-            is_width = out_keys.get(layer) == (weight, axis)
-            need = 0
-            if kept == 0:
-                need = 1
-            if is_width and round_to > 1 and kept % round_to:
+            kept = size - count[key]
+            need = 1 if kept == 0 else 0
+            if out_keys.get(layer) == (weight, axis) and round_to > 1 and kept % round_to:
                 need = max(need, min(round_to - kept % round_to, size - kept))
             if not need:
                 continue
-            cands = [gid for gid in removed if any(
-                s["layer"] == layer and s["weight"] == weight and _axis(weights, s) == axis
-                for s in by_id[gid]["slices"])]
-            cands.sort(key=lambda gid: (-_strength(by_id[gid], weights, alive), gid))
-            for gid in cands:
-                if need <= 0:
+            reason = "round_to" if kept else "keeps the layer non-empty"
+            for gid in strongest(key):
+                if size - count[key] - kept >= need:
                     break
                 removed.discard(gid)
-                reason = ("round_to" if kept else "keeps the layer non-empty")
                 decisions[gid] = ("kept", f"restored: {reason} ({layer}.{weight})")
-                need -= 1
+                for k, n in group_keys[gid].items():
+                    count[k] -= n
                 changed = True
-            if changed:
-                break
-        if not changed:
-            return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,7 +814,9 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
         names = sorted(const_in)
         values = dict(zip(names, _run(graph, zw, [_input_tensor(graph, n)[0] for n in names],
                                       probes), strict=True))
-        bad = {(n, i) for n in names for i in _not_constant(values[n], const_in[n])}
+        bad = {(n, i) for n in names for i in (
+            const_in[n] if len(by_name[n]._inbound_nodes) > 1  # a shared consumer: keep
+            else _not_constant(values[n], const_in[n]))}
         if not bad:
             break
         for g in groups:
@@ -810,8 +827,11 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
                     continue
                 if any((s["layer"], i) in bad for i in s["index"]):
                     removed.discard(g["id"])
-                    decisions[g["id"]] = ("kept", f"its channel is not constant at the input of "
-                                                  f"{s['layer']!r} (depends on the input)")
+                    why = ("is read by the shared layer" if len(
+                        by_name[s["layer"]]._inbound_nodes) > 1 else
+                        "depends on the input at the input of")
+                    decisions[g["id"]] = ("kept", f"its constant channel {why} {s['layer']!r}: "
+                                                  "not folded")
                     break
     rem = _removed_indices(groups, removed, zw, alive)
     channels = _propagate_channels(graph, rem, dropped, alive)

@@ -542,3 +542,25 @@ def test_cropping_with_removed_channels_uses_the_kept_slices():
     model.get_layer("c2").kernel.assign(w)
     small = assert_equivalent(model)
     assert small.get_layer("c2").kernel.shape == (2, 3, 2, 2)
+
+
+def test_constant_read_by_a_shared_layer_is_kept_with_reason():
+    inputs = keras.Input((6, 6, 2))
+    a = L.Conv2D(3, 3, name="c1")(inputs)
+    shared = L.Conv2D(2, 1, name="shared")
+    y = L.Add(name="add")([shared(a), shared(L.ReLU(name="relu")(a))])
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(y)))
+    model.get_layer("c1").bias.assign(np.array([-1.0, 0.5, 2.0], "float32"))
+    zero_filters(model, "c1", [0])
+    plan = thinning_plan(model)
+    assert plan["groups"]["c1:0"]["status"] == "kept"
+    assert "shared layer 'shared'" in plan["groups"]["c1:0"]["why"]
+    assert_equivalent(model)
+
+
+def test_round_to_on_a_resnet_keeps_residual_widths_aligned():
+    model = randomize(resnet(8, input_shape=(8, 8, 3), widths=(8, 8, 16)))
+    zero_random_groups(model, 0.7, seed=7, consumer_share=0.0)
+    small = assert_equivalent(model, round_to=4)
+    assert all(w % 4 == 0 for w in widths(small).values() if w != 10)
+    assert ssl_keras.count_macs(small) <= ssl_keras.count_macs(model)
