@@ -154,11 +154,22 @@ def _read_weights(graph):
     return weights
 
 
-def _slice_norm(weights, s):
+def _slice_norm(weights, s, cache=None):
+    """The L2 norm of a group slice; `cache` (a dict for this `weights`) keeps the per-index
+    sums of squares of every (layer, weight, axis) already seen."""
     w = weights.get(s["layer"], {}).get(s["weight"])
     if w is None:
         return 0.0
-    return float(np.linalg.norm(np.take(w, s["index"], axis=s["axis"]).astype(np.float64)))
+    if cache is None:
+        return float(np.linalg.norm(np.take(w, s["index"], axis=s["axis"]).astype(np.float64)))
+    axis = s["axis"] % w.ndim
+    key = (s["layer"], s["weight"], axis)
+    sums = cache.get(key)
+    if sums is None:
+        sums = np.sum(np.square(w, dtype=np.float64),
+                      axis=tuple(a for a in range(w.ndim) if a != axis))
+        cache[key] = sums
+    return float(np.sqrt(np.sum(sums[np.asarray(s["index"], dtype=int)])))
 
 
 def _zeroed_weights(weights, zero):
@@ -273,7 +284,7 @@ def _alive_layers(graph, dropped):
 # Group decisions
 
 
-def _classify(groups, weights, alive, threshold):
+def _classify(groups, weights, alive, threshold, cache):
     """Per group: status ("constant", "unused", "kept", "dead") and a reason."""
     decisions = {}
     for g in groups:
@@ -287,8 +298,8 @@ def _classify(groups, weights, alive, threshold):
         if not producers:
             decisions[g["id"]] = ("dead", "every producer is in a removed residual branch")
             continue
-        constant = all(_slice_norm(weights, s) <= threshold for s in producers)
-        unused = all(_slice_norm(weights, s) <= threshold for s in consumers)
+        constant = all(_slice_norm(weights, s, cache) <= threshold for s in producers)
+        unused = all(_slice_norm(weights, s, cache) <= threshold for s in consumers)
         if g.get("blocked"):
             decisions[g["id"]] = ("kept", f"blocked: {g['blocked']}")
         elif constant:
@@ -300,8 +311,8 @@ def _classify(groups, weights, alive, threshold):
     return decisions
 
 
-def _strength(g, weights, alive):
-    norms = [_slice_norm(weights, s) for s in g["slices"]
+def _strength(g, weights, alive, cache=None):
+    norms = [_slice_norm(weights, s, cache) for s in g["slices"]
              if s["layer"] in alive and s["role"] in ("producer", "consumer")]
     return float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
 
@@ -390,14 +401,14 @@ def _restore(groups, removed, decisions, weights, alive, layer_cls, round_to):
         for k, n in group_keys[g["id"]].items():
             key_groups.setdefault(k, []).append(g["id"])
             count[k] = count.get(k, 0) + n
-    strength = {}
+    strength, cache = {}, {}
     by_id = {g["id"]: g for g in groups}
 
     def strongest(key):
         cands = [gid for gid in key_groups[key] if gid in removed]
         for gid in cands:
             if gid not in strength:
-                strength[gid] = _strength(by_id[gid], weights, alive)
+                strength[gid] = _strength(by_id[gid], weights, alive, cache)
         return sorted(cands, key=lambda gid: (-strength[gid], gid))
 
     changed = True
@@ -609,12 +620,17 @@ def _prepare(model, threshold, groups):
     dropped = _dropped_operands(graph, independent)
     alive = _alive_layers(graph, dropped)
     by_name = {layer.name: layer for layer in _layers(graph)}
-    decisions = _classify(groups, w1, alive, threshold)
+    cache, block = {}, {}
+    decisions = _classify(groups, w1, alive, threshold, cache)
     for g in groups:  # a layer thin cannot rebuild blocks only the groups that touch it
         if decisions[g["id"]][0] not in ("constant", "unused"):
             continue
         for s in g["slices"]:
-            reason = s["layer"] in alive and _layer_block_reason(by_name[s["layer"]])
+            if s["layer"] not in alive:
+                continue
+            if s["layer"] not in block:
+                block[s["layer"]] = _layer_block_reason(by_name[s["layer"]])
+            reason = block[s["layer"]]
             if reason:
                 decisions[g["id"]] = ("kept", f"blocked: {reason}")
                 break
@@ -630,7 +646,7 @@ def _prepare(model, threshold, groups):
         if status == "kept":  # blocked or above threshold: zero its below-threshold producers
             producers = [s for s in g["slices"] if s["role"] == "producer" and
                          s["layer"] in alive]
-            if producers and all(_slice_norm(w1, s) <= threshold for s in producers):
+            if producers and all(_slice_norm(w1, s, cache) <= threshold for s in producers):
                 zero.extend({"layer": s["layer"], "weight": s["weight"], "axis": s["axis"],
                              "index": list(s["index"]), "why": g["id"]} for s in producers)
     zero = [z for z in zero if z["layer"] in weights and z["weight"] in weights[z["layer"]]]
