@@ -683,6 +683,8 @@ class Pipeline:
             "speedup": speedup.get(1, base1 / rows["ssl"]["latency_us"]),
             "speedup_by_threads": speedup,
             "mac_ratio": rows["baseline"]["macs"] / rows["ssl"]["macs"],
+            "speedup_ci_1thread": self._entries(self.tflite["ssl"]).get(1, {}).get("speedup_ci"),
+            "machine": self.bench_result.get("machine"),
             "thin_max_abs_diff": self.thin_max_abs_diff,
             "tflite_max_abs_diff": self.tflite_max_abs_diff,
             "phase_seconds": self.timings,
