@@ -14,9 +14,12 @@ Public API (everything else is internal):
     freeze_zero_groups; ssl_keras.callbacks   SparsityMonitor, ZeroSmallGroups, ProximalGroupLasso
 """
 
+from ssl_keras._quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
 from ssl_keras import callbacks
 from ssl_keras.callbacks import freeze_zero_groups
-from ssl_keras.export import ExportReport, evaluate_tflite, export_tflite, predict_tflite
 from ssl_keras.graph import Kind, LayerSpec, WeightSlice, register_layer, removable_groups
 from ssl_keras.regularizers import GroupLasso
 from ssl_keras.report import count_macs, count_params, summarize
@@ -25,6 +28,22 @@ from ssl_keras.thin import ConstantAdd, apply_plan, thin, thinning_plan, zero_gr
 from ssl_keras.wrap import SSLModel, StructuredSparsity, apply_ssl, strip_ssl
 
 __version__ = "0.1.0"
+
+# ssl_keras.export is imported on first use, not here: `python -m ssl_keras.export` (its command
+# line) would otherwise find the module already imported and run it twice (runpy warning).
+_LAZY_EXPORT = ("ExportReport", "evaluate_tflite", "export_tflite", "predict_tflite")
+
+
+def __getattr__(name):
+    if name in _LAZY_EXPORT:
+        from ssl_keras import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'ssl_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_EXPORT))
 
 __all__ = [
     "ExportReport",
