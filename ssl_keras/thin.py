@@ -23,8 +23,17 @@ What counts as below threshold (`norm` is the L2 norm of the weight slice):
   removed: its consumer slices are zeroed.
 
 Blocked groups (see the group's "blocked" reason) are kept, with their below-threshold slices
-zeroed all the same. Only whole channels are removed: other zero positions of a kernel (shape
-sparsity inside a kernel) stay as zeros in the dense kernel.
+zeroed all the same; a constant channel whose value differs between inputs at a consumer (a
+graph the analysis got wrong) or that a shared layer reads is kept too, with the reason.
+
+Kernel shape: border rows / columns (any spatial axis) of a Conv1D/2D/3D kernel that are zero
+for every kept filter and channel are cropped, and the padding is made explicit
+(ZeroPadding / Cropping before a 'valid' conv) so that every output reads the same inputs.
+Other zero positions inside a kernel (shape sparsity) stay as zeros in the dense kernel.
+
+`round_to=N` restores the strongest removed groups until every Dense / Conv width is a
+multiple of N; restored channels keep their zero or constant weights (nothing is folded for
+them), so outputs stay exact.
 """
 
 from __future__ import annotations
