@@ -564,3 +564,29 @@ def test_round_to_on_a_resnet_keeps_residual_widths_aligned():
     small = assert_equivalent(model, round_to=4)
     assert all(w % 4 == 0 for w in widths(small).values() if w != 10)
     assert ssl_keras.count_macs(small) <= ssl_keras.count_macs(model)
+
+
+def test_conv_transpose_as_consumer_and_producer():
+    inputs = keras.Input((6, 6, 2))
+    x = L.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Conv2DTranspose(5, 3, strides=2, name="t1")(x)
+    x = L.ReLU(name="relu")(x)
+    x = L.Conv2D(3, 3, name="c2")(x)
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(x)))
+    zero_filters(model, "c1", [1])
+    w = np.array(model.get_layer("t1").kernel.numpy())
+    w[:, :, 2, :] = 0  # transpose kernels are (kh, kw, filters, in)
+    model.get_layer("t1").kernel.assign(w)
+    small = assert_equivalent(model)
+    assert small.get_layer("t1").kernel.shape == (3, 3, 4, 3)
+
+
+def test_dense_on_a_sequence():
+    inputs = keras.Input((5, 3))
+    x = L.Dense(6, name="d1")(inputs)
+    x = L.Dense(4, name="d2")(x)
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(x)))
+    zero_filters(model, "d1", [0, 3])
+    small = assert_equivalent(model)
+    assert small.get_layer("d1").units == 4
