@@ -590,3 +590,18 @@ def test_dense_on_a_sequence():
     zero_filters(model, "d1", [0, 3])
     small = assert_equivalent(model)
     assert small.get_layer("d1").units == 4
+
+
+def test_two_inputs_two_outputs():
+    a, b = keras.Input((6, 6, 2), name="a"), keras.Input((4,), name="b")
+    x = L.GlobalAveragePooling2D(name="gap")(L.Conv2D(4, 3, name="c")(a))
+    h = L.Dense(6, name="h")(L.Concatenate(name="cat")([x, L.Dense(5, name="d")(b)]))
+    model = randomize(keras.Model([a, b], [L.Dense(2, name="o1")(h), L.Dense(3, name="o2")(h)]))
+    zero_filters(model, "c", [1])
+    zero_filters(model, "h", [2])
+    small, zeroed = thin(model), zero_groups(model)
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(2, 6, 6, 2)).astype("float32"), rng.normal(size=(2, 4)).astype("float32")]
+    for got, want in zip(small(x), zeroed(x), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    assert (small.get_layer("c").filters, small.get_layer("h").units) == (3, 5)
