@@ -575,6 +575,11 @@ def _run(graph, zw, tensors, probes):
 
 def _linear_part(layer, weights, x):
     """`layer` without bias and activation, applied to `x` (NumPy, batch 1)."""
+    kernel = weights[layer.name].get("kernel")
+    if type(layer) is keras.layers.Dense:
+        return np.matmul(x, kernel)
+    if _is_conv(type(layer)) and layer.padding in ("valid", "same"):
+        return np.asarray(ops.convert_to_numpy(layer.convolution_op(x, kernel)))
     cfg = _cheap_init(layer.get_config())
     cfg["name"] = f"{layer.name}_linear_probe"
     if "activation" in cfg:
