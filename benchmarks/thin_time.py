@@ -96,11 +96,12 @@ def run():
     start = time.perf_counter()
     apply_plan(model, plan)
     timings["apply_plan_s"] = time.perf_counter() - start
-    totals = []
+    totals, cpu = [], []
     for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         small = ssl_keras.thin(model)
         totals.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     x = rng.normal(size=(1, size, size, 3)).astype("float32")
     want = np.asarray(ssl_keras.zero_groups(model, groups=groups)(x))
     err = float(np.max(np.abs(np.asarray(small(x)) - want)))
@@ -109,6 +110,8 @@ def run():
         "groups_zeroed": n_zeroed, "cpu_count": len(os.sched_getaffinity(0)),
         **{k: round(v, 3) for k, v in timings.items()},
         "thin_s": round(float(np.median(totals)), 3),
+        "thin_cpu_s": round(float(np.median(cpu)), 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "params": [ssl_keras.count_params(model), ssl_keras.count_params(small)],
         "macs": [ssl_keras.count_macs(model), ssl_keras.count_macs(small)],
         "max_abs_diff": err, "tolerance": 1e-5 * (1 + float(np.max(np.abs(want)))),
@@ -122,7 +125,8 @@ def main(argv=None):
           f"{result['groups_zeroed']} zeroed, {result['cpu_count']} CPUs")
     print(f"  removable_groups {result['removable_groups_s']:.2f} s, thinning_plan "
           f"{result['thinning_plan_s']:.2f} s, apply_plan {result['apply_plan_s']:.2f} s")
-    print(f"  thin (all three) {result['thin_s']:.2f} s (median of {FLAGS.repeats})")
+    print(f"  thin (all three) {result['thin_s']:.2f} s wall, {result['thin_cpu_s']:.2f} s CPU "
+          f"(median of {FLAGS.repeats}; load average {result['load_average_1min']})")
     print(f"  params {result['params'][0]:,} -> {result['params'][1]:,}, MACs "
           f"{result['macs'][0]:,} -> {result['macs'][1]:,}")
     print(f"  max |thin - zeroed| = {result['max_abs_diff']:.3g} (allowed "
