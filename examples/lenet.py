@@ -24,7 +24,7 @@ RECIPE = Recipe(
     # --quick: 1 epoch per phase on 2000 images is ~30 steps of SSL, so the coefficients are
     # ~100x larger: a smoke test of every step, not a result.
     quick={"max_train": 2000, "max_test": 500, "epochs": 1, "ssl_epochs": 1,
-           "finetune_epochs": 1, "filters": 1.5, "channels": 1.5, "runs": 50, "warmup": 5,
+           "finetune_epochs": 1, "filters": 2.5, "channels": 2.5, "runs": 50, "warmup": 5,
            "verbose": 2},
     tfmot_arch="lenet",
     # Coupled group of a channel = filters of its producer + channels of its consumer.
