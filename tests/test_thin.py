@@ -605,3 +605,18 @@ def test_two_inputs_two_outputs():
     for got, want in zip(small(x), zeroed(x), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     assert (small.get_layer("c").filters, small.get_layer("h").units) == (3, 5)
+
+
+@pytest.mark.parametrize("coupled", [True, False])
+def test_model_from_apply_ssl_is_stripped_first(coupled):
+    # The product's own pipeline: thin(apply_ssl(model)) without an explicit strip_ssl.
+    model = randomize(lenet(filters=(6, 8), units=20))
+    zero_random_groups(model, 0.5, seed=3, consumer_share=0.0)
+    ssl_model = ssl_keras.apply_ssl(model, filters=1e-3, channels=1e-3, coupled=coupled)
+    small = thin(ssl_model)
+    plain_small = thin(ssl_keras.strip_ssl(ssl_model))
+    assert small.count_params() == plain_small.count_params() < model.count_params()
+    assert not any(isinstance(layer, ssl_keras.StructuredSparsity) for layer in small.layers)
+    assert_equivalent(model, small=small)
+    assert json.dumps(thinning_plan(ssl_model)) == json.dumps(thinning_plan(model))
+    assert isinstance(zero_groups(ssl_model), keras.Model)
