@@ -117,6 +117,21 @@ def _check_round_to(round_to):
     return int(round_to)
 
 
+def _plain(model):
+    """A model from `apply_ssl` (an SSLModel, or StructuredSparsity wrappers) as plain layers.
+
+    thin reads and rebuilds plain layers only: such a model is stripped first (a copy, with
+    the same weights and layer names); any other model is returned as it is.
+    """
+    from ssl_keras.wrap import SSLModel, StructuredSparsity, strip_ssl
+
+    if isinstance(model, SSLModel) or (
+            isinstance(model, keras.Model)
+            and any(isinstance(layer, StructuredSparsity) for layer in model.layers)):
+        return strip_ssl(model)
+    return model
+
+
 def _graph(model):
     """The functional graph of `model` (a Sequential's inner functional model)."""
     from keras.src.models.functional import Functional
@@ -812,7 +827,8 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
          "adds": {add_layer: ConstantAdd spec | None}}
 
     Args:
-        model: a functional or Sequential Keras model with static input shapes.
+        model: a functional or Sequential Keras model with static input shapes; a model
+            from `apply_ssl` is stripped first (`strip_ssl`).
         threshold: a group is removed when every producer slice (or every consumer slice) has
             L2 norm <= threshold; a whole kernel with norm <= threshold is zeroed (depth).
         round_to: keep every thinned width a multiple of this (restoring the strongest removed
@@ -831,6 +847,7 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
     {'filters': 12}
     """
     round_to = _check_round_to(round_to)
+    model = _plain(model)
     st = _prepare(model, threshold, groups)
     graph, groups, decisions = st["graph"], st["groups"], st["decisions"]
     alive, dropped, by_name = st["alive"], st["dropped"], st["by_name"]
@@ -1005,7 +1022,7 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     Example:
     >>> small = apply_plan(model, thinning_plan(model))
     """
-    graph = _graph(model)
+    graph = _graph(_plain(model))
     arrays = _zeroed_weights(_read_weights(graph), plan["zero"])
     dead, dropped = set(plan["dead"]), plan["dropped"]
     layer_plans, adds = plan["layers"], plan["adds"]
@@ -1077,7 +1094,8 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
     Its outputs match `zero_groups(model, threshold)` to 1e-5 (relative) in float32.
 
     Args:
-        model: a functional or Sequential Keras model with static input shapes.
+        model: a functional or Sequential Keras model with static input shapes; a model
+            from `apply_ssl` is stripped first (`strip_ssl`).
         threshold: the group norm at or below which a group counts as zero (>= 0).
         round_to: keep every thinned width a multiple of this (e.g. 8 for XNNPACK).
         groups: the coupled groups; `removable_groups(model)` when None.
@@ -1091,6 +1109,7 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
     >>> small = ssl_keras.thin(model, threshold=1e-4)
     >>> ssl_keras.summarize(model, small)
     """
+    model = _plain(model)
     return apply_plan(model, thinning_plan(model, threshold, round_to, groups, crop_kernels))
 
 
@@ -1109,10 +1128,12 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
         groups: the coupled groups; `removable_groups(model)` when None.
 
     Returns:
-        A new model of the same architecture (`model` is not modified).
+        A new model of the same architecture (`model` is not modified); a model from
+        `apply_ssl` comes back stripped (plain layers, see `strip_ssl`).
 
     Example:
     >>> zeroed = ssl_keras.zero_groups(model, 1e-4)
     """
+    model = _plain(model)
     st = _prepare(model, threshold, groups)
     return _copy_with_weights(model, _zeroed_weights(st["weights"], st["zero"]))
