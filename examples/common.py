@@ -674,7 +674,9 @@ class Pipeline:
             "dataset": self.dataset,
             "requested_dataset": self.cfg.dataset,
             "data_source": data.source,
-            "command": " ".join(sys.argv),
+            "command": " ".join(
+                [f"python -m examples.{os.path.splitext(os.path.basename(sys.argv[0]))[0]}",
+                 *sys.argv[1:]]),
             "config": cfg,
             "baseline": rows["baseline"],
             "ssl": rows["ssl"],

@@ -18,7 +18,7 @@ RECIPE = Recipe(
     name="mlp",
     build=models.mlp,
     defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 6, "lr": 0.01, "ssl_lr": 0.01,
-              "finetune_lr": 0.01, "filters": 0.025, "channels": 0.025, "threshold": 1e-3},
+              "finetune_lr": 0.01, "filters": 0.014, "channels": 0.014, "threshold": 1e-3},
     quick={"max_train": 2000, "max_test": 500, "epochs": 1, "ssl_epochs": 1,
            "finetune_epochs": 1, "filters": 1.0, "channels": 1.0, "runs": 50, "warmup": 5,
            "verbose": 2},

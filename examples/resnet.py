@@ -27,7 +27,7 @@ def recipe(depth: int = 20) -> Recipe:
         # A subset and few epochs: ResNet-20 training is slow on 2 shared CPU cores.
         defaults={"max_train": 8000, "epochs": 4, "ssl_epochs": 3, "finetune_epochs": 2,
                   "lr": 0.05, "ssl_lr": 0.05, "finetune_lr": 0.01, "batch_size": 128,
-                  "depth": 0.5, "threshold": 1e-3, "runs": 200, "warmup": 20},
+                  "depth": 2.0, "threshold": 1e-3, "runs": 200, "warmup": 20},
         quick={"max_train": 1000, "max_test": 200, "epochs": 1, "ssl_epochs": 1,
                "finetune_epochs": 1, "depth": 5.0, "runs": 30, "warmup": 5, "verbose": 2},
         tfmot_arch=f"resnet{depth}",
