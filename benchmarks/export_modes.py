@@ -16,7 +16,6 @@ No timings: see tflite_bench for latency.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -26,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks._util import refuse_existing, write_json  # noqa: E402
 from examples import datasets, models  # noqa: E402
 from ssl_keras import evaluate_tflite, export_tflite, predict_tflite  # noqa: E402
 
@@ -102,6 +102,7 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines under absl
+    refuse_existing("benchmarks.export_modes", FLAGS.json)
     if FLAGS.out_dir:
         os.makedirs(FLAGS.out_dir, exist_ok=True)
         result = run(FLAGS.out_dir)
@@ -110,10 +111,7 @@ def main(argv):
             result = run(out_dir)
     print(markdown(result))
     if FLAGS.json:
-        tmp = FLAGS.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, FLAGS.json)
+        write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":

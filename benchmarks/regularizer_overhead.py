@@ -11,7 +11,6 @@ vary with the machine.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -21,9 +20,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from benchmarks._util import fail, refuse_existing, write_json  # noqa: E402
 from examples import models  # noqa: E402
 from ssl_keras import GroupLasso  # noqa: E402
 
+COMMAND = "benchmarks.regularizer_overhead"
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["lenet", "resnet20"], "Architectures: lenet, resnet20.")
 flags.DEFINE_integer("rounds", 60, "Interleaved timing rounds (one step of each model).")
@@ -92,7 +93,9 @@ def main(argv):
     del argv
     unknown = [m for m in FLAGS.models if m not in SETUPS]
     if unknown:
-        raise app.UsageError(f"Unknown model {unknown[0]!r}; expected one of {sorted(SETUPS)}.")
+        fail(COMMAND, f"--models: unknown model {unknown[0]!r}; expected one of "
+                      f"{sorted(SETUPS)}.")
+    refuse_existing(COMMAND, FLAGS.json)
     rows = [measure(name) for name in FLAGS.models]
     print("\n| model | layers with GroupLasso | step, plain (ms) | step, GroupLasso (ms) "
           "| overhead | round-wise ratio p10-p90 |")
@@ -103,10 +106,7 @@ def main(argv):
               f"{r['group_lasso_median_ms']:.2f} | {100 * r['overhead']:+.1f}% | "
               f"{lo:.2f}-{hi:.2f} |")
     if FLAGS.json:
-        tmp = FLAGS.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=2)
-        os.replace(tmp, FLAGS.json)
+        write_json(FLAGS.json, rows)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ inverse). Not a test: timings depend on the machine and its load.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
+
+from benchmarks._util import write_json  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_list("round_to", ["1", "4", "8", "16"], "Values of round_to to compare.",
@@ -160,10 +161,7 @@ def main(argv=None):
             result = run(out_dir, values, threads)
     print(table(result))
     if FLAGS.json:
-        tmp = f"{FLAGS.json}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, FLAGS.json)
+        write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":

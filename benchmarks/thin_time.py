@@ -11,7 +11,6 @@ thinning_plan and apply_plan); the three steps are also timed alone, and the equ
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -19,6 +18,8 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
+
+from benchmarks._util import write_json  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("input_size", 224, "Input height and width of ResNet50.", flag_values=FLAGS)
@@ -132,10 +133,7 @@ def main(argv=None):
     print(f"  max |thin - zeroed| = {result['max_abs_diff']:.3g} (allowed "
           f"{result['tolerance']:.3g})")
     if FLAGS.json:
-        tmp = f"{FLAGS.json}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, FLAGS.json)
+        write_json(FLAGS.json, result)
 
 
 if __name__ == "__main__":
