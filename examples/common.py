@@ -91,7 +91,8 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "lr": 0.01, "ssl_lr": 0.01, "finetune_lr": 0.001, "optimizer": "sgd",
         "ssl_momentum": 0.0,
         "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "depth": 0.0,
-        "proximal": False, "zero_every": 100, "threshold": 1e-3, "seed": 0, "out_dir": "results",
+        "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1, "seed": 0,
+        "out_dir": "results",
         "threads": "1,2", "runs": 300, "warmup": 30, "tfmot": True, "fresh": False,
         "verbose": 1,
     }
@@ -138,6 +139,8 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                      "--threshold every this many steps of the SSL phase.", flag_values=fv)
     D.DEFINE_float("threshold", d["threshold"], "Groups whose L2 norm is below this are zeroed "
                    "and removed.", flag_values=fv)
+    D.DEFINE_integer("round_to", d["round_to"], "thin() keeps every width a multiple of this "
+                     "(e.g. 8 for XNNPACK's vector width).", flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
     D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
     D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
@@ -180,6 +183,7 @@ class Config:
     proximal: bool
     zero_every: int
     threshold: float
+    round_to: int
     seed: int
     out_dir: str
     threads: tuple
@@ -215,7 +219,8 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
         raise UsageError("--threads must be a comma-separated list of positive integers. "
                          f"Received: --threads={values['threads']!r}")
     values["threads"] = threads
-    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every"):
+    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every",
+                 "round_to"):
         if values[name] < 1:
             raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
     for name in ("max_train", "max_test", "warmup"):
@@ -521,7 +526,8 @@ class Pipeline:
 
     def thin(self):
         thin = need("ssl_keras.thin", "thin", "thin")
-        self.thinned = thin(self.finetuned, threshold=self.cfg.threshold)
+        self.thinned = thin(self.finetuned, threshold=self.cfg.threshold,
+                            round_to=self.cfg.round_to)
         atomic_save(self.thinned, self.path("thinned.keras"))
         x = self.data.x_test[:256]
         ref = self.finetuned.predict(x, verbose=0)
