@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from ssl_keras.structures import Structure, group_size, group_square_sums, normalize_axes
+from ssl_keras.structures import Structure, group_size, normalize_axes, reduction_axes
 
 
 def _validate_coefficient(value, name: str) -> float:
@@ -105,10 +105,13 @@ class GroupLasso(keras.regularizers.Regularizer):
         normalize_axes(len(x.shape), self.in_axis, self.out_axis)
         # float16 / bfloat16 kernels: square sums overflow or lose the small groups.
         dtype = "float32" if x.dtype in ("float16", "bfloat16") else x.dtype
-        x = ops.cast(x, dtype)
+        if x.dtype != dtype:
+            x = ops.cast(x, dtype)
+        squares = ops.square(x)  # shared by every structure: one pass over the kernel
         loss = ops.convert_to_tensor(0.0, dtype=dtype)
         for structure, coefficient in self.coefficients().items():
-            sums = group_square_sums(x, structure, self.in_axis, self.out_axis)
+            axes = reduction_axes(structure, len(x.shape), self.in_axis, self.out_axis)
+            sums = ops.sum(squares, axis=axes)
             total = ops.sum(ops.sqrt(sums + self.epsilon))
             if self.normalize:
                 size = group_size(structure, x.shape, self.in_axis, self.out_axis)

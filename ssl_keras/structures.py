@@ -91,12 +91,6 @@ def group_size(structure: Structure | str, shape, in_axis: int = -2, out_axis: i
     return int(np.prod([shape[a] for a in axes])) if axes else 1
 
 
-def group_square_sums(x, structure: Structure | str, in_axis: int = -2, out_axis: int = -1):
-    """Per-group sums of squares of `x` (keras.ops tensor), one entry per group."""
-    axes = reduction_axes(structure, len(x.shape), in_axis, out_axis)
-    return ops.sum(ops.square(x), axis=axes)
-
-
 def group_norms(kernel, structure: Structure | str, in_axis: int = -2,
                 out_axis: int = -1) -> np.ndarray:
     """Returns the L2 norm of every group of `structure` in `kernel`, as a NumPy array.
