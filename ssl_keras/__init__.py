@@ -12,6 +12,7 @@ Public API (everything else is internal):
     export_tflite, evaluate_tflite, predict_tflite, ExportReport   verified TFLite export
     apply_ssl, strip_ssl, StructuredSparsity, SSLModel   put a layer / model under group Lasso
     freeze_zero_groups; ssl_keras.callbacks   SparsityMonitor, ZeroSmallGroups, ProximalGroupLasso
+    reestimate_batchnorm            BatchNorm moving statistics recomputed after SSL / zeroing
 """
 
 from ssl_keras._quiet import import_tensorflow_quietly
@@ -19,7 +20,7 @@ from ssl_keras._quiet import import_tensorflow_quietly
 import_tensorflow_quietly()
 
 from ssl_keras import callbacks
-from ssl_keras.callbacks import freeze_zero_groups
+from ssl_keras.callbacks import freeze_zero_groups, reestimate_batchnorm
 from ssl_keras.graph import Kind, LayerSpec, WeightSlice, register_layer, removable_groups
 from ssl_keras.regularizers import GroupLasso
 from ssl_keras.report import count_macs, count_params, summarize
@@ -72,4 +73,5 @@ __all__ = [
     "SSLModel",
     "callbacks",
     "freeze_zero_groups",
+    "reestimate_batchnorm",
 ]

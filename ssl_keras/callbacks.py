@@ -8,6 +8,8 @@
   `w_g <- w_g * max(0, 1 - lr * lambda / ||w_g||)`, exact zeros during training.
 - `freeze_zero_groups(model)`: a callback that keeps the groups that are zero now at exactly
   zero while everything else trains (fine-tuning).
+- `reestimate_batchnorm(model, x)`: recomputes the BatchNorm moving statistics from data
+  (after group Lasso has changed the weights under them, or after zeroing groups).
 
 The groups come from the model: the `StructuredSparsity` wrappers (per-layer groups of every
 structure with a non-zero coefficient) and, for an `SSLModel`, its coupled channel groups and
@@ -43,6 +45,7 @@ __all__ = [
     "SparsityMonitor",
     "ZeroSmallGroups",
     "freeze_zero_groups",
+    "reestimate_batchnorm",
 ]
 
 
@@ -90,13 +93,22 @@ class _StructureSet:
 
 
 class _CoupledSet:
-    """Groups spanning layers (coupled channels, residual branches), by CoupledTerms."""
+    """Groups spanning layers (coupled channels, residual branches), by CoupledTerms.
 
-    def __init__(self, terms: CoupledTerms, coefficients, labels):
+    A group may list "zero_with" slices (the kernels of a residual branch whose final
+    BatchNorm gamma and beta are the group): they are not penalised, but set to zero whenever
+    the group's factor is 0, so that a switched-off branch is also removable by thin().
+    """
+
+    def __init__(self, terms: CoupledTerms, coefficients, labels, companions=None,
+                 model=None):
         self.terms = terms
         self.coefficient = np.asarray(coefficients, dtype=np.float64)
         self.labels = list(labels)
         self.label = None
+        self.companions = {}  # group index -> [(variable, axis, index)]
+        for g, slices in (companions or {}).items():
+            self.companions[g] = [_companion(model, s) for s in slices]
 
     def values(self) -> list[np.ndarray]:
         return self.terms.values()
@@ -105,7 +117,27 @@ class _CoupledSet:
         return self.terms.norms(values)
 
     def scale(self, factors: np.ndarray, values=None) -> None:
-        self.terms.scale(np.asarray(factors, dtype=np.float64), values)
+        factors = np.asarray(factors, dtype=np.float64)
+        self.terms.scale(factors, values)
+        for g, slices in self.companions.items():
+            if factors[g] != 0.0:
+                continue
+            for variable, axis, index in slices:
+                x = np.asarray(ops.convert_to_numpy(variable))
+                where = [slice(None)] * x.ndim
+                where[axis] = index
+                if np.any(x[tuple(where)]):
+                    x = x.copy()
+                    x[tuple(where)] = 0
+                    variable.assign(x)
+
+
+def _companion(model, piece: dict) -> tuple:
+    from ssl_keras.wrap import _variable
+
+    variable = _variable(model, piece["layer"], piece["weight"])
+    axis = int(piece["axis"]) % len(variable.shape)
+    return variable, axis, np.asarray(piece["index"], dtype=np.int64)
 
 
 def _wrapper_sets(model) -> list:
@@ -156,8 +188,11 @@ def _normalize_groups(groups, coefficient) -> list[dict]:
             continue
         value = group.get("coefficient", 0.0) if coefficient is None else coefficient
         label = group.get("layer") or str(group.get("source", group["id"])).split("/")[0]
-        out.append({"id": group["id"], "layer": label, "kind": group.get("kind", "channel"),
-                    "coefficient": float(value), "slices": slices})
+        entry = {"id": group["id"], "layer": label, "kind": group.get("kind", "channel"),
+                 "coefficient": float(value), "slices": slices}
+        if group.get("zero_with"):
+            entry["zero_with"] = group["zero_with"]
+        out.append(entry)
     return out
 
 
@@ -165,8 +200,10 @@ def _coupled_set(model, groups) -> _CoupledSet | None:
     if not groups:
         return None
     terms = CoupledTerms(model, groups)
+    companions = {g: group["zero_with"] for g, group in enumerate(groups)
+                  if group.get("zero_with")}
     return _CoupledSet(terms, [g["coefficient"] for g in groups],
-                       [f"{g['layer']}/{g['kind']}" for g in groups])
+                       [f"{g['layer']}/{g['kind']}" for g in groups], companions, model)
 
 
 def group_sets(model, groups=None, coefficient=None, fallback=True) -> list:
@@ -519,3 +556,64 @@ def freeze_zero_groups(model, threshold=1e-4, groups=None) -> FreezeZeroGroups:
     """
     return FreezeZeroGroups(model, threshold, groups)
 
+
+
+def reestimate_batchnorm(model, x, batch_size=128, max_batches=None) -> int:
+    """Recomputes every BatchNorm layer's moving mean and variance from `x`.
+
+    Group Lasso changes the weights under a BatchNorm at every step, and zeroing groups
+    changes them at once; the moving statistics (momentum 0.99) then describe an older
+    network, and the inference-mode model can be far worse than the training-mode one. This
+    runs the model in training mode over `x` in batches (forward passes only: no gradient,
+    no other weight changes) with the momentum of batch k set to k / (k + 1), so that the
+    moving statistics become the average of the batch statistics:
+
+    `moving_mean = mean_k batch_mean_k`, `moving_variance = mean_k batch_variance_k`.
+
+    The model's BatchNorm statistics are updated in place (as `fit` does); the momentum of
+    every layer is restored afterwards. Frozen (trainable=False) BatchNorm layers and
+    models without BatchNorm are left as they are.
+
+    Args:
+        model: a Keras model.
+        x: input data (a NumPy array or a list of arrays for several inputs), at least one
+            sample.
+        batch_size: samples per forward pass, >= 1 (use the training batch size).
+        max_batches: use at most this many batches, >= 1, or None for all of `x`.
+
+    Returns:
+        The number of BatchNorm layers updated.
+
+    Example:
+    >>> plain = ssl_keras.zero_groups(strip_ssl(ssl_model), 1e-3)
+    >>> reestimate_batchnorm(plain, x_train, batch_size=128)
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"`model` must be a Keras model. Received: model={model!r} "
+                         f"(of type {type(model).__name__})")
+    batch_size = _validate_steps(batch_size, "batch_size")
+    if max_batches is not None:
+        max_batches = _validate_steps(max_batches, "max_batches")
+    inputs = list(x) if isinstance(x, (list, tuple)) else [x]
+    n = len(inputs[0]) if inputs and hasattr(inputs[0], "__len__") else 0
+    if n == 0:
+        raise ValueError("`x` must hold at least one sample. Received: x with 0 samples")
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+    if not layers:
+        return 0
+    batches = max(n // batch_size, 1)  # full batches only: every batch weighs the same
+    if max_batches is not None:
+        batches = min(batches, max_batches)
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k in range(batches):
+            for layer in layers:
+                layer.momentum = k / (k + 1)
+            chunk = [a[k * batch_size:(k + 1) * batch_size] for a in inputs]
+            model(chunk if len(chunk) > 1 else chunk[0], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    _sync_jax(model)
+    return len(layers)

@@ -550,10 +550,12 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
       gamma, every consumer's input channel, across layers) is penalised with ONE norm over
       all its penalised slices, with coefficient `filters` (of the group's source layer)
       `+ channels` (the largest among its consumer layers). `shapes` stays per layer (shape
-      groups are not coupled). `depth` adds one norm per residual branch: all kernels and
-      BatchNorm gammas between a block's input and each operand of an Add, except the operand
-      with the fewest weight layers (the shortcut), so that training can switch a whole block
-      off; its coefficient is `depth` or `layers[<add layer name>]["depth"]`.
+      groups are not coupled). `depth` adds one norm per residual branch (each operand of
+      an Add except the one with the fewest weight layers, the shortcut), so that training
+      can switch a whole block off: the gamma and beta of the BatchNorm that ends the branch
+      (its kernels, which BatchNorm normalises, are zeroed with it: "zero_with"), or, for a
+      branch without a final BatchNorm, all its kernels and BatchNorm gammas; its
+      coefficient is `depth` or `layers[<add layer name>]["depth"]`.
 
     Args:
         to_wrap: a Keras layer, a Sequential model or a functional model.
@@ -744,7 +746,33 @@ def _depth_slices(model, names) -> list[dict]:
     return slices
 
 
+def _operand_batchnorm(model, branch):
+    """The BatchNormalization whose output is the branch's Add operand, or None.
+
+    Layers without weights (activations) between that BatchNorm and the Add are looked
+    through: with gamma = beta = 0 they receive 0.
+    """
+    for name in reversed(branch["layers"]):
+        layer = model.get_layer(name)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            return layer if (layer.scale or layer.center) else None
+        if layer.weights:
+            return None
+    return None
+
+
 def _depth_groups(wrapped, defaults, overrides) -> list[dict]:
+    """One group per residual branch (every Add operand but the shortcut).
+
+    A branch that ends in BatchNormalization is penalised through that layer's gamma and beta
+    only: BatchNorm divides by the batch's standard deviation, so the branch's kernels (and
+    the earlier gammas) can shrink without changing the training-mode output; penalising them
+    only drives them towards BatchNorm's epsilon while the moving statistics lag behind (the
+    inference-mode network breaks). With gamma = beta = 0 the branch outputs exactly 0 in both
+    modes; its kernels are then listed under "zero_with": the callbacks zero them together
+    with the group, so that thin() drops the branch. A branch without a final BatchNorm is
+    penalised on all its kernels and BatchNorm gammas.
+    """
     by_add = {}
     for branch in residual_branches(wrapped):
         by_add.setdefault(branch["add"], []).append(branch)
@@ -759,8 +787,15 @@ def _depth_groups(wrapped, defaults, overrides) -> list[dict]:
         for i, (branch, slices) in enumerate(weighted):
             if i == shortcut or not slices:
                 continue
-            out.append({"id": f"depth:{add}:{branch['operand']}", "kind": "depth",
-                        "layer": add, "coefficient": coefficient, "slices": slices})
+            group = {"id": f"depth:{add}:{branch['operand']}", "kind": "depth",
+                     "layer": add, "coefficient": coefficient, "slices": slices}
+            bn = _operand_batchnorm(wrapped, branch)
+            if bn is not None:
+                params = [v for v, on in ((bn.gamma, bn.scale), (bn.beta, bn.center)) if on]
+                group["slices"] = [{"layer": bn.name, "weight": v.name, "axis": 0,
+                                    "index": list(range(v.shape[0]))} for v in params]
+                group["zero_with"] = [s for s in slices if s["layer"] != bn.name]
+            out.append(group)
     return out
 
 

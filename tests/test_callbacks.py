@@ -320,3 +320,105 @@ def test_errors():
     other = _mlp()
     with pytest.raises(ValueError, match="made for model 'mlp' but is used to train"):
         model.fit(*data, verbose=0, callbacks=[freeze_zero_groups(other)])
+
+
+def test_depth_group_zeroed_with_its_branch_kernels_and_thin_drops_the_block():
+    keras.utils.set_random_seed(5)
+    model = resnet(8, input_shape=(8, 8, 3), widths=(4, 8, 8))
+    bn = model.get_layer("stage2_block1_bn2")
+    bn.gamma.assign(np.full(8, 1e-5, "float32"))  # ||(gamma, beta)|| = 2.8e-5 < 1e-4
+    bn.beta.assign(np.full(8, -1e-5, "float32"))
+    ssl = ssl_keras.apply_ssl(model, depth=0.1)
+    x = np.random.default_rng(5).normal(size=(4, 8, 8, 3)).astype("float32")
+    callback = ZeroSmallGroups(1e-4, every_n_steps=1)
+    callback.set_model(ssl)
+    callback.on_train_begin()
+    callback.on_train_end()
+    assert callback.zeroed == 1
+    inner = lambda name: ssl.get_layer(name).ssl_inner_layer  # noqa: E731
+    for name in ("stage2_block1_conv1", "stage2_block1_conv2"):
+        assert not np.any(inner(name).kernel.numpy())
+    assert not np.any(ssl.get_layer("stage2_block1_bn1").gamma.numpy())
+    # The input model is not touched.
+    np.testing.assert_array_equal(bn.gamma.numpy(), np.full(8, 1e-5, "float32"))
+    assert not np.any(ssl.get_layer("stage2_block1_bn2").gamma.numpy())
+    # Other branches keep their kernels (their groups are far above the threshold).
+    assert np.any(inner("stage1_block1_conv1").kernel.numpy())
+    plain = ssl_keras.strip_ssl(ssl)
+    thinned = ssl_keras.thin(plain, threshold=1e-4)
+    names = {layer.name for layer in thinned.layers}
+    assert "stage2_block1_conv1" not in names and "stage2_block1_conv2" not in names
+    assert "stage2_block1_proj" in names and "stage1_block1_conv1" in names
+    np.testing.assert_allclose(thinned(x), plain(x), atol=1e-5)
+    np.testing.assert_allclose(plain(x), ssl(x), atol=1e-6)
+
+
+def test_proximal_step_that_zeroes_a_depth_group_zeroes_its_kernels():
+    keras.utils.set_random_seed(6)
+    model = resnet(8, input_shape=(8, 8, 3), widths=(4, 8, 8))
+    bn = model.get_layer("stage1_block1_bn2")
+    bn.gamma.assign(np.full(4, 1e-3, "float32"))
+    bn.beta.assign(np.zeros(4, "float32"))
+    ssl = ssl_keras.apply_ssl(model, depth=1.0)
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+    y = rng.normal(size=(8, 10)).astype("float32")
+    # SGD lr 0.1 * lambda 1.0 = 0.1 per step > the group's norm: exactly zero after a step.
+    ssl.compile(keras.optimizers.SGD(0.1), "mse")
+    ssl.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[ProximalGroupLasso()])
+    layer = ssl.get_layer("stage1_block1_bn2")
+    assert not np.any(layer.gamma.numpy()) and not np.any(layer.beta.numpy())
+    for name in ("stage1_block1_conv1", "stage1_block1_conv2"):
+        assert not np.any(ssl.get_layer(name).ssl_inner_layer.kernel.numpy())
+    assert np.any(ssl.get_layer("stage2_block1_conv1").ssl_inner_layer.kernel.numpy())
+
+
+def _bn_model():
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((5,))
+    x = keras.layers.Dense(3, name="d")(inputs)
+    return keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(x))
+
+
+def test_reestimate_batchnorm_matches_numpy_oracle():
+    from ssl_keras.callbacks import reestimate_batchnorm
+
+    model = _bn_model()
+    rng = np.random.default_rng(7)
+    x = rng.normal(2.0, 3.0, size=(26, 5)).astype("float32")
+    kernel, bias = (w.numpy() for w in model.get_layer("d").weights)
+    bn = model.get_layer("bn")
+    weights = [np.array(w.numpy()) for w in model.trainable_weights]
+    assert reestimate_batchnorm(model, x, batch_size=8) == 1
+    z = x[:24] @ kernel + bias  # 3 full batches of 8; the 2 left over are not used
+    batches = z.reshape(3, 8, 3)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), batches.mean(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), batches.var(1).mean(0), rtol=1e-4)
+    assert bn.momentum == 0.99
+    for a, w in zip(weights, model.trainable_weights, strict=True):  # no weight updates
+        np.testing.assert_array_equal(a, w.numpy())
+    # One batch of everything: inference mode now equals training mode on that batch.
+    reestimate_batchnorm(model, x[:24], batch_size=24)
+    np.testing.assert_allclose(model(x[:24], training=False), model(x[:24], training=True),
+                               atol=1e-2)
+    reestimate_batchnorm(model, x, batch_size=8, max_batches=1)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), batches[0].mean(0), rtol=1e-5)
+    plain = keras.Sequential([keras.Input((5,)), keras.layers.Dense(2)])
+    assert reestimate_batchnorm(plain, x) == 0
+
+
+def test_reestimate_batchnorm_errors():
+    from ssl_keras.callbacks import reestimate_batchnorm
+
+    model = _bn_model()
+    x = np.ones((4, 5), "float32")
+    with pytest.raises(ValueError, match=r"`model` must be a Keras model. Received: model=3"):
+        reestimate_batchnorm(3, x)
+    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1. "
+                                         r"Received: batch_size=0"):
+        reestimate_batchnorm(model, x, batch_size=0)
+    with pytest.raises(ValueError, match=r"`max_batches` must be an integer >= 1. "
+                                         r"Received: max_batches=0"):
+        reestimate_batchnorm(model, x, max_batches=0)
+    with pytest.raises(ValueError, match=r"at least one sample. Received: x with 0 samples"):
+        reestimate_batchnorm(model, x[:0])

@@ -196,11 +196,45 @@ def test_depth_groups_are_residual_branches():
     assert sorted(ids) == ["depth:stage1_block1_add:1", "depth:stage2_block1_add:1",
                            "depth:stage3_block1_add:1"]
     assert ids["depth:stage3_block1_add:1"]["coefficient"] == 0.7
-    layers = {s["layer"] for s in ids["depth:stage2_block1_add:1"]["slices"]}
-    assert layers == {"stage2_block1_conv1", "stage2_block1_bn1", "stage2_block1_conv2",
-                      "stage2_block1_bn2"}
+    # The branch ends in BatchNorm: its gamma and beta are the group (BatchNorm undoes the
+    # kernels' scale); the kernels and the inner gamma are zeroed with it, not penalised.
+    group = ids["depth:stage2_block1_add:1"]
+    assert [(s["layer"], s["weight"], s["axis"], s["index"]) for s in group["slices"]] == [
+        ("stage2_block1_bn2", "gamma", 0, list(range(8))),
+        ("stage2_block1_bn2", "beta", 0, list(range(8)))]
+    assert [(s["layer"], s["weight"]) for s in group["zero_with"]] == [
+        ("stage2_block1_conv1", "kernel"), ("stage2_block1_bn1", "gamma"),
+        ("stage2_block1_conv2", "kernel")]
     np.testing.assert_allclose(_total_loss(ssl), _coupled_oracle(ssl, ssl.ssl_groups),
                                rtol=1e-5)
+    bn = model.get_layer("stage3_block1_bn2")
+    oracle = 0.7 * np.sqrt(np.sum(bn.gamma.numpy() ** 2) + np.sum(bn.beta.numpy() ** 2))
+    terms = ssl.ssl_coupled_terms()
+    index = [g["id"] for g in ssl.ssl_groups].index("depth:stage3_block1_add:1")
+    np.testing.assert_allclose(0.7 * terms.norms()[index], oracle, rtol=1e-6)
+
+
+def test_depth_group_of_a_branch_without_final_batchnorm_holds_its_kernels():
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    y = keras.layers.Conv2D(3, 3, padding="same", name="conv2")(x)
+    y = keras.layers.BatchNormalization(name="bn2")(y)
+    y = keras.layers.Conv2D(3, 1, name="conv3")(keras.layers.ReLU(name="relu")(y))
+    x = keras.layers.Add(name="add")([x, y])
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    (group,) = apply_ssl(model, depth=0.2).ssl_groups
+    assert [(s["layer"], s["weight"]) for s in group["slices"]] == [
+        ("conv2", "kernel"), ("bn2", "gamma"), ("conv3", "kernel")]
+    assert "zero_with" not in group
+    # A BatchNorm followed only by weightless layers still ends the branch.
+    y = keras.layers.ReLU(name="relu2")(keras.layers.BatchNormalization(name="bn3")(
+        keras.layers.Conv2D(3, 3, padding="same", name="conv4")(x)))
+    model2 = keras.Model(inputs, keras.layers.Add(name="add2")([x, y]))
+    groups = {g["id"]: g for g in apply_ssl(model2, depth=0.2).ssl_groups}
+    assert [(s["layer"], s["weight"]) for s in groups["depth:add2:1"]["slices"]] == [
+        ("bn3", "gamma"), ("bn3", "beta")]
 
 
 def test_save_load_wrapped_and_stripped(tmp_path):
