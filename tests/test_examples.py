@@ -142,3 +142,30 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     common.atomic_write_text(path, "two")
     assert open(path, encoding="utf-8").read() == "two"
     assert os.listdir(tmp_path) == ["a.txt"]  # no temporary file left behind
+
+
+def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, capsys):
+    import types
+
+    import keras
+
+    fv = common.define_flags(resnet.recipe(20))
+    fv(["resnet", f"--out_dir={tmp_path}", "--batch_size=16"])
+    pipeline = common.Pipeline(resnet.recipe(20), common.config_from_flags(fv, resnet.recipe(20)))
+    rng = np.random.default_rng(4)
+    x = rng.normal(1.0, 2.0, size=(40, 3)).astype("float32")
+    y = (x[:, 0] > 1.0).astype("int64")
+    pipeline.data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:8], y_val=y[:8])
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((3,))
+    bn = keras.layers.BatchNormalization(name="bn")
+    model = keras.Model(inputs, keras.layers.Dense(2)(bn(inputs)))
+    pipeline._reestimate_batchnorm(model, "ssl")
+    # 40 // 16 = 2 full batches: the moving mean is the mean of the 2 batch means.
+    np.testing.assert_allclose(bn.moving_mean.numpy(), x[:32].mean(0), rtol=1e-5)
+    out = capsys.readouterr().out
+    assert "phase ssl: BatchNorm statistics of 1 layers re-estimated on 2 training batches; " \
+           "validation accuracy " in out
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    pipeline._reestimate_batchnorm(plain, "ssl")  # no BatchNorm: nothing done, nothing logged
+    assert capsys.readouterr().out == ""
