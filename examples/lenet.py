@@ -6,7 +6,7 @@ beside the tfmot element-wise pruned model at the same parameter sparsity. Write
 results/lenet_<dataset>.json / .md / *.png and prints one table.
 
 Example:
-    python -m examples.lenet                    # Fashion-MNIST, about 10 minutes on 2 cores
+    python -m examples.lenet                    # Fashion-MNIST, about 20 minutes on 2 cores
     python -m examples.lenet --quick            # 2000 images, 1 epoch per phase, < 2 minutes
     python -m examples.lenet --dataset=mnist --data_dir=/path/to/idx --shapes=1e-3
 """
@@ -19,8 +19,11 @@ from examples.common import Recipe, main
 RECIPE = Recipe(
     name="lenet",
     build=models.lenet,
-    defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 6, "lr": 0.01, "ssl_lr": 0.01,
-              "finetune_lr": 0.01, "filters": 0.0185, "channels": 0.0185, "threshold": 1e-3},
+    # Tuned on Fashion-MNIST (RESULTS.md, LeNet section): 12 fine-tuning epochs at lr 0.003
+    # instead of 6 at 0.01 gave a higher validation but the same test accuracy; conv1 pushed
+    # harder (filters x2.5) gave 5-23-96 instead of 9-26-97 at the same test accuracy.
+    defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 12, "lr": 0.01, "ssl_lr": 0.01,
+              "finetune_lr": 0.003, "filters": 0.0185, "channels": 0.0185, "threshold": 1e-3},
     # --quick: 1 epoch per phase on 2000 images is ~30 steps of SSL, so the coefficients are
     # ~100x larger: a smoke test of every step, not a result.
     quick={"max_train": 2000, "max_test": 500, "epochs": 1, "ssl_epochs": 1,
@@ -28,8 +31,11 @@ RECIPE = Recipe(
            "verbose": 2},
     tfmot_arch="lenet",
     # Coupled group of a channel = filters of its producer + channels of its consumer.
-    # With these multipliers: conv1 channel 3x, conv2 channel 2x, ip1 unit 1.16x the flags.
-    ssl_layers={"conv1": {"filters": 2.0}, "ip1": {"filters": 0.55}, "ip2": {"channels": 0.61}},
+    # With these multipliers: conv1 channel 3.5x, conv2 channel 2x, ip1 unit 1.16x the flags.
+    # conv1 costs the most latency per channel (its own MACs and conv2's input); a smaller ip1
+    # multiplier (x0.3) left every conv2 channel and ip1 unit alive (the conv2 channels only
+    # die once the ip1 units they feed shrink), so ip1 keeps its share.
+    ssl_layers={"conv1": {"filters": 2.5}, "ip1": {"filters": 0.55}, "ip2": {"channels": 0.61}},
 )
 
 if __name__ == "__main__":
