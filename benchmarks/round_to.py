@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import write_json  # noqa: E402
+from benchmarks._util import fail, write_json  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_list("round_to", ["1", "4", "8", "16"], "Values of round_to to compare.",
@@ -40,8 +40,7 @@ flags.DEFINE_string("json", None, "Also write the results as JSON to this new fi
 
 
 def _fail(message):
-    print(f"round_to: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail("benchmarks.round_to", message)
 
 
 def _ints(values, name):

@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import write_json  # noqa: E402
+from benchmarks._util import fail, write_json  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("input_size", 224, "Input height and width of ResNet50.", flag_values=FLAGS)
@@ -34,8 +34,7 @@ flags.DEFINE_string("json", None, "Also write the figures as JSON to this new fi
 
 
 def _fail(message):
-    print(f"thin_time: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail("benchmarks.thin_time", message)
 
 
 def _parse(argv):
