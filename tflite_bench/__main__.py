@@ -20,7 +20,8 @@ import sys
 
 from absl import flags
 
-from tflite_bench import device, report, runner
+from tflite_bench import _cli, device, report, runner
+from tflite_bench._cli import UsageError
 from tflite_bench._worker import KERNELS
 
 FLAGS = flags.FlagValues()
@@ -55,25 +56,8 @@ flags.DEFINE_string("parse_log", None, "Import a benchmark_model log taken elsew
                     "model arguments (optional) give MACs by file name.", flag_values=FLAGS)
 
 
-class UsageError(Exception):
-    """Bad command-line input: reported on one line, exit code 2."""
-
-
 def _normalize(argv):
-    out = []
-    for a in argv:
-        if a == "--":
-            out.append(a)
-            continue
-        if a.startswith("--"):
-            name, eq, value = a[2:].partition("=")
-            name = name.replace("-", "_")
-            if name == "no_xnnpack":
-                a = "--kernels=builtin"
-            else:
-                a = "--" + name + eq + value
-        out.append(a)
-    return out
+    return _cli.normalize(argv, aliases={"no_xnnpack": "kernels=builtin"})
 
 
 def _parse(argv):
@@ -143,21 +127,7 @@ def run(argv):
 
 def main(argv=None):
     """Entry point; returns the process exit code."""
-    argv = sys.argv if argv is None else argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:]):
-        print(__doc__)
-        print(FLAGS.get_help())
-        return 0
-    try:
-        code, _ = run(argv)
-    except UsageError as e:
-        sys.stderr.write(f"tflite_bench: error: {e}\n")
-        return 2
-    except (OSError, ValueError) as e:
-        sys.stderr.write(f"tflite_bench: error: {' '.join(str(e).split())}\n")
-        return 2
-    return code
+    return _cli.main("tflite_bench", __doc__, FLAGS, lambda a: run(a)[0], argv)
 
 
 if __name__ == "__main__":

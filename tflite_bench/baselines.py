@@ -34,6 +34,8 @@ import tempfile
 
 from absl import flags
 
+from tflite_bench import _cli
+from tflite_bench._cli import UsageError, normalize
 from tflite_bench.baselines_api import ARCHS
 
 FLAGS = flags.FlagValues()
@@ -54,18 +56,6 @@ flags.DEFINE_string("out", None, "Output folder.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace existing files in --out.", flag_values=FLAGS)
 
 
-class UsageError(Exception):
-    """Bad input: reported on one line, exit code 2."""
-
-
-def _normalize(argv):
-    out = []
-    for a in argv:
-        if a.startswith("--") and a != "--":
-            name, eq, value = a[2:].partition("=")
-            a = "--" + name.replace("-", "_") + eq + value
-        out.append(a)
-    return out
 
 
 def _file_names(arch, sparsity):
@@ -184,7 +174,7 @@ def run(argv):
     """Runs the command line; returns the manifest dict."""
     FLAGS.unparse_flags()
     try:
-        FLAGS(_normalize(argv))
+        FLAGS(normalize(argv))
     except flags.Error as e:
         raise UsageError(str(e).splitlines()[0]) from None
     if FLAGS.arch is None or FLAGS.out is None:
@@ -304,22 +294,8 @@ def run(argv):
     return manifest
 
 
-def main(argv=None):
-    """Entry point; returns the exit code."""
-    argv = sys.argv if argv is None else argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:]):
-        print(__doc__)
-        print(FLAGS.get_help())
-        return 0
-    try:
-        manifest = run(argv)
-    except UsageError as e:
-        sys.stderr.write(f"tflite_bench.baselines: error: {e}\n")
-        return 2
-    except (OSError, ValueError) as e:
-        sys.stderr.write(f"tflite_bench.baselines: error: {' '.join(str(e).split())}\n")
-        return 2
+def _run_and_print(argv):
+    manifest = run(argv)
     for f in manifest["files"]:
         acc = "" if f["accuracy"] is None else f", accuracy {f['accuracy']:.4f}"
         print(f"{f['path']}: {f['size_bytes']} bytes, kernel sparsity "
@@ -327,6 +303,11 @@ def main(argv=None):
     print(f"pruning: {manifest['pruning']}; manifest: "
           f"{os.path.join(FLAGS.out, 'baselines.json')}")
     return 0
+
+
+def main(argv=None):
+    """Entry point; returns the exit code."""
+    return _cli.main("tflite_bench.baselines", __doc__, FLAGS, _run_and_print, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import tempfile
 
 from absl import flags
 
-from tflite_bench.baselines import _normalize
+from tflite_bench import _cli
+from tflite_bench._cli import UsageError, normalize
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("out", None, "Output folder.", flag_values=FLAGS)
@@ -48,28 +49,19 @@ def export_float32(model, path):
     atomic_write(path, data, overwrite=True)
 
 
-def main(argv=None):
-    """Entry point; returns the exit code."""
-    argv = sys.argv if argv is None else argv
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if any(a in ("-h", "--help", "--helpfull", "--helpshort") for a in argv[1:]):
-        print(__doc__)
-        print(FLAGS.get_help())
-        return 0
+def run(argv):
+    """Writes the two demo models; returns the exit code (bad input: UsageError)."""
+    FLAGS.unparse_flags()
     try:
-        FLAGS(_normalize(argv))
+        FLAGS(normalize(argv))
     except flags.Error as e:
-        sys.stderr.write(f"tflite_bench.demo: error: {str(e).splitlines()[0]}\n")
-        return 2
+        raise UsageError(str(e).splitlines()[0]) from None
     if not FLAGS.out:
-        sys.stderr.write("tflite_bench.demo: error: --out is required.\n")
-        return 2
+        raise UsageError("--out is required.")
     paths = {n: os.path.join(FLAGS.out, n) for n in MODELS}
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not FLAGS.overwrite:
-        sys.stderr.write(f"tflite_bench.demo: error: the output exists; pass --overwrite. "
-                         f"Received: {existing[0]}\n")
-        return 2
+        raise UsageError(f"the output exists; pass --overwrite. Received: {existing[0]}")
     os.makedirs(FLAGS.out, exist_ok=True)
     import keras
 
@@ -80,6 +72,11 @@ def main(argv=None):
         export_float32(lenet(filters=filters), paths[name])
         print(paths[name])
     return 0
+
+
+def main(argv=None):
+    """Entry point; returns the exit code."""
+    return _cli.main("tflite_bench.demo", __doc__, FLAGS, run, argv)
 
 
 if __name__ == "__main__":
