@@ -24,3 +24,27 @@ def refuse_existing(command: str, path: str | None) -> None:
 def write_json(path: str, result) -> None:
     """Writes `result` as indented JSON to `path` atomically; refuses an existing file."""
     atomic_write(path, json.dumps(result, indent=2) + "\n", overwrite=False)
+
+
+def offset_and_zero(model, groups, fraction, rng) -> int:
+    """Gives `model` non-zero biases / BatchNorm offsets (so removed channels carry constants
+    that thin must fold), then zeroes the producer slices of a random `fraction` of the
+    unblocked `groups`, in place. Returns how many groups were zeroed."""
+    import numpy as np
+
+    for layer in model.layers:
+        for var in layer.weights:
+            if var.name in ("beta", "moving_mean", "bias"):
+                var.assign(rng.normal(size=tuple(var.shape)).astype("float32") * 0.1)
+    weights = {layer.name: {v.name: v for v in layer.weights} for layer in model.layers}
+    chosen = [g for g in groups if not g["blocked"] and rng.random() < fraction]
+    for g in chosen:
+        for s in g["slices"]:
+            if s["role"] == "producer":
+                var = weights[s["layer"]][s["weight"]]
+                w = np.array(var.numpy())
+                index = [slice(None)] * w.ndim
+                index[s["axis"]] = s["index"]
+                w[tuple(index)] = 0
+                var.assign(w)
+    return len(chosen)

@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, write_json  # noqa: E402
+from benchmarks._util import fail, offset_and_zero, refuse_existing, write_json  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_list("round_to", ["1", "4", "8", "16"], "Values of round_to to compare.",
@@ -62,8 +62,7 @@ def _parse(argv):
         _fail(f"--fraction must be in (0, 1). Received: {FLAGS.fraction}")
     if FLAGS.runs < 10:
         _fail(f"--runs must be >= 10. Received: {FLAGS.runs}")
-    if FLAGS.json and os.path.exists(FLAGS.json):
-        _fail(f"--json {FLAGS.json!r} exists; refusing to overwrite it.")
+    refuse_existing("benchmarks.round_to", FLAGS.json)
     if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and os.listdir(FLAGS.out_dir):
         _fail(f"--out_dir {FLAGS.out_dir!r} is not empty; refusing to overwrite files in it.")
     return _ints(FLAGS.round_to, "round_to"), _ints(FLAGS.threads, "threads")
@@ -78,22 +77,7 @@ def sparse_resnet20(fraction, seed):
 
     rng = np.random.default_rng(seed)
     model = resnet(20, input_shape=(32, 32, 3))
-    for layer in model.layers:
-        for var in layer.weights:
-            if var.name in ("beta", "moving_mean", "bias"):
-                var.assign(rng.normal(size=tuple(var.shape)).astype("float32") * 0.1)
-    weights = {layer.name: {v.name: v for v in layer.weights} for layer in model.layers}
-    for g in ssl_keras.removable_groups(model):
-        if g["blocked"] or rng.random() >= fraction:
-            continue
-        for s in g["slices"]:
-            if s["role"] == "producer":
-                var = weights[s["layer"]][s["weight"]]
-                w = np.array(var.numpy())
-                index = [slice(None)] * w.ndim
-                index[s["axis"]] = s["index"]
-                w[tuple(index)] = 0
-                var.assign(w)
+    offset_and_zero(model, ssl_keras.removable_groups(model), fraction, rng)
     return model
 
 

@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, write_json  # noqa: E402
+from benchmarks._util import fail, offset_and_zero, refuse_existing, write_json  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("input_size", 224, "Input height and width of ResNet50.", flag_values=FLAGS)
@@ -49,29 +49,7 @@ def _parse(argv):
         _fail(f"--fraction must be in (0, 1]. Received: {FLAGS.fraction}")
     if FLAGS.repeats < 1:
         _fail(f"--repeats must be >= 1. Received: {FLAGS.repeats}")
-    if FLAGS.json and os.path.exists(FLAGS.json):
-        _fail(f"--json {FLAGS.json!r} exists; refusing to overwrite it.")
-
-
-def _zero(model, groups, fraction, rng):
-    import numpy as np
-
-    weights = {layer.name: {v.name: v for v in layer.weights} for layer in model.layers}
-    for layer in model.layers:
-        for var in layer.weights:
-            if var.name in ("beta", "moving_mean", "bias"):
-                var.assign(rng.normal(size=tuple(var.shape)).astype("float32") * 0.1)
-    chosen = [g for g in groups if not g["blocked"] and rng.random() < fraction]
-    for g in chosen:
-        for s in g["slices"]:
-            if s["role"] == "producer":
-                var = weights[s["layer"]][s["weight"]]
-                w = np.array(var.numpy())
-                index = [slice(None)] * w.ndim
-                index[s["axis"]] = s["index"]
-                w[tuple(index)] = 0
-                var.assign(w)
-    return len(chosen)
+    refuse_existing("benchmarks.thin_time", FLAGS.json)
 
 
 def run():
@@ -85,7 +63,7 @@ def run():
     size = FLAGS.input_size
     model = keras.applications.ResNet50(weights=None, input_shape=(size, size, 3))
     groups = ssl_keras.removable_groups(model)
-    n_zeroed = _zero(model, groups, FLAGS.fraction, rng)
+    n_zeroed = offset_and_zero(model, groups, FLAGS.fraction, rng)
     timings = {}
     start = time.perf_counter()
     groups = ssl_keras.removable_groups(model)
