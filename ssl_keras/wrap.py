@@ -23,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ssl_keras.graph import find_layer
 from ssl_keras.registry import lookup
 from ssl_keras.regularizers import GroupLasso, _validate_coefficient
 
@@ -243,17 +244,15 @@ class StructuredSparsity(keras.layers.Wrapper):
 
 def _variable(model, layer_path: str, weight: str):
     """The variable `weight` of the layer at `layer_path` ("outer/inner") in `model`."""
-    layer = model
-    for part in layer_path.split("/"):
-        try:
-            layer = layer.get_layer(part)
-        except (ValueError, AttributeError):
-            raise ValueError(
-                f"The group refers to layer '{layer_path}', which is not in model "
-                f"'{model.name}'. Received: layer={layer_path!r}"
-            ) from None
-        if isinstance(layer, StructuredSparsity):
-            layer = layer.ssl_inner_layer
+    try:
+        layer = find_layer(model, layer_path)
+    except ValueError:
+        raise ValueError(
+            f"The group refers to layer '{layer_path}', which is not in model "
+            f"'{model.name}'. Received: layer={layer_path!r}"
+        ) from None
+    if isinstance(layer, StructuredSparsity):
+        layer = layer.ssl_inner_layer
     for variable in layer.weights:
         if variable.name == weight:
             return variable
