@@ -8,9 +8,12 @@ coefficients and schedule) handed to `main`, which runs these steps:
              re-estimated at the end, as for the SSL model
 3. ssl       apply_ssl(dense) and train with group Lasso at about 0.1x the learning rate;
              BatchNorm statistics re-estimated at the end (reestimate_batchnorm)
-4. finetune  zero_groups(threshold), strip_ssl, BatchNorm re-estimated, fine-tune with the
-             zero groups frozen, BatchNorm re-estimated
-5. thin      thin(model): a smaller dense Keras model with the same outputs (checked)
+4. finetune  zero_groups(threshold), strip_ssl, BatchNorm re-estimated; thin(model): a smaller
+             dense Keras model with the same outputs (checked); fine-tune the thinned model
+             (cosine learning-rate decay), BatchNorm re-estimated. With --nofinetune_thinned
+             the zeroed full-size model is fine-tuned with its zero groups frozen instead
+             (the paper's recipe, several times slower) and thinned afterwards
+5. thin      the fine-tuned thinned model (or thin() of the fine-tuned zeroed one)
 6. export    float32 TFLite of dense and thinned, int8 of thinned; outputs checked
 7. tfmot     element-wise magnitude pruning at the same parameter sparsity, in its own process
 8. bench     tflite_bench.benchmark: 1 and 2 threads, batch 1, interleaved
@@ -96,6 +99,7 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "ssl_momentum": 0.0,
         "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "depth": 0.0,
         "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1, "seed": 0,
+        "lr_schedule": "cosine", "finetune_thinned": True, "ssl_layers": None,
         "out_dir": "results",
         "threads": "1,2", "runs": 300, "warmup": 30, "tfmot": True, "fresh": False,
         "verbose": 1,
@@ -127,6 +131,17 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                    flag_values=fv)
     D.DEFINE_enum("optimizer", d["optimizer"], ["sgd", "adam"], "sgd: SGD with momentum 0.9 "
                   "(the method's recipe); adam: Adam.", flag_values=fv)
+    D.DEFINE_enum("lr_schedule", d["lr_schedule"], ["cosine", "constant"], "Learning rate of "
+                  "dense training and fine-tuning: cosine decay to 0 over the phase, or "
+                  "constant. The SSL phase always has a constant rate.", flag_values=fv)
+    D.DEFINE_boolean("finetune_thinned", d["finetune_thinned"], "Fine-tune the thinned model "
+                     "(removed groups are gone, so they cannot grow back). Off: fine-tune the "
+                     "zeroed full-size model with its zero groups frozen, then thin.",
+                     flag_values=fv)
+    D.DEFINE_string("ssl_layers", d["ssl_layers"], "Per-layer multipliers of the coefficient "
+                    "flags as JSON, '{\"conv1\": {\"filters\": 2.5}}' (a layer mapped to null "
+                    "is not penalised); replaces the example's own. Default: the example's.",
+                    flag_values=fv)
     D.DEFINE_integer("batch_size", d["batch_size"], "Batch size.", flag_values=fv)
     D.DEFINE_float("filters", d["filters"], "Filter-wise (neuron-wise) group Lasso coefficient.",
                    flag_values=fv)
@@ -179,6 +194,9 @@ class Config:
     ssl_momentum: float
     finetune_lr: float
     optimizer: str
+    lr_schedule: str
+    finetune_thinned: bool
+    ssl_layers: dict | None
     batch_size: int
     filters: float
     channels: float
@@ -202,7 +220,7 @@ class Config:
         """The settings that decide the checkpoints (a resumed run must match them)."""
         keys = ("dataset", "data_dir", "max_train", "max_test", "validation_split", "epochs",
                 "ssl_epochs", "finetune_epochs", "lr", "ssl_lr", "ssl_momentum", "finetune_lr",
-                "optimizer",
+                "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers",
                 "batch_size", "filters", "channels", "shapes", "depth", "proximal",
                 "zero_every", "threshold", "seed")
         return {k: getattr(self, k) for k in keys}
@@ -223,6 +241,7 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
         raise UsageError("--threads must be a comma-separated list of positive integers. "
                          f"Received: --threads={values['threads']!r}")
     values["threads"] = threads
+    values["ssl_layers"] = _ssl_layers(values["ssl_layers"], recipe)
     for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every",
                  "round_to"):
         if values[name] < 1:
@@ -247,6 +266,29 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
                          f"Received: --validation_split={values['validation_split']}")
     fields = {f.name for f in dataclasses.fields(Config)}
     return Config(**{k: v for k, v in values.items() if k in fields})
+
+
+def _ssl_layers(text: str | None, recipe: Recipe) -> dict | None:
+    """The per-layer multipliers: --ssl_layers parsed and checked, else the recipe's."""
+    if text is None or not text.strip():
+        return recipe.ssl_layers
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--ssl_layers must be JSON ({e}). Received: --ssl_layers={text!r}") \
+            from None
+    kinds = ("filters", "channels", "shapes", "depth")
+    ok = isinstance(value, dict) and all(
+        isinstance(k, str) and (v is None or (isinstance(v, dict) and all(
+            key in kinds and isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0
+            for key, m in v.items())))
+        for k, v in value.items())
+    if not ok:
+        raise UsageError(
+            "--ssl_layers must map layer names to null or to {structure: multiplier >= 0} with "
+            f"structures among {kinds}, e.g. '{{\"conv1\": {{\"filters\": 2.5}}}}'. "
+            f"Received: --ssl_layers={text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,13 +347,13 @@ def atomic_write_text(path: str, text: str) -> None:
             os.remove(tmp)
 
 
-def _optimizer(keras, kind: str, lr: float, momentum: float = 0.9):
+def _optimizer(keras, kind: str, lr, momentum: float = 0.9):
     if kind == "adam":
         return keras.optimizers.Adam(lr)
     return keras.optimizers.SGD(lr, momentum=momentum)
 
 
-def _compile(keras, model, kind: str, lr: float, momentum: float = 0.9):
+def _compile(keras, model, kind: str, lr, momentum: float = 0.9):
     model.compile(
         optimizer=_optimizer(keras, kind, lr, momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -475,10 +517,11 @@ class Pipeline:
         cfg = self.cfg
 
         def train():
-            self.log(f"phase dense: {cfg.epochs} epochs, {cfg.optimizer} lr={cfg.lr}")
+            self.log(f"phase dense: {cfg.epochs} epochs, {cfg.optimizer} lr={cfg.lr} "
+                     f"({cfg.lr_schedule})")
             model = self.recipe.build(input_shape=self.data.input_shape,
                                       num_classes=self.data.num_classes)
-            _compile(keras, model, cfg.optimizer, cfg.lr)
+            _compile(keras, model, cfg.optimizer, self._schedule(keras, cfg.lr, cfg.epochs))
             _fit(keras, model, self.data, cfg, cfg.epochs, self.path("backup_dense"))
             # The baseline gets the same treatment as the SSL model (a fair comparison).
             self._reestimate_batchnorm(model, "dense")
@@ -498,10 +541,10 @@ class Pipeline:
                      f" channels={cfg.channels} shapes={cfg.shapes} depth={cfg.depth}"
                      f" proximal={cfg.proximal}")
             layers = None
-            if self.recipe.ssl_layers is not None:
+            if cfg.ssl_layers is not None:
                 layers = {name: None if mult is None else
                           {k: getattr(cfg, k) * m for k, m in mult.items()}
-                          for name, mult in self.recipe.ssl_layers.items()}
+                          for name, mult in cfg.ssl_layers.items()}
                 self.log(f"phase ssl: per-layer coefficients {layers}")
             model = apply_ssl(self.dense, filters=cfg.filters, channels=cfg.channels,
                               shapes=cfg.shapes, depth=cfg.depth, coupled=True,
@@ -522,23 +565,59 @@ class Pipeline:
 
         self.ssl = self._phase("ssl", train)
 
+    def _schedule(self, keras, lr: float, epochs: int):
+        """The learning rate of a phase: `lr`, or cosine decay from it over the phase."""
+        if self.cfg.lr_schedule == "constant":
+            return lr
+        steps = epochs * -(-len(self.data.x_train) // self.cfg.batch_size)
+        return keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))
+
+    def zero(self):
+        """zero_groups(strip_ssl(ssl)) with BatchNorm re-estimated: deterministic, not saved."""
+        zero_groups = need("ssl_keras.thin", "zero_groups", "finetune")
+        strip_ssl = need("ssl_keras.wrap", "strip_ssl", "finetune")
+        # strip first: the zeroed groups are then exactly the groups thin() removes.
+        self.zeroed = zero_groups(strip_ssl(self.ssl), self.cfg.threshold)
+        self._reestimate_batchnorm(self.zeroed, "finetune (after zeroing)")
+
+    def _thin_checked(self, model):
+        """thin(model), checked against `model` on 256 test images (max |difference|)."""
+        thin = need("ssl_keras.thin", "thin", "thin")
+        thinned = thin(model, threshold=self.cfg.threshold, round_to=self.cfg.round_to)
+        x = self.data.x_test[:256]
+        ref = model.predict(x, verbose=0)
+        got = thinned.predict(x, verbose=0)
+        self.thin_max_abs_diff = float(np.max(np.abs(ref - got)))
+        self.log(f"thin: {units_per_layer(self.dense)} -> {units_per_layer(thinned)}; "
+                 f"max |thinned - zeroed| on 256 test images = {self.thin_max_abs_diff:.2e}")
+        return thinned
+
     def finetune(self):
         import keras
 
         cfg = self.cfg
-        zero_groups = need("ssl_keras.thin", "zero_groups", "finetune")
-        strip_ssl = need("ssl_keras.wrap", "strip_ssl", "finetune")
-        freeze = need("ssl_keras.callbacks", "freeze_zero_groups", "finetune")
+        self.zero()
+        if cfg.finetune_thinned:
+            # thin before fine-tuning: the check compares thin() with the zeroed model it
+            # came from, and the small model fine-tunes several times faster.
+            start = self._thin_checked(self.zeroed)
+        else:
+            start = self.zeroed
+        freeze = None if cfg.finetune_thinned else need(
+            "ssl_keras.callbacks", "freeze_zero_groups", "finetune")
 
         def train():
-            self.log(f"phase finetune: zero groups below {cfg.threshold}, "
-                     f"{cfg.finetune_epochs} epochs, lr={cfg.finetune_lr}, zero groups frozen")
-            # strip first: the zeroed groups are then exactly the groups thin() removes.
-            model = zero_groups(strip_ssl(self.ssl), cfg.threshold)
-            self._reestimate_batchnorm(model, "finetune (after zeroing)")
-            _compile(keras, model, cfg.optimizer, cfg.finetune_lr)
+            what = "the thinned model" if cfg.finetune_thinned else \
+                "the zeroed model, zero groups frozen"
+            self.log(f"phase finetune: {what}, {cfg.finetune_epochs} epochs, "
+                     f"lr={cfg.finetune_lr} ({cfg.lr_schedule})")
+            model = keras.models.clone_model(start)
+            model.set_weights(start.get_weights())
+            _compile(keras, model, cfg.optimizer,
+                     self._schedule(keras, cfg.finetune_lr, cfg.finetune_epochs))
+            callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
             _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
-                 self.path("backup_finetune"), [freeze(model, cfg.threshold)])
+                 self.path("backup_finetune"), callbacks)
             self._reestimate_batchnorm(model, "finetune")
             return model
 
@@ -567,16 +646,11 @@ class Pipeline:
                  f"training batches; validation accuracy {_pct(before)} -> {_pct(after)}")
 
     def thin(self):
-        thin = need("ssl_keras.thin", "thin", "thin")
-        self.thinned = thin(self.finetuned, threshold=self.cfg.threshold,
-                            round_to=self.cfg.round_to)
+        if self.cfg.finetune_thinned:
+            self.thinned = self.finetuned
+        else:
+            self.thinned = self._thin_checked(self.finetuned)
         atomic_save(self.thinned, self.path("thinned.keras"))
-        x = self.data.x_test[:256]
-        ref = self.finetuned.predict(x, verbose=0)
-        got = self.thinned.predict(x, verbose=0)
-        self.thin_max_abs_diff = float(np.max(np.abs(ref - got)))
-        self.log(f"thin: {units_per_layer(self.dense)} -> {units_per_layer(self.thinned)}; "
-                 f"max |thinned - finetuned| on 256 test images = {self.thin_max_abs_diff:.2e}")
 
     def export(self):
         export_tflite = need("ssl_keras.export", "export_tflite", "export")
@@ -825,7 +899,7 @@ class Pipeline:
         if first is not None:
             fig, axes = plt.subplots(2, 1, figsize=(8, 2.2))
             for ax, model, title in ((axes[0], self.dense, "dense"),
-                                     (axes[1], self.finetuned, "SSL (zero filters blank)")):
+                                     (axes[1], self.zeroed, "SSL (zero filters blank)")):
                 k = np.asarray(_first_conv(model).kernel)  # (kh, kw, c_in, n)
                 tiles = [k[:, :, 0, i] for i in range(k.shape[-1])]
                 vmax = max(float(np.max(np.abs(k))), 1e-12)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_lenet_quick_end_to_end(tmp_path):
     assert result["ssl"]["params"] < result["baseline"]["params"]
     assert result["ssl"]["macs"] < result["baseline"]["macs"]
 
-    # The thinned float32 TFLite file computes what the stripped, fine-tuned Keras model does.
+    # The thinned float32 TFLite file computes what the fine-tuned (thinned) Keras model does.
     import keras
 
     work = tmp_path / "lenet_fashion_mnist_quick"
@@ -79,6 +80,12 @@ def test_lenet_quick_end_to_end(tmp_path):
     (["--max_train=-3"], r"--max_train must be >= 0"),
     (["--dataset=svhn"], r"flag --dataset=svhn"),
     (["--nosuchflag"], r"Unknown command line flag 'nosuchflag'"),
+    (["--ssl_layers={conv1"], r"--ssl_layers must be JSON \(.*\)\. Received: --ssl_layers='\{conv1'"),
+    (["--ssl_layers=[1]"], r"--ssl_layers must map layer names to null or to \{structure"),
+    (['--ssl_layers={"conv1": 2}'], r"--ssl_layers must map layer names"),
+    (['--ssl_layers={"conv1": {"filter": 2}}'], r"structures among \('filters'"),
+    (['--ssl_layers={"conv1": {"filters": -1}}'], r"Received: --ssl_layers="),
+    (["--lr_schedule=step"], r"flag --lr_schedule=step"),
 ])
 def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     code, err = _main(argv, capsys)
@@ -169,3 +176,54 @@ def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, c
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     pipeline._reestimate_batchnorm(plain, "ssl")  # no BatchNorm: nothing done, nothing logged
     assert capsys.readouterr().out == ""
+
+
+def test_ssl_layers_flag_replaces_the_recipes_multipliers():
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet"])
+    assert common.config_from_flags(fv, lenet.RECIPE).ssl_layers == lenet.RECIPE.ssl_layers
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", '--ssl_layers={"conv1": {"filters": 3}, "ip2": null}'])
+    cfg = common.config_from_flags(fv, lenet.RECIPE)
+    assert cfg.ssl_layers == {"conv1": {"filters": 3}, "ip2": None}
+    assert cfg.training_key()["ssl_layers"] == cfg.ssl_layers  # a resumed run must match it
+
+
+def test_lr_schedule_cosine_decays_over_the_phase():
+    import keras
+
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", "--batch_size=10"])
+    pipeline = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
+    pipeline.data = types.SimpleNamespace(x_train=np.zeros((95, 1)))  # 10 steps/epoch
+    schedule = pipeline._schedule(keras, 0.1, epochs=2)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert float(schedule(0)) == pytest.approx(0.1)
+    assert float(schedule(20)) == pytest.approx(0.0, abs=1e-7)  # 2 epochs of 10 steps
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", "--lr_schedule=constant"])
+    pipeline = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
+    assert pipeline._schedule(keras, 0.1, epochs=2) == 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
+def test_lenet_quick_frozen_finetune_then_thin(tmp_path):
+    """--nofinetune_thinned: fine-tune the zeroed model with frozen groups, thin afterwards."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [sys.executable, "-m", "examples.lenet", "--quick", f"--out_dir={tmp_path}",
+           "--nofinetune_thinned", "--notfmot", "--threads=1", "--runs=5", "--warmup=1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "phase finetune: the zeroed model, zero groups frozen" in proc.stdout
+    with open(tmp_path / "lenet_fashion_mnist_quick.json", encoding="utf-8") as f:
+        result = json.load(f)
+    assert result["thin_max_abs_diff"] < 1e-4 and result["tflite_max_abs_diff"] < 1e-4
+    import keras
+
+    work = tmp_path / "lenet_fashion_mnist_quick"
+    finetuned = keras.saving.load_model(work / "finetune.keras", compile=False)
+    thinned = keras.saving.load_model(work / "thinned.keras", compile=False)
+    assert finetuned.get_layer("conv1").filters == 20  # full size, zero groups frozen
+    assert thinned.get_layer("conv1").filters == result["ssl"]["filters_per_layer"]["conv1"]
+    assert result["ssl"]["params"] < result["baseline"]["params"]
