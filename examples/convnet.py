@@ -19,7 +19,7 @@ RECIPE = Recipe(
     name="convnet",
     build=models.convnet,
     defaults={"dataset": "cifar10", "max_train": 20000, "epochs": 6, "ssl_epochs": 4,
-              "finetune_epochs": 3, "lr": 0.01, "ssl_lr": 0.01, "finetune_lr": 0.01,
+              "finetune_epochs": 6, "lr": 0.01, "ssl_lr": 0.01, "finetune_lr": 0.01,
               "filters": 0.04, "channels": 0.04, "threshold": 1e-3},
     quick={"max_train": 2000, "max_test": 500, "epochs": 1, "ssl_epochs": 1,
            "finetune_epochs": 1, "filters": 2.5, "channels": 2.5, "runs": 50, "warmup": 5,

@@ -17,8 +17,8 @@ from examples.common import Recipe, main
 RECIPE = Recipe(
     name="mlp",
     build=models.mlp,
-    defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 6, "lr": 0.01, "ssl_lr": 0.01,
-              "finetune_lr": 0.01, "filters": 0.014, "channels": 0.014, "threshold": 1e-3},
+    defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 8, "lr": 0.01, "ssl_lr": 0.01,
+              "finetune_lr": 0.01, "filters": 0.0135, "channels": 0.0135, "threshold": 1e-3},
     quick={"max_train": 2000, "max_test": 500, "epochs": 1, "ssl_epochs": 1,
            "finetune_epochs": 1, "filters": 1.0, "channels": 1.0, "runs": 50, "warmup": 5,
            "verbose": 2},
