@@ -1,0 +1,133 @@
+"""TFLite latency of LeNet-5 at the widths SSL can leave, side by side with the dense model.
+
+    python -m benchmarks.lenet_widths [--widths 20-50-500,5-26-105,4-32-64 --runs 300
+                                       --threads 1 --json out.json --out_dir dir]
+
+Each width `c1-c2-u` is examples.models.lenet(filters=(c1, c2), units=u) with random weights
+(latency does not depend on the values), exported to float32 .tflite (ssl_keras.export_tflite,
+outputs verified) and timed interleaved with tflite_bench.benchmark (LiteRT, XNNPACK, batch
+1); the first width is the reference of the speedups. Printed per model: MACs, median latency,
+speedup, MAC ratio and efficiency = speedup / MAC ratio. It answers "which thinned widths are
+cheap on this CPU": two models with the same MACs need not take the same time (XNNPACK
+vectorises over output channels). Not a test: timings depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from benchmarks._util import fail, refuse_existing, write_json  # noqa: E402
+
+DEFAULT_WIDTHS = ["20-50-500", "4-16-64", "8-16-64", "16-16-64", "4-32-64", "8-32-64",
+                  "5-26-105", "6-32-100", "8-24-100", "8-32-128", "8-32-256", "8-40-100",
+                  "16-32-100"]
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_list("widths", DEFAULT_WIDTHS, "LeNet widths conv1-conv2-ip1; the first is the "
+                  "reference.", flag_values=FLAGS)
+flags.DEFINE_integer("runs", 300, "Timed invokes per model.", flag_values=FLAGS)
+flags.DEFINE_list("threads", ["1"], "Thread counts.", flag_values=FLAGS)
+flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this directory.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("json", None, "Also write the results as JSON to this new file.",
+                    flag_values=FLAGS)
+
+COMMAND = "benchmarks.lenet_widths"
+
+
+def parse_widths(values):
+    """['20-50-500', ...] -> [(20, 50, 500), ...]; exits 2 on anything else."""
+    out = []
+    for value in values:
+        parts = value.split("-")
+        try:
+            triple = tuple(int(p) for p in parts)
+        except ValueError:
+            triple = ()
+        if len(triple) != 3 or min(triple) < 1:
+            fail(COMMAND, "--widths must be a comma-separated list of conv1-conv2-ip1 positive "
+                          f"integers, e.g. 20-50-500,5-26-105. Received: {value!r}")
+        out.append(triple)
+    if len(set(out)) != len(out):
+        fail(COMMAND, f"--widths lists a width twice. Received: {','.join(values)}")
+    return out
+
+
+def _parse(argv):
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        fail(COMMAND, str(e).splitlines()[0])
+    if FLAGS.runs < 10:
+        fail(COMMAND, f"--runs must be >= 10. Received: {FLAGS.runs}")
+    try:
+        threads = [int(t) for t in FLAGS.threads]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        fail(COMMAND, f"--threads must be positive integers. Received: {FLAGS.threads}")
+    refuse_existing(COMMAND, FLAGS.json)
+    if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and os.listdir(FLAGS.out_dir):
+        fail(COMMAND, f"--out_dir {FLAGS.out_dir!r} is not empty; refusing to overwrite files "
+                      "in it.")
+    return parse_widths(FLAGS.widths), threads
+
+
+def run(out_dir, widths, threads):
+    from absl import logging
+
+    import ssl_keras
+    import tflite_bench
+    from examples.models import lenet
+
+    logging.set_verbosity(logging.WARNING)
+    paths, names = [], {}
+    for c1, c2, units in widths:
+        name = f"{c1}-{c2}-{units}"
+        path = os.path.join(out_dir, f"lenet_{c1}_{c2}_{units}.tflite")
+        report = ssl_keras.export_tflite(lenet(filters=(c1, c2), units=units), path)
+        paths.append(path)
+        names[report.path] = name
+    result = tflite_bench.benchmark(paths, threads=threads, runs=FLAGS.runs, progress=True)
+    rows = [{"widths": names.get(e["path"], e["name"]), "threads": e["threads"],
+             "macs": e["macs"], "median_us": e["median_us"], "speedup": e["speedup_vs_first"],
+             "speedup_ci": e["speedup_ci"], "mac_ratio": e["mac_ratio_vs_first"],
+             "efficiency": e["efficiency"], "error": e["error"]} for e in result["models"]]
+    return {"runs": FLAGS.runs, "machine": result.get("machine"), "rows": rows}
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def table(result):
+    lines = ["| widths | threads | MACs | median us | speedup | MAC ratio | efficiency |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['widths']} | {r['threads']} | {_fmt(r['macs'], ',')} | "
+                     f"{_fmt(r['median_us'], '.1f')} | {_fmt(r['speedup'], '.2f')} | "
+                     f"{_fmt(r['mac_ratio'], '.2f')} | {_fmt(r['efficiency'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    widths, threads = _parse(sys.argv if argv is None else argv)
+    if FLAGS.out_dir:
+        os.makedirs(FLAGS.out_dir, exist_ok=True)
+        result = run(FLAGS.out_dir, widths, threads)
+    else:
+        with tempfile.TemporaryDirectory() as out_dir:
+            result = run(FLAGS.out_dir or out_dir, widths, threads)
+    print(table(result))
+    if FLAGS.json:
+        write_json(FLAGS.json, result)
+
+
+if __name__ == "__main__":
+    main()
