@@ -6,7 +6,7 @@ beside the tfmot element-wise pruned model at the same parameter sparsity. Write
 results/lenet_<dataset>.json / .md / *.png and prints one table.
 
 Example:
-    python -m examples.lenet                    # Fashion-MNIST, about 8 minutes on 2 cores
+    python -m examples.lenet                    # Fashion-MNIST, about 5 minutes on 2 cores
     python -m examples.lenet --quick            # 2000 images, 1 epoch per phase, < 2 minutes
     python -m examples.lenet --dataset=mnist --data_dir=/path/to/idx --shapes=1e-3
 """
