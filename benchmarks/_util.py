@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 
 from tflite_bench.report import atomic_write
 
@@ -24,6 +25,26 @@ def refuse_existing(command: str, path: str | None) -> None:
 def write_json(path: str, result) -> None:
     """Writes `result` as indented JSON to `path` atomically; refuses an existing file."""
     atomic_write(path, json.dumps(result, indent=2) + "\n", overwrite=False)
+
+
+def fmt(x, spec: str) -> str:
+    """format(x, spec), or "-" for a missing value (a table cell)."""
+    return "-" if x is None else format(x, spec)
+
+
+def run_and_report(run, table, out_dir: str | None, json_path: str | None):
+    """Calls `run(directory)` in `out_dir` (created) or in a temporary directory, prints
+    `table(result)`, writes the result to `json_path` when given, and returns it."""
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        result = run(out_dir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(tmp)
+    print(table(result))
+    if json_path:
+        write_json(json_path, result)
+    return result
 
 
 def offset_and_zero(model, groups, fraction, rng) -> int:

@@ -8,21 +8,20 @@ Each width `c1-c2-u` is examples.models.lenet(filters=(c1, c2), units=u) with ra
 outputs verified) and timed interleaved with tflite_bench.benchmark (LiteRT, XNNPACK, batch
 1); the first width is the reference of the speedups. Printed per model: MACs, median latency,
 speedup, MAC ratio and efficiency = speedup / MAC ratio. It answers "which thinned widths are
-cheap on this CPU": two models with the same MACs need not take the same time (XNNPACK
-vectorises over output channels). Not a test: timings depend on the machine and its load.
+cheap on this CPU": two models with the same MACs need not take the same time (consistent
+with XNNPACK computing output channels in SIMD blocks). Not a test: timings depend on the machine and its load.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, refuse_existing, write_json  # noqa: E402
+from benchmarks._util import fail, fmt, refuse_existing, run_and_report  # noqa: E402
 
 DEFAULT_WIDTHS = ["20-50-500", "4-16-64", "8-16-64", "16-16-64", "4-32-64", "8-32-64",
                   "5-26-105", "6-32-100", "8-24-100", "8-32-128", "8-32-256", "8-40-100",
@@ -102,31 +101,19 @@ def run(out_dir, widths, threads):
     return {"runs": FLAGS.runs, "machine": result.get("machine"), "rows": rows}
 
 
-def _fmt(x, spec):
-    return "-" if x is None else format(x, spec)
-
-
 def table(result):
     lines = ["| widths | threads | MACs | median us | speedup | MAC ratio | efficiency |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['widths']} | {r['threads']} | {_fmt(r['macs'], ',')} | "
-                     f"{_fmt(r['median_us'], '.1f')} | {_fmt(r['speedup'], '.2f')} | "
-                     f"{_fmt(r['mac_ratio'], '.2f')} | {_fmt(r['efficiency'], '.2f')} |")
+        lines.append(f"| {r['widths']} | {r['threads']} | {fmt(r['macs'], ',')} | "
+                     f"{fmt(r['median_us'], '.1f')} | {fmt(r['speedup'], '.2f')} | "
+                     f"{fmt(r['mac_ratio'], '.2f')} | {fmt(r['efficiency'], '.2f')} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     widths, threads = _parse(sys.argv if argv is None else argv)
-    if FLAGS.out_dir:
-        os.makedirs(FLAGS.out_dir, exist_ok=True)
-        result = run(FLAGS.out_dir, widths, threads)
-    else:
-        with tempfile.TemporaryDirectory() as out_dir:
-            result = run(FLAGS.out_dir or out_dir, widths, threads)
-    print(table(result))
-    if FLAGS.json:
-        write_json(FLAGS.json, result)
+    run_and_report(lambda out_dir: run(out_dir, widths, threads), table, FLAGS.out_dir, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, offset_and_zero, refuse_existing, write_json  # noqa: E402
+from benchmarks._util import fail, fmt, offset_and_zero, refuse_existing, run_and_report  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_list("round_to", ["1", "4", "8", "16"], "Values of round_to to compare.",
@@ -119,32 +118,20 @@ def run(out_dir, values, threads):
             "machine": result.get("machine"), "rows": rows}
 
 
-def _fmt(x, spec):
-    return "-" if x is None else format(x, spec)
-
-
 def table(result):
     lines = ["| model | threads | conv widths | MACs | median us | speedup | MAC ratio | "
              "efficiency |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         widths = ",".join(str(w) for w in r["conv_widths"] or [])
-        lines.append(f"| {r['model']} | {r['threads']} | {widths} | {_fmt(r['macs'], ',')} | "
-                     f"{_fmt(r['median_us'], '.1f')} | {_fmt(r['speedup'], '.2f')} | "
-                     f"{_fmt(r['mac_ratio'], '.2f')} | {_fmt(r['efficiency'], '.2f')} |")
+        lines.append(f"| {r['model']} | {r['threads']} | {widths} | {fmt(r['macs'], ',')} | "
+                     f"{fmt(r['median_us'], '.1f')} | {fmt(r['speedup'], '.2f')} | "
+                     f"{fmt(r['mac_ratio'], '.2f')} | {fmt(r['efficiency'], '.2f')} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     values, threads = _parse(sys.argv if argv is None else argv)
-    if FLAGS.out_dir:
-        os.makedirs(FLAGS.out_dir, exist_ok=True)
-        result = run(FLAGS.out_dir, values, threads)
-    else:
-        with tempfile.TemporaryDirectory() as out_dir:
-            result = run(out_dir, values, threads)
-    print(table(result))
-    if FLAGS.json:
-        write_json(FLAGS.json, result)
+    run_and_report(lambda out_dir: run(out_dir, values, threads), table, FLAGS.out_dir, FLAGS.json)
 
 
 if __name__ == "__main__":
