@@ -32,6 +32,22 @@ def fmt(x, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+# The columns every latency table of these commands ends with: (header, row key, format).
+LATENCY_COLUMNS = [("MACs", "macs", ","), ("median us", "median_us", ".1f"),
+                   ("speedup", "speedup", ".2f"), ("MAC ratio", "mac_ratio", ".2f"),
+                   ("efficiency", "efficiency", ".2f")]
+
+
+def markdown_table(rows, columns) -> str:
+    """A markdown table of `rows` (dicts); `columns` are (header, key, format spec) triples,
+    the spec "" for str()."""
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(key), spec) for _, key, spec in columns)
+                     + " |")
+    return "\n".join(lines)
+
+
 def run_and_report(run, table, out_dir: str | None, json_path: str | None):
     """Calls `run(directory)` in `out_dir` (created) or in a temporary directory, prints
     `table(result)`, writes the result to `json_path` when given, and returns it."""

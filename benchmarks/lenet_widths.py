@@ -9,7 +9,8 @@ outputs verified) and timed interleaved with tflite_bench.benchmark (LiteRT, XNN
 1); the first width is the reference of the speedups. Printed per model: MACs, median latency,
 speedup, MAC ratio and efficiency = speedup / MAC ratio. It answers "which thinned widths are
 cheap on this CPU": two models with the same MACs need not take the same time (consistent
-with XNNPACK computing output channels in SIMD blocks). Not a test: timings depend on the machine and its load.
+with XNNPACK computing output channels in SIMD blocks). Not a test: timings depend on the
+machine and its load.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, fmt, refuse_existing, run_and_report  # noqa: E402
+from benchmarks._util import (  # noqa: E402
+    LATENCY_COLUMNS,
+    fail,
+    markdown_table,
+    refuse_existing,
+    run_and_report,
+)
 
 DEFAULT_WIDTHS = ["20-50-500", "4-16-64", "8-16-64", "16-16-64", "4-32-64", "8-32-64",
                   "5-26-105", "6-32-100", "8-24-100", "8-32-128", "8-32-256", "8-40-100",
@@ -102,13 +109,8 @@ def run(out_dir, widths, threads):
 
 
 def table(result):
-    lines = ["| widths | threads | MACs | median us | speedup | MAC ratio | efficiency |",
-             "|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['widths']} | {r['threads']} | {fmt(r['macs'], ',')} | "
-                     f"{fmt(r['median_us'], '.1f')} | {fmt(r['speedup'], '.2f')} | "
-                     f"{fmt(r['mac_ratio'], '.2f')} | {fmt(r['efficiency'], '.2f')} |")
-    return "\n".join(lines)
+    return markdown_table(result["rows"], [("widths", "widths", ""), ("threads", "threads", ""),
+                                           *LATENCY_COLUMNS])
 
 
 def main(argv=None):

@@ -22,7 +22,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, fmt, offset_and_zero, refuse_existing, run_and_report  # noqa: E402
+from benchmarks._util import (  # noqa: E402
+    LATENCY_COLUMNS,
+    fail,
+    markdown_table,
+    offset_and_zero,
+    refuse_existing,
+    run_and_report,
+)
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_list("round_to", ["1", "4", "8", "16"], "Values of round_to to compare.",
@@ -119,14 +126,10 @@ def run(out_dir, values, threads):
 
 
 def table(result):
-    lines = ["| model | threads | conv widths | MACs | median us | speedup | MAC ratio | "
-             "efficiency |", "|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        widths = ",".join(str(w) for w in r["conv_widths"] or [])
-        lines.append(f"| {r['model']} | {r['threads']} | {widths} | {fmt(r['macs'], ',')} | "
-                     f"{fmt(r['median_us'], '.1f')} | {fmt(r['speedup'], '.2f')} | "
-                     f"{fmt(r['mac_ratio'], '.2f')} | {fmt(r['efficiency'], '.2f')} |")
-    return "\n".join(lines)
+    rows = [{**r, "widths": ",".join(str(w) for w in r["conv_widths"] or [])}
+            for r in result["rows"]]
+    return markdown_table(rows, [("model", "model", ""), ("threads", "threads", ""),
+                                 ("conv widths", "widths", ""), *LATENCY_COLUMNS])
 
 
 def main(argv=None):
