@@ -6,7 +6,7 @@ coefficients and schedule) handed to `main`, which runs these steps:
 1. data      examples.datasets.load (normalised, seeded validation split)
 2. dense     train the dense baseline (SGD with momentum, or Adam); BatchNorm statistics
              re-estimated at the end, as for the SSL model
-3. ssl       apply_ssl(dense) and train with group Lasso at about 0.1x the learning rate;
+3. ssl       apply_ssl(dense) and train with group Lasso at a constant learning rate;
              BatchNorm statistics re-estimated at the end (reestimate_batchnorm)
 4. finetune  zero_groups(threshold), strip_ssl, BatchNorm re-estimated; thin(model): a smaller
              dense Keras model with the same outputs (checked); fine-tune the thinned model
