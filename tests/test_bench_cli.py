@@ -136,19 +136,11 @@ def test_pinned_cores(models, tmp_path):
 
 
 def test_adb_with_fake_device(models, tmp_path):
-    import stat
+    from tests.test_bench_device import install_fake_adb
 
-    from tests.test_bench_device import FAKE_ADB
-
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    adb = bindir / "adb"
-    adb.write_text(FAKE_ADB.format(python=sys.executable))
-    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
+    env = install_fake_adb(tmp_path)
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"fake")
-    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-           "FAKE_ADB_LOG": str(tmp_path / "adb.log")}
     p = cli(models["big"], models["small"], "--adb", "--benchmark-binary", binary,
             "--threads", "1,4", "--runs", "50", "--warmup", "5", "--json", tmp_path / "o.json",
             env=env)

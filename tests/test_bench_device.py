@@ -124,15 +124,22 @@ FAKE_ADB = textwrap.dedent('''\
 ''')
 
 
-@pytest.fixture
-def fake_adb(tmp_path, monkeypatch):
+def install_fake_adb(tmp_path) -> dict:
+    """Writes the fake `adb` into tmp_path/bin; returns the environment variables that put it
+    first on PATH and send its log to tmp_path/adb.log."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     adb = bindir / "adb"
     adb.write_text(FAKE_ADB.format(python=sys.executable))
     adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
+    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_ADB_LOG": str(tmp_path / "adb.log")}
+
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch):
+    for name, value in install_fake_adb(tmp_path).items():
+        monkeypatch.setenv(name, value)
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"\x7fELF fake")
     return {"log": tmp_path / "adb.log", "binary": binary, "dir": tmp_path}
