@@ -557,7 +557,6 @@ def freeze_zero_groups(model, threshold=1e-4, groups=None) -> FreezeZeroGroups:
     return FreezeZeroGroups(model, threshold, groups)
 
 
-
 def reestimate_batchnorm(model, x, batch_size=128, max_batches=None) -> int:
     """Recomputes every BatchNorm layer's moving mean and variance from `x`.
 

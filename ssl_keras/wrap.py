@@ -314,12 +314,12 @@ class CoupledTerms:
         self._pairs = [np.nonzero(matrix) for _, _, matrix in self.terms]
         self._variables = []
         self._slot = []
+        slot_of = {}  # id(variable) -> its index in self._variables
         for variable, _, _ in self.terms:
-            ids = [id(v) for v in self._variables]
-            if id(variable) not in ids:
+            if id(variable) not in slot_of:
+                slot_of[id(variable)] = len(self._variables)
                 self._variables.append(variable)
-                ids.append(id(variable))
-            self._slot.append(ids.index(id(variable)))
+            self._slot.append(slot_of[id(variable)])
 
     def square_sums(self, read=lambda v: v):
         """Per-group square sums as a keras.ops tensor."""
