@@ -97,8 +97,9 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "validation_split": 0.1, "epochs": 8, "ssl_epochs": 4, "finetune_epochs": 3,
         "lr": 0.01, "ssl_lr": 0.01, "finetune_lr": 0.001, "optimizer": "sgd",
         "ssl_momentum": 0.0,
-        "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "depth": 0.0,
-        "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1, "seed": 0,
+        "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "borders": 0.0,
+        "depth": 0.0, "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1,
+        "seed": 0,
         "lr_schedule": "cosine", "finetune_thinned": True, "ssl_layers": None,
         "out_dir": "results",
         "threads": "1,2", "runs": 300, "warmup": 30, "tfmot": True, "fresh": False,
@@ -148,6 +149,9 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
     D.DEFINE_float("channels", d["channels"], "Channel-wise group Lasso coefficient.",
                    flag_values=fv)
     D.DEFINE_float("shapes", d["shapes"], "Shape-wise group Lasso coefficient.", flag_values=fv)
+    D.DEFINE_float("borders", d["borders"], "Group Lasso coefficient of the conv kernels' nested "
+                   "border bands: thin() crops zero border rows / columns (5x5 -> 3x3).",
+                   flag_values=fv)
     D.DEFINE_float("depth", d["depth"], "Depth-wise (whole kernel) group Lasso coefficient.",
                    flag_values=fv)
     D.DEFINE_boolean("proximal", d["proximal"], "Proximal group soft-thresholding after each "
@@ -201,6 +205,7 @@ class Config:
     filters: float
     channels: float
     shapes: float
+    borders: float
     depth: float
     proximal: bool
     zero_every: int
@@ -221,7 +226,7 @@ class Config:
         keys = ("dataset", "data_dir", "max_train", "max_test", "validation_split", "epochs",
                 "ssl_epochs", "finetune_epochs", "lr", "ssl_lr", "ssl_momentum", "finetune_lr",
                 "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers",
-                "batch_size", "filters", "channels", "shapes", "depth", "proximal",
+                "batch_size", "filters", "channels", "shapes", "borders", "depth", "proximal",
                 "zero_every", "threshold", "seed")
         return {k: getattr(self, k) for k in keys}
 
@@ -252,12 +257,12 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     for name in ("lr", "ssl_lr", "finetune_lr", "threshold"):
         if not values[name] > 0:
             raise UsageError(f"--{name} must be > 0. Received: --{name}={values[name]}")
-    for name in ("filters", "channels", "shapes", "depth"):
+    for name in ("filters", "channels", "shapes", "borders", "depth"):
         if values[name] < 0:
             raise UsageError(f"--{name} must be >= 0. Received: --{name}={values[name]}")
-    if not any(values[n] > 0 for n in ("filters", "channels", "shapes", "depth")):
-        raise UsageError("At least one of --filters, --channels, --shapes, --depth must be > 0. "
-                         "Received: all zero")
+    if not any(values[n] > 0 for n in ("filters", "channels", "shapes", "borders", "depth")):
+        raise UsageError("At least one of --filters, --channels, --shapes, --borders, --depth "
+                         "must be > 0. Received: all zero")
     if not 0 <= values["ssl_momentum"] < 1:
         raise UsageError("--ssl_momentum must be in [0, 1). "
                          f"Received: --ssl_momentum={values['ssl_momentum']}")
@@ -277,7 +282,7 @@ def _ssl_layers(text: str | None, recipe: Recipe) -> dict | None:
     except json.JSONDecodeError as e:
         raise UsageError(f"--ssl_layers must be JSON ({e}). Received: --ssl_layers={text!r}") \
             from None
-    kinds = ("filters", "channels", "shapes", "depth")
+    kinds = ("filters", "channels", "shapes", "borders", "depth")
     ok = isinstance(value, dict) and all(
         isinstance(k, str) and (v is None or (isinstance(v, dict) and all(
             key in kinds and isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0
@@ -538,7 +543,8 @@ class Pipeline:
         def train():
             self.log(f"phase ssl: {cfg.ssl_epochs} epochs, lr={cfg.ssl_lr} momentum="
                      f"{cfg.ssl_momentum}, filters={cfg.filters}"
-                     f" channels={cfg.channels} shapes={cfg.shapes} depth={cfg.depth}"
+                     f" channels={cfg.channels} shapes={cfg.shapes} borders={cfg.borders}"
+                     f" depth={cfg.depth}"
                      f" proximal={cfg.proximal}")
             layers = None
             if cfg.ssl_layers is not None:
@@ -547,8 +553,8 @@ class Pipeline:
                           for name, mult in cfg.ssl_layers.items()}
                 self.log(f"phase ssl: per-layer coefficients {layers}")
             model = apply_ssl(self.dense, filters=cfg.filters, channels=cfg.channels,
-                              shapes=cfg.shapes, depth=cfg.depth, coupled=True,
-                              layers=layers)
+                              shapes=cfg.shapes, depth=cfg.depth, borders=cfg.borders,
+                              coupled=True, layers=layers)
             _compile(keras, model, cfg.optimizer, cfg.ssl_lr, cfg.ssl_momentum)
             callbacks = [need("ssl_keras.callbacks", "SparsityMonitor", "ssl")(
                 threshold=cfg.threshold, verbose=cfg.verbose > 0)]

@@ -30,7 +30,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from ssl_keras.structures import Structure, group_size, reduction_axes
+from ssl_keras.structures import (
+    Structure,
+    border_bands,
+    border_sizes,
+    group_size,
+    reduction_axes,
+)
 from ssl_keras.wrap import (
     CoupledTerms,
     SSLModel,
@@ -65,16 +71,30 @@ def _validate_steps(value, name) -> int:
 
 
 class _StructureSet:
-    """The groups of one structure of one kernel (per-layer groups)."""
+    """The groups of one structure of one kernel (per-layer groups).
+
+    BORDERS groups are bands `(axis, start, stop)` (`border_bands`), nested and overlapping:
+    `scale` applies their factors one band after the other, smaller bands first (the factors
+    come from the norms before the step, so for these overlapping groups a proximal step is
+    an approximation of the exact one).
+    """
 
     def __init__(self, layer, variable, structure, in_axis, out_axis, coefficient,
                  normalize=False):
+        structure = Structure.parse(structure)
         self.layer = layer
-        self.label = f"{layer}/{Structure.parse(structure).value}"
+        self.label = f"{layer}/{structure.value}"
         self.variable = variable
-        self.axes = reduction_axes(structure, len(variable.shape), in_axis, out_axis)
-        size = group_size(structure, variable.shape, in_axis, out_axis)
-        self.coefficient = float(coefficient) * (math.sqrt(size) if normalize else 1.0)
+        shape = tuple(variable.shape)
+        self.bands = None
+        if structure is Structure.BORDERS:
+            self.bands = border_bands(shape, in_axis, out_axis)
+            sizes = border_sizes(shape, in_axis, out_axis)
+            self.coefficient = float(coefficient) * (np.sqrt(sizes) if normalize else 1.0)
+        else:
+            self.axes = reduction_axes(structure, len(shape), in_axis, out_axis)
+            size = group_size(structure, shape, in_axis, out_axis)
+            self.coefficient = float(coefficient) * (math.sqrt(size) if normalize else 1.0)
         self.labels = None
 
     def values(self) -> np.ndarray:
@@ -82,14 +102,36 @@ class _StructureSet:
 
     def norms(self, values=None) -> np.ndarray:
         x = self.values() if values is None else values
+        if self.bands is not None:
+            return np.array([np.sqrt(np.sum(np.square(_band(x, band), dtype=np.float64)))
+                             for band in self.bands], dtype=np.float64)
         return np.sqrt(np.sum(np.square(x, dtype=np.float64), axis=self.axes)).reshape(-1)
 
     def scale(self, factors: np.ndarray, values=None) -> None:
         if np.all(factors == 1.0):
             return
         x = self.values() if values is None else values
+        if self.bands is not None:
+            x = x.copy()
+            for band, factor in zip(self.bands, factors, strict=True):
+                if factor != 1.0:
+                    where = _band_index(x.ndim, band)
+                    x[where] = (x[where] * factor).astype(x.dtype)
+            self.variable.assign(x)
+            return
         kept = [1 if a in self.axes else n for a, n in enumerate(x.shape)]
         self.variable.assign((x * np.reshape(factors, kept)).astype(x.dtype))
+
+
+def _band_index(ndim, band) -> tuple:
+    axis, start, stop = band
+    where = [slice(None)] * ndim
+    where[axis] = slice(start, stop)
+    return tuple(where)
+
+
+def _band(x, band):
+    return x[_band_index(x.ndim, band)]
 
 
 class _CoupledSet:
@@ -147,9 +189,10 @@ def _wrapper_sets(model) -> list:
             continue
         for variable, regularizer in layer.ssl_penalized_weights():
             for structure, coefficient in regularizer.coefficients().items():
-                sets.append(_StructureSet(layer.name, variable, structure,
-                                          regularizer.in_axis, regularizer.out_axis,
-                                          coefficient, regularizer.normalize))
+                found = _StructureSet(layer.name, variable, structure, regularizer.in_axis,
+                                      regularizer.out_axis, coefficient, regularizer.normalize)
+                if found.bands != []:  # a Dense kernel has no border bands
+                    sets.append(found)
     return sets
 
 
@@ -161,9 +204,12 @@ def _plain_sets(model) -> list:
         if specs is None or not inner.built:
             continue
         for attribute, in_axis, out_axis, _ in specs:
-            for structure in (Structure.FILTERS, Structure.CHANNELS, Structure.SHAPES):
-                sets.append(_StructureSet(layer.name, getattr(inner, attribute), structure,
-                                          in_axis, out_axis, 0.0))
+            for structure in (Structure.FILTERS, Structure.CHANNELS, Structure.SHAPES,
+                              Structure.BORDERS):
+                found = _StructureSet(layer.name, getattr(inner, attribute), structure,
+                                      in_axis, out_axis, 0.0)
+                if found.bands != []:
+                    sets.append(found)
     return sets
 
 

@@ -7,7 +7,13 @@ import math
 import keras
 from keras import ops
 
-from ssl_keras.structures import Structure, group_size, normalize_axes, reduction_axes
+from ssl_keras.structures import (
+    Structure,
+    border_bands,
+    group_size,
+    normalize_axes,
+    reduction_axes,
+)
 
 
 def _validate_coefficient(value, name: str) -> float:
@@ -26,7 +32,7 @@ def _validate_coefficient(value, name: str) -> float:
 
 @keras.saving.register_keras_serializable(package="ssl_keras")
 class GroupLasso(keras.regularizers.Regularizer):
-    """Group Lasso over the structures of a kernel: filters, channels, shapes and depth.
+    """Group Lasso over the structures of a kernel: filters, channels, shapes, borders, depth.
 
     With the kernel `W` seen as `(spatial..., c_in, n_out)` (Keras layout) and
     `norm(g) = sqrt(sum(g**2) + epsilon)`:
@@ -35,9 +41,14 @@ class GroupLasso(keras.regularizers.Regularizer):
     - `C = sum_c norm(W[..., c, :])`: one group per input channel.
     - `S = sum_{s, c} norm(W[s..., c, :])`: one group per spatial position and input channel
       (a column of the im2col GEMM matrix); for Dense it equals `C`.
+    - `B = sum_{a, d} norm(W[:d] along a) + norm(W[-d:] along a)`: for every spatial axis `a`
+      of length `k` and `d = 1..k // 2`, the outer `d` rows (columns, ...) of each side,
+      across all channels and filters. The bands are nested, so the outermost rows are
+      penalised most and zeros come from the outside in; thin() crops zero border rows /
+      columns, so the kernel gets smaller (5x5 -> 3x3). 0 for Dense.
     - `D = norm(W)`: the whole kernel.
 
-    `loss = filters * F + channels * C + shapes * S + depth * D`
+    `loss = filters * F + channels * C + shapes * S + borders * B + depth * D`
 
     With `normalize=True` every norm is multiplied by `sqrt(group size)` (classic group Lasso,
     Yuan & Lin); off by default, as in the method's reference code.
@@ -55,6 +66,7 @@ class GroupLasso(keras.regularizers.Regularizer):
         channels: coefficient of the channel-wise groups (`lambda_c`), >= 0.
         shapes: coefficient of the shape-wise groups (`lambda_s`), >= 0.
         depth: coefficient of the whole-kernel group (`lambda_d`), >= 0.
+        borders: coefficient of the nested border bands of conv kernels, >= 0.
         normalize: multiply each group's norm by `sqrt(group size)`.
         epsilon: added under every square root so that gradients stay finite at zero, > 0.
         in_axis: the axis of input channels in the kernel (-2 in Keras layout).
@@ -65,12 +77,13 @@ class GroupLasso(keras.regularizers.Regularizer):
     ...     64, 3, kernel_regularizer=GroupLasso(filters=1e-4, channels=1e-4))
     """
 
-    def __init__(self, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, normalize=False,
-                 epsilon=1e-8, in_axis=-2, out_axis=-1):
+    def __init__(self, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, borders=0.0,
+                 normalize=False, epsilon=1e-8, in_axis=-2, out_axis=-1):
         self.filters = _validate_coefficient(filters, "filters")
         self.channels = _validate_coefficient(channels, "channels")
         self.shapes = _validate_coefficient(shapes, "shapes")
         self.depth = _validate_coefficient(depth, "depth")
+        self.borders = _validate_coefficient(borders, "borders")
         if not isinstance(normalize, bool):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
         self.normalize = normalize
@@ -97,6 +110,7 @@ class GroupLasso(keras.regularizers.Regularizer):
             Structure.FILTERS: self.filters,
             Structure.CHANNELS: self.channels,
             Structure.SHAPES: self.shapes,
+            Structure.BORDERS: self.borders,
             Structure.DEPTH: self.depth,
         }
         return {s: c for s, c in values.items() if c != 0.0}
@@ -110,6 +124,9 @@ class GroupLasso(keras.regularizers.Regularizer):
         squares = ops.square(x)  # shared by every structure: one pass over the kernel
         loss = ops.convert_to_tensor(0.0, dtype=dtype)
         for structure, coefficient in self.coefficients().items():
+            if structure is Structure.BORDERS:
+                loss = loss + coefficient * self._borders(squares)
+                continue
             axes = reduction_axes(structure, len(x.shape), self.in_axis, self.out_axis)
             sums = ops.sum(squares, axis=axes)
             total = ops.sum(ops.sqrt(sums + self.epsilon))
@@ -119,11 +136,26 @@ class GroupLasso(keras.regularizers.Regularizer):
             loss = loss + coefficient * total
         return loss
 
+    def _borders(self, squares):
+        """The sum of the border bands' norms, from the per-row sums of squares of each axis."""
+        shape = tuple(int(n) for n in squares.shape)
+        total = 0.0
+        rows = {}
+        for axis, start, stop in border_bands(shape, self.in_axis, self.out_axis):
+            if axis not in rows:
+                rows[axis] = ops.sum(squares, axis=[b for b in range(len(shape)) if b != axis])
+            norm = ops.sqrt(ops.sum(rows[axis][start:stop]) + self.epsilon)
+            if self.normalize:
+                norm = norm * math.sqrt(math.prod(shape) // shape[axis] * (stop - start))
+            total = total + norm
+        return total
+
     def get_config(self):
         return {
             "filters": self.filters,
             "channels": self.channels,
             "shapes": self.shapes,
+            "borders": self.borders,
             "depth": self.depth,
             "normalize": self.normalize,
             "epsilon": self.epsilon,

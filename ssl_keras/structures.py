@@ -10,7 +10,15 @@ Dense). Layouts that differ (Conv2DTranspose stores `(kh, kw, n_out, c_in)`) are
 | FILTERS   | `W[..., :, n]`, one output filter / unit | one fewer output channel        |
 | CHANNELS  | `W[..., c, :]`, one input channel        | one fewer input channel         |
 | SHAPES    | `W[s..., c, :]`, one (position, channel)  | a smaller im2col matrix         |
+| BORDERS   | `W[:d, ...]`, `W[-d:, ...]`: the outer d  | a smaller kernel (thin() crops  |
+|           | rows / columns, d = 1..k//2, any spatial | zero border rows / columns)     |
+|           | axis, across channels and filters        |                                 |
 | DEPTH     | the whole kernel                         | the layer (residual branch)     |
+
+BORDERS groups are nested (hierarchical group Lasso, Jenatton et al. 2011): the outermost row
+is in every band of its side, so it is penalised most and zeros come from the outside in, the
+only order in which a dense kernel can drop them. A kernel without spatial axes (Dense) has no
+BORDERS groups. `border_bands` lists them.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ class Structure(str, enum.Enum):
     FILTERS = "filters"
     CHANNELS = "channels"
     SHAPES = "shapes"
+    BORDERS = "borders"
     DEPTH = "depth"
 
     @classmethod
@@ -71,9 +80,15 @@ def reduction_axes(structure: Structure | str, rank: int, in_axis: int = -2,
     """The axes summed over to form one group of `structure` in a kernel of `rank`.
 
     The axes that are not reduced index the groups: FILTERS keeps `out_axis`, CHANNELS keeps
-    `in_axis`, SHAPES keeps every axis but `out_axis`, DEPTH keeps none.
+    `in_axis`, SHAPES keeps every axis but `out_axis`, DEPTH keeps none. BORDERS groups are
+    bands of the spatial axes, not an axis reduction: see `border_bands`.
     """
     structure = Structure.parse(structure)
+    if structure is Structure.BORDERS:
+        raise ValueError(
+            "The borders groups are bands of rows / columns, not a reduction over axes; use "
+            "`border_bands(shape)`. Received: structure='borders'"
+        )
     in_axis, out_axis = normalize_axes(rank, in_axis, out_axis)
     every = tuple(range(rank))
     if structure is Structure.FILTERS:
@@ -91,6 +106,32 @@ def group_size(structure: Structure | str, shape, in_axis: int = -2, out_axis: i
     return int(np.prod([shape[a] for a in axes])) if axes else 1
 
 
+def border_bands(shape, in_axis: int = -2, out_axis: int = -1) -> list[tuple[int, int, int]]:
+    """The BORDERS groups of a kernel of `shape`, as `(axis, start, stop)` slices.
+
+    For every spatial axis `a` (all but `in_axis` and `out_axis`) of length `k` and every
+    depth `d = 1..k // 2`: the top band `(a, 0, d)` and the bottom band `(a, k - d, k)`.
+    Ordered by depth first (smaller bands first, as a proximal step over nested groups wants).
+
+    Example:
+    >>> border_bands((5, 3, 2, 4))
+    [(0, 0, 1), (0, 4, 5), (1, 0, 1), (1, 2, 3), (0, 0, 2), (0, 3, 5)]
+    """
+    in_axis, out_axis = normalize_axes(len(shape), in_axis, out_axis)
+    spatial = [a for a in range(len(shape)) if a not in (in_axis, out_axis)]
+    deepest = max((int(shape[a]) // 2 for a in spatial), default=0)
+    return [band for d in range(1, deepest + 1) for a in spatial if d <= int(shape[a]) // 2
+            for band in ((a, 0, d), (a, int(shape[a]) - d, int(shape[a])))]
+
+
+def border_sizes(shape, in_axis: int = -2, out_axis: int = -1) -> np.ndarray:
+    """The number of weights in each group of `border_bands(shape)`."""
+    total = int(np.prod(shape))
+    return np.array([total // int(shape[a]) * (stop - start)
+                     for a, start, stop in border_bands(shape, in_axis, out_axis)],
+                    dtype=np.int64)
+
+
 def group_norms(kernel, structure: Structure | str, in_axis: int = -2,
                 out_axis: int = -1) -> np.ndarray:
     """Returns the L2 norm of every group of `structure` in `kernel`, as a NumPy array.
@@ -100,18 +141,22 @@ def group_norms(kernel, structure: Structure | str, in_axis: int = -2,
 
     Args:
         kernel: a kernel in Keras layout (a NumPy array, a tensor or a Keras variable).
-        structure: "filters", "channels", "shapes" or "depth" (or a `Structure`).
+        structure: "filters", "channels", "shapes", "borders" or "depth" (or a `Structure`).
         in_axis: the axis of input channels (-2 in Keras layout).
         out_axis: the axis of output units / filters (-1 in Keras layout).
 
     Returns:
         FILTERS: shape `(n_out,)`; CHANNELS: `(c_in,)`; SHAPES: the kernel's shape without
-        `out_axis`; DEPTH: shape `()`.
+        `out_axis`; BORDERS: one per `border_bands` entry, in that order; DEPTH: shape `()`.
 
     Example:
     >>> group_norms(np.ones((3, 3, 2, 4)), "filters")
     array([4.2426405, 4.2426405, 4.2426405, 4.2426405], dtype=float32)
     """
     x = np.asarray(ops.convert_to_numpy(kernel), dtype=np.float64)
+    if Structure.parse(structure) is Structure.BORDERS:
+        bands = border_bands(x.shape, in_axis, out_axis)
+        return np.array([np.sqrt(np.sum(np.square(np.take(x, range(start, stop), axis=a))))
+                         for a, start, stop in bands], dtype=np.float32)
     axes = reduction_axes(structure, x.ndim, in_axis, out_axis)
     return np.sqrt(np.sum(np.square(x), axis=axes)).astype(np.float32)

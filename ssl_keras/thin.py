@@ -21,6 +21,9 @@ What counts as below threshold (`norm` is the L2 norm of the weight slice):
   position-dependent constant) as a constant map added after the consumer (`ConstantAdd`).
 - a coupled group whose every consumer slice has norm <= threshold (the channel is unused) is
   removed: its consumer slices are zeroed.
+- borders (the `GroupLasso(borders=...)` bands): the outer `d` rows (columns, ... along any
+  spatial axis) of one side of a Conv1D/2D/3D kernel, across all channels and filters, with
+  norm <= threshold (after the groups above are zeroed) are zeroed; at least one row stays.
 
 Blocked groups (see the group's "blocked" reason) are kept, with their below-threshold slices
 zeroed all the same; a constant channel whose value differs between inputs at a consumer (a
@@ -679,8 +682,34 @@ def _prepare(model, threshold, groups):
                 zero.extend({"layer": s["layer"], "weight": s["weight"], "axis": s["axis"],
                              "index": list(s["index"]), "why": g["id"]} for s in producers)
     zero = [z for z in zero if z["layer"] in weights and z["weight"] in weights[z["layer"]]]
+    w2 = _zeroed_weights(weights, zero)
+    for layer in _layers(graph):  # borders: outer rows / columns of conv kernels
+        kernel = w2.get(layer.name, {}).get("kernel")
+        if layer.name in alive and _is_conv(type(layer)) and kernel is not None:
+            zero.extend(_border_zeros(layer.name, kernel, threshold))
     return dict(threshold=threshold, graph=graph, weights=weights, groups=groups, zero=zero,
                 dropped=dropped, alive=alive, decisions=decisions, by_name=by_name)
+
+
+def _border_zeros(name, kernel, threshold) -> list[dict]:
+    """Zero entries for the outer rows / columns (any spatial axis) of a conv kernel whose
+    nested border band (the outer d rows of one side, all channels and filters) has norm <=
+    threshold; at least one row of every axis stays."""
+    out, kernel = [], kernel.copy()
+    for a in range(kernel.ndim - 2):
+        rows = np.sum(np.square(kernel, dtype=np.float64),
+                      axis=tuple(b for b in range(kernel.ndim) if b != a))
+        k = len(rows)
+        top = min(int(np.sum(np.sqrt(np.cumsum(rows)) <= threshold)), k - 1)
+        bottom = min(int(np.sum(np.sqrt(np.cumsum(rows[::-1])) <= threshold)), k - 1 - top)
+        for index in (list(range(top)), list(range(k - bottom, k))):
+            if index:
+                out.append({"layer": name, "weight": "kernel", "axis": a, "index": index,
+                            "why": "borders"})
+                where = [slice(None)] * kernel.ndim
+                where[a] = index
+                kernel[tuple(where)] = 0
+    return out
 
 
 def _input_axis(layer):

@@ -27,7 +27,7 @@ from ssl_keras.graph import find_layer
 from ssl_keras.registry import lookup
 from ssl_keras.regularizers import GroupLasso, _validate_coefficient
 
-_COEFFICIENTS = ("filters", "channels", "shapes", "depth")
+_COEFFICIENTS = ("filters", "channels", "shapes", "borders", "depth")
 
 # Layer class -> the kernels that carry group Lasso: (attribute, in_axis, out_axis, which
 # coefficients apply). Looked up through the MRO, so subclasses of these are supported.
@@ -36,17 +36,19 @@ _KERNELS = (
     (keras.layers.Conv2DTranspose, (("kernel", -1, -2, _COEFFICIENTS),)),
     (keras.layers.Conv3DTranspose, (("kernel", -1, -2, _COEFFICIENTS),)),
     (keras.layers.SeparableConv1D, (
-        ("depthwise_kernel", -2, -1, ("channels", "shapes", "depth")),
+        ("depthwise_kernel", -2, -1, ("channels", "shapes", "borders", "depth")),
         ("pointwise_kernel", -2, -1, ("filters", "channels", "depth")),
     )),
     (keras.layers.SeparableConv2D, (
-        ("depthwise_kernel", -2, -1, ("channels", "shapes", "depth")),
+        ("depthwise_kernel", -2, -1, ("channels", "shapes", "borders", "depth")),
         ("pointwise_kernel", -2, -1, ("filters", "channels", "depth")),
     )),
     # Depthwise: one channel is at once an input and an output channel; "filters" and
     # "channels" both act on the channel groups (with the larger of the two coefficients).
-    (keras.layers.DepthwiseConv1D, (("kernel", -2, -1, ("depthwise", "shapes", "depth")),)),
-    (keras.layers.DepthwiseConv2D, (("kernel", -2, -1, ("depthwise", "shapes", "depth")),)),
+    (keras.layers.DepthwiseConv1D, (
+        ("kernel", -2, -1, ("depthwise", "shapes", "borders", "depth")),)),
+    (keras.layers.DepthwiseConv2D, (
+        ("kernel", -2, -1, ("depthwise", "shapes", "borders", "depth")),)),
     (keras.layers.Conv1D, (("kernel", -2, -1, _COEFFICIENTS),)),
     (keras.layers.Conv2D, (("kernel", -2, -1, _COEFFICIENTS),)),
     (keras.layers.Conv3D, (("kernel", -2, -1, _COEFFICIENTS),)),
@@ -123,7 +125,8 @@ class StructuredSparsity(keras.layers.Wrapper):
     (on top of any regulariser it already has), so `model.losses` gains, per kernel,
 
     `filters * sum_n ||W[..., :, n]|| + channels * sum_c ||W[..., c, :]||
-     + shapes * sum_{s, c} ||W[s..., c, :]|| + depth * ||W||`
+     + shapes * sum_{s, c} ||W[s..., c, :]|| + borders * sum_bands ||band|| + depth * ||W||`
+    (the border bands: see `GroupLasso`)
 
     Supported: Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose (in_axis=-1, out_axis=-2),
     DepthwiseConv1D/2D (filters and channels both act on the channel groups, with the larger
@@ -136,6 +139,8 @@ class StructuredSparsity(keras.layers.Wrapper):
         channels: coefficient of the channel-wise groups, >= 0.
         shapes: coefficient of the shape-wise groups, >= 0.
         depth: coefficient of the whole-kernel group, >= 0.
+        borders: coefficient of the nested border bands of the kernel (thin() crops zero
+            border rows / columns), >= 0.
         normalize: multiply each group norm by sqrt(group size) (classic group Lasso).
         epsilon: added under every square root, > 0.
         **kwargs: Layer arguments; `name` defaults to the wrapped layer's name.
@@ -149,7 +154,7 @@ class StructuredSparsity(keras.layers.Wrapper):
     ... ])
     """
 
-    def __init__(self, layer, filters=0.0, channels=0.0, shapes=0.0, depth=0.0,
+    def __init__(self, layer, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, borders=0.0,
                  normalize=False, epsilon=1e-8, **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise ValueError(
@@ -170,11 +175,13 @@ class StructuredSparsity(keras.layers.Wrapper):
             )
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
-        coefficients = _check_coefficients(
-            {"filters": filters, "channels": channels, "shapes": shapes, "depth": depth})
+        coefficients = _check_coefficients({"filters": filters, "channels": channels,
+                                            "shapes": shapes, "borders": borders,
+                                            "depth": depth})
         self.filters = coefficients["filters"]
         self.channels = coefficients["channels"]
         self.shapes = coefficients["shapes"]
+        self.borders = coefficients["borders"]
         self.depth = coefficients["depth"]
         if not isinstance(normalize, bool):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
@@ -193,7 +200,8 @@ class StructuredSparsity(keras.layers.Wrapper):
     def ssl_regularizers(self) -> dict[str, GroupLasso]:
         """The group Lasso of each kernel attribute with a non-zero coefficient."""
         values = {"filters": self.filters, "channels": self.channels, "shapes": self.shapes,
-                  "depth": self.depth, "depthwise": max(self.filters, self.channels)}
+                  "borders": self.borders, "depth": self.depth,
+                  "depthwise": max(self.filters, self.channels)}
         out = {}
         for attribute, in_axis, out_axis, names in kernel_specs(self.layer):
             kwargs = {}
@@ -237,7 +245,7 @@ class StructuredSparsity(keras.layers.Wrapper):
     def get_config(self):
         config = super().get_config()
         config.update({"filters": self.filters, "channels": self.channels,
-                       "shapes": self.shapes, "depth": self.depth,
+                       "shapes": self.shapes, "borders": self.borders, "depth": self.depth,
                        "normalize": self.normalize, "epsilon": self.epsilon})
         return config
 
@@ -454,10 +462,10 @@ def set_penalty_gradient(model, enabled: bool) -> bool:
     return changed
 
 
-def _settings(layers, filters, channels, shapes, depth) -> tuple[dict, dict]:
+def _settings(layers, filters, channels, shapes, depth, borders) -> tuple[dict, dict]:
     """Validates the global coefficients and the `layers=` overrides."""
-    defaults = _check_coefficients(
-        {"filters": filters, "channels": channels, "shapes": shapes, "depth": depth})
+    defaults = _check_coefficients({"filters": filters, "channels": channels, "shapes": shapes,
+                                    "borders": borders, "depth": depth})
     if layers is None:
         return defaults, {}
     if not isinstance(layers, dict):
@@ -530,10 +538,11 @@ def _model_layers_by_name(model) -> dict:
 
 
 def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled=True,
-              layers=None):
+              layers=None, borders=0.0):
     """Puts a layer or a whole model under the group Lasso of Structured Sparsity Learning.
 
-    Given a layer, returns `StructuredSparsity(layer, filters, channels, shapes, depth)`.
+    Given a layer, returns `StructuredSparsity(layer, filters, channels, shapes, depth,
+    borders)`.
 
     Given a Sequential or functional model, returns a new model (the input is not modified)
     with the same layers, names and weights, in which every supported layer (Dense, Conv*,
@@ -543,14 +552,16 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
 
     - `coupled=False`: the method's per-layer groups; each wrapper adds
       `filters * sum ||filter|| + channels * sum ||channel|| + shapes * sum ||shape||
-      + depth * ||kernel||`. Returns the same model type as the input.
+      + borders * sum ||border band|| + depth * ||kernel||`. Returns the same model type as
+      the input.
     - `coupled=True`: returns an `SSLModel`. Every non-blocked group of
       `ssl_keras.removable_groups(model)` (one channel: the producer's filter, its BatchNorm
       gamma, every consumer's input channel, across layers) is penalised with ONE norm over
       all its penalised slices, with coefficient `filters` (of the group's source layer)
-      `+ channels` (the largest among its consumer layers). `shapes` stays per layer (shape
-      groups are not coupled). `depth` adds one norm per residual branch (each operand of
-      an Add except the one with the fewest weight layers, the shortcut), so that training
+      `+ channels` (the largest among its consumer layers). `shapes` and `borders` stay per
+      layer (shape and border groups are not coupled). `depth` adds one norm per residual
+      branch (each operand of an Add except the one with the fewest weight layers, the
+      shortcut), so that training
       can switch a whole block off: the gamma and beta of the BatchNorm that ends the branch
       (its kernels, which BatchNorm normalises, are zeroed with it: "zero_with"), or, for a
       branch without a final BatchNorm, all its kernels and BatchNorm gammas; its
@@ -566,6 +577,9 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
         layers: a dict from layer name to a dict of coefficients that overrides the global
             ones for that layer (missing keys take the global values), or to None to leave
             the layer unpenalised. Models only.
+        borders: coefficient of the nested border bands of Conv / Depthwise kernels (the
+            outer 1, 2, ... rows / columns of each side, across channels and filters): zero
+            border rows / columns are cropped by `thin`, so the kernel gets smaller.
 
     Returns:
         A `StructuredSparsity` layer, or a new model (an `SSLModel` when `coupled=True`).
@@ -576,7 +590,8 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
     >>> plain = strip_ssl(ssl_model)
     """
     if isinstance(to_wrap, keras.Model):
-        return _apply_to_model(to_wrap, filters, channels, shapes, depth, coupled, layers)
+        return _apply_to_model(to_wrap, filters, channels, shapes, depth, coupled, layers,
+                               borders)
     if isinstance(to_wrap, keras.layers.Layer):
         if layers is not None:
             raise ValueError(
@@ -584,14 +599,14 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
                 f"single layer. Received: layers={layers!r}"
             )
         return StructuredSparsity(to_wrap, filters=filters, channels=channels, shapes=shapes,
-                                  depth=depth)
+                                  depth=depth, borders=borders)
     raise ValueError(
         "`to_wrap` must be a Keras layer, a Sequential model or a functional model. "
         f"Received: to_wrap={to_wrap!r} (of type {type(to_wrap).__name__})"
     )
 
 
-def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers):
+def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, borders):
     _check_model(model)
     if not isinstance(coupled, bool):
         raise ValueError(f"`coupled` must be a bool. Received: coupled={coupled!r}")
@@ -601,7 +616,7 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers):
             f"Model '{model.name}' already holds StructuredSparsity layers; call "
             "`strip_ssl(model)` first. Received: to_wrap=" + repr(model.name)
         )
-    defaults, overrides = _settings(layers, filters, channels, shapes, depth)
+    defaults, overrides = _settings(layers, filters, channels, shapes, depth, borders)
     by_name = _model_layers_by_name(model)
     unknown = sorted(set(overrides) - set(by_name))
     if unknown:

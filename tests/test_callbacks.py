@@ -422,3 +422,57 @@ def test_reestimate_batchnorm_errors():
         reestimate_batchnorm(model, x, max_batches=0)
     with pytest.raises(ValueError, match=r"at least one sample. Received: x with 0 samples"):
         reestimate_batchnorm(model, x[:0])
+
+
+def _conv_with_weak_border(scale):
+    """12x12x2 -> Conv2D(3, 5) whose outer rows / columns are `scale` times the rest."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((12, 12, 2))
+    x = keras.layers.Conv2D(3, 5, padding="same", name="conv")(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    kernel = np.random.default_rng(3).normal(size=(5, 5, 2, 3)).astype("float32")
+    kernel[[0, 4]] *= scale
+    kernel[:, [0, 4]] *= scale
+    model.get_layer("conv").kernel.assign(kernel)
+    return model
+
+
+def test_zero_small_groups_zeroes_border_bands_and_thin_crops_the_kernel():
+    model = ssl_keras.apply_ssl(_conv_with_weak_border(1e-5), borders=1.0, coupled=False)
+    callback = ZeroSmallGroups(threshold=1e-3, every_n_steps=1)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    x = np.random.default_rng(0).normal(size=(4, 12, 12, 2)).astype("float32")
+    model.fit(x, np.zeros((4, 3), "float32"), verbose=0, callbacks=[callback])
+    kernel = model.get_layer("conv").ssl_inner_layer.kernel.numpy()
+    assert not kernel[[0, 4]].any() and not kernel[:, [0, 4]].any()
+    assert kernel[1:4, 1:4].all()
+    thinned = ssl_keras.thin(ssl_keras.strip_ssl(model))
+    assert thinned.get_layer("conv").kernel.shape == (3, 3, 2, 3)
+    zeroed = ssl_keras.strip_ssl(model)
+    np.testing.assert_allclose(thinned(x), zeroed(x), rtol=1e-5, atol=1e-6)
+
+
+def test_proximal_step_on_border_bands_shrinks_outer_bands_first():
+    model = ssl_keras.apply_ssl(_conv_with_weak_border(1.0), borders=0.5, coupled=False)
+    kernel = model.get_layer("conv").ssl_inner_layer.kernel
+    w = kernel.numpy().astype(np.float64)
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = np.zeros((1, 12, 12, 2), "float32")
+    model.fit(x, np.zeros((1, 3), "float32"), verbose=0, callbacks=[ProximalGroupLasso()])
+    # Oracle: the factors of every band from the norms before the step, applied band after
+    # band (depth 1 of rows, of columns, then depth 2), as scale() documents.
+    want = w.copy()
+    bands = ssl_keras.structures.border_bands(w.shape)
+    factors = []
+    for axis, start, stop in bands:
+        norm = np.linalg.norm(np.take(w, range(start, stop), axis=axis))
+        factors.append(max(0.0, 1 - 0.1 * 0.5 / norm))
+    for (axis, start, stop), factor in zip(bands, factors, strict=True):
+        where = [slice(None)] * 4
+        where[axis] = slice(start, stop)
+        want[tuple(where)] *= factor
+    np.testing.assert_allclose(kernel.numpy(), want, rtol=1e-5, atol=1e-7)
+    got = kernel.numpy()
+    shrink = np.abs(got).sum(axis=(1, 2, 3)) / np.abs(w).sum(axis=(1, 2, 3))
+    assert shrink[0] < shrink[1] < shrink[2] < 1.0
+    np.testing.assert_array_equal(got[2, 2], w[2, 2].astype("float32"))  # in no band

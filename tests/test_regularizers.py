@@ -20,6 +20,7 @@ SHAPES = {
     "dense": (6, 4),
     "conv1d": (3, 4, 5),
     "conv2d": (3, 3, 4, 5),
+    "conv2d_5x3": (5, 3, 4, 5),
     "conv3d": (2, 2, 2, 3, 4),
     "depthwise": (3, 3, 4, 2),
 }
@@ -30,10 +31,11 @@ def _norm(values, eps=EPS):
     return math.sqrt(sum(float(v) ** 2 for v in values) + eps)
 
 
-def oracle(w, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, normalize=False, eps=EPS):
+def oracle(w, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, borders=0.0, normalize=False,
+           eps=EPS):
     """Explicit loops over the groups of a kernel in Keras layout (spatial..., c_in, n_out)."""
-    *spatial, c_in, n_out = w.shape
-    positions = list(itertools.product(*[range(s) for s in spatial]))
+    *axes, c_in, n_out = w.shape
+    positions = list(itertools.product(*[range(s) for s in axes]))
     f = sum(_norm([w[p + (c, n)] for p in positions for c in range(c_in)], eps)
             for n in range(n_out))
     c_ = sum(_norm([w[p + (c, n)] for p in positions for n in range(n_out)], eps)
@@ -41,12 +43,21 @@ def oracle(w, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, normalize=False,
     s = sum(_norm([w[p + (c, n)] for n in range(n_out)], eps)
             for p in positions for c in range(c_in))
     d = _norm(w.ravel(), eps)
+    # borders: for every spatial axis a of length k and depth d in 1..k//2, the weights whose
+    # position has p[a] < d (top band) and those with p[a] >= k - d (bottom band).
+    r = 0.0
+    for a, length in enumerate(axes):
+        for band in range(1, length // 2 + 1):
+            for inside in (lambda i, b=band: i < b, lambda i, b=band, k=length: i >= k - b):
+                group = [w[p + (c, n)] for p in positions if inside(p[a])
+                         for c in range(c_in) for n in range(n_out)]
+                r += _norm(group, eps) * (math.sqrt(len(group)) if normalize else 1.0)
     if normalize:
         f *= math.sqrt(len(positions) * c_in)
         c_ *= math.sqrt(len(positions) * n_out)
         s *= math.sqrt(n_out)
         d *= math.sqrt(w.size)
-    return filters * f + channels * c_ + shapes * s + depth * d
+    return filters * f + channels * c_ + shapes * s + depth * d + borders * r
 
 
 def _kernel(shape, seed=0, zero_filters=(), zero_channels=()):
@@ -63,7 +74,7 @@ def _kernel(shape, seed=0, zero_filters=(), zero_channels=()):
 @pytest.mark.parametrize(
     "coefficients",
     [dict(filters=1.0), dict(channels=1.0), dict(shapes=1.0), dict(depth=1.0),
-     dict(filters=0.3, channels=0.2, shapes=0.1, depth=0.05)],
+     dict(borders=1.0), dict(filters=0.3, channels=0.2, shapes=0.1, depth=0.05, borders=0.4)],
 )
 def test_loss_matches_oracle(kind, normalize, coefficients):
     w = _kernel(SHAPES[kind], seed=len(kind), zero_filters=(0,), zero_channels=(1,))
@@ -103,11 +114,50 @@ def test_group_norms_oracle(kind, structure):
     elif structure is Structure.SHAPES:
         want = np.array([_norm([w[p + (c, n)] for n in range(n_out)], 0)
                          for p in positions for c in range(c_in)]).reshape(w.shape[:-1])
+    elif structure is Structure.BORDERS:  # depth 1 of every axis (top, bottom), depth 2, ...
+        depth_first = sorted((d, a) for a, k in enumerate(spatial)
+                             for d in range(1, k // 2 + 1))
+        want = [_norm([w[p + (c, n)] for p, keep in zip(positions, mask, strict=True) if keep
+                       for c in range(c_in) for n in range(n_out)], 0)
+                for d, a in depth_first
+                for mask in ([q[a] < d for q in positions],
+                             [q[a] >= spatial[a] - d for q in positions])]
     else:
         want = _norm(w.ravel(), 0)
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5)
     if structure is Structure.FILTERS:
         assert got[1] == 0.0  # an all-zero group has norm exactly 0 (no epsilon)
+
+
+def test_borders_of_a_dense_kernel_are_empty():
+    w = _kernel((6, 4))
+    assert float(GroupLasso(borders=1.0)(keras.ops.convert_to_tensor(w))) == 0.0
+    assert group_norms(w, "borders").shape == (0,)
+
+
+def test_border_bands_are_nested_per_side_and_depth_first():
+    from ssl_keras.structures import border_bands, border_sizes, reduction_axes
+
+    assert border_bands((5, 3, 2, 4)) == [(0, 0, 1), (0, 4, 5), (1, 0, 1), (1, 2, 3),
+                                          (0, 0, 2), (0, 3, 5)]
+    np.testing.assert_array_equal(border_sizes((5, 3, 2, 4)), [24, 24, 40, 40, 48, 48])
+    # Conv2DTranspose layout (kh, kw, n_out, c_in): the spatial axes are still 0 and 1.
+    assert border_bands((3, 3, 4, 2), in_axis=-1, out_axis=-2) == [
+        (0, 0, 1), (0, 2, 3), (1, 0, 1), (1, 2, 3)]
+    assert border_bands((1, 1, 4, 2)) == []  # a 1x1 kernel has no border to crop
+    with pytest.raises(ValueError, match=r"bands of rows / columns.*border_bands"):
+        reduction_axes("borders", 4)
+
+
+def test_outer_rows_shrink_first_under_the_borders_gradient():
+    # Every row the same norm: the gradient of the nested bands is largest on the outer rows.
+    w = keras.Variable(np.ones((5, 5, 2, 3), "float32"))
+    with tf.GradientTape() as tape:
+        loss = GroupLasso(borders=1.0)(w)
+    grad = tape.gradient(loss, w).numpy()
+    per_row = np.abs(grad).sum(axis=(1, 2, 3))
+    assert per_row[0] == pytest.approx(per_row[4]) and per_row[1] == pytest.approx(per_row[3])
+    assert per_row[0] > per_row[1] > per_row[2]
 
 
 def test_group_norms_accepts_strings_and_variables():
@@ -149,11 +199,12 @@ def test_regulariser_in_a_layer_adds_the_loss():
 
 
 def test_config_round_trip_with_non_default_values():
-    reg = GroupLasso(filters=0.1, channels=0.2, shapes=0.3, depth=0.4, normalize=True,
-                     epsilon=1e-6, in_axis=-1, out_axis=-2)
+    reg = GroupLasso(filters=0.1, channels=0.2, shapes=0.3, depth=0.4, borders=0.5,
+                     normalize=True, epsilon=1e-6, in_axis=-1, out_axis=-2)
     config = reg.get_config()
-    assert config == {"filters": 0.1, "channels": 0.2, "shapes": 0.3, "depth": 0.4,
-                      "normalize": True, "epsilon": 1e-6, "in_axis": -1, "out_axis": -2}
+    assert config == {"filters": 0.1, "channels": 0.2, "shapes": 0.3, "borders": 0.5,
+                      "depth": 0.4, "normalize": True, "epsilon": 1e-6, "in_axis": -1,
+                      "out_axis": -2}
     assert GroupLasso.from_config(config).get_config() == config
     # Through Keras' own (de)serialisation, as .keras files store it.
     restored = keras.regularizers.deserialize(json.loads(json.dumps(
@@ -171,6 +222,7 @@ def test_config_round_trip_with_non_default_values():
         (dict(channels=float("nan")), r"`channels` .*Received: channels=nan"),
         (dict(shapes=float("inf")), r"`shapes` .*Received: shapes=inf"),
         (dict(depth="a lot"), r"`depth` .*Received: depth='a lot'"),
+        (dict(borders=-0.1), r"`borders` .*Received: borders=-0\.1"),
         (dict(epsilon=0.0), r"`epsilon` must be a finite float > 0\. Received: epsilon=0\.0"),
         (dict(epsilon=-1e-8), r"Received: epsilon=-1e-08"),
         (dict(normalize="yes"), r"`normalize` must be a bool\. Received: normalize='yes'"),

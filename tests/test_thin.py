@@ -519,6 +519,29 @@ def test_zero_border_rows_and_columns_are_cropped(padding, strides, size):
     assert not thinning_plan(model, crop_kernels=False)["layers"]
 
 
+def test_border_bands_below_threshold_are_zeroed_and_cropped():
+    inputs = keras.Input((9, 9, 2))
+    x = L.Conv2D(3, 5, padding="same", name="conv")(inputs)
+    model = randomize(keras.Model(inputs, L.Flatten(name="flat")(x)))
+    w = np.array(model.get_layer("conv").kernel.numpy())
+    w[0] *= 1e-6  # top band: row 0; bottom band of depth 2: rows 3 and 4 (columns stay)
+    w[3] *= 1e-6
+    w[4] *= 3e-6
+    model.get_layer("conv").kernel.assign(w)
+    zeroed = zero_groups(model, 1e-3).get_layer("conv").kernel.numpy()
+    assert not zeroed[[0, 3, 4]].any() and zeroed[1:3, :4].all()
+    plan = thinning_plan(model, threshold=1e-3)
+    assert plan["layers"]["conv"]["config"]["kernel_size"] == [2, 5]
+    assert {z["why"] for z in plan["zero"]} == {"borders"}
+    small = assert_equivalent(model, threshold=1e-3)
+    assert small.get_layer("conv").kernel.shape[:2] == (2, 5)
+    # Both sides at once: only the middle row stays.
+    w[1] *= 1e-6
+    model.get_layer("conv").kernel.assign(w)
+    small = assert_equivalent(model, threshold=1e-3)
+    assert small.get_layer("conv").kernel.shape[:2] == (1, 5)
+
+
 def test_conv1d_causal_kernel_is_cropped():
     inputs = keras.Input((10, 2))
     x = L.Conv1D(3, 4, padding="causal", dilation_rate=2, name="conv")(inputs)

@@ -120,11 +120,28 @@ def test_wrapper_keeps_the_layers_own_regularizer():
 
 def test_wrapper_config_round_trip():
     wrapped = StructuredSparsity(keras.layers.Dense(3, name="d"), filters=0.1, channels=0.2,
-                                 shapes=0.3, depth=0.4, normalize=True, epsilon=1e-6)
+                                 shapes=0.3, depth=0.4, borders=0.5, normalize=True,
+                                 epsilon=1e-6)
     config = wrapped.get_config()
     again = StructuredSparsity.from_config(json.loads(json.dumps(config)))
     assert again.get_config() == config
     assert again.name == "d" and again.normalize and again.epsilon == 1e-6
+    assert again.borders == 0.5
+
+
+def test_apply_ssl_borders_stay_per_layer_with_overrides():
+    keras.utils.set_random_seed(6)
+    model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
+    ssl = apply_ssl(model, filters=0.1, borders=0.2, layers={"conv2": {"borders": 0.7}})
+    conv1, conv2 = ssl.get_layer("conv1"), ssl.get_layer("conv2")
+    assert (conv1.borders, conv2.borders, ssl.get_layer("ip1").borders) == (0.2, 0.7, 0.2)
+    borders = sum(float(ssl_keras.GroupLasso(borders=b)(layer.ssl_inner_layer.kernel))
+                  for layer, b in ((conv1, 0.2), (conv2, 0.7)))
+    assert borders > 0  # the Dense layers have no border bands
+    coupled = _coupled_oracle(ssl, ssl.ssl_groups)
+    np.testing.assert_allclose(_total_loss(ssl), coupled + borders, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`layers\['conv1'\]` has unknown keys \['border'\]"):
+        apply_ssl(model, filters=0.1, layers={"conv1": {"border": 0.5}})
 
 
 def test_apply_ssl_uncoupled_per_layer_and_input_unchanged():
