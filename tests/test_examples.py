@@ -87,6 +87,7 @@ def test_lenet_quick_end_to_end(tmp_path):
     (['--ssl_layers={"conv1": {"filter": 2}}'], r"structures among \('filters'"),
     (['--ssl_layers={"conv1": {"filters": -1}}'], r"Received: --ssl_layers="),
     (["--lr_schedule=step"], r"flag --lr_schedule=step"),
+    (["--borders=-0.1"], r"--borders must be >= 0. Received: --borders=-0.1"),
 ])
 def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     code, err = _main(argv, capsys)
@@ -188,6 +189,12 @@ def test_ssl_layers_flag_replaces_the_recipes_multipliers():
     cfg = common.config_from_flags(fv, lenet.RECIPE)
     assert cfg.ssl_layers == {"conv1": {"filters": 3}, "ip2": None}
     assert cfg.training_key()["ssl_layers"] == cfg.ssl_layers  # a resumed run must match it
+    fv = common.define_flags(lenet.RECIPE)
+    fv(["lenet", "--filters=0", "--channels=0", "--borders=0.2",
+        '--ssl_layers={"conv2": {"borders": 1.5}}'])
+    cfg = common.config_from_flags(fv, lenet.RECIPE)  # borders alone is a valid SSL run
+    assert cfg.borders == 0.2 and cfg.training_key()["borders"] == 0.2
+    assert cfg.ssl_layers == {"conv2": {"borders": 1.5}}
 
 
 def test_lr_schedule_cosine_decays_over_the_phase():
