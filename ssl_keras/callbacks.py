@@ -73,7 +73,7 @@ def _validate_steps(value, name) -> int:
 class _StructureSet:
     """The groups of one structure of one kernel (per-layer groups).
 
-    BORDERS groups are bands `(axis, start, stop)` (`border_bands`), nested and overlapping:
+    BORDERS groups are bands `(axis, indices)` (`border_bands`), nested and overlapping:
     `scale` applies their factors one band after the other, smaller bands first (the factors
     come from the norms before the step, so for these overlapping groups a proximal step is
     an approximation of the exact one).
@@ -124,9 +124,9 @@ class _StructureSet:
 
 
 def _band_index(ndim, band) -> tuple:
-    axis, start, stop = band
+    axis, index = band
     where = [slice(None)] * ndim
-    where[axis] = slice(start, stop)
+    where[axis] = list(index)
     return tuple(where)
 
 

@@ -41,11 +41,11 @@ class GroupLasso(keras.regularizers.Regularizer):
     - `C = sum_c norm(W[..., c, :])`: one group per input channel.
     - `S = sum_{s, c} norm(W[s..., c, :])`: one group per spatial position and input channel
       (a column of the im2col GEMM matrix); for Dense it equals `C`.
-    - `B = sum_{a, d} norm(W[:d] along a) + norm(W[-d:] along a)`: for every spatial axis `a`
-      of length `k` and `d = 1..k // 2`, the outer `d` rows (columns, ...) of each side,
-      across all channels and filters. The bands are nested, so the outermost rows are
-      penalised most and zeros come from the outside in; thin() crops zero border rows /
-      columns, so the kernel gets smaller (5x5 -> 3x3). 0 for Dense.
+    - `B = sum_{a, d} norm(W[:d] and W[-d:] along a)`: for every spatial axis `a` of length
+      `k` and `d = 1..(k - 1) // 2`, the outer `d` rows (columns, ...) of both sides, across
+      all channels and filters. The bands are nested, so the outermost rows are penalised
+      most and zeros come from the outside in; thin() crops zero border rows / columns, so
+      the kernel gets smaller (5x5 -> 3x3). 0 for Dense and 1x1 kernels.
     - `D = norm(W)`: the whole kernel.
 
     `loss = filters * F + channels * C + shapes * S + borders * B + depth * D`
@@ -141,12 +141,12 @@ class GroupLasso(keras.regularizers.Regularizer):
         shape = tuple(int(n) for n in squares.shape)
         total = 0.0
         rows = {}
-        for axis, start, stop in border_bands(shape, self.in_axis, self.out_axis):
+        for axis, index in border_bands(shape, self.in_axis, self.out_axis):
             if axis not in rows:
                 rows[axis] = ops.sum(squares, axis=[b for b in range(len(shape)) if b != axis])
-            norm = ops.sqrt(ops.sum(rows[axis][start:stop]) + self.epsilon)
+            norm = ops.sqrt(ops.sum(ops.take(rows[axis], list(index))) + self.epsilon)
             if self.normalize:
-                norm = norm * math.sqrt(math.prod(shape) // shape[axis] * (stop - start))
+                norm = norm * math.sqrt(math.prod(shape) // shape[axis] * len(index))
             total = total + norm
         return total
 

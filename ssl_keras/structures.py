@@ -10,15 +10,15 @@ Dense). Layouts that differ (Conv2DTranspose stores `(kh, kw, n_out, c_in)`) are
 | FILTERS   | `W[..., :, n]`, one output filter / unit | one fewer output channel        |
 | CHANNELS  | `W[..., c, :]`, one input channel        | one fewer input channel         |
 | SHAPES    | `W[s..., c, :]`, one (position, channel)  | a smaller im2col matrix         |
-| BORDERS   | `W[:d, ...]`, `W[-d:, ...]`: the outer d  | a smaller kernel (thin() crops  |
-|           | rows / columns, d = 1..k//2, any spatial | zero border rows / columns)     |
-|           | axis, across channels and filters        |                                 |
+| BORDERS   | `W[:d] + W[-d:]` along one spatial axis:  | a smaller kernel (thin() crops  |
+|           | the outer d rows / columns of both sides,| zero border rows / columns)     |
+|           | d = 1..(k-1)//2, all channels / filters  |                                 |
 | DEPTH     | the whole kernel                         | the layer (residual branch)     |
 
-BORDERS groups are nested (hierarchical group Lasso, Jenatton et al. 2011): the outermost row
-is in every band of its side, so it is penalised most and zeros come from the outside in, the
-only order in which a dense kernel can drop them. A kernel without spatial axes (Dense) has no
-BORDERS groups. `border_bands` lists them.
+BORDERS groups are nested (hierarchical group Lasso, Jenatton et al. 2011): the outermost rows
+are in every band of their axis, so they are penalised most and zeros come from the outside
+in, the only order in which a dense kernel can drop them. A kernel without spatial axes
+(Dense) has no BORDERS groups. `border_bands` lists them.
 """
 
 from __future__ import annotations
@@ -106,30 +106,32 @@ def group_size(structure: Structure | str, shape, in_axis: int = -2, out_axis: i
     return int(np.prod([shape[a] for a in axes])) if axes else 1
 
 
-def border_bands(shape, in_axis: int = -2, out_axis: int = -1) -> list[tuple[int, int, int]]:
-    """The BORDERS groups of a kernel of `shape`, as `(axis, start, stop)` slices.
+def border_bands(shape, in_axis: int = -2,
+                 out_axis: int = -1) -> list[tuple[int, tuple[int, ...]]]:
+    """The BORDERS groups of a kernel of `shape`, as `(axis, indices)` along one spatial axis.
 
     For every spatial axis `a` (all but `in_axis` and `out_axis`) of length `k` and every
-    depth `d = 1..k // 2`: the top band `(a, 0, d)` and the bottom band `(a, k - d, k)`.
-    Ordered by depth first (smaller bands first, as a proximal step over nested groups wants).
+    depth `d = 1..(k - 1) // 2`: the band of the outer `d` rows on both sides, indices
+    `0..d-1` and `k-d..k-1` (symmetric, so a zero band crops a 5x5 kernel to 3x5 / 3x3, never
+    to a lopsided 4x2). Ordered by depth first (smaller bands first, as a proximal step over
+    nested groups wants).
 
     Example:
     >>> border_bands((5, 3, 2, 4))
-    [(0, 0, 1), (0, 4, 5), (1, 0, 1), (1, 2, 3), (0, 0, 2), (0, 3, 5)]
+    [(0, (0, 4)), (1, (0, 2)), (0, (0, 1, 3, 4))]
     """
     in_axis, out_axis = normalize_axes(len(shape), in_axis, out_axis)
     spatial = [a for a in range(len(shape)) if a not in (in_axis, out_axis)]
-    deepest = max((int(shape[a]) // 2 for a in spatial), default=0)
-    return [band for d in range(1, deepest + 1) for a in spatial if d <= int(shape[a]) // 2
-            for band in ((a, 0, d), (a, int(shape[a]) - d, int(shape[a])))]
+    deepest = max(((int(shape[a]) - 1) // 2 for a in spatial), default=0)
+    return [(a, tuple(range(d)) + tuple(range(int(shape[a]) - d, int(shape[a]))))
+            for d in range(1, deepest + 1) for a in spatial if d <= (int(shape[a]) - 1) // 2]
 
 
 def border_sizes(shape, in_axis: int = -2, out_axis: int = -1) -> np.ndarray:
     """The number of weights in each group of `border_bands(shape)`."""
     total = int(np.prod(shape))
-    return np.array([total // int(shape[a]) * (stop - start)
-                     for a, start, stop in border_bands(shape, in_axis, out_axis)],
-                    dtype=np.int64)
+    return np.array([total // int(shape[a]) * len(index)
+                     for a, index in border_bands(shape, in_axis, out_axis)], dtype=np.int64)
 
 
 def group_norms(kernel, structure: Structure | str, in_axis: int = -2,
@@ -156,7 +158,7 @@ def group_norms(kernel, structure: Structure | str, in_axis: int = -2,
     x = np.asarray(ops.convert_to_numpy(kernel), dtype=np.float64)
     if Structure.parse(structure) is Structure.BORDERS:
         bands = border_bands(x.shape, in_axis, out_axis)
-        return np.array([np.sqrt(np.sum(np.square(np.take(x, range(start, stop), axis=a))))
-                         for a, start, stop in bands], dtype=np.float32)
+        return np.array([np.sqrt(np.sum(np.square(np.take(x, index, axis=a))))
+                         for a, index in bands], dtype=np.float32)
     axes = reduction_axes(structure, x.ndim, in_axis, out_axis)
     return np.sqrt(np.sum(np.square(x), axis=axes)).astype(np.float32)

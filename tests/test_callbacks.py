@@ -460,19 +460,20 @@ def test_proximal_step_on_border_bands_shrinks_outer_bands_first():
     x = np.zeros((1, 12, 12, 2), "float32")
     model.fit(x, np.zeros((1, 3), "float32"), verbose=0, callbacks=[ProximalGroupLasso()])
     # Oracle: the factors of every band from the norms before the step, applied band after
-    # band (depth 1 of rows, of columns, then depth 2), as scale() documents.
+    # band (rows 0 and 4, columns 0 and 4, then rows 0-1 and 3-4, ...), as scale() documents.
     want = w.copy()
     bands = ssl_keras.structures.border_bands(w.shape)
     factors = []
-    for axis, start, stop in bands:
-        norm = np.linalg.norm(np.take(w, range(start, stop), axis=axis))
+    for axis, index in bands:
+        norm = np.linalg.norm(np.take(w, index, axis=axis))
         factors.append(max(0.0, 1 - 0.1 * 0.5 / norm))
-    for (axis, start, stop), factor in zip(bands, factors, strict=True):
+    for (axis, index), factor in zip(bands, factors, strict=True):
         where = [slice(None)] * 4
-        where[axis] = slice(start, stop)
+        where[axis] = list(index)
         want[tuple(where)] *= factor
     np.testing.assert_allclose(kernel.numpy(), want, rtol=1e-5, atol=1e-7)
     got = kernel.numpy()
     shrink = np.abs(got).sum(axis=(1, 2, 3)) / np.abs(w).sum(axis=(1, 2, 3))
+    assert shrink[0] == pytest.approx(shrink[4], rel=0.05)
     assert shrink[0] < shrink[1] < shrink[2] < 1.0
     np.testing.assert_array_equal(got[2, 2], w[2, 2].astype("float32"))  # in no band

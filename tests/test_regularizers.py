@@ -43,15 +43,14 @@ def oracle(w, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, borders=0.0, nor
     s = sum(_norm([w[p + (c, n)] for n in range(n_out)], eps)
             for p in positions for c in range(c_in))
     d = _norm(w.ravel(), eps)
-    # borders: for every spatial axis a of length k and depth d in 1..k//2, the weights whose
-    # position has p[a] < d (top band) and those with p[a] >= k - d (bottom band).
+    # borders: for every spatial axis a of length k and depth d in 1..(k-1)//2, the weights
+    # whose position has p[a] < d or p[a] >= k - d.
     r = 0.0
     for a, length in enumerate(axes):
-        for band in range(1, length // 2 + 1):
-            for inside in (lambda i, b=band: i < b, lambda i, b=band, k=length: i >= k - b):
-                group = [w[p + (c, n)] for p in positions if inside(p[a])
-                         for c in range(c_in) for n in range(n_out)]
-                r += _norm(group, eps) * (math.sqrt(len(group)) if normalize else 1.0)
+        for band in range(1, (length - 1) // 2 + 1):
+            group = [w[p + (c, n)] for p in positions if not band <= p[a] < length - band
+                     for c in range(c_in) for n in range(n_out)]
+            r += _norm(group, eps) * (math.sqrt(len(group)) if normalize else 1.0)
     if normalize:
         f *= math.sqrt(len(positions) * c_in)
         c_ *= math.sqrt(len(positions) * n_out)
@@ -114,14 +113,12 @@ def test_group_norms_oracle(kind, structure):
     elif structure is Structure.SHAPES:
         want = np.array([_norm([w[p + (c, n)] for n in range(n_out)], 0)
                          for p in positions for c in range(c_in)]).reshape(w.shape[:-1])
-    elif structure is Structure.BORDERS:  # depth 1 of every axis (top, bottom), depth 2, ...
+    elif structure is Structure.BORDERS:  # depth 1 of every axis, then depth 2, ...
         depth_first = sorted((d, a) for a, k in enumerate(spatial)
-                             for d in range(1, k // 2 + 1))
-        want = [_norm([w[p + (c, n)] for p, keep in zip(positions, mask, strict=True) if keep
+                             for d in range(1, (k - 1) // 2 + 1))
+        want = [_norm([w[p + (c, n)] for p in positions if not d <= p[a] < spatial[a] - d
                        for c in range(c_in) for n in range(n_out)], 0)
-                for d, a in depth_first
-                for mask in ([q[a] < d for q in positions],
-                             [q[a] >= spatial[a] - d for q in positions])]
+                for d, a in depth_first]
     else:
         want = _norm(w.ravel(), 0)
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5)
@@ -135,16 +132,14 @@ def test_borders_of_a_dense_kernel_are_empty():
     assert group_norms(w, "borders").shape == (0,)
 
 
-def test_border_bands_are_nested_per_side_and_depth_first():
+def test_border_bands_are_symmetric_nested_and_depth_first():
     from ssl_keras.structures import border_bands, border_sizes, reduction_axes
 
-    assert border_bands((5, 3, 2, 4)) == [(0, 0, 1), (0, 4, 5), (1, 0, 1), (1, 2, 3),
-                                          (0, 0, 2), (0, 3, 5)]
-    np.testing.assert_array_equal(border_sizes((5, 3, 2, 4)), [24, 24, 40, 40, 48, 48])
+    assert border_bands((5, 3, 2, 4)) == [(0, (0, 4)), (1, (0, 2)), (0, (0, 1, 3, 4))]
+    np.testing.assert_array_equal(border_sizes((5, 3, 2, 4)), [48, 80, 96])
     # Conv2DTranspose layout (kh, kw, n_out, c_in): the spatial axes are still 0 and 1.
-    assert border_bands((3, 3, 4, 2), in_axis=-1, out_axis=-2) == [
-        (0, 0, 1), (0, 2, 3), (1, 0, 1), (1, 2, 3)]
-    assert border_bands((1, 1, 4, 2)) == []  # a 1x1 kernel has no border to crop
+    assert border_bands((4, 3, 4, 2), in_axis=-1, out_axis=-2) == [(0, (0, 3)), (1, (0, 2))]
+    assert border_bands((2, 1, 4, 2)) == []  # no kernel of 1 or 2 has a border to crop
     with pytest.raises(ValueError, match=r"bands of rows / columns.*border_bands"):
         reduction_axes("borders", 4)
 
