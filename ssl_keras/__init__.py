@@ -2,7 +2,7 @@
 
 Public API (everything else is internal):
 
-    GroupLasso                      group Lasso regulariser (filters, channels, shapes, depth)
+    GroupLasso                      group Lasso (filters, channels, shapes, borders, depth)
     group_norms, Structure          per-group L2 norms of a kernel
     removable_groups                the coupled channel groups of a model, as plain data
     register_layer, LayerSpec, Kind, WeightSlice   declare how a user layer couples channels

@@ -1,7 +1,7 @@
 """apply_ssl / strip_ssl: put a Keras layer or model under group Lasso, and take it off again.
 
 - `apply_ssl(layer, ...)` returns a `StructuredSparsity` wrapper: the layer, unchanged, whose
-  kernels carry a `GroupLasso` (filters, channels, shapes, depth).
+  kernels carry a `GroupLasso` (filters, channels, shapes, borders, depth).
 - `apply_ssl(model, ..., coupled=False)` returns a clone of the model (weights copied) in which
   every supported layer is wrapped: the method's per-layer groups.
 - `apply_ssl(model, ..., coupled=True)` (default) returns an `SSLModel`: the same wrapped clone,
