@@ -44,8 +44,9 @@ class GroupLasso(keras.regularizers.Regularizer):
     - `B = sum_{a, d} norm(W[:d] and W[-d:] along a)`: for every spatial axis `a` of length
       `k` and `d = 1..(k - 1) // 2`, the outer `d` rows (columns, ...) of both sides, across
       all channels and filters. The bands are nested, so the outermost rows are penalised
-      most and zeros come from the outside in; thin() crops zero border rows / columns, so
-      the kernel gets smaller (5x5 -> 3x3). 0 for Dense and 1x1 kernels.
+      most and zeros come from the outside in; thin() crops zero border rows / columns of
+      Conv1D/2D/3D kernels, so the kernel gets smaller (5x5 -> 3x3). 0 for Dense and 1x1
+      kernels.
     - `D = norm(W)`: the whole kernel.
 
     `loss = filters * F + channels * C + shapes * S + borders * B + depth * D`

@@ -685,7 +685,8 @@ def _prepare(model, threshold, groups):
     w2 = _zeroed_weights(weights, zero)
     for layer in _layers(graph):  # borders: outer rows / columns of conv kernels
         kernel = w2.get(layer.name, {}).get("kernel")
-        if layer.name in alive and _is_conv(type(layer)) and kernel is not None:
+        if layer.name in alive and _is_conv(type(layer)) and kernel is not None \
+                and kernel.any():
             zero.extend(_border_zeros(layer.name, kernel, threshold))
     return dict(threshold=threshold, graph=graph, weights=weights, groups=groups, zero=zero,
                 dropped=dropped, alive=alive, decisions=decisions, by_name=by_name)

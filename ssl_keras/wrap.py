@@ -28,27 +28,28 @@ from ssl_keras.registry import lookup
 from ssl_keras.regularizers import GroupLasso, _validate_coefficient
 
 _COEFFICIENTS = ("filters", "channels", "shapes", "borders", "depth")
+# Border bands only where thin() crops them (Conv1D/2D/3D); elsewhere they would shrink
+# weights that no converter removes.
+_NO_BORDERS = ("filters", "channels", "shapes", "depth")
 
 # Layer class -> the kernels that carry group Lasso: (attribute, in_axis, out_axis, which
 # coefficients apply). Looked up through the MRO, so subclasses of these are supported.
 _KERNELS = (
-    (keras.layers.Conv1DTranspose, (("kernel", -1, -2, _COEFFICIENTS),)),
-    (keras.layers.Conv2DTranspose, (("kernel", -1, -2, _COEFFICIENTS),)),
-    (keras.layers.Conv3DTranspose, (("kernel", -1, -2, _COEFFICIENTS),)),
+    (keras.layers.Conv1DTranspose, (("kernel", -1, -2, _NO_BORDERS),)),
+    (keras.layers.Conv2DTranspose, (("kernel", -1, -2, _NO_BORDERS),)),
+    (keras.layers.Conv3DTranspose, (("kernel", -1, -2, _NO_BORDERS),)),
     (keras.layers.SeparableConv1D, (
-        ("depthwise_kernel", -2, -1, ("channels", "shapes", "borders", "depth")),
+        ("depthwise_kernel", -2, -1, ("channels", "shapes", "depth")),
         ("pointwise_kernel", -2, -1, ("filters", "channels", "depth")),
     )),
     (keras.layers.SeparableConv2D, (
-        ("depthwise_kernel", -2, -1, ("channels", "shapes", "borders", "depth")),
+        ("depthwise_kernel", -2, -1, ("channels", "shapes", "depth")),
         ("pointwise_kernel", -2, -1, ("filters", "channels", "depth")),
     )),
     # Depthwise: one channel is at once an input and an output channel; "filters" and
     # "channels" both act on the channel groups (with the larger of the two coefficients).
-    (keras.layers.DepthwiseConv1D, (
-        ("kernel", -2, -1, ("depthwise", "shapes", "borders", "depth")),)),
-    (keras.layers.DepthwiseConv2D, (
-        ("kernel", -2, -1, ("depthwise", "shapes", "borders", "depth")),)),
+    (keras.layers.DepthwiseConv1D, (("kernel", -2, -1, ("depthwise", "shapes", "depth")),)),
+    (keras.layers.DepthwiseConv2D, (("kernel", -2, -1, ("depthwise", "shapes", "depth")),)),
     (keras.layers.Conv1D, (("kernel", -2, -1, _COEFFICIENTS),)),
     (keras.layers.Conv2D, (("kernel", -2, -1, _COEFFICIENTS),)),
     (keras.layers.Conv3D, (("kernel", -2, -1, _COEFFICIENTS),)),
@@ -139,8 +140,8 @@ class StructuredSparsity(keras.layers.Wrapper):
         channels: coefficient of the channel-wise groups, >= 0.
         shapes: coefficient of the shape-wise groups, >= 0.
         depth: coefficient of the whole-kernel group, >= 0.
-        borders: coefficient of the nested border bands of the kernel (thin() crops zero
-            border rows / columns), >= 0.
+        borders: coefficient of the nested border bands of a Conv1D/2D/3D kernel (thin()
+            crops zero border rows / columns; other layers ignore it), >= 0.
         normalize: multiply each group norm by sqrt(group size) (classic group Lasso).
         epsilon: added under every square root, > 0.
         **kwargs: Layer arguments; `name` defaults to the wrapped layer's name.
@@ -577,7 +578,7 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
         layers: a dict from layer name to a dict of coefficients that overrides the global
             ones for that layer (missing keys take the global values), or to None to leave
             the layer unpenalised. Models only.
-        borders: coefficient of the nested border bands of Conv / Depthwise kernels (the
+        borders: coefficient of the nested border bands of Conv1D/2D/3D kernels (the
             outer 1, 2, ... rows / columns of each side, across channels and filters): zero
             border rows / columns are cropped by `thin`, so the kernel gets smaller.
 

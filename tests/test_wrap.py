@@ -140,6 +140,11 @@ def test_apply_ssl_borders_stay_per_layer_with_overrides():
     assert borders > 0  # the Dense layers have no border bands
     coupled = _coupled_oracle(ssl, ssl.ssl_groups)
     np.testing.assert_allclose(_total_loss(ssl), coupled + borders, rtol=1e-5)
+    # Border bands only where thin() crops them: not on depthwise / transposed kernels.
+    for layer in (keras.layers.DepthwiseConv2D(3), keras.layers.Conv2DTranspose(2, 3)):
+        wrapped = StructuredSparsity(layer, borders=0.5)
+        wrapped(np.zeros((1, 6, 6, 2), "float32"))
+        assert wrapped.ssl_regularizers() == {} and _total_loss(wrapped) == 0.0
     with pytest.raises(ValueError, match=r"`layers\['conv1'\]` has unknown keys \['border'\]"):
         apply_ssl(model, filters=0.1, layers={"conv1": {"border": 0.5}})
 
