@@ -5,6 +5,7 @@ padding, BatchNormalization with non-zero beta and statistics, ReLU, pooling, ze
 DepthwiseConv2D, SeparableConv2D, residual Add blocks with identity or projection shortcuts,
 Concatenate branches, Flatten / GlobalAveragePooling2D -> Dense), zeros the producer (or
 consumer) slices of random coupled groups exactly, sometimes a whole residual branch, and
+sometimes zeroes border rows / columns of 3x3 Conv2D kernels (which thin crops), and
 checks the contract against the model itself (its zeroed groups are exactly zero):
 max |thin(model)(x) - model(x)| <= 1e-5 * (1 + max |model(x)|).
 """
@@ -33,6 +34,7 @@ architecture = st.fixed_dictionaries({
     "seed": st.integers(0, 2**16),
     "fraction": st.sampled_from([0.3, 0.6, 0.9]),
     "kill_branch": st.booleans(),
+    "borders": st.booleans(),
 })
 
 
@@ -119,6 +121,16 @@ def randomize_and_zero(model, spec):
                 w[tuple(index)] = 0
                 var.assign(w)
         zeroed += 1
+    if spec["borders"]:  # exact zero border rows / columns, which thin crops
+        for layer in model.layers:
+            if type(layer) is L.Conv2D and layer.kernel.shape[0] == 3 and rng.random() < 0.7:
+                w = np.array(layer.kernel.numpy())
+                for axis in (0, 1):
+                    if rng.random() < 0.7:
+                        index = [slice(None)] * 4
+                        index[axis] = ([0], [2], [0, 2])[int(rng.integers(3))]
+                        w[tuple(index)] = 0
+                layer.kernel.assign(w)
     branches = [layer for layer in model.layers if layer.name.endswith("_conv2")]
     if spec["kill_branch"] and branches:
         conv = branches[int(rng.integers(len(branches)))]
