@@ -120,8 +120,9 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                    "training images.", flag_values=fv)
     D.DEFINE_integer("epochs", d["epochs"], "Epochs of dense training.", flag_values=fv)
     D.DEFINE_integer("ssl_epochs", d["ssl_epochs"], "Epochs with group Lasso.", flag_values=fv)
-    D.DEFINE_integer("finetune_epochs", d["finetune_epochs"], "Epochs of fine-tuning with the "
-                     "zero groups frozen.", flag_values=fv)
+    D.DEFINE_integer("finetune_epochs", d["finetune_epochs"], "Epochs of fine-tuning: of the "
+                     "thinned model (with --nofinetune_thinned, of the zeroed model with its "
+                     "zero groups frozen).", flag_values=fv)
     D.DEFINE_float("lr", d["lr"], "Learning rate of dense training.", flag_values=fv)
     D.DEFINE_float("ssl_lr", d["ssl_lr"], "Learning rate of the SSL phase.", flag_values=fv)
     D.DEFINE_float("ssl_momentum", d["ssl_momentum"], "SGD momentum of the SSL phase. 0 by "
