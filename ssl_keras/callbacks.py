@@ -476,6 +476,11 @@ class ProximalGroupLasso(keras.callbacks.Callback):
     penalty. Where one weight is in several groups (filters and channels of one kernel, a
     channel and a residual branch), the shrinkages are applied one after the other.
 
+    If the fit raises (KeyboardInterrupt, an error in another callback), Keras skips
+    `on_train_end`; an `SSLModel` (apply_ssl with coupled=True) switches the gradient back on
+    itself, a plain model of `StructuredSparsity` wrappers needs
+    `ssl_keras.wrap.set_penalty_gradient(model, True)` and `model.train_function = None`.
+
     Args:
         coefficient: one lambda for every group, >= 0, or None to read them from the model
             (required for a plain model).
@@ -509,6 +514,9 @@ class ProximalGroupLasso(keras.callbacks.Callback):
             )
         self._switched = set_penalty_gradient(self.model, False)
         if self._switched:
+            # SSLModel.fit switches the gradient back on if the fit raises before
+            # on_train_end (a model of wrappers only has no such hook: see the docstring).
+            self.model._ssl_proximal_switched = True
             self.model.make_train_function(force=True)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -528,6 +536,7 @@ class ProximalGroupLasso(keras.callbacks.Callback):
         if self._switched:
             set_penalty_gradient(self.model, True)
             self.model.train_function = None  # the next fit traces with the gradient back
+            self.model._ssl_proximal_switched = False
             self._switched = False
 
 

@@ -421,6 +421,18 @@ class SSLModel(keras.Model):
         loss = ops.sum(ops.convert_to_tensor(terms.coefficients) * norms)
         return loss if self.ssl_penalty_gradient else ops.stop_gradient(loss)
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; if it raises while `ProximalGroupLasso` has the penalty's
+        gradient switched off (an interrupted fit skips `on_train_end`), the gradient is
+        switched back on, so that the next fit does not silently train without it."""
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            if getattr(self, "_ssl_proximal_switched", False):
+                self._ssl_proximal_switched = False
+                set_penalty_gradient(self, True)
+                self.train_function = None
+
     def _get_regularization_losses(self):
         losses = super()._get_regularization_losses()
         if self.ssl_groups and self.trainable:

@@ -477,3 +477,26 @@ def test_proximal_step_on_border_bands_shrinks_outer_bands_first():
     assert shrink[0] == pytest.approx(shrink[4], rel=0.05)
     assert shrink[0] < shrink[1] < shrink[2] < 1.0
     np.testing.assert_array_equal(got[2, 2], w[2, 2].astype("float32"))  # in no band
+
+
+def test_interrupted_proximal_fit_switches_the_penalty_gradient_back_on():
+    ssl = ssl_keras.apply_ssl(_mlp(), filters=0.1, channels=0.1)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raise KeyboardInterrupt
+
+    ssl.compile(keras.optimizers.SGD(0.01), "mse")
+    x, y = np.ones((4, 3), "float32"), np.zeros((4, 2), "float32")
+    with pytest.raises(KeyboardInterrupt):
+        ssl.fit(x, y, batch_size=2, verbose=0, callbacks=[ProximalGroupLasso(), Interrupt()])
+    owners = [layer for layer in ssl._flatten_layers(include_self=True)
+              if hasattr(layer, "ssl_penalty_gradient")]
+    assert owners and all(layer.ssl_penalty_gradient for layer in owners)
+    assert ssl.train_function is None and not ssl._ssl_proximal_switched
+    # The next plain fit follows the penalty's subgradient again: the kernel moves although
+    # the data loss has no gradient (inputs and targets zero).
+    kernel = ssl.get_layer("d1").ssl_inner_layer.kernel
+    before = kernel.numpy().copy()
+    ssl.fit(np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"), verbose=0)
+    assert not np.allclose(kernel.numpy(), before)
