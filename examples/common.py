@@ -101,6 +101,7 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "depth": 0.0, "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1,
         "seed": 0,
         "lr_schedule": "cosine", "finetune_thinned": True, "ssl_layers": None,
+        "distill": 0.0, "distill_temperature": 4.0,
         "out_dir": "results",
         "threads": "1,2", "runs": 300, "warmup": 30, "tfmot": True, "fresh": False,
         "verbose": 1,
@@ -140,6 +141,12 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                      "(removed groups are gone, so they cannot grow back). Off: fine-tune the "
                      "zeroed full-size model with its zero groups frozen, then thin.",
                      flag_values=fv)
+    D.DEFINE_float("distill", d["distill"], "Fine-tune with knowledge distillation from the "
+                   "dense model: the weight alpha in [0, 1] of T^2 * KL(teacher || student) at "
+                   "temperature --distill_temperature against (1 - alpha) * cross-entropy "
+                   "(0: cross-entropy only).", flag_values=fv)
+    D.DEFINE_float("distill_temperature", d["distill_temperature"], "Softmax temperature of "
+                   "--distill.", flag_values=fv)
     D.DEFINE_string("ssl_layers", d["ssl_layers"], "Per-layer multipliers of the coefficient "
                     "flags as JSON, '{\"conv1\": {\"filters\": 2.5}}' (a layer mapped to null "
                     "is not penalised); replaces the example's own. Default: the example's.",
@@ -202,6 +209,8 @@ class Config:
     lr_schedule: str
     finetune_thinned: bool
     ssl_layers: dict | None
+    distill: float
+    distill_temperature: float
     batch_size: int
     filters: float
     channels: float
@@ -226,7 +235,8 @@ class Config:
         """The settings that decide the checkpoints (a resumed run must match them)."""
         keys = ("dataset", "data_dir", "max_train", "max_test", "validation_split", "epochs",
                 "ssl_epochs", "finetune_epochs", "lr", "ssl_lr", "ssl_momentum", "finetune_lr",
-                "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers",
+                "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers", "distill",
+                "distill_temperature",
                 "batch_size", "filters", "channels", "shapes", "borders", "depth", "proximal",
                 "zero_every", "threshold", "seed")
         return {k: getattr(self, k) for k in keys}
@@ -264,6 +274,11 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     if not any(values[n] > 0 for n in ("filters", "channels", "shapes", "borders", "depth")):
         raise UsageError("At least one of --filters, --channels, --shapes, --borders, --depth "
                          "must be > 0. Received: all zero")
+    if not 0 <= values["distill"] <= 1:
+        raise UsageError(f"--distill must be in [0, 1]. Received: --distill={values['distill']}")
+    if not values["distill_temperature"] > 0:
+        raise UsageError("--distill_temperature must be > 0. "
+                         f"Received: --distill_temperature={values['distill_temperature']}")
     if not 0 <= values["ssl_momentum"] < 1:
         raise UsageError("--ssl_momentum must be in [0, 1). "
                          f"Received: --ssl_momentum={values['ssl_momentum']}")
@@ -367,12 +382,48 @@ def _compile(keras, model, kind: str, lr, momentum: float = 0.9):
     )
 
 
-def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=()):
+def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=(),
+         targets=None):
+    """model.fit on the training images; `targets` = (train, validation) replaces the labels."""
     callbacks = [keras.callbacks.BackupAndRestore(backup), *callbacks]
-    validation = (data.x_val, data.y_val) if len(data.x_val) else None
-    return model.fit(data.x_train, data.y_train, batch_size=cfg.batch_size, epochs=epochs,
+    y_train, y_val = targets if targets is not None else (data.y_train, data.y_val)
+    validation = (data.x_val, y_val) if len(data.x_val) else None
+    return model.fit(data.x_train, y_train, batch_size=cfg.batch_size, epochs=epochs,
                      validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
                      shuffle=True)
+
+
+def distillation_loss(alpha: float, temperature: float):
+    """Knowledge distillation (Hinton et al. 2015) for targets packed as [label, logits...].
+
+    `y_true[:, 0]` is the integer label, `y_true[:, 1:]` the teacher's logits; the loss is
+    `(1 - alpha) * CE(label, student) + alpha * T^2 * KL(softmax(teacher / T) ||
+    softmax(student / T))`.
+    """
+    from keras import ops
+
+    def loss(y_true, logits):
+        import keras
+
+        label = ops.cast(y_true[:, 0], "int32")
+        ce = keras.losses.sparse_categorical_crossentropy(label, logits, from_logits=True)
+        teacher = ops.log_softmax(y_true[:, 1:] / temperature)
+        student = ops.log_softmax(logits / temperature)
+        kl = ops.sum(ops.exp(teacher) * (teacher - student), axis=-1)
+        return (1.0 - alpha) * ce + alpha * temperature ** 2 * kl
+
+    return loss
+
+
+def _packed_accuracy(y_true, logits):
+    """Accuracy against the label column of packed distillation targets."""
+    from keras import ops
+
+    label = ops.cast(y_true[:, 0], "int32")
+    return ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), label), "float32")
+
+
+_packed_accuracy.__name__ = "accuracy"
 
 
 def _val_accuracy(model, data, batch_size=256) -> float | None:
@@ -620,15 +671,37 @@ class Pipeline:
                      f"lr={cfg.finetune_lr} ({cfg.lr_schedule})")
             model = keras.models.clone_model(start)
             model.set_weights(start.get_weights())
-            _compile(keras, model, cfg.optimizer,
-                     self._schedule(keras, cfg.finetune_lr, cfg.finetune_epochs))
+            schedule = self._schedule(keras, cfg.finetune_lr, cfg.finetune_epochs)
+            _compile(keras, model, cfg.optimizer, schedule)
+            targets = None
+            if cfg.distill > 0:
+                self.log(f"phase finetune: distillation from the dense model, alpha="
+                         f"{cfg.distill}, T={cfg.distill_temperature}")
+                targets = self._distillation_targets()
+                model.compile(optimizer=_optimizer(keras, cfg.optimizer, schedule, 0.9),
+                              loss=distillation_loss(cfg.distill, cfg.distill_temperature),
+                              metrics=[_packed_accuracy])
             callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
             _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
-                 self.path("backup_finetune"), callbacks)
+                 self.path("backup_finetune"), callbacks, targets)
+            if targets is not None:  # saved with the examples' usual loss, not the closure
+                _compile(keras, model, cfg.optimizer, cfg.finetune_lr)
             self._reestimate_batchnorm(model, "finetune")
             return model
 
         self.finetuned = self._phase("finetune", train)
+
+    def _distillation_targets(self):
+        """[label, dense model's logits] per training / validation image."""
+        data = self.data
+
+        def pack(x, y):
+            logits = self.dense.predict(x, batch_size=256, verbose=0) if len(x) else \
+                np.zeros((0, 1), np.float32)
+            return np.concatenate([np.asarray(y, np.float32).reshape(-1, 1),
+                                   logits.astype(np.float32)], axis=1)
+
+        return pack(data.x_train, data.y_train), pack(data.x_val, data.y_val)
 
     def _reestimate_batchnorm(self, model, phase: str) -> None:
         """Recomputes the BatchNorm moving statistics from the training images (if any BN).

@@ -88,6 +88,8 @@ def test_lenet_quick_end_to_end(tmp_path):
     (['--ssl_layers={"conv1": {"filters": -1}}'], r"Received: --ssl_layers="),
     (["--lr_schedule=step"], r"flag --lr_schedule=step"),
     (["--borders=-0.1"], r"--borders must be >= 0. Received: --borders=-0.1"),
+    (["--distill=1.5"], r"--distill must be in \[0, 1\]. Received: --distill=1.5"),
+    (["--distill_temperature=0"], r"--distill_temperature must be > 0"),
 ])
 def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     code, err = _main(argv, capsys)
@@ -217,13 +219,16 @@ def test_lr_schedule_cosine_decays_over_the_phase():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
 def test_lenet_quick_frozen_finetune_then_thin(tmp_path):
-    """--nofinetune_thinned: fine-tune the zeroed model with frozen groups, thin afterwards."""
+    """--nofinetune_thinned: fine-tune the zeroed model with frozen groups, thin afterwards;
+    with --distill (the fine-tuning learns from the dense model's logits)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, "-m", "examples.lenet", "--quick", f"--out_dir={tmp_path}",
-           "--nofinetune_thinned", "--notfmot", "--threads=1", "--runs=5", "--warmup=1"]
+           "--nofinetune_thinned", "--distill=0.5", "--notfmot", "--threads=1", "--runs=5",
+           "--warmup=1"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "phase finetune: the zeroed model, zero groups frozen" in proc.stdout
+    assert "phase finetune: distillation from the dense model, alpha=0.5, T=4.0" in proc.stdout
     with open(tmp_path / "lenet_fashion_mnist_quick.json", encoding="utf-8") as f:
         result = json.load(f)
     assert result["thin_max_abs_diff"] < 1e-4 and result["tflite_max_abs_diff"] < 1e-4
@@ -235,3 +240,29 @@ def test_lenet_quick_frozen_finetune_then_thin(tmp_path):
     assert finetuned.get_layer("conv1").filters == 20  # full size, zero groups frozen
     assert thinned.get_layer("conv1").filters == result["ssl"]["filters_per_layer"]["conv1"]
     assert result["ssl"]["params"] < result["baseline"]["params"]
+
+
+def test_distillation_loss_matches_numpy_oracle():
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 2, 1, 2])
+    teacher = rng.normal(size=(4, 3)) * 3
+    student = rng.normal(size=(4, 3)) * 3
+    packed = np.concatenate([labels[:, None], teacher], 1).astype("float32")
+    alpha, t = 0.7, 4.0
+
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    ce = -log_softmax(student)[np.arange(4), labels]
+    p = np.exp(log_softmax(teacher / t))
+    kl = (p * (log_softmax(teacher / t) - log_softmax(student / t))).sum(1)
+    want = (1 - alpha) * ce + alpha * t * t * kl
+    got = common.distillation_loss(alpha, t)(packed, student.astype("float32"))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    # alpha 0 is plain cross-entropy; the student equal to the teacher has KL 0.
+    np.testing.assert_allclose(
+        np.asarray(common.distillation_loss(0.0, t)(packed, student.astype("float32"))), ce,
+        rtol=1e-5)
+    same = common.distillation_loss(1.0, t)(packed, teacher.astype("float32"))
+    np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-5)
