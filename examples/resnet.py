@@ -38,7 +38,11 @@ def recipe(depth: int = 20) -> Recipe:
                   # switched off the 3 stage-1 branches in 171 steps in a trial run from
                   # this dense model (norms: stage 1 about 4, stage 2 5.7, stage 3 8).
                   "depth": 0.6, "proximal": True, "threshold": 1e-3, "runs": 200,
-                  "warmup": 20},
+                  "warmup": 20,
+                  # Fine-tuning distils the dense model (alpha 0.7, T 4, the usual setting
+                  # and the first tried): +0.50 test points over cross-entropy alone from
+                  # the same thinned ResNet-14; four other settings gave +0.22 to +0.43.
+                  "distill": 0.7},
         quick={"max_train": 1000, "max_test": 200, "epochs": 1, "ssl_epochs": 1,
                "finetune_epochs": 1, "depth": 15.0, "runs": 30, "warmup": 5, "verbose": 2},
         tfmot_arch=f"resnet{depth}",
