@@ -672,15 +672,16 @@ class Pipeline:
             model = keras.models.clone_model(start)
             model.set_weights(start.get_weights())
             schedule = self._schedule(keras, cfg.finetune_lr, cfg.finetune_epochs)
-            _compile(keras, model, cfg.optimizer, schedule)
             targets = None
             if cfg.distill > 0:
                 self.log(f"phase finetune: distillation from the dense model, alpha="
                          f"{cfg.distill}, T={cfg.distill_temperature}")
                 targets = self._distillation_targets()
-                model.compile(optimizer=_optimizer(keras, cfg.optimizer, schedule, 0.9),
+                model.compile(optimizer=_optimizer(keras, cfg.optimizer, schedule),
                               loss=distillation_loss(cfg.distill, cfg.distill_temperature),
                               metrics=[_packed_accuracy])
+            else:
+                _compile(keras, model, cfg.optimizer, schedule)
             callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
             _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
                  self.path("backup_finetune"), callbacks, targets)
