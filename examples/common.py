@@ -1019,6 +1019,14 @@ def main(recipe: Recipe, argv=None) -> int:
     """Parses flags, runs the pipeline; bad input prints one line and returns 2."""
     argv = list(sys.argv if argv is None else argv)
     fv = define_flags(recipe)
+    args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    if any(a in ("-h", "-help", "--help", "--helpshort", "--helpfull") for a in args):
+        entry = sys.modules.get("__main__")
+        spec = getattr(entry, "__spec__", None)
+        if spec is not None and spec.name.startswith("examples."):  # python -m examples.X
+            print((entry.__doc__ or "").strip() + "\n")
+        print(fv.get_help(include_special_flags=False).replace("examples.common:", "Flags:"))
+        return 0
     try:
         fv(argv)
         cfg = config_from_flags(fv, recipe)

@@ -98,6 +98,17 @@ def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     assert __import__("re").search(match, err[0]), err
 
 
+def test_help_lists_the_flags_and_exits_0(capsys, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "examples.lenet", "--help",
+                          f"--out_dir={tmp_path}"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("LeNet-5 (Caffe")  # the example's docstring
+    assert "--filters: Filter-wise" in out.stdout and "(default: '0.017')" in out.stdout
+    assert "--flagfile" not in out.stdout  # absl's own flags stay out
+    assert os.listdir(tmp_path) == []  # nothing ran
+
+
 def test_missing_data_dir_is_one_line_exit_2(capsys, tmp_path):
     code, err = _main([f"--out_dir={tmp_path}", f"--data_dir={tmp_path / 'none'}"], capsys)
     assert code == 2 and len(err) == 1
