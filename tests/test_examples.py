@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from examples import common, datasets, lenet, resnet
+from examples.config import UsageError, config_from_flags, define_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_FASHION = os.path.isdir(datasets.DEBIAN_FASHION_MNIST)
@@ -125,27 +126,27 @@ def test_resnet_depth_flag_errors():
 
 
 def test_quick_overrides_only_flags_not_given():
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", "--quick", "--ssl_epochs=3"])
-    cfg = common.config_from_flags(fv, lenet.RECIPE)
+    cfg = config_from_flags(fv, lenet.RECIPE)
     assert cfg.quick and cfg.max_train == 2000 and cfg.epochs == 1
     assert cfg.ssl_epochs == 3  # given explicitly: --quick does not override it
     assert cfg.threads == (1, 2)
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}"])
-    first = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
+    first = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     first._prepare_work_dir()
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5"])
-    second = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
-    with pytest.raises(common.UsageError, match=r"other settings.*'filters'.*Pass --fresh"):
+    second = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+    with pytest.raises(UsageError, match=r"other settings.*'filters'.*Pass --fresh"):
         second._prepare_work_dir()
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5", "--fresh"])
-    common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))._prepare_work_dir()
+    common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))._prepare_work_dir()
     with open(tmp_path / "lenet_fashion_mnist" / "config.json", encoding="utf-8") as f:
         assert json.load(f)["filters"] == 0.5
 
@@ -171,9 +172,9 @@ def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, c
 
     import keras
 
-    fv = common.define_flags(resnet.recipe(20))
+    fv = define_flags(resnet.recipe(20))
     fv(["resnet", f"--out_dir={tmp_path}", "--batch_size=16"])
-    pipeline = common.Pipeline(resnet.recipe(20), common.config_from_flags(fv, resnet.recipe(20)))
+    pipeline = common.Pipeline(resnet.recipe(20), config_from_flags(fv, resnet.recipe(20)))
     rng = np.random.default_rng(4)
     x = rng.normal(1.0, 2.0, size=(40, 3)).astype("float32")
     y = (x[:, 0] > 1.0).astype("int64")
@@ -194,18 +195,18 @@ def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, c
 
 
 def test_ssl_layers_flag_replaces_the_recipes_multipliers():
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet"])
-    assert common.config_from_flags(fv, lenet.RECIPE).ssl_layers == lenet.RECIPE.ssl_layers
-    fv = common.define_flags(lenet.RECIPE)
+    assert config_from_flags(fv, lenet.RECIPE).ssl_layers == lenet.RECIPE.ssl_layers
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", '--ssl_layers={"conv1": {"filters": 3}, "ip2": null}'])
-    cfg = common.config_from_flags(fv, lenet.RECIPE)
+    cfg = config_from_flags(fv, lenet.RECIPE)
     assert cfg.ssl_layers == {"conv1": {"filters": 3}, "ip2": None}
     assert cfg.training_key()["ssl_layers"] == cfg.ssl_layers  # a resumed run must match it
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", "--filters=0", "--channels=0", "--borders=0.2",
         '--ssl_layers={"conv2": {"borders": 1.5}}'])
-    cfg = common.config_from_flags(fv, lenet.RECIPE)  # borders alone is a valid SSL run
+    cfg = config_from_flags(fv, lenet.RECIPE)  # borders alone is a valid SSL run
     assert cfg.borders == 0.2 and cfg.training_key()["borders"] == 0.2
     assert cfg.ssl_layers == {"conv2": {"borders": 1.5}}
 
@@ -213,17 +214,17 @@ def test_ssl_layers_flag_replaces_the_recipes_multipliers():
 def test_lr_schedule_cosine_decays_over_the_phase():
     import keras
 
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", "--batch_size=10"])
-    pipeline = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
+    pipeline = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     pipeline.data = types.SimpleNamespace(x_train=np.zeros((95, 1)))  # 10 steps/epoch
     schedule = pipeline._schedule(keras, 0.1, epochs=2)
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
     assert float(schedule(0)) == pytest.approx(0.1)
     assert float(schedule(20)) == pytest.approx(0.0, abs=1e-7)  # 2 epochs of 10 steps
-    fv = common.define_flags(lenet.RECIPE)
+    fv = define_flags(lenet.RECIPE)
     fv(["lenet", "--lr_schedule=constant"])
-    pipeline = common.Pipeline(lenet.RECIPE, common.config_from_flags(fv, lenet.RECIPE))
+    pipeline = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     assert pipeline._schedule(keras, 0.1, epochs=2) == 0.1
 
 
