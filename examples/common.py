@@ -45,69 +45,10 @@ from absl import flags
 
 from examples import datasets
 from examples.config import Config, Recipe, UsageError, config_from_flags, define_flags
+from examples.util import StepUnavailableError, atomic_save, atomic_write_text, need
 
 PHASES = ("dense", "ssl", "finetune")
 BN_BATCHES = 20  # training batches over which BatchNorm statistics are re-estimated
-
-
-class StepUnavailableError(RuntimeError):
-    """A pipeline step needs an ssl_keras / tflite_bench piece that this checkout lacks."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Pieces of ssl_keras / tflite_bench, looked up when needed
-
-
-def need(module: str, name: str, step: str):
-    """Returns the function / class `module.name`, or raises StepUnavailableError naming both.
-
-    Args:
-        module: the module that defines it ("ssl_keras.thin").
-        name: the public name ("thin").
-        step: the pipeline step that needs it, for the message.
-    """
-    import importlib
-    import types
-
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise StepUnavailableError(
-            f"Step {step!r} needs {module}.{name}, but {module} cannot be imported ({e}). "
-            "Expected: the module in this checkout."
-        ) from None
-    value = getattr(mod, name, None)
-    if value is None or isinstance(value, types.ModuleType) or not callable(value):
-        raise StepUnavailableError(
-            f"Step {step!r} needs {module}.{name}, which this checkout does not provide yet. "
-            f"Expected: a public function or class {name!r} in {module}."
-        )
-    return value
-
-
-def atomic_save(model, path: str) -> None:
-    """model.save to a temporary file beside `path`, then os.replace (no half-written file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".tmp_")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _optimizer(keras, kind: str, lr, momentum: float = 0.9):

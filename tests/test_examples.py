@@ -11,6 +11,7 @@ import pytest
 
 from examples import common, datasets, lenet, resnet
 from examples.config import UsageError, config_from_flags, define_flags
+from examples.util import StepUnavailableError, atomic_write_text, need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_FASHION = os.path.isdir(datasets.DEBIAN_FASHION_MNIST)
@@ -152,17 +153,17 @@ def test_resume_refuses_other_settings(tmp_path):
 
 
 def test_need_names_the_missing_piece():
-    with pytest.raises(common.StepUnavailableError,
+    with pytest.raises(StepUnavailableError,
                        match=r"Step 'thin' needs ssl_keras.no_such_name, which this checkout"):
-        common.need("ssl_keras", "no_such_name", "thin")
-    with pytest.raises(common.StepUnavailableError, match=r"cannot be imported"):
-        common.need("ssl_keras_missing_module", "thin", "thin")
+        need("ssl_keras", "no_such_name", "thin")
+    with pytest.raises(StepUnavailableError, match=r"cannot be imported"):
+        need("ssl_keras_missing_module", "thin", "thin")
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
     path = str(tmp_path / "a.txt")
-    common.atomic_write_text(path, "one")
-    common.atomic_write_text(path, "two")
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
     assert open(path, encoding="utf-8").read() == "two"
     assert os.listdir(tmp_path) == ["a.txt"]  # no temporary file left behind
 
