@@ -45,6 +45,7 @@ from absl import flags
 
 from examples import datasets
 from examples.config import Config, Recipe, UsageError, config_from_flags, define_flags
+from examples.distill import distillation_loss, distillation_targets, packed_accuracy
 from examples.util import StepUnavailableError, atomic_save, atomic_write_text, need
 
 PHASES = ("dense", "ssl", "finetune")
@@ -74,39 +75,6 @@ def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=()
     return model.fit(data.x_train, y_train, batch_size=cfg.batch_size, epochs=epochs,
                      validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
                      shuffle=True)
-
-
-def distillation_loss(alpha: float, temperature: float):
-    """Knowledge distillation (Hinton et al. 2015) for targets packed as [label, logits...].
-
-    `y_true[:, 0]` is the integer label, `y_true[:, 1:]` the teacher's logits; the loss is
-    `(1 - alpha) * CE(label, student) + alpha * T^2 * KL(softmax(teacher / T) ||
-    softmax(student / T))`.
-    """
-    from keras import ops
-
-    def loss(y_true, logits):
-        import keras
-
-        label = ops.cast(y_true[:, 0], "int32")
-        ce = keras.losses.sparse_categorical_crossentropy(label, logits, from_logits=True)
-        teacher = ops.log_softmax(y_true[:, 1:] / temperature)
-        student = ops.log_softmax(logits / temperature)
-        kl = ops.sum(ops.exp(teacher) * (teacher - student), axis=-1)
-        return (1.0 - alpha) * ce + alpha * temperature ** 2 * kl
-
-    return loss
-
-
-def _packed_accuracy(y_true, logits):
-    """Accuracy against the label column of packed distillation targets."""
-    from keras import ops
-
-    label = ops.cast(y_true[:, 0], "int32")
-    return ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), label), "float32")
-
-
-_packed_accuracy.__name__ = "accuracy"
 
 
 def _val_accuracy(model, data, batch_size=256) -> float | None:
@@ -359,10 +327,10 @@ class Pipeline:
             if cfg.distill > 0:
                 self.log(f"phase finetune: distillation from the dense model, alpha="
                          f"{cfg.distill}, T={cfg.distill_temperature}")
-                targets = self._distillation_targets()
+                targets = distillation_targets(self.dense, self.data)
                 model.compile(optimizer=_optimizer(keras, cfg.optimizer, schedule),
                               loss=distillation_loss(cfg.distill, cfg.distill_temperature),
-                              metrics=[_packed_accuracy])
+                              metrics=[packed_accuracy])
             else:
                 _compile(keras, model, cfg.optimizer, schedule)
             callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
@@ -374,18 +342,6 @@ class Pipeline:
             return model
 
         self.finetuned = self._phase("finetune", train)
-
-    def _distillation_targets(self):
-        """[label, dense model's logits] per training / validation image."""
-        data = self.data
-
-        def pack(x, y):
-            logits = self.dense.predict(x, batch_size=256, verbose=0) if len(x) else \
-                np.zeros((0, 1), np.float32)
-            return np.concatenate([np.asarray(y, np.float32).reshape(-1, 1),
-                                   logits.astype(np.float32)], axis=1)
-
-        return pack(data.x_train, data.y_train), pack(data.x_val, data.y_val)
 
     def _reestimate_batchnorm(self, model, phase: str) -> None:
         """Recomputes the BatchNorm moving statistics from the training images (if any BN).

@@ -11,6 +11,7 @@ import pytest
 
 from examples import common, datasets, lenet, resnet
 from examples.config import UsageError, config_from_flags, define_flags
+from examples.distill import distillation_loss
 from examples.util import StepUnavailableError, atomic_write_text, need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -271,11 +272,11 @@ def test_distillation_loss_matches_numpy_oracle():
     p = np.exp(log_softmax(teacher / t))
     kl = (p * (log_softmax(teacher / t) - log_softmax(student / t))).sum(1)
     want = (1 - alpha) * ce + alpha * t * t * kl
-    got = common.distillation_loss(alpha, t)(packed, student.astype("float32"))
+    got = distillation_loss(alpha, t)(packed, student.astype("float32"))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
     # alpha 0 is plain cross-entropy; the student equal to the teacher has KL 0.
     np.testing.assert_allclose(
-        np.asarray(common.distillation_loss(0.0, t)(packed, student.astype("float32"))), ce,
+        np.asarray(distillation_loss(0.0, t)(packed, student.astype("float32"))), ce,
         rtol=1e-5)
-    same = common.distillation_loss(1.0, t)(packed, teacher.astype("float32"))
+    same = distillation_loss(1.0, t)(packed, teacher.astype("float32"))
     np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-5)
