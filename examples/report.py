@@ -1,9 +1,9 @@
 """The report of an examples' run: results dict, table on stdout, JSON / Markdown, plots.
 
-`ReportMixin` holds the report methods of `Pipeline` (`run()` ends with `results()` and
-`write()`); they read what the pipeline and its steps set: `cfg`, `recipe`, `dataset`, `data`,
-`dense`, `zeroed`, `thinned`, `tflite`, `tfmot`, `bench_result`, `thin_max_abs_diff`,
-`tflite_max_abs_diff`, `timings`, `stem` and `log()`.
+`ReportMixin` holds the report methods of `examples.pipeline.Pipeline` (`run()` ends with
+`results()` and `write()`); they read what the pipeline and its steps set: `cfg`, `recipe`,
+`dataset`, `data`, `dense`, `zeroed`, `thinned`, `tflite`, `tfmot`, `bench_result`,
+`thin_max_abs_diff`, `tflite_max_abs_diff`, `timings`, `stem` and `log()`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import pytest
 from examples import common, datasets, lenet, resnet
 from examples.config import UsageError, config_from_flags, define_flags
 from examples.distill import distillation_loss
+from examples.pipeline import PHASES, Pipeline, tflite_predict
 from examples.util import StepUnavailableError, atomic_write_text, need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +59,7 @@ def test_lenet_quick_end_to_end(tmp_path):
     data = datasets.load("fashion_mnist", max_train=2000, max_test=64, seed=0)
     x = data.x_test[:64]
     expected = stripped.predict(x, verbose=0)
-    got = common.tflite_predict(str(work / "ssl_thinned_float32.tflite"), x)
+    got = tflite_predict(str(work / "ssl_thinned_float32.tflite"), x)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert result["tflite_max_abs_diff"] < 1e-4 and result["thin_max_abs_diff"] < 1e-4
 
@@ -69,7 +70,7 @@ def test_lenet_quick_end_to_end(tmp_path):
     proc = subprocess.run(cmd + ["--notfmot", "--runs=10", "--warmup=1"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for phase in common.PHASES:
+    for phase in PHASES:
         assert f"phase {phase}: resuming from" in proc.stdout
 
 
@@ -139,16 +140,16 @@ def test_quick_overrides_only_flags_not_given():
 def test_resume_refuses_other_settings(tmp_path):
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}"])
-    first = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+    first = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     first._prepare_work_dir()
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5"])
-    second = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+    second = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     with pytest.raises(UsageError, match=r"other settings.*'filters'.*Pass --fresh"):
         second._prepare_work_dir()
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5", "--fresh"])
-    common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))._prepare_work_dir()
+    Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))._prepare_work_dir()
     with open(tmp_path / "lenet_fashion_mnist" / "config.json", encoding="utf-8") as f:
         assert json.load(f)["filters"] == 0.5
 
@@ -176,7 +177,7 @@ def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, c
 
     fv = define_flags(resnet.recipe(20))
     fv(["resnet", f"--out_dir={tmp_path}", "--batch_size=16"])
-    pipeline = common.Pipeline(resnet.recipe(20), config_from_flags(fv, resnet.recipe(20)))
+    pipeline = Pipeline(resnet.recipe(20), config_from_flags(fv, resnet.recipe(20)))
     rng = np.random.default_rng(4)
     x = rng.normal(1.0, 2.0, size=(40, 3)).astype("float32")
     y = (x[:, 0] > 1.0).astype("int64")
@@ -218,7 +219,7 @@ def test_lr_schedule_cosine_decays_over_the_phase():
 
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", "--batch_size=10"])
-    pipeline = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+    pipeline = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     pipeline.data = types.SimpleNamespace(x_train=np.zeros((95, 1)))  # 10 steps/epoch
     schedule = pipeline._schedule(keras, 0.1, epochs=2)
     assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
@@ -226,7 +227,7 @@ def test_lr_schedule_cosine_decays_over_the_phase():
     assert float(schedule(20)) == pytest.approx(0.0, abs=1e-7)  # 2 epochs of 10 steps
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", "--lr_schedule=constant"])
-    pipeline = common.Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+    pipeline = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     assert pipeline._schedule(keras, 0.1, epochs=2) == 0.1
 
 

@@ -1,0 +1,426 @@
+"""The steps of one examples' run: `Pipeline(recipe, cfg).run()`, from the data to the report.
+
+Data, dense training, SSL, zeroing and fine-tuning, thinning, TFLite export, the tfmot baseline
+(in its own process) and the benchmark, in that order (examples/common.py describes each step).
+Every phase saves its model to `<out_dir>/<name>_<dataset>/` and a run resumes from the last
+finished one. The report methods come from `examples.report.ReportMixin`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from examples import datasets
+from examples.config import Config, Recipe, UsageError
+from examples.distill import distillation_loss, distillation_targets, packed_accuracy
+from examples.report import ReportMixin, units_per_layer
+from examples.util import StepUnavailableError, atomic_save, atomic_write_text, need
+
+PHASES = ("dense", "ssl", "finetune")
+BN_BATCHES = 20  # training batches over which BatchNorm statistics are re-estimated
+
+
+def _optimizer(keras, kind: str, lr, momentum: float = 0.9):
+    if kind == "adam":
+        return keras.optimizers.Adam(lr)
+    return keras.optimizers.SGD(lr, momentum=momentum)
+
+
+def _compile(keras, model, kind: str, lr, momentum: float = 0.9):
+    model.compile(
+        optimizer=_optimizer(keras, kind, lr, momentum),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+
+
+def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=(),
+         targets=None):
+    """model.fit on the training images; `targets` = (train, validation) replaces the labels."""
+    callbacks = [keras.callbacks.BackupAndRestore(backup), *callbacks]
+    y_train, y_val = targets if targets is not None else (data.y_train, data.y_val)
+    validation = (data.x_val, y_val) if len(data.x_val) else None
+    return model.fit(data.x_train, y_train, batch_size=cfg.batch_size, epochs=epochs,
+                     validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
+                     shuffle=True)
+
+
+def _val_accuracy(model, data, batch_size=256) -> float | None:
+    if not len(data.x_val):
+        return None
+    logits = model.predict(data.x_val, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == data.y_val))
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
+    """Runs a .tflite file on every row of `x`, one image at a time (batch-1 models)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    batch = int(inp["shape"][0]) or 1
+    outputs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch].astype(np.float32)
+        if inp["dtype"] != np.float32:  # fully quantised input
+            scale, zero = inp["quantization"]
+            chunk = np.round(chunk / scale + zero).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], chunk)
+        interpreter.invoke()
+        y = interpreter.get_tensor(out["index"])
+        if out["dtype"] != np.float32:
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        outputs.append(np.array(y))
+    return np.concatenate(outputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+
+
+class Pipeline(ReportMixin):
+    """Runs one recipe with one Config; `run()` returns the results dict (also written)."""
+
+    def __init__(self, recipe: Recipe, cfg: Config):
+        self.recipe = recipe
+        self.cfg = cfg
+        self.dataset = cfg.dataset  # the dataset used: the fallback when --dataset is offline
+        self.timings = {}
+
+    @property
+    def stem(self) -> str:
+        return f"{self.recipe.name}_{self.dataset}{'_quick' if self.cfg.quick else ''}"
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.cfg.out_dir, self.stem)
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.recipe.name}] {msg}", flush=True)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.work, name)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _prepare_work_dir(self) -> None:
+        key_path = self.path("config.json")
+        key = {**self.cfg.training_key(), "dataset": self.dataset}
+        if self.cfg.fresh and os.path.isdir(self.work):
+            self.log(f"--fresh: deleting the checkpoints in {self.work}")
+            shutil.rmtree(self.work)
+        os.makedirs(self.work, exist_ok=True)
+        if os.path.exists(key_path):
+            with open(key_path, encoding="utf-8") as f:
+                old = json.load(f)
+            if old != json.loads(json.dumps(key)):
+                diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+                raise UsageError(
+                    f"The checkpoints in {self.work} were trained with other settings "
+                    f"(setting: (checkpoint, now)) {diff}. Expected the same settings to "
+                    "resume. Pass --fresh to retrain, or another --out_dir."
+                )
+        else:
+            atomic_write_text(key_path, json.dumps(key, indent=1))
+
+    def _phase(self, name: str, train: Callable):
+        """Loads `<name>.keras` when an earlier run finished the phase, else trains it."""
+        import keras
+
+        path = self.path(f"{name}.keras")
+        if os.path.exists(path):
+            self.log(f"phase {name}: resuming from {path}")
+            return keras.saving.load_model(path, compile=False)
+        start = time.time()
+        model = train()
+        atomic_save(model, path)
+        self.timings[name] = round(time.time() - start, 1)
+        return model
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def load_data(self):
+        cfg = self.cfg
+
+        def load(name):
+            return datasets.load(
+                name, data_dir=cfg.data_dir, validation_split=cfg.validation_split,
+                seed=cfg.seed, max_train=cfg.max_train or None, max_test=cfg.max_test or None,
+                **self.recipe.dataset_kwargs.get(name, {}))
+
+        try:
+            self.data = load(cfg.dataset)
+        except datasets.DatasetNotFoundError as e:
+            fallback = self.recipe.fallback_dataset
+            if fallback is None or fallback == cfg.dataset:
+                raise
+            self.log(f"data: {cfg.dataset} is not available ({str(e)[:160]}...); "
+                     f"using {fallback} instead")
+            self.dataset = fallback
+            self.data = load(fallback)
+        d = self.data
+        self.log(f"data: {self.dataset} from {d.source}: train {len(d.x_train)}, "
+                 f"validation {len(d.x_val)}, test {len(d.x_test)}, shape {d.input_shape}")
+
+    def train_dense(self):
+        import keras
+
+        cfg = self.cfg
+
+        def train():
+            self.log(f"phase dense: {cfg.epochs} epochs, {cfg.optimizer} lr={cfg.lr} "
+                     f"({cfg.lr_schedule})")
+            model = self.recipe.build(input_shape=self.data.input_shape,
+                                      num_classes=self.data.num_classes)
+            _compile(keras, model, cfg.optimizer, self._schedule(keras, cfg.lr, cfg.epochs))
+            _fit(keras, model, self.data, cfg, cfg.epochs, self.path("backup_dense"))
+            # The baseline gets the same treatment as the SSL model (a fair comparison).
+            self._reestimate_batchnorm(model, "dense")
+            return model
+
+        self.dense = self._phase("dense", train)
+
+    def train_ssl(self):
+        import keras
+
+        cfg = self.cfg
+        apply_ssl = need("ssl_keras.wrap", "apply_ssl", "ssl")
+
+        def train():
+            self.log(f"phase ssl: {cfg.ssl_epochs} epochs, lr={cfg.ssl_lr} momentum="
+                     f"{cfg.ssl_momentum}, filters={cfg.filters}"
+                     f" channels={cfg.channels} shapes={cfg.shapes} borders={cfg.borders}"
+                     f" depth={cfg.depth}"
+                     f" proximal={cfg.proximal}")
+            layers = None
+            if cfg.ssl_layers is not None:
+                layers = {name: None if mult is None else
+                          {k: getattr(cfg, k) * m for k, m in mult.items()}
+                          for name, mult in cfg.ssl_layers.items()}
+                self.log(f"phase ssl: per-layer coefficients {layers}")
+            model = apply_ssl(self.dense, filters=cfg.filters, channels=cfg.channels,
+                              shapes=cfg.shapes, depth=cfg.depth, borders=cfg.borders,
+                              coupled=True, layers=layers)
+            _compile(keras, model, cfg.optimizer, cfg.ssl_lr, cfg.ssl_momentum)
+            callbacks = [need("ssl_keras.callbacks", "SparsityMonitor", "ssl")(
+                threshold=cfg.threshold, verbose=cfg.verbose > 0)]
+            if cfg.proximal:
+                callbacks.append(
+                    need("ssl_keras.callbacks", "ProximalGroupLasso", "ssl")())
+            else:  # the reference recipe: subgradient, small groups set to zero now and then
+                callbacks.append(need("ssl_keras.callbacks", "ZeroSmallGroups", "ssl")(
+                    cfg.threshold, every_n_steps=cfg.zero_every))
+            _fit(keras, model, self.data, cfg, cfg.ssl_epochs, self.path("backup_ssl"),
+                 callbacks)
+            self._reestimate_batchnorm(model, "ssl")
+            return model
+
+        self.ssl = self._phase("ssl", train)
+
+    def _schedule(self, keras, lr: float, epochs: int):
+        """The learning rate of a phase: `lr`, or cosine decay from it over the phase."""
+        if self.cfg.lr_schedule == "constant":
+            return lr
+        steps = epochs * -(-len(self.data.x_train) // self.cfg.batch_size)
+        return keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))
+
+    def zero(self):
+        """zero_groups(strip_ssl(ssl)) with BatchNorm re-estimated: deterministic, not saved."""
+        zero_groups = need("ssl_keras.thin", "zero_groups", "finetune")
+        strip_ssl = need("ssl_keras.wrap", "strip_ssl", "finetune")
+        # strip first: the zeroed groups are then exactly the groups thin() removes.
+        self.zeroed = zero_groups(strip_ssl(self.ssl), self.cfg.threshold)
+        self._reestimate_batchnorm(self.zeroed, "finetune (after zeroing)")
+
+    def _thin_checked(self, model):
+        """thin(model), checked against `model` on 256 test images (max |difference|)."""
+        thin = need("ssl_keras.thin", "thin", "thin")
+        thinned = thin(model, threshold=self.cfg.threshold, round_to=self.cfg.round_to)
+        x = self.data.x_test[:256]
+        ref = model.predict(x, verbose=0)
+        got = thinned.predict(x, verbose=0)
+        self.thin_max_abs_diff = float(np.max(np.abs(ref - got)))
+        self.log(f"thin: {units_per_layer(self.dense)} -> {units_per_layer(thinned)}; "
+                 f"max |thinned - zeroed| on 256 test images = {self.thin_max_abs_diff:.2e}")
+        return thinned
+
+    def finetune(self):
+        import keras
+
+        cfg = self.cfg
+        self.zero()
+        if cfg.finetune_thinned:
+            # thin before fine-tuning: the check compares thin() with the zeroed model it
+            # came from, and the small model fine-tunes several times faster.
+            start = self._thin_checked(self.zeroed)
+        else:
+            start = self.zeroed
+        freeze = None if cfg.finetune_thinned else need(
+            "ssl_keras.callbacks", "freeze_zero_groups", "finetune")
+
+        def train():
+            what = "the thinned model" if cfg.finetune_thinned else \
+                "the zeroed model, zero groups frozen"
+            self.log(f"phase finetune: {what}, {cfg.finetune_epochs} epochs, "
+                     f"lr={cfg.finetune_lr} ({cfg.lr_schedule})")
+            model = keras.models.clone_model(start)
+            model.set_weights(start.get_weights())
+            schedule = self._schedule(keras, cfg.finetune_lr, cfg.finetune_epochs)
+            targets = None
+            if cfg.distill > 0:
+                self.log(f"phase finetune: distillation from the dense model, alpha="
+                         f"{cfg.distill}, T={cfg.distill_temperature}")
+                targets = distillation_targets(self.dense, self.data)
+                model.compile(optimizer=_optimizer(keras, cfg.optimizer, schedule),
+                              loss=distillation_loss(cfg.distill, cfg.distill_temperature),
+                              metrics=[packed_accuracy])
+            else:
+                _compile(keras, model, cfg.optimizer, schedule)
+            callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
+            _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
+                 self.path("backup_finetune"), callbacks, targets)
+            if targets is not None:  # saved with the examples' usual loss, not the closure
+                _compile(keras, model, cfg.optimizer, cfg.finetune_lr)
+            self._reestimate_batchnorm(model, "finetune")
+            return model
+
+        self.finetuned = self._phase("finetune", train)
+
+    def _reestimate_batchnorm(self, model, phase: str) -> None:
+        """Recomputes the BatchNorm moving statistics from the training images (if any BN).
+
+        Group Lasso (and zeroing) changes the weights under every BatchNorm faster than its
+        moving statistics follow (momentum 0.99): the inference-mode model can then be far
+        worse than the training-mode one (ResNet-20: 9% validation accuracy instead of 79%).
+        """
+        import keras
+
+        if not any(isinstance(layer, keras.layers.BatchNormalization)
+                   for layer in model._flatten_layers(include_self=False)):
+            return
+        reestimate = need("ssl_keras.callbacks", "reestimate_batchnorm", "ssl")
+        data = self.data
+        before = _val_accuracy(model, data)
+        count = reestimate(model, data.x_train, batch_size=self.cfg.batch_size,
+                           max_batches=BN_BATCHES)
+        after = _val_accuracy(model, data)
+        self.log(f"phase {phase}: BatchNorm statistics of {count} layers re-estimated on "
+                 f"{min(BN_BATCHES, max(len(data.x_train) // self.cfg.batch_size, 1))} "
+                 f"training batches; validation accuracy {_pct(before)} -> {_pct(after)}")
+
+    def thin(self):
+        if self.cfg.finetune_thinned:
+            self.thinned = self.finetuned
+        else:
+            self.thinned = self._thin_checked(self.finetuned)
+        atomic_save(self.thinned, self.path("thinned.keras"))
+
+    def export(self):
+        export_tflite = need("ssl_keras.export", "export_tflite", "export")
+        rep = self.data.x_train[:200]
+        self.tflite = {
+            "dense": self.path("dense_float32.tflite"),
+            "ssl": self.path("ssl_thinned_float32.tflite"),
+            "ssl_int8": self.path("ssl_thinned_int8.tflite"),
+        }
+        # The work directory belongs to this run: its .tflite files are regenerated each time.
+        for key, model, quantize in (("dense", self.dense, None), ("ssl", self.thinned, None),
+                                     ("ssl_int8", self.thinned, "int8")):
+            report = export_tflite(model, self.tflite[key], quantize=quantize,
+                                   representative_data=rep, overwrite=True)
+            self.log(f"export: {self.tflite[key]} ({report.size_bytes} bytes, max |tflite - "
+                     f"keras| on {report.verified_samples} samples = {report.max_abs_diff:.2e})")
+        x = self.data.x_test[:100]
+        self.tflite_max_abs_diff = float(np.max(np.abs(
+            tflite_predict(self.tflite["ssl"], x) - self.finetuned.predict(x, verbose=0))))
+        self.log(f"export: max |thinned float32 TFLite - finetuned Keras| on 100 test images = "
+                 f"{self.tflite_max_abs_diff:.2e}")
+
+    def tfmot_baseline(self, sparsity: float):
+        """Runs `python -m tflite_bench.baselines` in its own process (tfmot needs Keras 2).
+
+        Element-wise magnitude pruning of the dense model at `sparsity` (the SSL model's
+        parameter sparsity), fine-tuned on a training subset; the float32 .tflite of the
+        pruned model is benchmarked beside the others.
+        """
+        self.tfmot = None
+        if not self.cfg.tfmot or self.recipe.tfmot_arch is None:
+            self.log("tfmot: skipped (--notfmot or no tf_keras architecture)")
+            return
+        out = self.path("tfmot")
+        os.makedirs(out, exist_ok=True)
+        npz = self.path("tfmot_data.npz")
+        n = min(len(self.data.x_train), 10000)
+        np.savez(npz, x_train=self.data.x_train[:n], y_train=self.data.y_train[:n],
+                 x_test=self.data.x_test, y_test=self.data.y_test)
+        steps = 50 if self.cfg.quick else 300
+        cmd = [sys.executable, "-m", "tflite_bench.baselines", "--arch", self.recipe.tfmot_arch,
+               "--sparsity", f"{min(max(sparsity, 0.01), 0.99):.4f}", "--weights",
+               self.path("dense.keras"), "--data", npz, "--steps", str(steps), "--out", out,
+               "--overwrite"]
+        self.log("tfmot: python " + " ".join(cmd[1:]))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        os.remove(npz)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise StepUnavailableError(
+                f"Step 'tfmot' failed: python -m tflite_bench.baselines exited with "
+                f"{proc.returncode}: {last}. Pass --notfmot to skip the baseline.")
+        with open(os.path.join(out, "baselines.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        files = [e for e in manifest["files"] if e["kind"] == "elementwise"]
+        if not files:
+            raise StepUnavailableError(
+                "Step 'tfmot' failed: tflite_bench.baselines listed no 'elementwise' file in "
+                f"{out}/baselines.json. Pass --notfmot to skip the baseline.")
+        entry = files[0]
+        self.tfmot = {"command": "python " + " ".join(cmd[1:]).replace(sys.executable, "python"),
+                      "tflite": entry["path"], "target_sparsity": sparsity,
+                      "kernel_sparsity": entry["kernel_sparsity"],
+                      "pruning": manifest.get("pruning"), "steps": steps}
+        self.log(f"tfmot: {entry['path']}, kernel sparsity {entry['kernel_sparsity']:.3f}")
+
+    def bench(self):
+        benchmark = need("tflite_bench", "benchmark", "bench")
+        paths = [self.tflite["dense"], self.tflite["ssl"], self.tflite["ssl_int8"]]
+        if self.tfmot and self.tfmot.get("tflite"):
+            paths.append(self.tfmot["tflite"])
+        self.bench_result = benchmark(paths, threads=self.cfg.threads, runs=self.cfg.runs,
+                                      warmup=self.cfg.warmup, progress=self.cfg.verbose == 1)
+        atomic_write_text(self.path("bench.json"), json.dumps(self.bench_result, indent=1))
+
+    def run(self) -> dict:
+        t0 = time.time()
+        import keras
+
+        keras.utils.set_random_seed(self.cfg.seed)
+        self.load_data()
+        self._prepare_work_dir()
+        self.train_dense()
+        self.train_ssl()
+        self.finetune()
+        self.thin()
+        self.export()
+        count_params = need("tflite_bench", "count_params", "tfmot")
+        sparsity = 1.0 - count_params(self.tflite["ssl"]) / count_params(self.tflite["dense"])
+        self.tfmot_baseline(sparsity)
+        self.bench()
+        results = self.results()
+        results["seconds"] = round(time.time() - t0, 1)
+        self.write(results)
+        return results
