@@ -44,7 +44,9 @@ from examples.config import Recipe, UsageError, config_from_flags, define_flags
 from examples.pipeline import Pipeline
 from examples.util import StepUnavailableError
 
-__all__ = ["Recipe", "main"]
+__all__ = ["HELP_FLAGS", "Recipe", "main"]
+
+HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -52,7 +54,7 @@ def main(recipe: Recipe, argv=None) -> int:
     argv = list(sys.argv if argv is None else argv)
     fv = define_flags(recipe)
     args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
-    if any(a in ("-h", "-help", "--help", "--helpshort", "--helpfull") for a in args):
+    if any(a in HELP_FLAGS for a in args):
         entry = sys.modules.get("__main__")
         spec = getattr(entry, "__spec__", None)
         if spec is not None and spec.name.startswith("examples."):  # python -m examples.X

@@ -219,6 +219,9 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     if not threads or any(t < 1 for t in threads):
         raise UsageError("--threads must be a comma-separated list of positive integers. "
                          f"Received: --threads={values['threads']!r}")
+    if 1 not in threads:
+        raise UsageError("--threads must include 1: the results' latency and speedup are "
+                         f"at 1 thread, batch 1. Received: --threads={values['threads']!r}")
     values["threads"] = threads
     values["ssl_layers"] = _ssl_layers(values["ssl_layers"], recipe)
     for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every",

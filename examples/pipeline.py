@@ -389,7 +389,7 @@ class Pipeline(ReportMixin):
                 "Step 'tfmot' failed: tflite_bench.baselines listed no 'elementwise' file in "
                 f"{out}/baselines.json. Pass --notfmot to skip the baseline.")
         entry = files[0]
-        self.tfmot = {"command": "python " + " ".join(cmd[1:]).replace(sys.executable, "python"),
+        self.tfmot = {"command": "python " + " ".join(cmd[1:]),
                       "tflite": entry["path"], "target_sparsity": sparsity,
                       "kernel_sparsity": entry["kernel_sparsity"],
                       "pruning": manifest.get("pruning"), "steps": steps}

@@ -74,7 +74,6 @@ class ReportMixin:
         rows["ssl"]["filters_per_layer"] = units_per_layer(self.thinned)
         rows["baseline"]["filters_per_layer"] = units_per_layer(self.dense)
         rows["ssl_int8"] = row(self.tflite["ssl_int8"])
-        base1 = rows["baseline"]["latency_us"]
         speedup = {t: base1_t / rows["ssl"]["latency_us_by_threads"][t]
                    for t, base1_t in rows["baseline"]["latency_us_by_threads"].items()}
         tfmot = None
@@ -95,7 +94,7 @@ class ReportMixin:
             "ssl": rows["ssl"],
             "ssl_int8": rows["ssl_int8"],
             "tfmot": tfmot,
-            "speedup": speedup.get(1, base1 / rows["ssl"]["latency_us"]),
+            "speedup": speedup[1],  # --threads includes 1 (config)
             "speedup_by_threads": speedup,
             "mac_ratio": rows["baseline"]["macs"] / rows["ssl"]["macs"],
             "speedup_ci_1thread": self._entries(self.tflite["ssl"]).get(1, {}).get("speedup_ci"),

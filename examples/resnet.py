@@ -17,7 +17,7 @@ import sys
 from absl import flags
 
 from examples import models
-from examples.common import Recipe, main
+from examples.common import HELP_FLAGS, Recipe, main
 
 
 def recipe(depth: int = 20) -> Recipe:
@@ -68,6 +68,14 @@ def _split_depth_flag(argv):
     return depth, rest
 
 
+def _run(argv) -> int:
+    depth, rest = _split_depth_flag(argv)
+    code = main(recipe(depth), rest)
+    if code == 0 and any(a in HELP_FLAGS for a in argv[1:]):  # main printed the common flags
+        print("  --resnet_depth: ResNet depth, 6n + 2 (20, 32, ...).\n    (default: '20')\n"
+              "    (an integer)")
+    return code
+
+
 if __name__ == "__main__":
-    depth, argv = _split_depth_flag(sys.argv)
-    sys.exit(main(recipe(depth), argv))
+    sys.exit(_run(sys.argv))

@@ -28,7 +28,6 @@ def need(module: str, name: str, step: str):
         step: the pipeline step that needs it, for the message.
     """
     import importlib
-    import types
 
     try:
         mod = importlib.import_module(module)
@@ -38,7 +37,7 @@ def need(module: str, name: str, step: str):
             "Expected: the module in this checkout."
         ) from None
     value = getattr(mod, name, None)
-    if value is None or isinstance(value, types.ModuleType) or not callable(value):
+    if value is None or not callable(value):
         raise StepUnavailableError(
             f"Step {step!r} needs {module}.{name}, which this checkout does not provide yet. "
             f"Expected: a public function or class {name!r} in {module}."

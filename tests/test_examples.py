@@ -94,6 +94,7 @@ def test_lenet_quick_end_to_end(tmp_path):
     (["--borders=-0.1"], r"--borders must be >= 0. Received: --borders=-0.1"),
     (["--distill=1.5"], r"--distill must be in \[0, 1\]. Received: --distill=1.5"),
     (["--distill_temperature=0"], r"--distill_temperature must be > 0"),
+    (["--threads=2"], r"--threads must include 1: .* Received: --threads='2'"),
 ])
 def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     code, err = _main(argv, capsys)
@@ -109,8 +110,17 @@ def test_help_lists_the_flags_and_exits_0(capsys, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("LeNet-5 (Caffe")  # the example's docstring
     assert "--filters: Filter-wise" in out.stdout and "(default: '0.017')" in out.stdout
+    assert "\nFlags:\n" in out.stdout and "examples." not in out.stdout.split("Flags:")[1]
     assert "--flagfile" not in out.stdout  # absl's own flags stay out
     assert os.listdir(tmp_path) == []  # nothing ran
+
+
+def test_resnet_help_lists_its_depth_flag(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "examples.resnet", "--help"],
+                         capture_output=True, text=True, timeout=120,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr
+    assert "--resnet_depth: ResNet depth" in out.stdout and "--depth: Depth-wise" in out.stdout
 
 
 def test_missing_data_dir_is_one_line_exit_2(capsys, tmp_path):
