@@ -261,7 +261,6 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
 # Applying a plan
 
 
-
 _PAD_CROP = {f"{kind}{r}D" for kind in ("ZeroPadding", "Cropping") for r in (1, 2, 3)}
 
 
