@@ -34,7 +34,7 @@ def recipe(depth: int = 20) -> Recipe:
         defaults={"max_train": 8000, "epochs": 15, "ssl_epochs": 3, "finetune_epochs": 8,
                   "lr": 0.05, "ssl_lr": 0.05, "finetune_lr": 0.05, "batch_size": 128,
                   # Depth groups are the gamma and beta of each branch's last BatchNorm
-                  # (ssl_keras.wrap._depth_groups); proximal steps give exact zeros. 0.6
+                  # (ssl_keras._wrap_groups._depth_groups); proximal steps give exact zeros. 0.6
                   # switched off the 3 stage-1 branches in 171 steps in a trial run from
                   # this dense model (norms: stage 1 about 4, stage 2 5.7, stage 3 8).
                   "depth": 0.6, "proximal": True, "threshold": 1e-3, "runs": 200,

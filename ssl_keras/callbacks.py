@@ -175,7 +175,7 @@ class _CoupledSet:
 
 
 def _companion(model, piece: dict) -> tuple:
-    from ssl_keras.wrap import _variable
+    from ssl_keras._wrap_coupled import _variable
 
     variable = _variable(model, piece["layer"], piece["weight"])
     axis = int(piece["axis"]) % len(variable.shape)

@@ -24,7 +24,7 @@ def _shape(tensor_shape):
 
 def _calls(model):
     """(layer, input shape, output shape) for every call of a layer in `model`'s graph."""
-    from ssl_keras.thin import _graph, _nodes
+    from ssl_keras._thin_model import _graph, _nodes
 
     out = []
     for node in _nodes(_graph(model)):
@@ -50,7 +50,7 @@ def layer_macs(layer, input_shape, output_shape) -> int:
     >>> layer_macs(keras.layers.Dense(3), (None, 4), (None, 3))
     12
     """
-    from ssl_keras.thin import _is_conv, _is_depthwise, _is_separable, _is_transpose
+    from ssl_keras._thin_model import _is_conv, _is_depthwise, _is_separable, _is_transpose
 
     cls = type(layer)
     cin = input_shape[-1]

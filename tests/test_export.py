@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import ssl_keras
-from ssl_keras import _tflite, export
+from ssl_keras import _export_convert, _export_inputs, _tflite, export
 from ssl_keras.export import ExportReport, evaluate_tflite, export_tflite, predict_tflite
 
 MODES = [None, "float16", "dynamic", "int8"]
@@ -297,7 +297,7 @@ def test_representative_data_forms_give_the_same_calibration(tmp_path):
     model = conv_bn_net(filters=(2, 2))
     x = data(12, seed=2)
     y = np.zeros(12, np.int64)
-    struct = export._input_struct(model)
+    struct = _export_inputs._input_struct(model)
     forms = {
         "array": x,
         "dataset of (x, y) batches": tf.data.Dataset.from_tensor_slices((x, y)).batch(5),
@@ -306,7 +306,7 @@ def test_representative_data_forms_give_the_same_calibration(tmp_path):
         "dict": {"image": x},
     }
     for form, value in forms.items():
-        (got,) = export._collect(value, struct, limit=10)
+        (got,) = _export_inputs._collect(value, struct, limit=10)
         np.testing.assert_array_equal(got, x[:10], err_msg=form)
     a = export_tflite(model, tmp_path / "a.tflite", quantize="int8", representative_data=x,
                       num_calibration_samples=10)
@@ -407,8 +407,8 @@ def test_argument_errors(model, tmp_path):
 
 
 def test_float32_disagreement_raises_and_writes_nothing(model, tmp_path, monkeypatch):
-    real = export._keras_outputs
-    monkeypatch.setattr(export, "_keras_outputs",
+    real = _export_convert._keras_outputs
+    monkeypatch.setattr(_export_convert, "_keras_outputs",  # where _verify looks it up
                         lambda m, x: {k: v + 1e-3 for k, v in real(m, x).items()})
     with pytest.raises(ValueError, match=r"disagrees.*> atol = 0.0001.*Nothing was written"):
         export_tflite(model, tmp_path / "m.tflite")

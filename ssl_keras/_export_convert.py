@@ -1,0 +1,198 @@
+"""The conversion steps of `export_tflite`: float32 rebuild, SavedModel -> TFLite, check.
+
+Internal to `ssl_keras.export` (which re-exports `QUANTIZE_MODES` and `rebuild_float32`):
+mixed-precision models rebuilt in float32, argument checks, the converter run on a
+SavedModel with a static input signature, and the .tflite outputs compared with Keras.
+It must not import `ssl_keras.export` (run as `python -m ssl_keras.export`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+
+import keras
+import numpy as np
+
+from ssl_keras import _tflite
+from ssl_keras._export_inputs import _input_names, _static_shapes, _unflatten
+
+QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
+
+
+# ------------------------------------------------------------------------- float32 rebuild
+
+
+def _float32_config(config):
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "dtype" and _is_mixed(value):
+                out[key] = "float32"
+            else:
+                out[key] = _float32_config(value)
+        return out
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    return config
+
+
+def _is_mixed(dtype) -> bool:
+    if isinstance(dtype, dict):
+        dtype = dtype.get("config", {}).get("name", "")
+    return isinstance(dtype, str) and dtype.startswith("mixed_")
+
+
+def _all_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _all_layers(layer)
+
+
+def _needs_float32(model) -> bool:
+    return any(
+        layer.dtype_policy.compute_dtype != "float32"
+        for layer in _all_layers(model)
+        if hasattr(layer, "dtype_policy") and layer.dtype_policy.variable_dtype == "float32"
+    )
+
+
+def rebuild_float32(model):
+    """A copy of a mixed-precision model computing in float32, with the same weights.
+
+    mixed_float16 / mixed_bfloat16 models do not convert to TFLite builtin ops (Conv2D and
+    MatMul in float16 need Select TF ops). The variables of such models are float32 already,
+    so the copy has the same weights exactly.
+
+    Args:
+        model: a functional or Sequential Keras model.
+
+    Returns:
+        A new model; `model` is not modified.
+    """
+
+    def clone(layer):
+        return layer.__class__.from_config(_float32_config(layer.get_config()))
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except Exception as error:
+        raise ValueError(
+            "Could not rebuild the mixed-precision model in float32 for TFLite; rebuild it "
+            "yourself with keras.mixed_precision.set_global_policy('float32'). "
+            f"Received: model={model.name!r}, error={str(error).splitlines()[0]!r}"
+        ) from error
+    copy.set_weights(model.get_weights())
+    if _needs_float32(copy):
+        raise ValueError(
+            "The model still has layers computing in reduced precision after the float32 "
+            f"rebuild. Received: model={model.name!r}"
+        )
+    return copy
+
+
+# -------------------------------------------------------------------------------- convert
+
+
+def _validate(quantize, representative_data, batch_size, num_calibration_samples):
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(
+            f"`quantize` must be one of {list(QUANTIZE_MODES)}. Received: quantize={quantize!r}"
+        )
+    if quantize == "int8" and representative_data is None:
+        raise ValueError(
+            "quantize='int8' needs `representative_data` to calibrate the activation ranges. "
+            "Received: representative_data=None"
+        )
+    for name, value in (("batch_size", batch_size),
+                        ("num_calibration_samples", num_calibration_samples)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+
+
+def _convert(model, struct, batch_size, quantize, calibration, allow_select_ops) -> bytes:
+    import tensorflow as tf
+
+    names, shapes = _input_names(struct), _static_shapes(struct)
+    specs = [tf.TensorSpec((batch_size, *s), tf.float32, name=n)
+             for n, s in zip(names, shapes, strict=True)]
+    with tempfile.TemporaryDirectory(prefix="ssl_keras_export_") as saved_model:
+        model.export(saved_model, format="tf_saved_model",
+                     input_signature=[_unflatten(struct, specs)], verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantize == "int8"
+               else tf.lite.OpsSet.TFLITE_BUILTINS]
+        if allow_select_ops:
+            ops.append(tf.lite.OpsSet.SELECT_TF_OPS)
+        converter.target_spec.supported_ops = ops
+        if quantize is not None:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+            usable = len(calibration[0]) // batch_size * batch_size
+            if usable == 0:
+                raise ValueError(
+                    f"int8 calibration needs at least batch_size={batch_size} samples. "
+                    f"Received: {len(calibration[0])} samples"
+                )
+
+            def representative_dataset():
+                for start in range(0, usable, batch_size):
+                    yield {n: a[start:start + batch_size]
+                           for n, a in zip(names, calibration, strict=True)}
+
+            converter.representative_dataset = representative_dataset
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tf.lite.Interpreter deprecation (calibration)
+                return converter.convert()
+        except Exception as error:
+            message = str(error)
+            if "ERROR_NEEDS_FLEX_OPS" in message or "TF Select ops" in message:
+                found = _tflite.select_ops_from_error(message)
+                raise ValueError(
+                    "The model needs TensorFlow ops that TFLite has no builtin kernel for"
+                    + (" with int8 quantisation" if quantize == "int8" else "")
+                    + f": {', '.join(found) or 'see the converter log'}. Replace those layers, "
+                    "or pass allow_select_ops=True (the app then needs the Flex delegate). "
+                    f"Received: model={model.name!r}, quantize={quantize!r}"
+                ) from None
+            first = next((line for line in message.splitlines() if "error" in line.lower()),
+                         message.splitlines()[0] if message else type(error).__name__)
+            raise ValueError(
+                f"TFLite conversion failed: {first.strip()[:500]}. "
+                f"Received: model={model.name!r}, quantize={quantize!r}"
+            ) from error
+
+
+def _keras_outputs(model, x) -> dict:
+    y = model(x, training=False)
+    if isinstance(y, dict):
+        return {k: np.asarray(keras.ops.convert_to_numpy(v), np.float32) for k, v in y.items()}
+    ys = y if isinstance(y, (list, tuple)) else [y]
+    return {f"output_{i}": np.asarray(keras.ops.convert_to_numpy(v), np.float32)
+            for i, v in enumerate(ys)}
+
+
+def _verify(model, struct, content, samples, quantize, atol):
+    names = _input_names(struct)
+    interpreter = _tflite.make_interpreter(model_content=content)
+    got = _tflite.run(interpreter, dict(zip(names, samples, strict=True)))
+    want = _keras_outputs(model, _unflatten(struct, samples))
+    if sorted(got) != sorted(want):
+        raise RuntimeError(
+            "The TFLite outputs do not match the Keras model's outputs by name. "
+            f"Received: tflite={sorted(got)}, keras={sorted(want)}"
+        )
+    diff = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
+    scale = max(float(np.max(np.abs(want[k]))) for k in want)
+    if quantize is None and not diff <= atol:
+        raise ValueError(
+            f"The float32 TFLite model disagrees with the Keras model: max |diff| = {diff:.3g} "
+            f"> atol = {atol:g} over {len(samples[0])} samples. Nothing was written. "
+            f"Received: model={model.name!r}"
+        )
+    return diff, scale

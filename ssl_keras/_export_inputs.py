@@ -1,0 +1,139 @@
+"""The model's input structure for export, and representative data as per-input arrays.
+
+Internal to `ssl_keras.export`: input names (the TFLite signature keys), static shapes,
+and `representative_data` (arrays, tf.data.Dataset, generator) collected into batches.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------- inputs
+
+
+def _input_struct(model):
+    """The model's inputs as a KerasTensor, a list of them or a dict of them."""
+    try:
+        return model.input
+    except (AttributeError, ValueError):
+        pass
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            "export_tflite needs a model with defined inputs (a functional model or a "
+            "Sequential model with an Input). Subclassed models: wrap them with "
+            "`keras.Model(inputs, model(inputs))` first. "
+            f"Received: model={model.name!r} of class {type(model).__name__}"
+        )
+    return inputs[0] if len(inputs) == 1 else list(inputs)
+
+
+def _input_names(struct) -> list:
+    """Input names in the order of the flattened structure (dict: sorted keys)."""
+    if isinstance(struct, dict):
+        names = sorted(struct)
+    else:
+        tensors = struct if isinstance(struct, (list, tuple)) else [struct]
+        names = [t.name for t in tensors]
+    names = [re.sub(r"\W", "_", name) for name in names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"The model's input names must be unique. Received: names={names}")
+    return names
+
+
+def _flat_inputs(struct) -> list:
+    if isinstance(struct, dict):
+        return [struct[k] for k in sorted(struct)]
+    return list(struct) if isinstance(struct, (list, tuple)) else [struct]
+
+
+def _unflatten(struct, arrays: list):
+    if isinstance(struct, dict):
+        return dict(zip(sorted(struct), arrays, strict=True))
+    return list(arrays) if isinstance(struct, (list, tuple)) else arrays[0]
+
+
+def _static_shapes(struct) -> list:
+    tensors = _flat_inputs(struct)
+    shapes = [tuple(t.shape[1:]) for t in tensors]
+    for name, shape, tensor in zip(_input_names(struct), shapes, tensors, strict=True):
+        if not str(tensor.dtype).startswith(("float", "bfloat")):
+            raise ValueError(
+                "export_tflite supports float inputs only (the .tflite inputs are float32, or "
+                f"int8 when quantised). Received: input {name!r} of dtype {tensor.dtype}"
+            )
+        if any(d is None for d in shape):
+            raise ValueError(
+                "export_tflite needs static input shapes (only the batch may be None). "
+                f"Received: input {name!r} with shape {(None, *shape)}"
+            )
+    return shapes
+
+
+def _to_sample_arrays(element, names: list, shapes: list) -> list:
+    """One data element (a sample or a batch, possibly (x, y)) -> per-input batches."""
+    if isinstance(element, dict) and set(element) != set(names) and "x" in element:
+        element = element["x"]
+    if isinstance(element, dict):
+        if sorted(element) != sorted(names):
+            raise ValueError(
+                f"Dict data must be keyed by the model's input names {sorted(names)}. "
+                f"Received: keys={sorted(element)}"
+            )
+        parts = [element[n] for n in names]
+    elif isinstance(element, (list, tuple)):
+        nested = len(element) in (2, 3) and (
+            len(names) == 1 or isinstance(element[0], (list, tuple, dict))
+        )
+        if nested:  # (x, y) or (x, y, sample_weight)
+            return _to_sample_arrays(element[0], names, shapes)
+        parts = list(element)
+    else:
+        parts = [element]
+    if len(parts) != len(names):
+        raise ValueError(
+            f"The data must give {len(names)} input(s) ({names}). Received: {len(parts)} arrays"
+        )
+    arrays = []
+    for name, shape, part in zip(names, shapes, parts, strict=True):
+        array = np.asarray(part, dtype=np.float32)
+        if array.shape == shape:
+            array = array[None]
+        if array.shape[1:] != shape:
+            raise ValueError(
+                f"Data for input {name!r} must have samples of shape {shape}. "
+                f"Received: shape={array.shape}"
+            )
+        arrays.append(array)
+    return arrays
+
+
+def _collect(data, struct, limit: int) -> list:
+    """representative_data (arrays, tf.data.Dataset or generator) -> per-input arrays."""
+    names, shapes = _input_names(struct), _static_shapes(struct)
+    if isinstance(data, (np.ndarray, dict)) or (
+        isinstance(data, (list, tuple)) and all(isinstance(a, np.ndarray) for a in data)
+    ):
+        elements = [data]
+    elif hasattr(data, "as_numpy_iterator"):
+        elements = data.as_numpy_iterator()
+    elif hasattr(data, "__iter__") or hasattr(data, "__next__"):
+        elements = iter(data)
+    else:
+        raise ValueError(
+            "`representative_data` must be a NumPy array (or a list / dict of them for several "
+            "inputs), a tf.data.Dataset or a generator. "
+            f"Received: representative_data of type {type(data).__name__}"
+        )
+    chunks, count = [], 0
+    for element in elements:
+        arrays = _to_sample_arrays(element, names, shapes)
+        chunks.append([a[: limit - count] for a in arrays])
+        count += len(chunks[-1][0])
+        if count >= limit:
+            break
+    if count == 0:
+        raise ValueError("`representative_data` is empty. Received: 0 samples")
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(names))]

@@ -1,0 +1,201 @@
+"""Validation and read access for thinning: the graph, its nodes, weights and layer kinds.
+
+Internal to `ssl_keras.thin`; `ssl_keras.report` reads the graph and the layer kinds here too.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and model access
+
+
+def _check_threshold(threshold):
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(threshold, bool) or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            "`threshold` must be a finite number >= 0 (group norms at most `threshold` are "
+            f"treated as zero). Received: threshold={threshold!r}"
+        )
+    return value
+
+
+def _check_round_to(round_to):
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise ValueError(
+            "`round_to` must be an integer >= 1 (every thinned width is kept a multiple of it). "
+            f"Received: round_to={round_to!r}"
+        )
+    return int(round_to)
+
+
+def _plain(model):
+    """A model from `apply_ssl` (an SSLModel, or StructuredSparsity wrappers) as plain layers.
+
+    thin reads and rebuilds plain layers only: such a model is stripped first (a copy, with
+    the same weights and layer names); any other model is returned as it is.
+    """
+    from ssl_keras.wrap import SSLModel, StructuredSparsity, strip_ssl
+
+    if isinstance(model, SSLModel) or (
+            isinstance(model, keras.Model)
+            and any(isinstance(layer, StructuredSparsity) for layer in model.layers)):
+        return strip_ssl(model)
+    return model
+
+
+def _graph(model):
+    """The functional graph of `model` (a Sequential's inner functional model)."""
+    from keras.src.models.functional import Functional
+
+    if isinstance(model, keras.Sequential):
+        graph = getattr(model, "_functional", None)
+        if graph is None:
+            raise ValueError(
+                "thin needs a built Sequential model with a known input shape (start it with "
+                f"keras.Input(...)). Received: model={model.name!r}, not built."
+            )
+        return graph
+    if not isinstance(model, Functional):
+        raise ValueError(
+            "thin supports functional and Sequential Keras models only: a subclassed model's "
+            "call() cannot be analysed or rebuilt. Rebuild it with the functional API. "
+            f"Received: model={model.name!r} of class {type(model).__name__}"
+        )
+    return model
+
+
+def _layers(graph):
+    return [op for op in graph.operations if isinstance(op, keras.layers.Layer)]
+
+
+def _read_weights(graph):
+    """{layer: {weight short name: float array}}; raises on NaN / inf."""
+    weights = {}
+    for layer in _layers(graph):
+        if isinstance(layer, keras.Model):
+            continue
+        arrays = {}
+        for var in layer.weights:
+            value = np.asarray(ops.convert_to_numpy(var))
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise ValueError(
+                    f"Layer {layer.name!r} has NaN or inf values in its weight {var.name!r}: "
+                    "thin needs finite weights. Received: "
+                    f"{int(np.sum(~np.isfinite(value)))} non-finite values of {value.size}."
+                )
+            arrays[var.name] = value
+        if arrays:
+            weights[layer.name] = arrays
+    return weights
+
+
+def _slice_norm(weights, s, cache=None):
+    """The L2 norm of a group slice; `cache` (a dict for this `weights`) keeps the per-index
+    sums of squares of every (layer, weight, axis) already seen."""
+    w = weights.get(s["layer"], {}).get(s["weight"])
+    if w is None:
+        return 0.0
+    if cache is None:
+        return float(np.linalg.norm(np.take(w, s["index"], axis=s["axis"]).astype(np.float64)))
+    axis = s["axis"] % w.ndim
+    key = (s["layer"], s["weight"], axis)
+    sums = cache.get(key)
+    if sums is None:
+        sums = np.sum(np.square(w, dtype=np.float64),
+                      axis=tuple(a for a in range(w.ndim) if a != axis))
+        cache[key] = sums
+    return float(np.sqrt(np.sum(sums[np.asarray(s["index"], dtype=int)])))
+
+
+def _zeroed_weights(weights, zero):
+    """A copy of `weights` with the `zero` entries set to 0 (each array copied once)."""
+    out = {name: dict(ws) for name, ws in weights.items()}
+    copied = set()
+    for z in zero:
+        key = (z["layer"], z["weight"])
+        if key not in copied:
+            out[key[0]][key[1]] = out[key[0]][key[1]].copy()
+            copied.add(key)
+        w = out[key[0]][key[1]]
+        if z.get("axis") is None:
+            w[...] = 0
+        else:
+            idx = [slice(None)] * w.ndim
+            idx[z["axis"]] = np.asarray(z["index"], dtype=int)
+            w[tuple(idx)] = 0
+    return out
+
+
+def _copy_with_weights(model, weights):
+    """A clone of `model` carrying `weights` ({layer: {name: array}})."""
+    clone = keras.models.clone_model(model)
+    for layer in clone.layers:
+        if layer.name in weights:
+            layer.set_weights([weights[layer.name][v.name] for v in layer.weights])
+        elif layer.weights:
+            src = model.get_layer(layer.name)
+            layer.set_weights(src.get_weights())
+    return clone
+
+
+def _is_kernel_layer(layer):
+    return any(v.name in KERNEL_NAMES for v in layer.weights)
+
+
+def _nodes(graph):
+    """The graph's non-input nodes in execution order."""
+    out = []
+    for depth in sorted(graph._nodes_by_depth, reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                out.append(node)
+    return out
+
+
+def _node_inputs(node):
+    return list(node.input_tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer kinds (through the MRO)
+
+
+@functools.cache
+def _is_conv(cls):
+    from keras.src.layers.convolutional.base_conv import BaseConv
+
+    return issubclass(cls, BaseConv) and not _is_transpose(cls)
+
+
+@functools.cache
+def _is_transpose(cls):
+    from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+
+    return issubclass(cls, BaseConvTranspose)
+
+
+@functools.cache
+def _is_separable(cls):
+    from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
+
+    return issubclass(cls, BaseSeparableConv)
+
+
+@functools.cache
+def _is_depthwise(cls):
+    from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
+
+    return issubclass(cls, BaseDepthwiseConv)

@@ -1,0 +1,142 @@
+"""The coupled groups of an `SSLModel` as matrices over its variables (`CoupledTerms`).
+
+Internal to `ssl_keras.wrap` (which re-exports `CoupledTerms`); the callbacks read the same
+terms to measure, zero and soft-threshold the groups.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from ssl_keras._wrap_layer import StructuredSparsity
+from ssl_keras.graph import find_layer
+
+
+def _variable(model, layer_path: str, weight: str):
+    """The variable `weight` of the layer at `layer_path` ("outer/inner") in `model`."""
+    try:
+        layer = find_layer(model, layer_path)
+    except ValueError:
+        raise ValueError(
+            f"The group refers to layer '{layer_path}', which is not in model "
+            f"'{model.name}'. Received: layer={layer_path!r}"
+        ) from None
+    if isinstance(layer, StructuredSparsity):
+        layer = layer.ssl_inner_layer
+    for variable in layer.weights:
+        if variable.name == weight:
+            return variable
+    raise ValueError(
+        f"Layer '{layer_path}' has no weight named '{weight}'. Expected one of "
+        f"{[v.name for v in layer.weights]}. Received: weight={weight!r}"
+    )
+
+
+def _current_value(variable):
+    scope = keras.src.backend.get_stateless_scope()
+    symbolic = keras.src.backend.common.symbolic_scope.in_symbolic_scope()
+    if keras.src.backend.in_stateless_scope() and not symbolic:
+        value = scope.get_current_value(variable)
+        if value is not None:
+            return value
+    return variable
+
+
+class CoupledTerms:
+    """The coupled groups of a model as matrices: per (variable, axis), `M @ square_sums`.
+
+    For every distinct (layer, weight, axis) of the groups' slices, `matrix[g, i]` is 1 when
+    position `i` along `axis` belongs to group `g`; the square sum of group `g` is
+    `sum_terms matrix[g] @ sum_{other axes} W**2`.
+    """
+
+    def __init__(self, model, groups):
+        self.groups = groups
+        self.coefficients = np.array([g["coefficient"] for g in groups], dtype=np.float32)
+        keyed = {}
+        for g_index, group in enumerate(groups):
+            for piece in group["slices"]:
+                variable = _variable(model, piece["layer"], piece["weight"])
+                rank = len(variable.shape)
+                axis = piece["axis"]
+                if not isinstance(axis, int) or not -rank <= axis < rank:
+                    raise ValueError(
+                        f"Group '{group['id']}': axis {axis} is out of range for weight "
+                        f"'{piece['layer']}/{piece['weight']}' of rank {rank}. "
+                        f"Received: axis={axis!r}"
+                    )
+                axis %= rank
+                key = (piece["layer"], piece["weight"], axis)
+                if key not in keyed:
+                    keyed[key] = (variable, axis, np.zeros(
+                        (len(groups), variable.shape[axis]), dtype=np.float32))
+                index = np.asarray(piece["index"], dtype=np.int64)
+                if index.size and (index.min() < 0 or index.max() >= variable.shape[axis]):
+                    raise ValueError(
+                        f"Group '{group['id']}': index out of range for axis {axis} of "
+                        f"'{piece['layer']}/{piece['weight']}' (size "
+                        f"{variable.shape[axis]}). Received: index={piece['index']!r}"
+                    )
+                keyed[key][2][g_index, index] = 1.0
+        self.terms = list(keyed.values())
+        # The same membership as (group, position) pairs, for the NumPy side; a variable
+        # may appear in several terms (a Dense kernel as producer and as consumer).
+        self._pairs = [np.nonzero(matrix) for _, _, matrix in self.terms]
+        self._variables = []
+        self._slot = []
+        slot_of = {}  # id(variable) -> its index in self._variables
+        for variable, _, _ in self.terms:
+            if id(variable) not in slot_of:
+                slot_of[id(variable)] = len(self._variables)
+                self._variables.append(variable)
+            self._slot.append(slot_of[id(variable)])
+
+    def square_sums(self, read=lambda v: v):
+        """Per-group square sums as a keras.ops tensor."""
+        total = None
+        for variable, axis, matrix in self.terms:
+            x = ops.cast(read(variable), "float32")
+            axes = tuple(a for a in range(len(x.shape)) if a != axis)
+            per_index = ops.sum(ops.square(x), axis=axes) if axes else ops.square(x)
+            part = ops.matmul(ops.convert_to_tensor(matrix), per_index)
+            total = part if total is None else total + part
+        return total
+
+    def values(self) -> list[np.ndarray]:
+        """The current value of every variable of the groups, NumPy."""
+        return [np.asarray(ops.convert_to_numpy(v)) for v in self._variables]
+
+    def norms(self, values=None) -> np.ndarray:
+        """Per-group L2 norms, NumPy, without epsilon."""
+        values = self.values() if values is None else values
+        sums = np.zeros(len(self.groups), dtype=np.float64)
+        for (_, axis, _), (groups, positions), slot in zip(self.terms, self._pairs,
+                                                            self._slot, strict=True):
+            x = values[slot]
+            axes = tuple(a for a in range(x.ndim) if a != axis)
+            per_index = np.sum(np.square(x, dtype=np.float64), axis=axes)
+            sums += np.bincount(groups, weights=per_index[positions], minlength=len(sums))
+        return np.sqrt(sums)
+
+    def scale(self, factors: np.ndarray, values=None) -> None:
+        """Multiplies every slice of group g by factors[g] (in place, on the variables)."""
+        values = self.values() if values is None else values
+        multipliers = [None] * len(self._variables)
+        for (_, axis, matrix), (groups, positions), slot in zip(
+                self.terms, self._pairs, self._slot, strict=True):
+            # A position may belong to several groups (a channel and a residual branch):
+            # their factors multiply.
+            per_index = np.ones(matrix.shape[1], dtype=np.float64)
+            np.multiply.at(per_index, positions, factors[groups])
+            if np.all(per_index == 1.0):
+                continue
+            shape = [1] * values[slot].ndim
+            shape[axis] = -1
+            per_index = per_index.reshape(shape)
+            old = multipliers[slot]
+            multipliers[slot] = per_index if old is None else old * per_index
+        for variable, x, multiplier in zip(self._variables, values, multipliers, strict=True):
+            if multiplier is not None:
+                variable.assign((x * multiplier).astype(x.dtype))
