@@ -57,9 +57,13 @@ def main(recipe: Recipe, argv=None) -> int:
     if any(a in HELP_FLAGS for a in args):
         entry = sys.modules.get("__main__")
         spec = getattr(entry, "__spec__", None)
+        text = fv.get_help(include_special_flags=False).replace("examples.config:", "Flags:")
         if spec is not None and spec.name.startswith("examples."):  # python -m examples.X
-            print((entry.__doc__ or "").strip() + "\n")
-        print(fv.get_help(include_special_flags=False).replace("examples.config:", "Flags:"))
+            text = (entry.__doc__ or "").strip() + "\n\n" + text
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader left; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     try:
         fv(argv)
