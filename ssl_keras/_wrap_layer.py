@@ -164,7 +164,8 @@ class StructuredSparsity(keras.layers.Wrapper):
         if not isinstance(normalize, bool):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
         self.normalize = normalize
-        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+        if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+                and math.isfinite(epsilon) and epsilon > 0):
             raise ValueError(f"`epsilon` must be a finite float > 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
         self._penalties = {}

@@ -422,6 +422,9 @@ def test_errors():
         StructuredSparsity(keras.layers.Dense(2), normalize=1)
     with pytest.raises(ValueError, match="`epsilon` must be a finite float > 0"):
         StructuredSparsity(keras.layers.Dense(2), epsilon=0)
+    with pytest.raises(ValueError, match=r"`epsilon` must be a finite float > 0\. "
+                       r"Received: epsilon=True"):
+        StructuredSparsity(keras.layers.Dense(2), epsilon=True)
     with pytest.raises(ValueError, match="already holds StructuredSparsity layers"):
         apply_ssl(apply_ssl(model, coupled=False))
     with pytest.raises(ValueError, match="`model` must be a Keras model"):
