@@ -18,6 +18,8 @@ from ssl_keras.structures import (
 
 def _validate_coefficient(value, name: str) -> float:
     try:
+        if isinstance(value, bool):  # float(True) would pass as 1.0
+            raise TypeError
         value = float(value)
     except (TypeError, ValueError):
         raise ValueError(

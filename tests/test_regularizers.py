@@ -217,6 +217,8 @@ def test_config_round_trip_with_non_default_values():
         (dict(channels=float("nan")), r"`channels` .*Received: channels=nan"),
         (dict(shapes=float("inf")), r"`shapes` .*Received: shapes=inf"),
         (dict(depth="a lot"), r"`depth` .*Received: depth='a lot'"),
+        (dict(filters=True), r"`filters` must be a non-negative finite float\. "
+                             r"Received: filters=True"),
         (dict(borders=-0.1), r"`borders` .*Received: borders=-0\.1"),
         (dict(epsilon=0.0), r"`epsilon` must be a finite float > 0\. Received: epsilon=0\.0"),
         (dict(epsilon=-1e-8), r"Received: epsilon=-1e-08"),

@@ -398,6 +398,8 @@ def test_errors():
         apply_ssl(keras.layers.Dense(2), depth=-1)
     with pytest.raises(ValueError, match=r"layers\['conv0'\]\.channels.*channels=-2"):
         apply_ssl(model, layers={"conv0": {"channels": -2}})
+    with pytest.raises(ValueError, match=r"layers\['conv0'\]\.depth.*Received: .*depth=True"):
+        apply_ssl(model, layers={"conv0": {"depth": True}})
     with pytest.raises(ValueError, match=r"not in model 'resnet8': \['nope'\]"):
         apply_ssl(model, layers={"nope": {"filters": 0.1}})
     with pytest.raises(ValueError, match=r"unknown keys \['filter'\]"):
