@@ -197,7 +197,6 @@ def test_thinned_model_float32_and_int8(tmp_path):
         assert diff <= (1e-4 if mode is None else 0.1 * max(1.0, report.max_abs_output))
 
 
-@pytest.mark.skipif(not hasattr(ssl_keras, "thin"), reason="ssl_keras.thin has not landed")
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_model_thinned_by_ssl_keras_thin(tmp_path, padding):
     """Two zero filters behind a BatchNorm: thin folds their constant into conv2's bias
