@@ -94,7 +94,8 @@ def rebuild_float32(model):
 # -------------------------------------------------------------------------------- convert
 
 
-def _validate(quantize, representative_data, batch_size, num_calibration_samples):
+def _validate(quantize, representative_data, batch_size, num_calibration_samples,
+              num_verify_samples):
     if quantize not in QUANTIZE_MODES:
         raise ValueError(
             f"`quantize` must be one of {list(QUANTIZE_MODES)}. Received: quantize={quantize!r}"
@@ -105,7 +106,8 @@ def _validate(quantize, representative_data, batch_size, num_calibration_samples
             "Received: representative_data=None"
         )
     for name, value in (("batch_size", batch_size),
-                        ("num_calibration_samples", num_calibration_samples)):
+                        ("num_calibration_samples", num_calibration_samples),
+                        ("num_verify_samples", num_verify_samples)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
 

@@ -11,6 +11,7 @@ import math
 import keras
 from keras import ops
 
+from ssl_keras.registry import lookup
 from ssl_keras.regularizers import GroupLasso, _validate_coefficient
 
 _COEFFICIENTS = ("filters", "channels", "shapes", "borders", "depth")
@@ -42,25 +43,15 @@ _KERNELS = (
     (keras.layers.Dense, (("kernel", -2, -1, _COEFFICIENTS),)),
 )
 
-# Layers that hold no kernel to penalise and are left as they are by apply_ssl(model).
-_PASS_THROUGH = (
-    keras.layers.InputLayer, keras.layers.BatchNormalization, keras.layers.Activation,
-    keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU,
-    keras.layers.Softmax, keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
-    keras.layers.Average, keras.layers.Maximum, keras.layers.Minimum,
-    keras.layers.Concatenate, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Permute,
-    keras.layers.Dropout, keras.layers.SpatialDropout1D, keras.layers.SpatialDropout2D,
-    keras.layers.SpatialDropout3D, keras.layers.GaussianNoise, keras.layers.GaussianDropout,
-    keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D, keras.layers.ZeroPadding3D,
-    keras.layers.Cropping1D, keras.layers.Cropping2D, keras.layers.Cropping3D,
-    keras.layers.UpSampling1D, keras.layers.UpSampling2D, keras.layers.UpSampling3D,
-    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D,
-    keras.layers.AveragePooling1D, keras.layers.AveragePooling2D, keras.layers.AveragePooling3D,
-    keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D,
-    keras.layers.GlobalMaxPooling3D, keras.layers.GlobalAveragePooling1D,
-    keras.layers.GlobalAveragePooling2D, keras.layers.GlobalAveragePooling3D,
-    keras.layers.Rescaling, keras.layers.Identity,
-)
+
+def _registered(layer) -> bool:
+    """Whether the registry knows `layer`'s class (through the MRO), or it is an InputLayer.
+
+    apply_ssl(model) leaves such a layer as it is unless `_KERNELS` has its class. The
+    registry (ssl_keras.registry) is the one list of pass-through, tied, merging and blocking
+    layers, so a class added with `register_layer` is known here too.
+    """
+    return isinstance(layer, keras.layers.InputLayer) or lookup(layer) is not None
 
 
 def _supported_names() -> list[str]:
@@ -173,7 +164,8 @@ class StructuredSparsity(keras.layers.Wrapper):
         if not isinstance(normalize, bool):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
         self.normalize = normalize
-        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+        if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+                and math.isfinite(epsilon) and epsilon > 0):
             raise ValueError(f"`epsilon` must be a finite float > 0. Received: epsilon={epsilon!r}")
         self.epsilon = float(epsilon)
         self._penalties = {}

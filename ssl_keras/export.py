@@ -171,10 +171,8 @@ def export_tflite(
     ...                        representative_data=x_train[:200])
     >>> print(report.size_bytes, report.op_counts, report.max_abs_diff)
     """
-    _validate(quantize, representative_data, batch_size, num_calibration_samples)
-    for name, value in (("num_verify_samples", num_verify_samples),):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
+    _validate(quantize, representative_data, batch_size, num_calibration_samples,
+              num_verify_samples)
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"`model` must be a keras.Model. Received: model of type {type(model).__name__}"
@@ -398,9 +396,9 @@ def _main(argv, FLAGS):
               f"[--calibration DATA.npy] [--overwrite]. Received: {argv[1:]}")
     model_path, out_path = argv[1], argv[2]
     quantize = None if FLAGS.quantize in (None, "", "none", "None", "float32") else FLAGS.quantize
-    if quantize not in QUANTIZE_MODES:
-        _fail(f"--quantize must be one of float32, float16, dynamic, int8. "
-              f"Received: --quantize={FLAGS.quantize!r}")
+    if quantize not in QUANTIZE_MODES:  # before loading the model, in the flag's own terms
+        modes = ", ".join(mode or "float32" for mode in QUANTIZE_MODES)
+        _fail(f"--quantize must be one of {modes}. Received: --quantize={FLAGS.quantize!r}")
     if quantize == "int8" and FLAGS.calibration is None:
         _fail("--quantize=int8 needs --calibration DATA.npy to calibrate activation ranges.")
     if os.path.exists(out_path) and not FLAGS.overwrite:

@@ -18,6 +18,8 @@ from ssl_keras.structures import (
 
 def _validate_coefficient(value, name: str) -> float:
     try:
+        if isinstance(value, bool):  # float(True) would pass as 1.0
+            raise TypeError
         value = float(value)
     except (TypeError, ValueError):
         raise ValueError(
@@ -88,7 +90,8 @@ class GroupLasso(keras.regularizers.Regularizer):
         if not isinstance(normalize, bool):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
         self.normalize = normalize
-        epsilon_ok = isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0
+        epsilon_ok = (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+                      and math.isfinite(epsilon) and epsilon > 0)
         if not epsilon_ok:
             raise ValueError(
                 f"`epsilon` must be a finite float > 0. Received: epsilon={epsilon!r}"

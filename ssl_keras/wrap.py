@@ -29,13 +29,13 @@ from ssl_keras._wrap_groups import (
 )
 from ssl_keras._wrap_groups import residual_branches as residual_branches  # public
 from ssl_keras._wrap_layer import (
-    _PASS_THROUGH,
     StructuredSparsity,
+    _registered,
     _supported_names,
     kernel_specs,
 )
 from ssl_keras.graph import find_layer as find_layer  # importable from here as before
-from ssl_keras.registry import lookup
+from ssl_keras.registry import lookup as lookup  # importable from here as before
 from ssl_keras.regularizers import GroupLasso as GroupLasso  # importable from here as before
 
 
@@ -260,8 +260,7 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
             f"Expected names among {sorted(by_name)}. Received: layers keys={sorted(overrides)}"
         )
     for name, layer in by_name.items():
-        known = kernel_specs(layer) is not None or isinstance(layer, _PASS_THROUGH) \
-            or lookup(layer) is not None
+        known = kernel_specs(layer) is not None or _registered(layer)
         if not known and layer.weights and overrides.get(name, 0) is not None:
             raise ValueError(
                 f"Layer '{name}' of class {type(layer).__name__} has weights but apply_ssl does "

@@ -197,7 +197,6 @@ def test_thinned_model_float32_and_int8(tmp_path):
         assert diff <= (1e-4 if mode is None else 0.1 * max(1.0, report.max_abs_output))
 
 
-@pytest.mark.skipif(not hasattr(ssl_keras, "thin"), reason="ssl_keras.thin has not landed")
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_model_thinned_by_ssl_keras_thin(tmp_path, padding):
     """Two zero filters behind a BatchNorm: thin folds their constant into conv2's bias
@@ -356,8 +355,10 @@ def test_argument_errors(model, tmp_path):
         export_tflite(model, path, batch_size=0)
     with pytest.raises(ValueError, match="`num_calibration_samples` must be"):
         export_tflite(model, path, num_calibration_samples=True)
-    with pytest.raises(ValueError, match="`num_verify_samples` must be"):
-        export_tflite(model, path, num_verify_samples=0)
+    for value in (0, True):
+        with pytest.raises(ValueError, match=r"`num_verify_samples` must be an integer >= 1\. "
+                           f"Received: num_verify_samples={value}$"):
+            export_tflite(model, path, num_verify_samples=value)
     with pytest.raises(ValueError, match="must be a keras.Model.*Dense"):
         export_tflite(keras.layers.Dense(2), path)
     with pytest.raises(FileNotFoundError, match="directory of the output file"):
@@ -507,6 +508,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
         assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr
         assert stdout == ""
     assert not out.exists() and existing.read_bytes() == b"x"
+    code, _, stderr = _cli(monkeypatch, capsys, saved_model, out, "--quantize=int3")
+    assert code == 2
+    assert stderr == ("error: --quantize must be one of float32, float16, dynamic, int8. "
+                      "Received: --quantize='int3'\n")
     code, stdout, _ = _cli(monkeypatch, capsys, "--help")
     assert code == 0 and "python -m ssl_keras.export MODEL.keras" in stdout
     assert "--quantize" in stdout

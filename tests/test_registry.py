@@ -150,8 +150,8 @@ def test_block_size_attribute_must_exist(clean_registry):
 def test_docstring_examples(clean_registry):
     import doctest
 
-    from ssl_keras import graph
+    from ssl_keras import _registry_spec, graph
 
-    for module in (registry, graph):
+    for module in (registry, _registry_spec, graph):
         result = doctest.testmod(module, extraglobs={"keras": keras}, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, (module.__name__, result)

@@ -217,9 +217,12 @@ def test_config_round_trip_with_non_default_values():
         (dict(channels=float("nan")), r"`channels` .*Received: channels=nan"),
         (dict(shapes=float("inf")), r"`shapes` .*Received: shapes=inf"),
         (dict(depth="a lot"), r"`depth` .*Received: depth='a lot'"),
+        (dict(filters=True), r"`filters` must be a non-negative finite float\. "
+                             r"Received: filters=True"),
         (dict(borders=-0.1), r"`borders` .*Received: borders=-0\.1"),
         (dict(epsilon=0.0), r"`epsilon` must be a finite float > 0\. Received: epsilon=0\.0"),
         (dict(epsilon=-1e-8), r"Received: epsilon=-1e-08"),
+        (dict(epsilon=True), r"`epsilon` must be a finite float > 0\. Received: epsilon=True"),
         (dict(normalize="yes"), r"`normalize` must be a bool\. Received: normalize='yes'"),
         (dict(in_axis=-1, out_axis=-1), r"must name different axes.*in_axis=-1, out_axis=-1"),
         (dict(in_axis=1.5), r"`in_axis` must be an integer\. Received: in_axis=1\.5"),

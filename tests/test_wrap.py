@@ -11,8 +11,18 @@ import pytest
 
 import ssl_keras
 from examples.models import lenet, resnet
+from ssl_keras import registry
 from ssl_keras.graph import removable_groups
-from ssl_keras.wrap import SSLModel, StructuredSparsity, apply_ssl, residual_branches, strip_ssl
+from ssl_keras.registry import Kind, LayerSpec
+from ssl_keras.wrap import (
+    SSLModel,
+    StructuredSparsity,
+    apply_ssl,
+    kernel_specs,
+    residual_branches,
+    strip_ssl,
+)
+from tests.test_graph import _CASES
 
 EPS = 1e-8
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -388,6 +398,8 @@ def test_errors():
         apply_ssl(keras.layers.Dense(2), depth=-1)
     with pytest.raises(ValueError, match=r"layers\['conv0'\]\.channels.*channels=-2"):
         apply_ssl(model, layers={"conv0": {"channels": -2}})
+    with pytest.raises(ValueError, match=r"layers\['conv0'\]\.depth.*Received: .*depth=True"):
+        apply_ssl(model, layers={"conv0": {"depth": True}})
     with pytest.raises(ValueError, match=r"not in model 'resnet8': \['nope'\]"):
         apply_ssl(model, layers={"nope": {"filters": 0.1}})
     with pytest.raises(ValueError, match=r"unknown keys \['filter'\]"):
@@ -412,6 +424,9 @@ def test_errors():
         StructuredSparsity(keras.layers.Dense(2), normalize=1)
     with pytest.raises(ValueError, match="`epsilon` must be a finite float > 0"):
         StructuredSparsity(keras.layers.Dense(2), epsilon=0)
+    with pytest.raises(ValueError, match=r"`epsilon` must be a finite float > 0\. "
+                       r"Received: epsilon=True"):
+        StructuredSparsity(keras.layers.Dense(2), epsilon=True)
     with pytest.raises(ValueError, match="already holds StructuredSparsity layers"):
         apply_ssl(apply_ssl(model, coupled=False))
     with pytest.raises(ValueError, match="`model` must be a Keras model"):
@@ -427,6 +442,42 @@ def test_errors():
     kept = apply_ssl(odd, filters=0.1, coupled=False, layers={"scale": None})
     assert type(kept.get_layer("scale")) is _Scale
     assert isinstance(kept.get_layer("out"), StructuredSparsity)
+
+
+def test_apply_ssl_knows_a_layer_registered_by_the_user():
+    inputs = keras.Input((4,))
+    x = _Scale(name="scale")(inputs)
+    odd = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    saved = dict(registry._REGISTRY)
+    try:
+        registry.register_layer(_Scale, LayerSpec(Kind.PASSTHROUGH))
+        kept = apply_ssl(odd, filters=0.1, coupled=False)
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
+    assert type(kept.get_layer("scale")) is _Scale
+    assert isinstance(kept.get_layer("out"), StructuredSparsity)
+    with pytest.raises(ValueError, match=r"'scale' of class _Scale has weights"):
+        apply_ssl(odd, coupled=False)
+
+
+@pytest.mark.parametrize(
+    "cls", [c for c in registry.builtin_classes() if issubclass(c, keras.layers.Layer)],
+    ids=lambda c: c.__name__)
+def test_apply_ssl_knows_every_registered_layer(cls):
+    """Which layers apply_ssl may leave as they are comes from the registry, so the two cannot
+    drift apart: a registered layer (weights or not) is never rejected as unknown, and it is
+    wrapped exactly when the kernel table has its class."""
+    keras.utils.set_random_seed(0)
+    model = _CASES[cls]()  # test_graph's model for the class: its layer is named "x"
+    layer = model.get_layer("x")
+    assert type(layer) is cls
+    wrapped = apply_ssl(model, filters=0.1, coupled=False)
+    new = wrapped.get_layer("x")
+    if kernel_specs(layer) is None:
+        assert type(new) is cls
+    else:
+        assert isinstance(new, StructuredSparsity) and type(new.ssl_inner_layer) is cls
 
 
 def test_coupled_group_format_errors():
