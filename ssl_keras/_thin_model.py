@@ -33,12 +33,20 @@ def _check_threshold(threshold):
 
 
 def _check_round_to(round_to):
-    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
-        raise ValueError(
-            "`round_to` must be an integer >= 1 (every thinned width is kept a multiple of it). "
-            f"Received: round_to={round_to!r}"
-        )
-    return int(round_to)
+    """An int >= 1, or a dict {layer name: int >= 1} (layers not named: 1); else an error."""
+    def ok(n):
+        return not isinstance(n, bool) and isinstance(n, (int, np.integer)) and n >= 1
+
+    if isinstance(round_to, dict):
+        if all(isinstance(k, str) and ok(v) for k, v in round_to.items()):
+            return {k: int(v) for k, v in round_to.items()}
+    elif ok(round_to):
+        return int(round_to)
+    raise ValueError(
+        "`round_to` must be an integer >= 1 (every thinned width is kept a multiple of it), "
+        "or a dict mapping layer names to such integers (other layers: 1). "
+        f"Received: round_to={round_to!r}"
+    )
 
 
 def _plain(model):

@@ -161,7 +161,8 @@ def _output_axis_keys(layer_cls_by_name, weights):
 
 
 def _restore(groups, removed, decisions, weights, alive, layer_cls, round_to):
-    """Restores removed groups so no width is empty and every width is a multiple of round_to.
+    """Restores removed groups so no width is empty and every width is a multiple of round_to
+    (an int, or a dict {layer name: int}).
 
     The strongest removed groups (largest norm of their slices) are restored first; a
     restored channel is kept with its (zero or constant) weights, so outputs stay exact.
@@ -200,8 +201,9 @@ def _restore(groups, removed, decisions, weights, alive, layer_cls, round_to):
             size = weights[layer][weight].shape[axis]
             kept = size - count[key]
             need = 1 if kept == 0 else 0
-            if out_keys.get(layer) == (weight, axis) and round_to > 1 and kept % round_to:
-                need = max(need, min(round_to - kept % round_to, size - kept))
+            multiple = round_to.get(layer, 1) if isinstance(round_to, dict) else round_to
+            if out_keys.get(layer) == (weight, axis) and multiple > 1 and kept % multiple:
+                need = max(need, min(multiple - kept % multiple, size - kept))
             if not need:
                 continue
             reason = "round_to" if kept else "keeps the layer non-empty"

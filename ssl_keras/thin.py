@@ -124,7 +124,7 @@ class ConstantAdd(keras.layers.Layer):
 # The plan
 
 
-def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
+def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
                   groups: list[dict] | None = None, crop_kernels: bool = True) -> dict:
     """Returns what `thin` will do to `model`, as plain JSON-serialisable data.
 
@@ -148,7 +148,8 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
         threshold: a group is removed when every producer slice (or every consumer slice) has
             L2 norm <= threshold; a whole kernel with norm <= threshold is zeroed (depth).
         round_to: keep every thinned width a multiple of this (restoring the strongest removed
-            channels; their weights are zero or constant, so outputs stay exact).
+            channels; their weights are zero or constant, so outputs stay exact); or a dict
+            `{layer name: multiple}` for some layers only (the others: 1).
         groups: the coupled groups (docs/groups-format.md); `removable_groups(model)` when None.
         crop_kernels: crop the border rows / columns of a Conv kernel that are zero for every
             kept filter and channel (with explicit ZeroPadding / Cropping before the conv, so
@@ -167,6 +168,10 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int = 1
     st = _prepare(model, threshold, groups)
     graph, groups, decisions = st["graph"], st["groups"], st["decisions"]
     alive, dropped, by_name = st["alive"], st["dropped"], st["by_name"]
+    if isinstance(round_to, dict) and set(round_to) - set(by_name):
+        raise ValueError(
+            "`round_to` names layers the model does not have. Expected names among "
+            f"{sorted(by_name)}. Received: {sorted(set(round_to) - set(by_name))}")
     zw = _zeroed_weights(st["weights"], st["zero"])
     probes = _probe_inputs(graph)
     layer_cls = {n: type(layer) for n, layer in by_name.items() if n in alive}
@@ -363,7 +368,7 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     return keras.Model(inputs, outputs, name=model.name)
 
 
-def thin(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
+def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
          groups: list[dict] | None = None, crop_kernels: bool = True) -> keras.Model:
     """Returns a smaller dense copy of `model` without its below-threshold groups.
 
@@ -374,7 +379,8 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int = 1,
         model: a functional or Sequential Keras model with static input shapes; a model
             from `apply_ssl` is stripped first (`strip_ssl`).
         threshold: the group norm at or below which a group counts as zero (>= 0).
-        round_to: keep every thinned width a multiple of this (e.g. 8 for XNNPACK).
+        round_to: keep every thinned width a multiple of this (e.g. 8 for XNNPACK), or a
+            dict `{layer name: multiple}` (the layers not named: 1).
         groups: the coupled groups; `removable_groups(model)` when None.
         crop_kernels: crop zero border rows / columns of Conv kernels (see `thinning_plan`).
 

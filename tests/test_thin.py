@@ -357,6 +357,23 @@ def test_round_to_keeps_multiples_and_outputs(n):
     assert widths(thin(model))["conv1"] == 5  # without rounding
 
 
+def test_round_to_per_layer_rounds_only_the_named_layers():
+    model = randomize(lenet(filters=(8, 8), units=12))
+    zero_filters(model, "conv1", [0, 1, 2])
+    zero_filters(model, "conv2", [0, 3, 5, 6, 7])
+    zero_filters(model, "ip1", [1, 2, 3])
+    small = assert_equivalent(model, round_to={"conv2": 4})
+    assert widths(small)["conv1"] == 5 and widths(small)["conv2"] == 4
+    assert widths(small)["ip1"] == 9
+    assert thinning_plan(model, round_to={"conv2": 4})["round_to"] == {"conv2": 4}
+
+
+def test_round_to_naming_a_missing_layer_is_an_error():
+    with pytest.raises(ValueError, match=r"`round_to` names layers the model does not have.*"
+                                         r"Received: \['conv9'\]"):
+        thinning_plan(lenet(filters=(8, 8), units=12), round_to={"conv9": 8})
+
+
 def test_save_load_and_tflite_builtin_ops(tmp_path):
     import tensorflow as tf
 
@@ -395,7 +412,8 @@ def test_bad_threshold(threshold):
         zero_groups(model, threshold)
 
 
-@pytest.mark.parametrize("round_to", [0, -8, 2.5, True])
+@pytest.mark.parametrize("round_to", [0, -8, 2.5, True, {"conv1": 0}, {"conv1": True},
+                                      {1: 8}, [8]])
 def test_bad_round_to(round_to):
     with pytest.raises(ValueError, match="`round_to` must be an integer >= 1"):
         thinning_plan(conv_bn_relu_conv(), round_to=round_to)
