@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -16,20 +17,36 @@ from ssl_keras.structures import (
 )
 
 
-def _validate_coefficient(value, name: str) -> float:
+def _is_real(value) -> bool:
+    """A real number (Python or NumPy scalar), not a bool and not a string.
+
+    `float()` alone would take `True` as 1.0 and `"0.5"` / `b"0.5"` as 0.5; Keras's own
+    regularizers reject both.
+    """
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
     try:
-        if isinstance(value, bool):  # float(True) would pass as 1.0
-            raise TypeError
-        value = float(value)
-    except (TypeError, ValueError):
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _received(name: str, value) -> str:
+    """`Received: name=value`, with the type when the value is not a number."""
+    if _is_real(value):
+        return f"Received: {name}={value!r}"
+    return f"Received: {name}={value!r} (of type {type(value).__name__})"
+
+
+def _validate_coefficient(value, name: str) -> float:
+    """A group Lasso coefficient: a real number >= 0 and finite, as a float."""
+    if not _is_real(value) or not _finite(value) or value < 0:
         raise ValueError(
-            f"`{name}` must be a non-negative finite float. Received: {name}={value!r}"
-        ) from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"`{name}` must be a non-negative finite float. Received: {name}={value}"
+            f"`{name}` must be a non-negative finite float. {_received(name, value)}"
         )
-    return value
+    return float(value)
 
 
 @keras.saving.register_keras_serializable(package="ssl_keras")

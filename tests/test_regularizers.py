@@ -217,6 +217,9 @@ def test_config_round_trip_with_non_default_values():
         (dict(channels=float("nan")), r"`channels` .*Received: channels=nan"),
         (dict(shapes=float("inf")), r"`shapes` .*Received: shapes=inf"),
         (dict(depth="a lot"), r"`depth` .*Received: depth='a lot'"),
+        (dict(filters="0.5"), r"`filters` must be a non-negative finite float\. "
+                              r"Received: filters='0\.5' \(of type str\)"),
+        (dict(channels=b"1"), r"`channels` .*Received: channels=b'1' \(of type bytes\)"),
         (dict(filters=True), r"`filters` must be a non-negative finite float\. "
                              r"Received: filters=True"),
         (dict(borders=-0.1), r"`borders` .*Received: borders=-0\.1"),
@@ -231,6 +234,12 @@ def test_config_round_trip_with_non_default_values():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GroupLasso(**kwargs)
+
+
+def test_numpy_scalars_are_accepted_as_floats():
+    reg = GroupLasso(filters=np.float32(0.5), channels=np.int64(2), epsilon=np.float64(1e-6))
+    assert (reg.filters, reg.channels, reg.epsilon) == (0.5, 2.0, 1e-6)
+    assert all(type(v) is float for v in (reg.filters, reg.channels, reg.epsilon))
 
 
 def test_rank_below_two_raises_when_called():

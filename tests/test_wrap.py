@@ -396,6 +396,8 @@ def test_errors():
         apply_ssl(model, filters=-0.1)
     with pytest.raises(ValueError, match=r"`depth` must be a non-negative .*depth=-1"):
         apply_ssl(keras.layers.Dense(2), depth=-1)
+    with pytest.raises(ValueError, match=r"`channels` .*channels='0\.5' \(of type str\)"):
+        apply_ssl(model, channels="0.5")
     with pytest.raises(ValueError, match=r"layers\['conv0'\]\.channels.*channels=-2"):
         apply_ssl(model, layers={"conv0": {"channels": -2}})
     with pytest.raises(ValueError, match=r"layers\['conv0'\]\.depth.*Received: .*depth=True"):
