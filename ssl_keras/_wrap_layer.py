@@ -6,13 +6,11 @@ Internal to `ssl_keras.wrap` (which re-exports `StructuredSparsity` and `kernel_
 
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import ops
 
 from ssl_keras.registry import lookup
-from ssl_keras.regularizers import GroupLasso, _validate_coefficient
+from ssl_keras.regularizers import GroupLasso, _validate_coefficient, _validate_epsilon
 
 _COEFFICIENTS = ("filters", "channels", "shapes", "borders", "depth")
 # Border bands only where thin() crops them (Conv1D/2D/3D); elsewhere they would shrink
@@ -164,10 +162,7 @@ class StructuredSparsity(keras.layers.Wrapper):
         if not isinstance(normalize, bool):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
         self.normalize = normalize
-        if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
-                and math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"`epsilon` must be a finite float > 0. Received: epsilon={epsilon!r}")
-        self.epsilon = float(epsilon)
+        self.epsilon = _validate_epsilon(epsilon)
         self._penalties = {}
         self.ssl_penalty_gradient = True
 

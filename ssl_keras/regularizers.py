@@ -49,6 +49,13 @@ def _validate_coefficient(value, name: str) -> float:
     return float(value)
 
 
+def _validate_epsilon(value, name: str = "epsilon") -> float:
+    """The constant under every square root: a real number > 0 and finite, as a float."""
+    if not _is_real(value) or not _finite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite float > 0. {_received(name, value)}")
+    return float(value)
+
+
 @keras.saving.register_keras_serializable(package="ssl_keras")
 class GroupLasso(keras.regularizers.Regularizer):
     """Group Lasso over the structures of a kernel: filters, channels, shapes, borders, depth.
@@ -107,13 +114,7 @@ class GroupLasso(keras.regularizers.Regularizer):
         if not isinstance(normalize, bool):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
         self.normalize = normalize
-        epsilon_ok = (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
-                      and math.isfinite(epsilon) and epsilon > 0)
-        if not epsilon_ok:
-            raise ValueError(
-                f"`epsilon` must be a finite float > 0. Received: epsilon={epsilon!r}"
-            )
-        self.epsilon = float(epsilon)
+        self.epsilon = _validate_epsilon(epsilon)
         for name, axis in (("in_axis", in_axis), ("out_axis", out_axis)):
             if not isinstance(axis, int) or isinstance(axis, bool):
                 raise ValueError(f"`{name}` must be an integer. Received: {name}={axis!r}")

@@ -37,6 +37,7 @@ from ssl_keras._wrap_layer import (
 from ssl_keras.graph import find_layer as find_layer  # importable from here as before
 from ssl_keras.registry import lookup as lookup  # importable from here as before
 from ssl_keras.regularizers import GroupLasso as GroupLasso  # importable from here as before
+from ssl_keras.regularizers import _validate_epsilon
 
 
 @keras.saving.register_keras_serializable(package="ssl_keras")
@@ -58,9 +59,10 @@ class SSLModel(keras.Model):
     """
 
     def __init__(self, *args, ssl_groups=None, ssl_epsilon=1e-8, **kwargs):
+        ssl_epsilon = _validate_epsilon(ssl_epsilon, "ssl_epsilon")
         super().__init__(*args, **kwargs)
         self.ssl_groups = list(ssl_groups or [])
-        self.ssl_epsilon = float(ssl_epsilon)
+        self.ssl_epsilon = ssl_epsilon
         self.ssl_penalty_gradient = True
         self._ssl_terms = None
 
@@ -109,10 +111,12 @@ class SSLModel(keras.Model):
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         groups = config.pop("ssl_groups", [])
-        epsilon = config.pop("ssl_epsilon", 1e-8)
+        # Functional from_config rebuilds the model with inputs / outputs / name only, so
+        # the SSL arguments are validated and set here, as the constructor would.
+        epsilon = _validate_epsilon(config.pop("ssl_epsilon", 1e-8), "ssl_epsilon")
         model = super().from_config(config, custom_objects=custom_objects)
         model.ssl_groups = list(groups)
-        model.ssl_epsilon = float(epsilon)
+        model.ssl_epsilon = epsilon
         model._ssl_terms = None
         model.ssl_penalty_gradient = True
         return model

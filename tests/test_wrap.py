@@ -482,6 +482,31 @@ def test_apply_ssl_knows_every_registered_layer(cls):
         assert isinstance(new, StructuredSparsity) and type(new.ssl_inner_layer) is cls
 
 
+@pytest.mark.parametrize("epsilon, shown", [
+    (True, "True"), (0, "0"), (-1e-8, "-1e-08"), (float("nan"), "nan"), (float("inf"), "inf"),
+    ("1e-8", r"'1e-8' \(of type str\)"), (None, r"None \(of type NoneType\)"),
+])
+def test_ssl_model_epsilon_is_validated_in_constructor_and_from_config(epsilon, shown):
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2, name="d")(inputs)
+    message = rf"`ssl_epsilon` must be a finite float > 0\. Received: ssl_epsilon={shown}"
+    with pytest.raises(ValueError, match=message):
+        SSLModel(inputs, outputs, ssl_epsilon=epsilon)
+    config = SSLModel(inputs, outputs, ssl_epsilon=1e-6).get_config()
+    config["ssl_epsilon"] = epsilon
+    with pytest.raises(ValueError, match=message):
+        SSLModel.from_config(config)
+
+
+def test_ssl_model_epsilon_round_trip():
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2, name="d")(inputs)
+    model = SSLModel(inputs, outputs, ssl_epsilon=np.float32(0.5))
+    assert model.ssl_epsilon == 0.5 and type(model.ssl_epsilon) is float
+    config = model.get_config()
+    assert SSLModel.from_config(config).get_config()["ssl_epsilon"] == 0.5 == config["ssl_epsilon"]
+
+
 def test_coupled_group_format_errors():
     keras.utils.set_random_seed(7)
     model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
