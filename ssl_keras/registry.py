@@ -109,6 +109,21 @@ def _supported_names() -> str:
     return ", ".join(sorted({c.__name__ for c in _REGISTRY}))
 
 
+def _layer_summary() -> str:
+    """'<n> registered layer classes (e.g. Dense, ...)', short, for error messages.
+
+    Counts the registered `keras.layers.Layer` classes (user registrations included) and
+    names the first one of each `Kind`, so the text follows the registry.
+    """
+    layers = [cls for cls in _REGISTRY if issubclass(cls, keras.layers.Layer)]
+    examples = []
+    for kind in Kind:
+        first = next((cls for cls in layers if _REGISTRY[cls].kind is kind), None)
+        if first is not None:
+            examples.append(first.__name__)
+    return f"{len(layers)} registered layer classes (e.g. {', '.join(examples)})"
+
+
 def unregistered_message(name: str, layer) -> str:
     """The error text for a layer whose class is not registered (names, classes, remedy)."""
     cls = type(layer)

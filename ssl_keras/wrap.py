@@ -31,10 +31,10 @@ from ssl_keras._wrap_groups import residual_branches as residual_branches  # pub
 from ssl_keras._wrap_layer import (
     StructuredSparsity,
     _registered,
-    _supported_names,
     kernel_specs,
 )
 from ssl_keras.graph import find_layer as find_layer  # importable from here as before
+from ssl_keras.registry import _layer_summary
 from ssl_keras.registry import lookup as lookup  # importable from here as before
 from ssl_keras.regularizers import GroupLasso as GroupLasso  # importable from here as before
 from ssl_keras.regularizers import _validate_epsilon
@@ -187,7 +187,8 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
     with the same layers, names and weights, in which every supported layer (Dense, Conv*,
     Conv*Transpose, DepthwiseConv*, SeparableConv*) is a `StructuredSparsity` wrapper;
     pass-through layers (BatchNormalization, pooling, activations, Add, Flatten, ...) are
-    cloned as they are, and any other layer with weights raises an error.
+    cloned as they are, and any other layer with weights raises an error (declare a custom
+    layer with `ssl_keras.register_layer` to have it kept as it is).
 
     - `coupled=False`: the method's per-layer groups; each wrapper adds
       `filters * sum ||filter|| + channels * sum ||channel|| + shapes * sum ||shape||
@@ -266,12 +267,17 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
     for name, layer in by_name.items():
         known = kernel_specs(layer) is not None or _registered(layer)
         if not known and layer.weights and overrides.get(name, 0) is not None:
+            cls = type(layer).__name__
             raise ValueError(
-                f"Layer '{name}' of class {type(layer).__name__} has weights but apply_ssl does "
-                f"not know how to group them. Supported: {_supported_names()} (or subclasses); "
-                f"pass-through: BatchNormalization, pooling, activations, merges, reshapes. "
-                f"Pass `layers={{{name!r}: None}}` to keep it as it is, unpenalised. "
-                f"Received: layer={name!r} ({type(layer).__name__})"
+                f"Layer '{name}' of class {cls} has weights but apply_ssl does not know how to "
+                "group them: neither its class nor a base class is registered in ssl_keras. "
+                f"Supported: {_layer_summary()} and their subclasses, listed by "
+                "ssl_keras.registry.registered_classes(). Register it, e.g. "
+                f"`ssl_keras.register_layer({cls}, ssl_keras.LayerSpec("
+                "ssl_keras.Kind.BLOCK, reason='custom layer'))` to keep it unpenalised with "
+                "the channels that reach it never removed (ssl_keras.registry describes the "
+                f"other kinds), or pass `layers={{{name!r}: None}}` to keep it as it is, "
+                f"unpenalised. Received: layer={name!r} ({cls})"
             )
 
     def per_layer(name):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -444,6 +445,55 @@ def test_errors():
     kept = apply_ssl(odd, filters=0.1, coupled=False, layers={"scale": None})
     assert type(kept.get_layer("scale")) is _Scale
     assert isinstance(kept.get_layer("out"), StructuredSparsity)
+
+
+def test_apply_ssl_unknown_layer_error_says_what_is_supported_and_how_to_register():
+    inputs = keras.Input((4,))
+    x = _Scale(name="scale")(inputs)
+    odd = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    with pytest.raises(ValueError) as info:
+        apply_ssl(odd, coupled=False)
+    message = str(info.value)
+    layer_classes = [c for c in registry.registered_classes()
+                     if issubclass(c, keras.layers.Layer)]
+    assert "Layer 'scale' of class _Scale has weights" in message
+    assert f"Supported: {len(layer_classes)} registered layer classes" in message
+    for name in ("Dense", "Add", "Flatten", "LayerNormalization"):
+        assert name in message
+    assert "pass-through: BatchNormalization" not in message  # no hard-coded list
+    assert "layers={'scale': None}" in message
+    assert message.endswith("Received: layer='scale' (_Scale)")
+    # The call the message shows is a correct one: run as written, apply_ssl takes the layer.
+    (call,) = re.findall(r"`(ssl_keras\.register_layer\(.*?\))`", message)
+    assert call.startswith("ssl_keras.register_layer(_Scale, ssl_keras.LayerSpec(")
+    saved = dict(registry._REGISTRY)
+    try:
+        eval(call, {"ssl_keras": ssl_keras, "_Scale": _Scale})
+        assert f"Supported: {len(layer_classes) + 1} registered" in _unknown_layer_message(odd)
+        kept = apply_ssl(odd, filters=0.1, coupled=False)
+        coupled = apply_ssl(odd, filters=0.1)
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
+    assert type(kept.get_layer("scale")) is _Scale
+    assert type(coupled.get_layer("scale")) is _Scale and isinstance(coupled, SSLModel)
+
+
+def _unknown_layer_message(model):
+    """The message of the error apply_ssl raises for a second unregistered layer class."""
+
+    class _Other(keras.layers.Layer):  # not a subclass of _Scale: unregistered
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, x):
+            return x * self.w
+
+    inputs = keras.Input((4,))
+    x = _Other(name="other")(inputs)
+    with pytest.raises(ValueError, match="of class _Other has weights") as info:
+        apply_ssl(keras.Model(inputs, x), coupled=False)
+    return str(info.value)
 
 
 def test_apply_ssl_knows_a_layer_registered_by_the_user():
