@@ -61,7 +61,13 @@ class CoupledTerms:
                 variable = _variable(model, piece["layer"], piece["weight"])
                 rank = len(variable.shape)
                 axis = piece["axis"]
-                if not isinstance(axis, int) or not -rank <= axis < rank:
+                if not isinstance(axis, int) or isinstance(axis, bool):  # True is not axis 1
+                    raise ValueError(
+                        f"Group '{group['id']}': the axis of slice "
+                        f"'{piece['layer']}/{piece['weight']}' must be an integer. "
+                        f"Received: axis={axis!r} (of type {type(axis).__name__})"
+                    )
+                if not -rank <= axis < rank:
                     raise ValueError(
                         f"Group '{group['id']}': axis {axis} is out of range for weight "
                         f"'{piece['layer']}/{piece['weight']}' of rank {rank}. "

@@ -566,6 +566,14 @@ def test_coupled_group_format_errors():
                        {"layer": "conv1", "weight": "kernel", "axis": 7, "index": [0]}]}])
     with pytest.raises(ValueError, match="axis 7 is out of range.*Received: axis=7"):
         bad.ssl_coupled_loss()
+    for axis, shown in ((True, "True"), (1.0, "1.0"), ("0", "'0'")):
+        bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
+                       ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
+                           {"layer": "conv1", "weight": "kernel", "axis": axis, "index": [0]}]}])
+        message = (rf"Group 'g': the axis of slice 'conv1/kernel' must be an integer\. "
+                   rf"Received: axis={shown} \(of type {type(axis).__name__}\)")
+        with pytest.raises(ValueError, match=message):
+            bad.ssl_coupled_loss()
     bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
                    ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
                        {"layer": "conv1", "weight": "kernel", "axis": -1, "index": [9]}]}])
