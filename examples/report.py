@@ -12,11 +12,10 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
-from examples.util import StepUnavailableError, atomic_write_text, need
+from examples.util import StepUnavailableError, atomic_write, atomic_write_text, need
 
 
 def _accuracy(model, data, batch_size=256) -> float:
@@ -213,12 +212,4 @@ def _first_conv(model):
 
 
 def _save_fig(fig, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory, prefix=".tmp_")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=".png")

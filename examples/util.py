@@ -45,26 +45,27 @@ def need(module: str, name: str, step: str):
     return value
 
 
-def atomic_save(model, path: str) -> None:
-    """model.save to a temporary file beside `path`, then os.replace (no half-written file)."""
+def atomic_write(path: str, write, suffix: str = "") -> None:
+    """`write(tmp)` to a temporary file beside `path`, then os.replace: no half-written file."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory, prefix=".tmp_")
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory, prefix=".tmp_")
     os.close(fd)
     try:
-        model.save(tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_save(model, path: str) -> None:
+    """model.save, atomically (Keras wants the .keras suffix on the temporary file too)."""
+    atomic_write(path, model.save, suffix=".keras")
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
