@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ssl_keras._groups_check import validate_groups
 from ssl_keras.structures import (
     Structure,
     border_bands,
@@ -240,6 +241,7 @@ def group_sets(model, groups=None, coefficient=None, fallback=True) -> list:
     if coefficient is not None:
         coefficient = _validate_threshold(coefficient, "coefficient")
     if groups is not None:
+        groups = validate_groups(groups, model, need_role=False)
         found = [_coupled_set(model, _normalize_groups(groups, coefficient))]
         return [s for s in found if s is not None]
     sets = _wrapper_sets(model)

@@ -12,6 +12,7 @@ import math
 import keras
 import numpy as np
 
+from ssl_keras._groups_check import validate_groups
 from ssl_keras._thin_borders import _border_zeros
 from ssl_keras._thin_model import (
     KERNEL_NAMES,
@@ -245,7 +246,8 @@ def _prepare(model, threshold, groups):
         from ssl_keras.graph import removable_groups
 
         groups = removable_groups(model)
-    groups = list(groups)
+    else:
+        groups = validate_groups(groups, model)
     zero = []
     for layer in _layers(graph):  # depth: whole kernels below threshold
         ws = weights.get(layer.name, {})
