@@ -151,6 +151,8 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
             channels; their weights are zero or constant, so outputs stay exact); or a dict
             `{layer name: multiple}` for some layers only (the others: 1).
         groups: the coupled groups (docs/groups-format.md); `removable_groups(model)` when None.
+            Given groups are checked against the model first (a malformed group is a
+            ValueError naming it).
         crop_kernels: crop the border rows / columns of a Conv kernel that are zero for every
             kept filter and channel (with explicit ZeroPadding / Cropping before the conv, so
             that the output is unchanged). Zero positions inside a kernel stay zeros.
@@ -381,7 +383,8 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
         threshold: the group norm at or below which a group counts as zero (>= 0).
         round_to: keep every thinned width a multiple of this (e.g. 8 for XNNPACK), or a
             dict `{layer name: multiple}` (the layers not named: 1).
-        groups: the coupled groups; `removable_groups(model)` when None.
+        groups: the coupled groups (checked against the model); `removable_groups(model)` when
+            None.
         crop_kernels: crop zero border rows / columns of Conv kernels (see `thinning_plan`).
 
     Returns:
@@ -408,7 +411,8 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
     Args:
         model: a functional or Sequential Keras model.
         threshold: as in `thin`.
-        groups: the coupled groups; `removable_groups(model)` when None.
+        groups: the coupled groups (checked against the model); `removable_groups(model)` when
+            None.
 
     Returns:
         A new model of the same architecture (`model` is not modified); a model from
