@@ -160,11 +160,15 @@ def model():
     return conv_bn_relu_conv()
 
 
-@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
-@pytest.mark.parametrize("name, make, message, entries", CASES, ids=[c[0] for c in CASES])
-def test_malformed_groups_are_rejected(model, entry, name, make, message, entries):
-    if entries is not None and entry not in entries:
-        pytest.skip(f"{entry} does not read what case {name!r} removes")
+# (case, entry point) pairs: a case limited to some entry points (`entries`) is not generated
+# for the others (e.g. a missing role: the callbacks do not read roles; tested below).
+_PAIRS = [pytest.param(entry, name, make, message, id=f"{name}-{entry}")
+          for name, make, message, entries in CASES
+          for entry in sorted(ENTRY_POINTS) if entries is None or entry in entries]
+
+
+@pytest.mark.parametrize("entry, name, make, message", _PAIRS)
+def test_malformed_groups_are_rejected(model, entry, name, make, message):
     with pytest.raises(ValueError, match=message) as info:
         ENTRY_POINTS[entry](model, make())
     text = str(info.value)
