@@ -110,7 +110,8 @@ def _check_group_fields(label, group):
                          f"Received: zero_with={_typed(group['zero_with'])}")
 
 
-def validate_groups(groups, model, need_role: bool = True) -> list[dict]:
+def validate_groups(groups, model, need_role: bool = True,
+                    argument: str = "groups") -> list[dict]:
     """Checks user-supplied coupled groups against `model`; returns them as a list.
 
     Checked: `groups` is a list of dicts with a unique string "id" and a list "slices"; every
@@ -124,6 +125,7 @@ def validate_groups(groups, model, need_role: bool = True) -> list[dict]:
         groups: the groups (docs/groups-format.md).
         model: the model they refer to (a StructuredSparsity wrapper stands for its layer).
         need_role: require "role" on every slice (thin reads it; the callbacks do not).
+        argument: the name the messages give `groups` ("ssl_groups" for an SSLModel).
 
     Returns:
         `list(groups)`, the same dicts.
@@ -135,26 +137,27 @@ def validate_groups(groups, model, need_role: bool = True) -> list[dict]:
     >>> validate_groups(removable_groups(model), model)
     """
     if not isinstance(groups, (list, tuple)):
-        raise ValueError("`groups` must be a list of group dicts (docs/groups-format.md, e.g. "
-                         f"ssl_keras.removable_groups(model)). Received: groups={_typed(groups)}")
+        raise ValueError(f"`{argument}` must be a list of group dicts (docs/groups-format.md, "
+                         "e.g. ssl_keras.removable_groups(model)). "
+                         f"Received: {argument}={_typed(groups)}")
     shapes = _Shapes(model)
     seen = {}
     for n, group in enumerate(groups):
         if not isinstance(group, dict):
-            raise ValueError(f"groups[{n}] must be a dict with 'id' and 'slices' (see "
+            raise ValueError(f"{argument}[{n}] must be a dict with 'id' and 'slices' (see "
                              f"docs/groups-format.md). Received: {_typed(group)}")
         missing = [k for k in _GROUP_KEYS if k not in group]
         if missing:
-            raise ValueError(f"groups[{n}] must be a dict with 'id' and 'slices' (see "
+            raise ValueError(f"{argument}[{n}] must be a dict with 'id' and 'slices' (see "
                              f"docs/groups-format.md): missing {missing}. Received keys: "
                              f"{list(group)}")
         gid = group["id"]
         if not isinstance(gid, str):
-            raise ValueError(f"groups[{n}]: 'id' must be a string ('<source>:<channel>'). "
+            raise ValueError(f"{argument}[{n}]: 'id' must be a string ('<source>:<channel>'). "
                              f"Received: id={_typed(gid)}")
         if gid in seen:
             raise ValueError(f"Group {gid!r}: ids must be unique. Received: the same id at "
-                             f"groups[{seen[gid]}] and groups[{n}]")
+                             f"{argument}[{seen[gid]}] and {argument}[{n}]")
         seen[gid] = n
         label = f"Group {gid!r}"
         _check_group_fields(label, group)
