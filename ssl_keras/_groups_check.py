@@ -2,7 +2,8 @@
 
 Internal: `thin`, `thinning_plan` and `zero_groups` (through `_thin_plan._prepare`) and the
 callbacks (through `_callbacks_groups.group_sets`) call `validate_groups` on the groups a user
-passes with `groups=`; the groups `removable_groups(model)` makes are not checked again.
+passes with `groups=`, and `SSLModel` (its constructor and `from_config`) on its `ssl_groups`;
+the groups `removable_groups(model)` makes are not checked again.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ssl_keras._groups_check import validate_groups
 from ssl_keras._wrap_coupled import CoupledTerms, _current_value
 from ssl_keras._wrap_groups import (
     _coefficients_for,
@@ -54,14 +55,20 @@ class SSLModel(keras.Model):
 
     Args:
         *args, **kwargs: as `keras.Model(inputs, outputs, name=...)`.
-        ssl_groups: the coupled groups, a list of dicts with "id", "coefficient", "slices".
+        ssl_groups: the coupled groups, a list of dicts with "id", "coefficient", "slices";
+            checked against the model when it is built or loaded (`validate_groups`, no
+            "role" needed), so that a malformed group fails here, not at the first loss.
         ssl_epsilon: added under every square root, > 0.
+
+    Raises:
+        ValueError: if `ssl_epsilon` or a group of `ssl_groups` is malformed (naming the
+            group and the slice, what was expected and what was received).
     """
 
     def __init__(self, *args, ssl_groups=None, ssl_epsilon=1e-8, **kwargs):
         ssl_epsilon = _validate_epsilon(ssl_epsilon, "ssl_epsilon")
         super().__init__(*args, **kwargs)
-        self.ssl_groups = list(ssl_groups or [])
+        self.ssl_groups = _validate_ssl_groups(ssl_groups, self)
         self.ssl_epsilon = ssl_epsilon
         self.ssl_penalty_gradient = True
         self._ssl_terms = None
@@ -112,14 +119,34 @@ class SSLModel(keras.Model):
         config = dict(config)
         groups = config.pop("ssl_groups", [])
         # Functional from_config rebuilds the model with inputs / outputs / name only, so
-        # the SSL arguments are validated and set here, as the constructor would.
+        # the SSL arguments are validated and set here, as the constructor would (the groups
+        # once the model exists, since they are checked against its layers).
         epsilon = _validate_epsilon(config.pop("ssl_epsilon", 1e-8), "ssl_epsilon")
         model = super().from_config(config, custom_objects=custom_objects)
-        model.ssl_groups = list(groups)
+        model.ssl_groups = _validate_ssl_groups(groups, model)
         model.ssl_epsilon = epsilon
         model._ssl_terms = None
         model.ssl_penalty_gradient = True
         return model
+
+
+def _validate_ssl_groups(groups, model) -> list[dict]:
+    """`validate_groups(groups, model, need_role=False)`, and a "coefficient" on every group.
+
+    validate_groups checks a "coefficient" only when present (thin and the callbacks have
+    their own); every group of an SSLModel is a norm in its loss, so it needs one.
+    """
+    if groups is None:
+        return []
+    groups = validate_groups(groups, model, need_role=False, argument="ssl_groups")
+    for group in groups:
+        if "coefficient" not in group:
+            raise ValueError(
+                f"Group {group['id']!r}: every group of `ssl_groups` needs a 'coefficient' "
+                "(the finite number >= 0 its norm is multiplied by in the loss). "
+                f"Received keys: {list(group)}"
+            )
+    return groups
 
 
 def set_penalty_gradient(model, enabled: bool) -> bool:

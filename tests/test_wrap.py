@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 
 import keras
 import numpy as np
@@ -557,35 +558,110 @@ def test_ssl_model_epsilon_round_trip():
     assert SSLModel.from_config(config).get_config()["ssl_epsilon"] == 0.5 == config["ssl_epsilon"]
 
 
-def test_coupled_group_format_errors():
+def _lenet_ssl():
     keras.utils.set_random_seed(7)
-    model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
-    ssl = apply_ssl(model, filters=0.1)
-    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
-                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
-                       {"layer": "conv1", "weight": "kernel", "axis": 7, "index": [0]}]}])
-    with pytest.raises(ValueError, match="axis 7 is out of range.*Received: axis=7"):
-        bad.ssl_coupled_loss()
-    for axis, shown in ((True, "True"), (1.0, "1.0"), ("0", "'0'")):
-        bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
-                       ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
-                           {"layer": "conv1", "weight": "kernel", "axis": axis, "index": [0]}]}])
-        message = (rf"Group 'g': the axis of slice 'conv1/kernel' must be an integer\. "
-                   rf"Received: axis={shown} \(of type {type(axis).__name__}\)")
-        with pytest.raises(ValueError, match=message):
-            bad.ssl_coupled_loss()
-    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
-                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
-                       {"layer": "conv1", "weight": "kernel", "axis": -1, "index": [9]}]}])
-    with pytest.raises(ValueError, match=r"index out of range.*Received: index=\[9\]"):
-        bad.ssl_coupled_loss()
-    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
-                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
-                       {"layer": "conv1", "weight": "gamma", "axis": 0, "index": [0]}]}])
-    with pytest.raises(ValueError, match="no weight named 'gamma'"):
-        bad.ssl_coupled_loss()
-    bad = SSLModel(inputs=ssl.input, outputs=ssl.output,
-                   ssl_groups=[{"id": "g", "coefficient": 1.0, "slices": [
-                       {"layer": "ghost", "weight": "kernel", "axis": 0, "index": [0]}]}])
-    with pytest.raises(ValueError, match="refers to layer 'ghost'"):
-        bad.ssl_coupled_loss()
+    return apply_ssl(lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5), filters=0.1)
+
+
+def _slice(**changes):
+    """A one-slice group of the lenet SSLModel (conv1 kernel is 5x5x1x3), with `changes`."""
+    return [{"id": "g", "coefficient": 1.0, "slices": [
+        {"layer": "conv1", "weight": "kernel", "axis": -1, "index": [0], **changes}]}]
+
+
+# ssl_groups -> the message of validate_groups: what was wrong, expected, received.
+_BAD_SSL_GROUPS = {
+    "axis_out_of_range": (_slice(axis=7), r"Group 'g', slices\[0\] \(conv1/kernel\): 'axis' "
+                          r"must be an integer \(not a bool\) in \[-4, 4\) for a weight of "
+                          r"shape \(5, 5, 1, 3\)\. Received: axis=7 \(of type int\)"),
+    "axis_bool": (_slice(axis=True), r"'axis' must be an integer \(not a bool\) in \[-4, 4\).*"
+                  r"Received: axis=True \(of type bool\)"),
+    "axis_float": (_slice(axis=1.0), r"'axis' must be an integer .*Received: axis=1\.0 "
+                   r"\(of type float\)"),
+    "axis_str": (_slice(axis="0"), r"'axis' must be an integer .*Received: axis='0' "
+                 r"\(of type str\)"),
+    "index_out_of_range": (_slice(index=[9]), r"'index' must list integers \(not bools\) in "
+                           r"\[0, 3\) .*Received: 9 \(of type int\) in index=\[9\]"),
+    "no_such_weight": (_slice(weight="gamma", axis=0), r"layer 'conv1' has no weight 'gamma'\. "
+                       r"Expected one of \['bias', 'kernel'\]\. Received: weight='gamma'"),
+    "no_such_layer": (_slice(layer="ghost"), r"the model '\w+' has no layer 'ghost'\. "
+                      r"Expected a layer name .*Received: layer='ghost'"),
+    "not_a_list": ({"id": "g"}, r"`ssl_groups` must be a list of group dicts .*"
+                   r"Received: ssl_groups=\{'id': 'g'\} \(of type dict\)"),
+    "no_coefficient": ([{"id": "g", "slices": _slice()[0]["slices"]}],
+                       r"Group 'g': every group of `ssl_groups` needs a 'coefficient' .*"
+                       r"Received keys: \['id', 'slices'\]"),
+    "negative_coefficient": ([{**_slice()[0], "coefficient": -1.0}],
+                             r"Group 'g': 'coefficient' must be a finite number >= 0\. "
+                             r"Received: coefficient=-1\.0 \(of type float\)"),
+}
+
+
+def _assert_keras_style(info):
+    text = str(info.value)
+    assert "\n" not in text
+    assert "Received" in text and re.search(r"[Ee]xpected|must|needs", text)
+
+
+@pytest.mark.parametrize("groups, message", list(_BAD_SSL_GROUPS.values()),
+                         ids=list(_BAD_SSL_GROUPS))
+def test_malformed_ssl_groups_fail_at_construction_and_from_config(groups, message):
+    ssl = _lenet_ssl()
+    with pytest.raises(ValueError, match=message) as info:
+        SSLModel(inputs=ssl.input, outputs=ssl.output, ssl_groups=groups)
+    _assert_keras_style(info)
+    # Functional from_config builds the model without ssl_groups: it must check them itself.
+    config = json.loads(json.dumps(ssl.get_config()))
+    config["ssl_groups"] = groups
+    with pytest.raises(ValueError, match=message) as info:
+        SSLModel.from_config(config)
+    _assert_keras_style(info)
+
+
+def _edit_saved_config(path, edit):
+    """Rewrites the config.json inside the .keras file at `path` with `edit(config)`."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    edit(config["config"])
+    members["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_ssl_groups_round_trip_and_a_bad_saved_group_fails_at_load(tmp_path):
+    ssl = _lenet_ssl()
+    x = np.random.default_rng(2).normal(size=(2, 16, 16, 1)).astype("float32")
+    path = str(tmp_path / "ssl.keras")
+    ssl.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded) is SSLModel and loaded.ssl_groups == ssl.ssl_groups
+    np.testing.assert_allclose(loaded(x), ssl(x), atol=1e-6)
+    np.testing.assert_allclose(float(loaded.ssl_coupled_loss()), float(ssl.ssl_coupled_loss()),
+                               rtol=1e-6)
+
+    def bool_axis(config):  # the first slice's axis -1 -> True (which is not axis 1)
+        config["ssl_groups"][0]["slices"][0]["axis"] = True
+
+    _edit_saved_config(path, bool_axis)
+    message = (r"Group 'conv1:0', slices\[0\] \(conv1/kernel\): 'axis' must be an integer "
+               r"\(not a bool\) in \[-4, 4\).*Received: axis=True \(of type bool\)")
+    with pytest.raises(ValueError, match=message) as info:
+        keras.models.load_model(path)
+    _assert_keras_style(info)
+
+
+def test_ssl_groups_with_depth_groups_round_trip_through_from_config():
+    """apply_ssl's groups (channels, and residual branches with "zero_with") pass the checks
+    after a JSON round trip, and give the same model and loss."""
+    ssl = apply_ssl(_tiny_resnet(), filters=0.01, channels=0.02, depth=0.04)
+    assert any(g.get("zero_with") for g in ssl.ssl_groups)
+    config = json.loads(json.dumps(ssl.get_config()))
+    again = SSLModel.from_config(config)
+    again.set_weights(ssl.get_weights())
+    assert again.ssl_groups == ssl.ssl_groups
+    assert again.get_config()["ssl_groups"] == config["ssl_groups"]
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(again(x), ssl(x), atol=1e-6)
+    np.testing.assert_allclose(_total_loss(again), _total_loss(ssl), rtol=1e-6)
