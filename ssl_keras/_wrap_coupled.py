@@ -50,6 +50,10 @@ class CoupledTerms:
     For every distinct (layer, weight, axis) of the groups' slices, `matrix[g, i]` is 1 when
     position `i` along `axis` belongs to group `g`; the square sum of group `g` is
     `sum_terms matrix[g] @ sum_{other axes} W**2`.
+
+    The groups must already be valid: every caller runs `validate_groups` on them first
+    (`SSLModel` when built or loaded, the callbacks on `groups=`), or makes them itself
+    (`removable_groups`), and every group has a "coefficient".
     """
 
     def __init__(self, model, groups):
@@ -59,32 +63,12 @@ class CoupledTerms:
         for g_index, group in enumerate(groups):
             for piece in group["slices"]:
                 variable = _variable(model, piece["layer"], piece["weight"])
-                rank = len(variable.shape)
-                axis = piece["axis"]
-                if not isinstance(axis, int) or isinstance(axis, bool):  # True is not axis 1
-                    raise ValueError(
-                        f"Group '{group['id']}': the axis of slice "
-                        f"'{piece['layer']}/{piece['weight']}' must be an integer. "
-                        f"Received: axis={axis!r} (of type {type(axis).__name__})"
-                    )
-                if not -rank <= axis < rank:
-                    raise ValueError(
-                        f"Group '{group['id']}': axis {axis} is out of range for weight "
-                        f"'{piece['layer']}/{piece['weight']}' of rank {rank}. "
-                        f"Received: axis={axis!r}"
-                    )
-                axis %= rank
+                axis = piece["axis"] % len(variable.shape)
                 key = (piece["layer"], piece["weight"], axis)
                 if key not in keyed:
                     keyed[key] = (variable, axis, np.zeros(
                         (len(groups), variable.shape[axis]), dtype=np.float32))
                 index = np.asarray(piece["index"], dtype=np.int64)
-                if index.size and (index.min() < 0 or index.max() >= variable.shape[axis]):
-                    raise ValueError(
-                        f"Group '{group['id']}': index out of range for axis {axis} of "
-                        f"'{piece['layer']}/{piece['weight']}' (size "
-                        f"{variable.shape[axis]}). Received: index={piece['index']!r}"
-                    )
                 keyed[key][2][g_index, index] = 1.0
         self.terms = list(keyed.values())
         # The same membership as (group, position) pairs, for the NumPy side; a variable
