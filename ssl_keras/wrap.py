@@ -146,6 +146,22 @@ def _validate_ssl_groups(groups, model) -> list[dict]:
                 "(the finite number >= 0 its norm is multiplied by in the loss). "
                 f"Received keys: {list(group)}"
             )
+        # The loss penalises every slice of every group; the callbacks skip blocked groups
+        # and unpenalised slices. Such groups would be penalised but never zeroed: refuse.
+        if group.get("blocked") is not None:
+            raise ValueError(
+                f"Group {group['id']!r}: `ssl_groups` must not hold blocked groups (they can "
+                "never be removed, so the loss must not push them to zero). Expected "
+                f"blocked=None. Received: blocked={group['blocked']!r}"
+            )
+        for k, piece in enumerate(group["slices"]):
+            if not piece.get("penalize", True):
+                raise ValueError(
+                    f"Group {group['id']!r}, slices[{k}] ({piece['layer']}/{piece['weight']}): "
+                    "`ssl_groups` holds only the penalised slices (apply_ssl drops the others). "
+                    f"Expected penalize=True or no 'penalize'. Received: "
+                    f"penalize={piece['penalize']!r}"
+                )
     return groups
 
 

@@ -591,6 +591,12 @@ _BAD_SSL_GROUPS = {
     "no_coefficient": ([{"id": "g", "slices": _slice()[0]["slices"]}],
                        r"Group 'g': every group of `ssl_groups` needs a 'coefficient' .*"
                        r"Received keys: \['id', 'slices'\]"),
+    "blocked_group": ([{**_slice()[0], "blocked": "reaches the output"}],
+                      r"Group 'g': `ssl_groups` must not hold blocked groups .*Expected "
+                      r"blocked=None\. Received: blocked='reaches the output'"),
+    "unpenalised_slice": (_slice(penalize=False),
+                          r"Group 'g', slices\[0\] \(conv1/kernel\): `ssl_groups` holds only "
+                          r"the penalised slices .*Received: penalize=False"),
     "negative_coefficient": ([{**_slice()[0], "coefficient": -1.0}],
                              r"Group 'g': 'coefficient' must be a finite number >= 0\. "
                              r"Received: coefficient=-1\.0 \(of type float\)"),
