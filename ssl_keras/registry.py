@@ -105,10 +105,6 @@ def builtin_classes() -> list[type]:
     return list(_BUILTINS)
 
 
-def _supported_names() -> str:
-    return ", ".join(sorted({c.__name__ for c in _REGISTRY}))
-
-
 def _layer_summary() -> str:
     """'<n> registered layer classes (e.g. Dense, ...)', short, for error messages.
 
@@ -130,7 +126,8 @@ def unregistered_message(name: str, layer) -> str:
     return (
         f"Layer '{name}' (class {cls.__module__}.{cls.__qualname__}) is not registered in "
         "ssl_keras, so its channel coupling is unknown. Supported classes (and their "
-        f"subclasses): {_supported_names()}. Register it with "
+        f"subclasses): {_layer_summary()}; ssl_keras.registry.registered_classes() lists "
+        "them all. Register it with "
         f"ssl_keras.register_layer({cls.__name__}, ssl_keras.LayerSpec(ssl_keras.Kind."
         "PASSTHROUGH)) if output channel c depends only on input channel c, or with "
         "Kind.BLOCK and a reason if its channels must never be removed."

@@ -555,7 +555,7 @@ def test_unregistered_layer_blocks_or_raises():
     assert reason.startswith("reaches unregistered layer 'mystery' (class Unknown)")
     assert "register_layer" in reason
     with pytest.raises(ValueError, match=r"Layer 'mystery' \(class .*Unknown\) is not "
-                       r"registered.*Supported classes.*Conv2D.*ssl_keras.register_layer\("
+                       r"registered.*Supported classes.*Dense.*ssl_keras.register_layer\("
                        r"Unknown, ssl_keras.LayerSpec"):
         removable_groups(model, strict=True)
 
