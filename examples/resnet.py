@@ -50,11 +50,16 @@ def recipe(depth: int = 20) -> Recipe:
     )
 
 
-def _split_depth_flag(argv):
-    """Parses --resnet_depth (20, 32, ...) out of argv; returns (depth, the other args)."""
+def _depth_flag() -> flags.FlagValues:
     fv = flags.FlagValues()
     flags.DEFINE_integer("resnet_depth", 20, "ResNet depth, 6n + 2 (20, 32, ...).",
                          flag_values=fv)
+    return fv
+
+
+def _split_depth_flag(argv):
+    """Parses --resnet_depth (20, 32, ...) out of argv; returns (depth, the other args)."""
+    fv = _depth_flag()
     try:
         rest = fv(list(argv), known_only=True)
         depth = fv.resnet_depth
@@ -72,8 +77,8 @@ def _run(argv) -> int:
     depth, rest = _split_depth_flag(argv)
     code = main(recipe(depth), rest)
     if code == 0 and any(a in HELP_FLAGS for a in argv[1:]):  # main printed the common flags
-        print("  --resnet_depth: ResNet depth, 6n + 2 (20, 32, ...).\n    (default: '20')\n"
-              "    (an integer)")
+        text = _depth_flag().get_help(include_special_flags=False)  # "<module>:" + the flag
+        print("\n".join(line for line in text.splitlines() if line.startswith("  ")))
     return code
 
 

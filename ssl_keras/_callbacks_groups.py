@@ -247,19 +247,13 @@ def group_sets(model, groups=None, coefficient=None, fallback=True) -> list:
     sets = _wrapper_sets(model)
     if isinstance(model, SSLModel) and model.ssl_groups:
         sets.append(_coupled_set(model, _normalize_groups(model.ssl_groups, coefficient)))
-    if coefficient is not None:
-        for s in sets:
-            if isinstance(s, _StructureSet):
-                s.coefficient = coefficient
-    if sets or not fallback:
-        return [s for s in sets if s is not None]
-    from ssl_keras.graph import removable_groups
+    if not sets and fallback:  # a plain model: analyse it
+        from ssl_keras.graph import removable_groups
 
-    sets = _plain_sets(model)
-    coupled = _coupled_set(model, _normalize_groups(removable_groups(model), coefficient))
-    if coupled is not None:
-        sets.append(coupled)
-    if coefficient is not None:
+        sets = _plain_sets(model)
+        sets.append(_coupled_set(model, _normalize_groups(removable_groups(model), coefficient)))
+    sets = [s for s in sets if s is not None]
+    if coefficient is not None:  # the coupled sets took it in _normalize_groups
         for s in sets:
             if isinstance(s, _StructureSet):
                 s.coefficient = coefficient

@@ -8,9 +8,9 @@ the groups `removable_groups(model)` makes are not checked again.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ssl_keras.regularizers import _finite, _is_real
 
 ROLES = ("producer", "producer_bias", "tied", "consumer")
 _GROUP_KEYS = ("id", "slices")
@@ -102,8 +102,7 @@ def _check_group_fields(label, group):
                          f"Received: blocked={_typed(group['blocked'])}")
     if "coefficient" in group:
         c = group["coefficient"]
-        if isinstance(c, bool) or not isinstance(c, (int, float, np.number)) \
-                or not math.isfinite(c) or c < 0:
+        if not _is_real(c) or not _finite(c) or c < 0:  # GroupLasso's coefficient rule
             raise ValueError(f"{label}: 'coefficient' must be a finite number >= 0. "
                              f"Received: coefficient={_typed(c)}")
     if group.get("zero_with") is not None and not isinstance(group["zero_with"], list):
