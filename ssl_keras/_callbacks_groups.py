@@ -190,19 +190,13 @@ def _plain_sets(model) -> list:
 
 
 def _normalize_groups(groups, coefficient) -> list[dict]:
-    """removable_groups / ssl_groups entries -> {"id", "layer", "kind", "coefficient", "slices"}."""
-    if not isinstance(groups, (list, tuple)):
-        raise ValueError(
-            "`groups` must be a list of group dicts (the output of "
-            f"ssl_keras.removable_groups(model)). Received: groups={groups!r}"
-        )
+    """removable_groups / ssl_groups entries -> {"id", "layer", "kind", "coefficient", "slices"}.
+
+    The groups are valid already: `groups=` passed validate_groups in group_sets, an
+    SSLModel checks its ssl_groups whenever they are set, removable_groups makes its own.
+    """
     out = []
     for group in groups:
-        if not isinstance(group, dict) or "slices" not in group or "id" not in group:
-            raise ValueError(
-                "Every entry of `groups` must be a dict with 'id' and 'slices' (see "
-                f"docs/groups-format.md). Received: {group!r}"
-            )
         if group.get("blocked"):
             continue
         slices = [s for s in group["slices"] if s.get("penalize", True)]

@@ -165,6 +165,9 @@ class StructuredSparsity(keras.layers.Wrapper):
         self.epsilon = _validate_epsilon(epsilon)
         self._penalties = {}
         self.ssl_penalty_gradient = True
+        # Masks pass through as the wrapped layer passes them (Dense, Conv1D keep a mask):
+        # without this Keras warns that the wrapper destroys the mask.
+        self.supports_masking = layer.supports_masking
 
     @property
     def ssl_inner_layer(self):
@@ -215,6 +218,9 @@ class StructuredSparsity(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
+
+    def compute_mask(self, inputs, mask=None):
+        return self.layer.compute_mask(inputs, mask)
 
     def get_config(self):
         config = super().get_config()

@@ -68,10 +68,28 @@ class SSLModel(keras.Model):
     def __init__(self, *args, ssl_groups=None, ssl_epsilon=1e-8, **kwargs):
         ssl_epsilon = _validate_epsilon(ssl_epsilon, "ssl_epsilon")
         super().__init__(*args, **kwargs)
-        self.ssl_groups = _validate_ssl_groups(ssl_groups, self)
+        self.ssl_groups = ssl_groups
         self.ssl_epsilon = ssl_epsilon
         self.ssl_penalty_gradient = True
+
+    @property
+    def ssl_groups(self) -> list[dict]:
+        """The coupled groups. Assigning new ones checks them against the model (as the
+        constructor does) and makes the next loss use them."""
+        return self._ssl_groups
+
+    def __setattr__(self, name, value):
+        if name == "ssl_groups":  # to the setter as given (Keras would wrap it in a tracker)
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    @ssl_groups.setter
+    def ssl_groups(self, groups):
+        self._ssl_groups = _validate_ssl_groups(groups, self)
         self._ssl_terms = None
+        # A traced train / test step holds the old terms: trace again.
+        self.train_function = self.test_function = None
 
     def ssl_coupled_terms(self) -> CoupledTerms | None:
         if not self.ssl_groups:
@@ -123,9 +141,8 @@ class SSLModel(keras.Model):
         # once the model exists, since they are checked against its layers).
         epsilon = _validate_epsilon(config.pop("ssl_epsilon", 1e-8), "ssl_epsilon")
         model = super().from_config(config, custom_objects=custom_objects)
-        model.ssl_groups = _validate_ssl_groups(groups, model)
+        model.ssl_groups = groups
         model.ssl_epsilon = epsilon
-        model._ssl_terms = None
         model.ssl_penalty_gradient = True
         return model
 

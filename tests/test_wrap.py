@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import keras
@@ -671,3 +672,62 @@ def test_ssl_groups_with_depth_groups_round_trip_through_from_config():
     x = np.random.default_rng(3).normal(size=(2, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(again(x), ssl(x), atol=1e-6)
     np.testing.assert_allclose(_total_loss(again), _total_loss(ssl), rtol=1e-6)
+
+
+@pytest.mark.parametrize("groups, message", [_BAD_SSL_GROUPS[k] for k in
+                                             ("not_a_list", "no_coefficient",
+                                              "negative_coefficient")],
+                         ids=["not_a_list", "no_coefficient", "negative_coefficient"])
+def test_reassigned_ssl_groups_are_checked_and_the_model_keeps_its_groups(groups, message):
+    ssl = _lenet_ssl()
+    before = list(ssl.ssl_groups)
+    with pytest.raises(ValueError, match=message) as info:
+        ssl.ssl_groups = groups
+    _assert_keras_style(info)
+    assert ssl.ssl_groups == before
+
+
+def test_reassigned_ssl_groups_make_the_next_loss_and_fit_use_them():
+    ssl = _lenet_ssl()
+    ssl.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(4).normal(size=(4, 16, 16, 1)).astype("float32")
+    y = np.zeros((4, 10), "float32")
+    full = _total_loss(ssl)  # caches the terms of every group
+    ssl.fit(x, y, epochs=1, verbose=0)  # traces a train step with them
+    one = [dict(ssl.ssl_groups[0], coefficient=2.0)]
+    ssl.ssl_groups = one
+    assert ssl.ssl_groups == one and len(ssl.ssl_coupled_terms().groups) == 1
+    np.testing.assert_allclose(_total_loss(ssl), _coupled_oracle(ssl, one), rtol=1e-5)
+    assert _total_loss(ssl) != pytest.approx(full)
+    # The next fit's step uses the new groups: with a zero learning rate the loss it reports
+    # is the data loss plus the new penalty, not the old one.
+    ssl.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    reported = ssl.evaluate(x, y, verbose=0)
+    data = float(np.mean((np.asarray(ssl(x)) - y) ** 2))
+    np.testing.assert_allclose(reported, data + _coupled_oracle(ssl, one), rtol=1e-4)
+    ssl.ssl_groups = None
+    assert ssl.ssl_groups == [] and _total_loss(ssl) == 0.0
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_a_mask_passes_through_wrapped_layers(coupled):
+    """Masking -> Dense -> GlobalAveragePooling1D averages the unmasked steps only; the
+    wrapped Dense keeps the mask (no Keras warning that it is destroyed) and the outputs."""
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((5, 3))
+    x = keras.layers.Masking(name="mask")(inputs)
+    x = keras.layers.Dense(4, name="dense", bias_initializer="ones")(x)
+    outputs = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    model = keras.Model(inputs, outputs)
+    data = np.random.default_rng(5).random((2, 5, 3)).astype("float32")
+    data[:, 3:] = 0.0  # the last two steps are masked
+    dense = model.get_layer("dense")
+    unmasked = np.asarray(dense(data)).mean(axis=1)
+    masked = np.asarray(dense(data[:, :3])).mean(axis=1)
+    np.testing.assert_allclose(model(data), masked, rtol=1e-6)
+    assert not np.allclose(masked, unmasked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wrapped = apply_ssl(model, filters=0.1, coupled=coupled)
+        assert isinstance(wrapped.get_layer("dense"), StructuredSparsity)
+        np.testing.assert_allclose(wrapped(data), masked, rtol=1e-6)
