@@ -21,7 +21,7 @@ import numpy as np
 from examples import datasets
 from examples.config import Config, Recipe, UsageError
 from examples.distill import distillation_loss, distillation_targets, packed_accuracy
-from examples.report import ReportMixin, units_per_layer
+from examples.report import ReportMixin, accuracy, units_per_layer
 from examples.util import StepUnavailableError, atomic_save, atomic_write_text, need
 
 PHASES = ("dense", "ssl", "finetune")
@@ -53,11 +53,8 @@ def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=()
                      shuffle=True)
 
 
-def _val_accuracy(model, data, batch_size=256) -> float | None:
-    if not len(data.x_val):
-        return None
-    logits = model.predict(data.x_val, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == data.y_val))
+def _val_accuracy(model, data) -> float | None:
+    return accuracy(model, data.x_val, data.y_val)
 
 
 def _pct(value) -> str:

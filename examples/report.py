@@ -18,9 +18,12 @@ import numpy as np
 from examples.util import StepUnavailableError, atomic_write, atomic_write_text, need
 
 
-def _accuracy(model, data, batch_size=256) -> float:
-    logits = model.predict(data.x_test, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == data.y_test))
+def accuracy(model, x, y, batch_size=256) -> float | None:
+    """Top-1 accuracy of a Keras model on (x, y); None when there are no images."""
+    if not len(x):
+        return None
+    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
 def units_per_layer(model) -> dict:
@@ -65,7 +68,8 @@ class ReportMixin:
                 "file_bytes": os.path.getsize(path), "tflite": path,
             }
             if keras_model is not None:
-                r["keras_accuracy"] = _accuracy(keras_model, data)
+                r["keras_accuracy"] = accuracy(keras_model, data.x_test, data.y_test)
+                r["val_accuracy"] = accuracy(keras_model, data.x_val, data.y_val)
             return r
 
         rows["baseline"] = row(self.tflite["dense"], self.dense)
@@ -129,6 +133,11 @@ class ReportMixin:
     def write(self, results: dict) -> None:
         table = self.table(results)
         print(table, flush=True)
+        val = (results["baseline"].get("val_accuracy"), results["ssl"].get("val_accuracy"))
+        val_line = (None if None in val else f"Validation accuracy (Keras): dense "
+                    f"{100 * val[0]:.2f}%, SSL thinned {100 * val[1]:.2f}%")
+        if val_line:
+            print(val_line, flush=True)
         out = self.cfg.out_dir
         json_path = os.path.join(out, f"{self.stem}.json")
         md_path = os.path.join(out, f"{self.stem}.md")
@@ -140,6 +149,8 @@ class ReportMixin:
               f"Command: `{results['command']}`", "", table, "",
               f"Filters/units per layer: dense {results['baseline']['filters_per_layer']}"
               f" -> SSL {results['ssl']['filters_per_layer']}", ""]
+        if val_line:
+            md += [val_line, ""]
         atomic_write_text(md_path, "\n".join(md))
         try:
             self.plots(results)

@@ -62,6 +62,13 @@ def test_lenet_quick_end_to_end(tmp_path):
     got = tflite_predict(str(work / "ssl_thinned_float32.tflite"), x)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert result["tflite_max_abs_diff"] < 1e-4 and result["thin_max_abs_diff"] < 1e-4
+    # The validation accuracy in the JSON is the fine-tuned model's on the run's split.
+    from examples.report import accuracy
+
+    assert result["ssl"]["val_accuracy"] == pytest.approx(
+        accuracy(stripped, data.x_val, data.y_val))
+    assert 0.0 <= result["baseline"]["val_accuracy"] <= 1.0
+    assert "Validation accuracy (Keras): dense " in proc.stdout
 
     for suffix in ("_filters.png", "_latency.png", "_conv1.png", ".md"):
         assert (tmp_path / f"lenet_fashion_mnist_quick{suffix}").stat().st_size > 0
