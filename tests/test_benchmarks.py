@@ -1,4 +1,5 @@
-"""The measurement commands under benchmarks/: bad input, and one small run of lenet_widths."""
+"""The measurement commands under benchmarks/: bad input, and small runs of lenet_widths and
+layer_times."""
 
 import json
 import os
@@ -11,8 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def _run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "benchmarks.lenet_widths", *args], cwd=ROOT,
+def _run(*args, timeout=300, command="benchmarks.lenet_widths"):
+    return subprocess.run([sys.executable, "-m", command, *args], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
@@ -50,3 +51,82 @@ def test_lenet_widths_small_run(tmp_path):
     assert [r["widths"] for r in rows] == ["20-50-500", "4-16-64"]
     assert rows[0]["macs"] == 2_293_000  # the dense LeNet's MACs, as in RESULTS.md
     assert rows[1]["macs"] < rows[0]["macs"] and rows[1]["median_us"] > 0
+
+
+def _chain_model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((12, 12, 1)), keras.layers.Conv2D(4, 3, name="conv"),
+                             keras.layers.MaxPooling2D(name="pool"),
+                             keras.layers.Flatten(name="flat"), keras.layers.Dense(3, name="fc")])
+
+
+def _branchy_model():
+    import keras
+
+    inputs = keras.Input((6,))
+    a = keras.layers.Dense(4, name="a")(inputs)
+    b = keras.layers.Dense(4, name="b")(inputs)
+    return keras.Model(inputs, keras.layers.Add(name="add")([a, b]))
+
+
+def test_layer_times_chain_layers_accepts_chains_and_names_the_first_break():
+    import keras
+
+    from benchmarks.layer_times import chain_layers
+
+    assert [layer.name for layer in chain_layers(_chain_model())] == ["conv", "pool", "flat",
+                                                                     "fc"]
+    inputs = keras.Input((6,))
+    functional = keras.Model(inputs, keras.layers.Dense(2, name="y")(
+        keras.layers.Dense(4, name="x")(inputs)))
+    assert [layer.name for layer in chain_layers(functional)] == ["x", "y"]
+    with pytest.raises(ValueError, match=r"Received: layer 'b' \(Dense\) does not take the "
+                                         r"output of 'a'"):
+        chain_layers(_branchy_model())
+    shared = keras.layers.Dense(6, name="twice")
+    inputs = keras.Input((6,))
+    with pytest.raises(ValueError, match=r"layer 'twice' \(Dense\) with 2 calls"):
+        chain_layers(keras.Model(inputs, shared(shared(inputs))))
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "expected one .keras model file. Received: []"),
+    (["a.keras", "b.keras"], "expected one .keras model file. Received: ['a.keras', 'b.keras']"),
+    (["missing.keras"], "the model file 'missing.keras' does not exist."),
+    (["tests/__init__.py", "--runs=3"], "--runs must be >= 10. Received: 3"),
+])
+def test_layer_times_bad_input_is_one_line_exit_2(args, message):
+    proc = _run(*args, timeout=120, command="benchmarks.layer_times")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("benchmarks.layer_times: error: ")
+    assert message in lines[0]
+
+
+def test_layer_times_refuses_a_model_that_is_not_a_chain(tmp_path):
+    path = tmp_path / "branchy.keras"
+    _branchy_model().save(path)
+    proc = _run(str(path), "--runs=10", timeout=120, command="benchmarks.layer_times")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == ("benchmarks.layer_times: error: layer_times needs a chain: every "
+                         "layer is called once, on the previous layer's output. Received: "
+                         "layer 'b' (Dense) does not take the output of 'a'")
+
+
+@pytest.mark.slow
+def test_layer_times_small_run(tmp_path):
+    path, out = tmp_path / "chain.keras", tmp_path / "r.json"
+    _chain_model().save(path)
+    proc = _run(str(path), "--runs=10", f"--json={out}", command="benchmarks.layer_times")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| conv | Conv2D | 1 |" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["layer"] for r in rows] == ["conv", "pool", "flat", "fc"]
+    # MACs of the cuts: conv 10*10*4*9, then fc adds 5*5*4*3 (pooling and flatten add none).
+    assert [r["cut_macs"] for r in rows] == [3600, 3600, 3600, 3900]
+    assert rows[0]["layer_us"] is None and all(r["layer_us"] is not None for r in rows[1:])
+    assert rows[-1]["layer_us"] == pytest.approx(rows[-1]["cut_median_us"]
+                                                 - rows[-2]["cut_median_us"])

@@ -1,0 +1,166 @@
+"""Where a chain model's TFLite latency goes: every prefix of the model, timed side by side.
+
+    python -m benchmarks.layer_times model.keras [--runs 300 --threads 1 --json out.json
+                                                  --out_dir dir]
+
+For a Keras model whose layers form a chain (Sequential, or a functional model in which
+every layer has one input and feeds the next one, such as the examples' LeNet and MLP), the
+model cut after each layer (its layers up to that one, same weights) is exported to float32
+.tflite (ssl_keras.export_tflite, outputs verified) and all the cuts are timed interleaved
+with tflite_bench.benchmark (LiteRT, XNNPACK, batch 1). A layer's cost is its cut's median
+minus the previous cut's: differences of medians, so a layer that costs less than the noise
+can show a small negative figure. The first cut's figure includes the interpreter's fixed
+cost of an invoke. Not a test: timings depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from benchmarks._util import fail, fmt, refuse_existing, run_and_report  # noqa: E402
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("runs", 300, "Timed invokes per cut.", flag_values=FLAGS)
+flags.DEFINE_list("threads", ["1"], "Thread counts.", flag_values=FLAGS)
+flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this directory.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("json", None, "Also write the results as JSON to this new file.",
+                    flag_values=FLAGS)
+
+COMMAND = "benchmarks.layer_times"
+
+
+def _parse(argv):
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        fail(COMMAND, str(e).splitlines()[0])
+    if len(rest) != 2:
+        fail(COMMAND, f"expected one .keras model file. Received: {rest[1:]}")
+    path = rest[1]
+    if not os.path.isfile(path):
+        fail(COMMAND, f"the model file {path!r} does not exist.")
+    if FLAGS.runs < 10:
+        fail(COMMAND, f"--runs must be >= 10. Received: {FLAGS.runs}")
+    try:
+        threads = [int(t) for t in FLAGS.threads]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        fail(COMMAND, f"--threads must be positive integers. Received: {FLAGS.threads}")
+    refuse_existing(COMMAND, FLAGS.json)
+    if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and os.listdir(FLAGS.out_dir):
+        fail(COMMAND, f"--out_dir {FLAGS.out_dir!r} is not empty; refusing to overwrite files "
+                      "in it.")
+    return path, threads
+
+
+def chain_layers(model) -> list:
+    """The layers of `model` after its input, in order, if they form a chain.
+
+    Raises:
+        ValueError: if the model has several inputs or outputs, or a layer that does not
+            take exactly the previous layer's output (a branch or a merge).
+    """
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(
+            "layer_times needs a model with one input and one output. Received: "
+            f"{len(model.inputs)} inputs, {len(model.outputs)} outputs")
+    import keras
+
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if isinstance(model, keras.Sequential):  # a chain by construction
+        return layers
+    previous, before = model.inputs[0], "the model's input"
+    for layer in layers:
+        nodes = layer._inbound_nodes
+        if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
+            got = (f"{len(nodes)} calls" if len(nodes) != 1
+                   else f"{len(nodes[0].input_tensors)} inputs")
+            raise ValueError(
+                "layer_times needs a chain: every layer is called once, on the previous "
+                f"layer's output. Received: layer '{layer.name}' ({type(layer).__name__}) "
+                f"with {got}")
+        if nodes[0].input_tensors[0] is not previous:
+            raise ValueError(
+                "layer_times needs a chain: every layer is called once, on the previous "
+                f"layer's output. Received: layer '{layer.name}' ({type(layer).__name__}) "
+                f"does not take the output of {before}")
+        previous, before = layer.output, f"'{layer.name}'"
+    if previous is not model.outputs[0]:
+        raise ValueError("layer_times needs a chain that ends in the model's output. "
+                         f"Received: last layer '{layers[-1].name}' is not the output")
+    return layers
+
+
+def run(out_dir, path, threads):
+    import keras
+    from absl import logging
+
+    import ssl_keras
+    import tflite_bench
+
+    logging.set_verbosity(logging.WARNING)
+    model = keras.saving.load_model(path, compile=False)
+    try:
+        layers = chain_layers(model)
+    except ValueError as e:
+        fail(COMMAND, str(e))
+    # The cuts call the same layers (same weights) on a new input: a Sequential model's
+    # layers have several graph nodes, and this works for both kinds of chain.
+    x = inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
+    outputs = []
+    for layer in layers:
+        x = layer(x)
+        outputs.append(x)
+    paths, names = [], {}
+    for k, (layer, output) in enumerate(zip(layers, outputs, strict=True)):
+        cut = keras.Model(inputs, output)
+        target = os.path.join(out_dir, f"cut_{k:02d}_{layer.name}.tflite")
+        report = ssl_keras.export_tflite(cut, target)
+        paths.append(target)
+        names[report.path] = (layer.name, type(layer).__name__)
+    result = tflite_bench.benchmark(paths, threads=threads, runs=FLAGS.runs, progress=True)
+    rows, previous = [], {}
+    for e in result["models"]:
+        name, kind = names.get(e["path"], (e["name"], ""))
+        before = previous.get(e["threads"])
+        rows.append({"layer": name, "class": kind, "threads": e["threads"],
+                     "cut_macs": e["macs"], "cut_median_us": e["median_us"],
+                     "layer_us": None if before is None or e["median_us"] is None
+                     else e["median_us"] - before,
+                     "error": e["error"]})
+        previous[e["threads"]] = e["median_us"]
+    total = {r["threads"]: r["cut_median_us"] for r in rows}
+    for r in rows:  # the first cut's share includes the fixed cost of an invoke
+        own = r["cut_median_us"] if r["layer_us"] is None else r["layer_us"]
+        r["share"] = None if own is None or not total[r["threads"]] else own / total[r["threads"]]
+    return {"model": path, "runs": FLAGS.runs, "machine": result.get("machine"), "rows": rows}
+
+
+def table(result) -> str:
+    lines = ["| layer | class | threads | MACs so far | cut median us | layer us | share |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        first = r["layer_us"] is None
+        lines.append(
+            f"| {r['layer']} | {r['class']} | {r['threads']} | {fmt(r['cut_macs'], ',')} | "
+            f"{fmt(r['cut_median_us'], '.1f')} | "
+            f"{fmt(r['cut_median_us'] if first else r['layer_us'], '.1f')}"
+            f"{' (with the fixed cost)' if first else ''} | {fmt(r['share'], '.0%')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    path, threads = _parse(sys.argv if argv is None else argv)
+    run_and_report(lambda out_dir: run(out_dir, path, threads), table, FLAGS.out_dir,
+                   FLAGS.json)
+
+
+if __name__ == "__main__":
+    main()
