@@ -1,13 +1,15 @@
 """LeNet-5 (Caffe: conv 20, conv 50, fc 500, fc 10) with filter + channel SSL, end to end.
 
-Dense baseline -> SSL (filter + channel group Lasso; shape-wise with --shapes) -> zero and
-fine-tune with removed groups frozen -> thin -> TFLite float32 / int8 -> latency benchmark
-beside the tfmot element-wise pruned model at the same parameter sparsity. Writes
-results/lenet_<dataset>.json / .md / *.png and prints one table.
+Dense baseline -> SSL (filter + channel group Lasso; shape-wise with --shapes) -> zero the
+removed groups -> thin -> fine-tune the thinned model, distilling the dense one (the paper's
+order, frozen fine-tuning of the zeroed model before thin, with --nofinetune_thinned) ->
+TFLite float32 / int8 -> latency benchmark beside the tfmot element-wise pruned model at the
+same parameter sparsity. Writes results/lenet_<dataset>.json / .md / *.png and prints one
+table.
 
 Example:
-    python -m examples.lenet                    # Fashion-MNIST, about 5 minutes on 2 cores
-    python -m examples.lenet --quick            # 2000 images, 1 epoch per phase, < 2 minutes
+    python -m examples.lenet                    # Fashion-MNIST, 4.8-6.5 minutes on 2 cores
+    python -m examples.lenet --quick            # 2000 images, 1 epoch per phase, < 1 minute
     python -m examples.lenet --dataset=mnist --data_dir=/path/to/idx --shapes=1e-3
 """
 
