@@ -201,7 +201,7 @@ class Config:
                 "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers", "distill",
                 "distill_temperature",
                 "batch_size", "filters", "channels", "shapes", "borders", "depth", "proximal",
-                "zero_every", "threshold", "seed")
+                "zero_every", "threshold", "round_to", "seed")
         return {k: getattr(self, k) for k in keys}
 
 

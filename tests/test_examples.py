@@ -154,15 +154,20 @@ def test_quick_overrides_only_flags_not_given():
     assert cfg.threads == (1, 2)
 
 
-def test_resume_refuses_other_settings(tmp_path):
+@pytest.mark.parametrize("flag, key", [
+    ("--filters=0.5", "filters"),
+    # thin() runs before the fine-tuning phase, so round_to decides its checkpoint too.
+    ("--round_to=8", "round_to"),
+])
+def test_resume_refuses_other_settings(tmp_path, flag, key):
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}"])
     first = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
     first._prepare_work_dir()
     fv = define_flags(lenet.RECIPE)
-    fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5"])
+    fv(["lenet", f"--out_dir={tmp_path}", flag])
     second = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
-    with pytest.raises(UsageError, match=r"other settings.*'filters'.*Pass --fresh"):
+    with pytest.raises(UsageError, match=rf"other settings.*'{key}'.*Pass --fresh"):
         second._prepare_work_dir()
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", f"--out_dir={tmp_path}", "--filters=0.5", "--fresh"])
