@@ -133,8 +133,9 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                      "--threshold every this many steps of the SSL phase.", flag_values=fv)
     D.DEFINE_float("threshold", d["threshold"], "Groups whose L2 norm is below this are zeroed "
                    "and removed.", flag_values=fv)
-    D.DEFINE_integer("round_to", d["round_to"], "thin() keeps every width a multiple of this "
-                     "(e.g. 8 for XNNPACK's vector width).", flag_values=fv)
+    D.DEFINE_string("round_to", json.dumps(d["round_to"]), "thin() keeps every width a multiple of "
+                    "this (e.g. 8 for XNNPACK's vector width), or of a per-layer multiple given "
+                    "as JSON, e.g. '{\"conv2\": 16}' (the other layers: 1).", flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
     D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
     D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
@@ -183,7 +184,7 @@ class Config:
     proximal: bool
     zero_every: int
     threshold: float
-    round_to: int
+    round_to: int | dict
     seed: int
     out_dir: str
     threads: tuple
@@ -224,8 +225,8 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
                          f"at 1 thread, batch 1. Received: --threads={values['threads']!r}")
     values["threads"] = threads
     values["ssl_layers"] = _ssl_layers(values["ssl_layers"], recipe)
-    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every",
-                 "round_to"):
+    values["round_to"] = _round_to(values["round_to"])
+    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every"):
         if values[name] < 1:
             raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
     for name in ("max_train", "max_test", "warmup"):
@@ -253,6 +254,25 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
                          f"Received: --validation_split={values['validation_split']}")
     fields = {f.name for f in dataclasses.fields(Config)}
     return Config(**{k: v for k, v in values.items() if k in fields})
+
+
+def _round_to(text) -> int | dict:
+    """--round_to: an integer >= 1, or JSON {layer name: integer >= 1} (thin's two forms)."""
+    text = str(text).strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+
+    def positive_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if positive_int(value) or (isinstance(value, dict) and value and all(
+            isinstance(k, str) and positive_int(v) for k, v in value.items())):
+        return value
+    raise UsageError(
+        "--round_to must be an integer >= 1 or JSON mapping layer names to integers >= 1, "
+        f"e.g. 8 or '{{\"conv2\": 16}}'. Received: --round_to={text!r}")
 
 
 def _ssl_layers(text: str | None, recipe: Recipe) -> dict | None:

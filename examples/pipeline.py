@@ -229,6 +229,27 @@ class Pipeline(ReportMixin):
 
         self.ssl = self._phase("ssl", train)
 
+    def _check_layer_names(self, keras) -> None:
+        """--ssl_layers and a per-layer --round_to must name layers of the architecture:
+        checked before any training (apply_ssl and thin would say so only after it)."""
+        cfg = self.cfg
+        named = {"--round_to": cfg.round_to if isinstance(cfg.round_to, dict) else {}}
+        if cfg.ssl_layers is not self.recipe.ssl_layers:  # given on the command line
+            named["--ssl_layers"] = cfg.ssl_layers or {}
+        if not any(named.values()):
+            return
+        model = self.recipe.build(input_shape=self.data.input_shape,
+                                  num_classes=self.data.num_classes)
+        # That model drew its weights from the seeded generator: seed again, so that the
+        # dense model starts from the same weights with and without the check.
+        keras.utils.set_random_seed(cfg.seed)
+        layers = sorted(layer.name for layer in model.layers)
+        for flag, names in named.items():
+            unknown = sorted(set(names) - set(layers))
+            if unknown:
+                raise UsageError(f"{flag} names layers that {self.recipe.name} does not have. "
+                                 f"Expected names among {layers}. Received: {unknown}")
+
     def _schedule(self, keras, lr: float, epochs: int):
         """The learning rate of a phase: `lr`, or cosine decay from it over the phase."""
         if self.cfg.lr_schedule == "constant":
@@ -407,6 +428,7 @@ class Pipeline(ReportMixin):
 
         keras.utils.set_random_seed(self.cfg.seed)
         self.load_data()
+        self._check_layer_names(keras)
         self._prepare_work_dir()
         self.train_dense()
         self.train_ssl()

@@ -102,6 +102,14 @@ def test_lenet_quick_end_to_end(tmp_path):
     (["--distill=1.5"], r"--distill must be in \[0, 1\]. Received: --distill=1.5"),
     (["--distill_temperature=0"], r"--distill_temperature must be > 0"),
     (["--threads=2"], r"--threads must include 1: .* Received: --threads='2'"),
+    (["--round_to=0"], r"--round_to must be an integer >= 1 or JSON mapping layer names to "
+                       r"integers >= 1, e\.g\. 8 or '\{\"conv2\": 16\}'\. Received: "
+                       r"--round_to='0'"),
+    (["--round_to=eight"], r"Received: --round_to='eight'"),
+    (["--round_to=2.5"], r"Received: --round_to='2\.5'"),
+    (['--round_to={"conv2": 0}'], r"Received: --round_to='\{\"conv2\": 0\}'"),
+    (['--round_to={"conv2": true}'], r"Received: --round_to="),
+    (["--round_to={}"], r"Received: --round_to='\{\}'"),
 ])
 def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     code, err = _main(argv, capsys)
@@ -303,3 +311,43 @@ def test_distillation_loss_matches_numpy_oracle():
         rtol=1e-5)
     same = distillation_loss(1.0, t)(packed, teacher.astype("float32"))
     np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("8", 8), ('{"conv2": 16}', {"conv2": 16}),
+                                             (' {"conv1": 8, "ip1": 4} ', {"conv1": 8, "ip1": 4})])
+def test_round_to_flag_takes_thins_two_forms(value, expected):
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", f"--round_to={value}"])
+    cfg = config_from_flags(fv, lenet.RECIPE)
+    assert cfg.round_to == expected and cfg.training_key()["round_to"] == expected
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.parametrize("flag, shown", [('--round_to={"conv3": 8}', "--round_to"),
+                                         ('--ssl_layers={"conv3": null}', "--ssl_layers")])
+def test_unknown_layer_names_fail_before_training(tmp_path, capsys, flag, shown):
+    code, err = _main([flag, f"--out_dir={tmp_path}", "--max_train=500"], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0] == (f"lenet: error: {shown} names layers that lenet does not have. Expected "
+                      "names among ['conv1', 'conv2', 'flatten', 'input', 'ip1', 'ip2', "
+                      "'pool1', 'pool2']. Received: ['conv3']")
+    assert not os.listdir(tmp_path)  # nothing trained, nothing written
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
+def test_the_layer_name_check_does_not_change_the_dense_models_initial_weights(tmp_path):
+    import keras
+
+    def first_weights(argv):
+        fv = define_flags(lenet.RECIPE)
+        fv(["lenet", f"--out_dir={tmp_path}", "--max_train=500", *argv])
+        pipeline = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+        keras.utils.set_random_seed(pipeline.cfg.seed)
+        pipeline.load_data()
+        pipeline._check_layer_names(keras)
+        model = lenet.RECIPE.build(input_shape=pipeline.data.input_shape,
+                                   num_classes=pipeline.data.num_classes)
+        return [np.array(w) for w in model.get_weights()]
+
+    plain, checked = first_weights([]), first_weights(['--round_to={"conv2": 8}'])
+    assert all(np.array_equal(a, b) for a, b in zip(plain, checked, strict=True))
