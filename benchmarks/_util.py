@@ -22,6 +22,24 @@ def refuse_existing(command: str, path: str | None) -> None:
         fail(command, f"--json {path!r} exists; refusing to overwrite it.")
 
 
+def check_latency_flags(command: str, runs: int, threads: list, json_path: str | None,
+                        out_dir: str | None) -> list[int]:
+    """The checks of the latency commands' shared flags (--runs, --threads, --json,
+    --out_dir), each failing in one line (exit 2). Returns the thread counts as ints."""
+    if runs < 10:
+        fail(command, f"--runs must be >= 10. Received: {runs}")
+    try:
+        counts = [int(t) for t in threads]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        fail(command, f"--threads must be positive integers. Received: {threads}")
+    refuse_existing(command, json_path)
+    if out_dir and os.path.exists(out_dir) and os.listdir(out_dir):
+        fail(command, f"--out_dir {out_dir!r} is not empty; refusing to overwrite files in it.")
+    return counts
+
+
 def write_json(path: str, result) -> None:
     """Writes `result` as indented JSON to `path` atomically; refuses an existing file."""
     atomic_write(path, json.dumps(result, indent=2) + "\n", overwrite=False)

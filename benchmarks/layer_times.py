@@ -22,7 +22,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, fmt, refuse_existing, run_and_report  # noqa: E402
+from benchmarks._util import (  # noqa: E402
+    check_latency_flags,
+    fail,
+    fmt,
+    run_and_report,
+)
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("runs", 300, "Timed invokes per cut.", flag_values=FLAGS)
@@ -45,18 +50,8 @@ def _parse(argv):
     path = rest[1]
     if not os.path.isfile(path):
         fail(COMMAND, f"the model file {path!r} does not exist.")
-    if FLAGS.runs < 10:
-        fail(COMMAND, f"--runs must be >= 10. Received: {FLAGS.runs}")
-    try:
-        threads = [int(t) for t in FLAGS.threads]
-    except ValueError:
-        threads = []
-    if not threads or min(threads) < 1:
-        fail(COMMAND, f"--threads must be positive integers. Received: {FLAGS.threads}")
-    refuse_existing(COMMAND, FLAGS.json)
-    if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and os.listdir(FLAGS.out_dir):
-        fail(COMMAND, f"--out_dir {FLAGS.out_dir!r} is not empty; refusing to overwrite files "
-                      "in it.")
+    threads = check_latency_flags(COMMAND, FLAGS.runs, FLAGS.threads, FLAGS.json,
+                                  FLAGS.out_dir)
     return path, threads
 
 

@@ -24,9 +24,9 @@ from absl import flags  # noqa: E402
 
 from benchmarks._util import (  # noqa: E402
     LATENCY_COLUMNS,
+    check_latency_flags,
     fail,
     markdown_table,
-    refuse_existing,
     run_and_report,
 )
 
@@ -70,18 +70,8 @@ def _parse(argv):
         FLAGS(argv)
     except flags.Error as e:
         fail(COMMAND, str(e).splitlines()[0])
-    if FLAGS.runs < 10:
-        fail(COMMAND, f"--runs must be >= 10. Received: {FLAGS.runs}")
-    try:
-        threads = [int(t) for t in FLAGS.threads]
-    except ValueError:
-        threads = []
-    if not threads or min(threads) < 1:
-        fail(COMMAND, f"--threads must be positive integers. Received: {FLAGS.threads}")
-    refuse_existing(COMMAND, FLAGS.json)
-    if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and os.listdir(FLAGS.out_dir):
-        fail(COMMAND, f"--out_dir {FLAGS.out_dir!r} is not empty; refusing to overwrite files "
-                      "in it.")
+    threads = check_latency_flags(COMMAND, FLAGS.runs, FLAGS.threads, FLAGS.json,
+                                  FLAGS.out_dir)
     return parse_widths(FLAGS.widths), threads
 
 

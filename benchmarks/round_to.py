@@ -24,10 +24,10 @@ from absl import flags  # noqa: E402
 
 from benchmarks._util import (  # noqa: E402
     LATENCY_COLUMNS,
+    check_latency_flags,
     fail,
     markdown_table,
     offset_and_zero,
-    refuse_existing,
     run_and_report,
 )
 
@@ -66,12 +66,9 @@ def _parse(argv):
         _fail(str(e).splitlines()[0])
     if not 0 < FLAGS.fraction < 1:
         _fail(f"--fraction must be in (0, 1). Received: {FLAGS.fraction}")
-    if FLAGS.runs < 10:
-        _fail(f"--runs must be >= 10. Received: {FLAGS.runs}")
-    refuse_existing("benchmarks.round_to", FLAGS.json)
-    if FLAGS.out_dir and os.path.exists(FLAGS.out_dir) and os.listdir(FLAGS.out_dir):
-        _fail(f"--out_dir {FLAGS.out_dir!r} is not empty; refusing to overwrite files in it.")
-    return _ints(FLAGS.round_to, "round_to"), _ints(FLAGS.threads, "threads")
+    threads = check_latency_flags("benchmarks.round_to", FLAGS.runs, FLAGS.threads,
+                                  FLAGS.json, FLAGS.out_dir)
+    return _ints(FLAGS.round_to, "round_to"), threads
 
 
 def sparse_resnet20(fraction, seed):
