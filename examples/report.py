@@ -26,6 +26,42 @@ def accuracy(model, x, y, batch_size=256) -> float | None:
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
+def accuracy_change_ci(correct_base, correct_other, resamples=2000, confidence=0.95,
+                       seed=0) -> tuple[float, float]:
+    """Paired bootstrap interval of mean(correct_other) - mean(correct_base).
+
+    Both models are scored on the same images, so the images are resampled together: a
+    resample's change is (images only `other` gets right - images only `base` gets right) /
+    n. Drawing those two counts from a multinomial is the same bootstrap without
+    materialising resamples x n indices.
+
+    Args:
+        correct_base, correct_other: per image, whether each model's top-1 is right (bool).
+        resamples: bootstrap resamples. confidence: e.g. 0.95. seed: of the resampling.
+
+    Returns:
+        (low, high) of the accuracy change, as fractions.
+
+    Example:
+    >>> lo, hi = accuracy_change_ci(np.ones(100, bool), np.arange(100) % 10 != 0)
+    >>> bool(lo < -0.1 < hi)
+    True
+    """
+    base = np.asarray(correct_base, bool)
+    other = np.asarray(correct_other, bool)
+    if base.shape != other.shape or base.ndim != 1 or not len(base):
+        raise ValueError("Expected two non-empty 1-D arrays of the same length. Received: "
+                         f"shapes {base.shape} and {other.shape}")
+    n = len(base)
+    p = np.array([np.sum(other & ~base), np.sum(base & ~other)], float) / n
+    counts = np.random.default_rng(seed).multinomial(n, [p[0], p[1], 1.0 - p.sum()],
+                                                     size=resamples)
+    changes = (counts[:, 0] - counts[:, 1]) / n
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(changes, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def units_per_layer(model) -> dict:
     """Output filters / units of every Conv and Dense layer, by layer name."""
     import keras
@@ -74,6 +110,7 @@ class ReportMixin:
 
         rows["baseline"] = row(self.tflite["dense"], self.dense)
         rows["ssl"] = row(self.tflite["ssl"], self.thinned)
+        change = self._accuracy_change(self.tflite["dense"], self.tflite["ssl"])
         rows["ssl"]["filters_per_layer"] = units_per_layer(self.thinned)
         rows["baseline"]["filters_per_layer"] = units_per_layer(self.dense)
         rows["ssl_int8"] = row(self.tflite["ssl_int8"])
@@ -100,12 +137,26 @@ class ReportMixin:
             "speedup": speedup[1],  # --threads includes 1 (config)
             "speedup_by_threads": speedup,
             "mac_ratio": rows["baseline"]["macs"] / rows["ssl"]["macs"],
+            "accuracy_change": change,
             "speedup_ci_1thread": self._entries(self.tflite["ssl"]).get(1, {}).get("speedup_ci"),
             "machine": self.bench_result.get("machine"),
             "thin_max_abs_diff": self.thin_max_abs_diff,
             "tflite_max_abs_diff": self.tflite_max_abs_diff,
             "phase_seconds": self.timings,
         }
+
+    def _accuracy_change(self, base_path: str, other_path: str) -> dict:
+        """The thinned float32 file's test accuracy minus the dense one's, with a paired
+        bootstrap 95% interval: how far the change is resolved by this test set."""
+        from examples.pipeline import tflite_predict  # (pipeline imports this module)
+
+        data = self.data
+        base = np.argmax(tflite_predict(base_path, data.x_test), axis=-1) == data.y_test
+        other = np.argmax(tflite_predict(other_path, data.x_test), axis=-1) == data.y_test
+        low, high = accuracy_change_ci(base, other, seed=self.cfg.seed)
+        return {"change": float(other.mean() - base.mean()), "ci95": [low, high],
+                "images": len(base), "only_dense_right": int(np.sum(base & ~other)),
+                "only_thinned_right": int(np.sum(other & ~base))}
 
     def table(self, results: dict) -> str:
         threads = self.cfg.threads
@@ -138,6 +189,15 @@ class ReportMixin:
                     f"{100 * val[0]:.2f}%, SSL thinned {100 * val[1]:.2f}%")
         if val_line:
             print(val_line, flush=True)
+        change = results.get("accuracy_change")
+        change_line = None if change is None else (
+            f"Test accuracy change (SSL thinned - dense, float32 TFLite): "
+            f"{100 * change['change']:+.2f} points, 95% interval [{100 * change['ci95'][0]:+.2f}, "
+            f"{100 * change['ci95'][1]:+.2f}] (paired bootstrap over the {change['images']:,} "
+            f"test images; {change['only_dense_right']} right only for dense, "
+            f"{change['only_thinned_right']} only for thinned)")
+        if change_line:
+            print(change_line, flush=True)
         out = self.cfg.out_dir
         json_path = os.path.join(out, f"{self.stem}.json")
         md_path = os.path.join(out, f"{self.stem}.md")
@@ -149,8 +209,9 @@ class ReportMixin:
               f"Command: `{results['command']}`", "", table, "",
               f"Filters/units per layer: dense {results['baseline']['filters_per_layer']}"
               f" -> SSL {results['ssl']['filters_per_layer']}", ""]
-        if val_line:
-            md += [val_line, ""]
+        for line in (val_line, change_line):
+            if line:
+                md += [line, ""]
         atomic_write_text(md_path, "\n".join(md))
         try:
             self.plots(results)

@@ -69,6 +69,15 @@ def test_lenet_quick_end_to_end(tmp_path):
         accuracy(stripped, data.x_val, data.y_val))
     assert 0.0 <= result["baseline"]["val_accuracy"] <= 1.0
     assert "Validation accuracy (Keras): dense " in proc.stdout
+    # The accuracy change and its interval: the images that only one model gets right.
+    change = result["accuracy_change"]
+    assert change["images"] == 500  # --quick's test images
+    assert change["change"] == pytest.approx(result["ssl"]["accuracy"]
+                                             - result["baseline"]["accuracy"], abs=1e-9)
+    assert change["change"] == pytest.approx(
+        (change["only_thinned_right"] - change["only_dense_right"]) / 500)
+    assert change["ci95"][0] <= change["change"] <= change["ci95"][1]
+    assert "Test accuracy change (SSL thinned - dense, float32 TFLite): " in proc.stdout
 
     for suffix in ("_filters.png", "_latency.png", "_conv1.png", ".md"):
         assert (tmp_path / f"lenet_fashion_mnist_quick{suffix}").stat().st_size > 0
@@ -351,3 +360,23 @@ def test_the_layer_name_check_does_not_change_the_dense_models_initial_weights(t
 
     plain, checked = first_weights([]), first_weights(['--round_to={"conv2": 8}'])
     assert all(np.array_equal(a, b) for a, b in zip(plain, checked, strict=True))
+
+
+def test_accuracy_change_ci_is_the_paired_bootstrap():
+    from examples.report import accuracy_change_ci
+
+    same = np.arange(200) % 3 != 0
+    assert accuracy_change_ci(same, same) == (0.0, 0.0)  # no image changes: no spread
+    rng = np.random.default_rng(1)
+    base = rng.random(400) < 0.9
+    other = base.copy()
+    other[rng.choice(400, 30, replace=False)] ^= True  # 30 images change their verdict
+    low, high = accuracy_change_ci(base, other, resamples=4000)
+    change = other.mean() - base.mean()
+    assert low < change < high and high - low > 0.02
+    # The same interval as resampling image indices explicitly (up to Monte Carlo noise).
+    index = rng.integers(0, 400, size=(4000, 400))
+    naive = np.percentile(other[index].mean(1) - base[index].mean(1), [2.5, 97.5])
+    np.testing.assert_allclose([low, high], naive, atol=0.006)
+    with pytest.raises(ValueError, match=r"same length\. Received: shapes \(3,\) and \(2,\)"):
+        accuracy_change_ci(np.ones(3, bool), np.ones(2, bool))
