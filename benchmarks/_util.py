@@ -22,6 +22,42 @@ def refuse_existing(command: str, path: str | None) -> None:
         fail(command, f"--json {path!r} exists; refusing to overwrite it.")
 
 
+HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
+
+
+def parse_flags(command: str, flag_values, argv, doc: str | None) -> list:
+    """Parses `argv` into `flag_values` and returns the remaining arguments. `--help` (and
+    its spellings) prints the command's docstring and flags and exits 0; a bad flag prints
+    one line and exits 2."""
+    from absl import flags
+
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        text = ((doc or "").strip() + "\n\nFlags:\n"
+                + flag_values.get_help(include_special_flags=False))
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader left; no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        fail(command, str(e).splitlines()[0])
+
+
+def define_latency_flags(flag_values, runs: int = 300, unit: str = "model") -> None:
+    """Defines the latency commands' shared flags (--runs, --threads, --out_dir, --json) in
+    `flag_values`; check them with `check_latency_flags`."""
+    from absl import flags
+
+    flags.DEFINE_integer("runs", runs, f"Timed invokes per {unit}.", flag_values=flag_values)
+    flags.DEFINE_list("threads", ["1"], "Thread counts.", flag_values=flag_values)
+    flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this directory.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("json", None, "Also write the results as JSON to this new file.",
+                        flag_values=flag_values)
+
+
 def check_latency_flags(command: str, runs: int, threads: list, json_path: str | None,
                         out_dir: str | None) -> list[int]:
     """The checks of the latency commands' shared flags (--runs, --threads, --json,

@@ -24,27 +24,21 @@ from absl import flags  # noqa: E402
 
 from benchmarks._util import (  # noqa: E402
     check_latency_flags,
+    define_latency_flags,
     fail,
     fmt,
+    parse_flags,
     run_and_report,
 )
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_integer("runs", 300, "Timed invokes per cut.", flag_values=FLAGS)
-flags.DEFINE_list("threads", ["1"], "Thread counts.", flag_values=FLAGS)
-flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this directory.",
-                    flag_values=FLAGS)
-flags.DEFINE_string("json", None, "Also write the results as JSON to this new file.",
-                    flag_values=FLAGS)
+define_latency_flags(FLAGS, runs=300, unit="cut")
 
 COMMAND = "benchmarks.layer_times"
 
 
 def _parse(argv):
-    try:
-        rest = FLAGS(argv)
-    except flags.Error as e:
-        fail(COMMAND, str(e).splitlines()[0])
+    rest = parse_flags(COMMAND, FLAGS, argv, __doc__)
     if len(rest) != 2:
         fail(COMMAND, f"expected one .keras model file. Received: {rest[1:]}")
     path = rest[1]

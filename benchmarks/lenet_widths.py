@@ -25,8 +25,10 @@ from absl import flags  # noqa: E402
 from benchmarks._util import (  # noqa: E402
     LATENCY_COLUMNS,
     check_latency_flags,
+    define_latency_flags,
     fail,
     markdown_table,
+    parse_flags,
     run_and_report,
 )
 
@@ -37,12 +39,7 @@ DEFAULT_WIDTHS = ["20-50-500", "4-16-64", "8-16-64", "16-16-64", "4-32-64", "8-3
 FLAGS = flags.FlagValues()
 flags.DEFINE_list("widths", DEFAULT_WIDTHS, "LeNet widths conv1-conv2-ip1; the first is the "
                   "reference.", flag_values=FLAGS)
-flags.DEFINE_integer("runs", 300, "Timed invokes per model.", flag_values=FLAGS)
-flags.DEFINE_list("threads", ["1"], "Thread counts.", flag_values=FLAGS)
-flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this directory.",
-                    flag_values=FLAGS)
-flags.DEFINE_string("json", None, "Also write the results as JSON to this new file.",
-                    flag_values=FLAGS)
+define_latency_flags(FLAGS, runs=300)
 
 COMMAND = "benchmarks.lenet_widths"
 
@@ -66,10 +63,7 @@ def parse_widths(values):
 
 
 def _parse(argv):
-    try:
-        FLAGS(argv)
-    except flags.Error as e:
-        fail(COMMAND, str(e).splitlines()[0])
+    parse_flags(COMMAND, FLAGS, argv, __doc__)
     threads = check_latency_flags(COMMAND, FLAGS.runs, FLAGS.threads, FLAGS.json,
                                   FLAGS.out_dir)
     return parse_widths(FLAGS.widths), threads

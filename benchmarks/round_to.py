@@ -25,9 +25,11 @@ from absl import flags  # noqa: E402
 from benchmarks._util import (  # noqa: E402
     LATENCY_COLUMNS,
     check_latency_flags,
+    define_latency_flags,
     fail,
     markdown_table,
     offset_and_zero,
+    parse_flags,
     run_and_report,
 )
 
@@ -36,13 +38,8 @@ flags.DEFINE_list("round_to", ["1", "4", "8", "16"], "Values of round_to to comp
                   flag_values=FLAGS)
 flags.DEFINE_float("fraction", 0.75, "Share of the unblocked groups to zero, in (0, 1).",
                    flag_values=FLAGS)
-flags.DEFINE_integer("runs", 200, "Timed invokes per model.", flag_values=FLAGS)
-flags.DEFINE_list("threads", ["1"], "Thread counts.", flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Seed of the zeroed groups.", flag_values=FLAGS)
-flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this directory.",
-                    flag_values=FLAGS)
-flags.DEFINE_string("json", None, "Also write the results as JSON to this new file.",
-                    flag_values=FLAGS)
+define_latency_flags(FLAGS, runs=200)
 
 
 def _fail(message):
@@ -60,10 +57,7 @@ def _ints(values, name):
 
 
 def _parse(argv):
-    try:
-        FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).splitlines()[0])
+    parse_flags("benchmarks.round_to", FLAGS, argv, __doc__)
     if not 0 < FLAGS.fraction < 1:
         _fail(f"--fraction must be in (0, 1). Received: {FLAGS.fraction}")
     threads = check_latency_flags("benchmarks.round_to", FLAGS.runs, FLAGS.threads,

@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, offset_and_zero, refuse_existing, write_json  # noqa: E402
+from benchmarks._util import fail, offset_and_zero, parse_flags, refuse_existing, write_json  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("input_size", 224, "Input height and width of ResNet50.", flag_values=FLAGS)
@@ -38,10 +38,7 @@ def _fail(message):
 
 
 def _parse(argv):
-    try:
-        FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).splitlines()[0])
+    parse_flags("benchmarks.thin_time", FLAGS, argv, __doc__)
     if FLAGS.input_size < 32:
         _fail(f"--input_size must be >= 32 (ResNet50 downsamples 32x). Received: "
               f"{FLAGS.input_size}")

@@ -130,3 +130,16 @@ def test_layer_times_small_run(tmp_path):
     assert rows[0]["layer_us"] is None and all(r["layer_us"] is not None for r in rows[1:])
     assert rows[-1]["layer_us"] == pytest.approx(rows[-1]["cut_median_us"]
                                                  - rows[-2]["cut_median_us"])
+
+
+@pytest.mark.parametrize("command, first", [
+    ("benchmarks.lenet_widths", "TFLite latency of LeNet-5 at the widths SSL can leave"),
+    ("benchmarks.layer_times", "Where a chain model's TFLite latency goes"),
+    ("benchmarks.round_to", "Which `thin(..., round_to=N)` gives the best TFLite latency"),
+    ("benchmarks.thin_time", "Wall time of ssl_keras.thin on keras.applications.ResNet50"),
+])
+def test_help_prints_the_docstring_and_the_flags(command, first):
+    proc = _run("--help", timeout=120, command=command)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(first)
+    assert "Flags:" in proc.stdout and "--json" in proc.stdout
