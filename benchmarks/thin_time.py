@@ -19,7 +19,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, offset_and_zero, parse_flags, refuse_existing, write_json  # noqa: E402
+from benchmarks._util import (  # noqa: E402
+    fail,
+    offset_and_zero,
+    parse_flags,
+    refuse_existing,
+    write_json,
+)
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_integer("input_size", 224, "Input height and width of ResNet50.", flag_values=FLAGS)

@@ -689,24 +689,28 @@ def test_reassigned_ssl_groups_are_checked_and_the_model_keeps_its_groups(groups
 
 def test_reassigned_ssl_groups_make_the_next_loss_and_fit_use_them():
     ssl = _lenet_ssl()
-    ssl.compile(optimizer="sgd", loss="mse")
+    # A zero learning rate: the weights stay, so the reported losses can be checked exactly.
+    ssl.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
     x = np.random.default_rng(4).normal(size=(4, 16, 16, 1)).astype("float32")
     y = np.zeros((4, 10), "float32")
+    data = float(np.mean((np.asarray(ssl(x)) - y) ** 2))
     full = _total_loss(ssl)  # caches the terms of every group
     ssl.fit(x, y, epochs=1, verbose=0)  # traces a train step with them
+    np.testing.assert_allclose(ssl.evaluate(x, y, verbose=0), data + full, rtol=1e-4)
     one = [dict(ssl.ssl_groups[0], coefficient=2.0)]
     ssl.ssl_groups = one
     assert ssl.ssl_groups == one and len(ssl.ssl_coupled_terms().groups) == 1
     np.testing.assert_allclose(_total_loss(ssl), _coupled_oracle(ssl, one), rtol=1e-5)
     assert _total_loss(ssl) != pytest.approx(full)
-    # The next fit's step uses the new groups: with a zero learning rate the loss it reports
-    # is the data loss plus the new penalty, not the old one.
-    ssl.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
-    reported = ssl.evaluate(x, y, verbose=0)
-    data = float(np.mean((np.asarray(ssl(x)) - y) ** 2))
-    np.testing.assert_allclose(reported, data + _coupled_oracle(ssl, one), rtol=1e-4)
+    # The steps traced before (same compile) are traced again with the new groups.
+    np.testing.assert_allclose(ssl.evaluate(x, y, verbose=0),
+                               data + _coupled_oracle(ssl, one), rtol=1e-4)
+    history = ssl.fit(x, y, epochs=1, verbose=0)
+    np.testing.assert_allclose(history.history["loss"][0], data + _coupled_oracle(ssl, one),
+                               rtol=1e-4)
     ssl.ssl_groups = None
     assert ssl.ssl_groups == [] and _total_loss(ssl) == 0.0
+    np.testing.assert_allclose(ssl.evaluate(x, y, verbose=0), data, rtol=1e-4)
 
 
 @pytest.mark.parametrize("coupled", [False, True])
