@@ -17,19 +17,29 @@ def _run(*args, timeout=300, command="benchmarks.lenet_widths"):
                           env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--widths=20-50"], "--widths must be a comma-separated list of conv1-conv2-ip1 positive "
-                         "integers, e.g. 20-50-500,5-26-105. Received: '20-50'"),
-    (["--widths=20-0-500"], "Received: '20-0-500'"),
-    (["--widths=4-16-64,4-16-64"], "--widths lists a width twice. Received: 4-16-64,4-16-64"),
-    (["--runs=3"], "--runs must be >= 10. Received: 3"),
-    (["--threads=x"], "--threads must be positive integers. Received: ['x']"),
+_WIDTHS, _TIMES = "benchmarks.lenet_widths", "benchmarks.layer_times"
+
+
+@pytest.mark.parametrize("command, args, message", [
+    (_WIDTHS, ["--widths=20-50"], "--widths must be a comma-separated list of conv1-conv2-ip1 "
+                                  "positive integers, e.g. 20-50-500,5-26-105. Received: '20-50'"),
+    (_WIDTHS, ["--widths=20-0-500"], "Received: '20-0-500'"),
+    (_WIDTHS, ["--widths=4-16-64,4-16-64"],
+     "--widths lists a width twice. Received: 4-16-64,4-16-64"),
+    (_WIDTHS, ["--runs=3"], "--runs must be >= 10. Received: 3"),
+    (_WIDTHS, ["--threads=x"], "--threads must be positive integers. Received: ['x']"),
+    (_WIDTHS, ["--nosuch"], "Unknown command line flag 'nosuch'"),
+    (_TIMES, [], "expected one .keras model file. Received: []"),
+    (_TIMES, ["a.keras", "b.keras"],
+     "expected one .keras model file. Received: ['a.keras', 'b.keras']"),
+    (_TIMES, ["missing.keras"], "the model file 'missing.keras' does not exist."),
+    (_TIMES, ["tests/__init__.py", "--runs=3"], "--runs must be >= 10. Received: 3"),
 ])
-def test_lenet_widths_bad_input_is_one_line_exit_2(args, message):
-    proc = _run(*args, timeout=120)
+def test_bad_input_is_one_line_exit_2(command, args, message):
+    proc = _run(*args, timeout=120, command=command)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("benchmarks.lenet_widths: error: ")
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: ")
     assert message in lines[0]
 
 
@@ -89,20 +99,6 @@ def test_layer_times_chain_layers_accepts_chains_and_names_the_first_break():
     inputs = keras.Input((6,))
     with pytest.raises(ValueError, match=r"layer 'twice' \(Dense\) with 2 calls"):
         chain_layers(keras.Model(inputs, shared(shared(inputs))))
-
-
-@pytest.mark.parametrize("args, message", [
-    ([], "expected one .keras model file. Received: []"),
-    (["a.keras", "b.keras"], "expected one .keras model file. Received: ['a.keras', 'b.keras']"),
-    (["missing.keras"], "the model file 'missing.keras' does not exist."),
-    (["tests/__init__.py", "--runs=3"], "--runs must be >= 10. Received: 3"),
-])
-def test_layer_times_bad_input_is_one_line_exit_2(args, message):
-    proc = _run(*args, timeout=120, command="benchmarks.layer_times")
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("benchmarks.layer_times: error: ")
-    assert message in lines[0]
 
 
 def test_layer_times_refuses_a_model_that_is_not_a_chain(tmp_path):
