@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 
+from examples.util import HELP_FLAGS, print_help
 from tflite_bench.report import atomic_write
 
 
@@ -22,9 +23,6 @@ def refuse_existing(command: str, path: str | None) -> None:
         fail(command, f"--json {path!r} exists; refusing to overwrite it.")
 
 
-HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
-
-
 def parse_flags(command: str, flag_values, argv, doc: str | None) -> list:
     """Parses `argv` into `flag_values` and returns the remaining arguments. `--help` (and
     its spellings) prints the command's docstring and flags and exits 0; a bad flag prints
@@ -32,12 +30,8 @@ def parse_flags(command: str, flag_values, argv, doc: str | None) -> list:
     from absl import flags
 
     if any(a in HELP_FLAGS for a in argv[1:]):
-        text = ((doc or "").strip() + "\n\nFlags:\n"
-                + flag_values.get_help(include_special_flags=False))
-        try:
-            print(text, flush=True)
-        except BrokenPipeError:  # `--help | head`: the reader left; no traceback
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print_help((doc or "").strip() + "\n\nFlags:\n"
+                   + flag_values.get_help(include_special_flags=False))
         sys.exit(0)
     try:
         return flag_values(argv)

@@ -42,11 +42,10 @@ from absl import flags
 from examples import datasets
 from examples.config import Recipe, UsageError, config_from_flags, define_flags
 from examples.pipeline import Pipeline
-from examples.util import StepUnavailableError
+from examples.util import HELP_FLAGS, StepUnavailableError, print_help
 
 __all__ = ["HELP_FLAGS", "Recipe", "main"]
 
-HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -60,10 +59,7 @@ def main(recipe: Recipe, argv=None) -> int:
         text = fv.get_help(include_special_flags=False).replace("examples.config:", "Flags:")
         if spec is not None and spec.name.startswith("examples."):  # python -m examples.X
             text = (entry.__doc__ or "").strip() + "\n\n" + text
-        try:
-            print(text, flush=True)
-        except BrokenPipeError:  # `--help | head`: the reader left; no traceback
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print_help(text)
         return 0
     try:
         fv(argv)

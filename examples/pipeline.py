@@ -53,37 +53,8 @@ def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=()
                      shuffle=True)
 
 
-def _val_accuracy(model, data) -> float | None:
-    return accuracy(model, data.x_val, data.y_val)
-
-
 def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
-def tflite_predict(path: str, x: np.ndarray) -> np.ndarray:
-    """Runs a .tflite file on every row of `x`, one image at a time (batch-1 models)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path, num_threads=1)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    batch = int(inp["shape"][0]) or 1
-    outputs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start:start + batch].astype(np.float32)
-        if inp["dtype"] != np.float32:  # fully quantised input
-            scale, zero = inp["quantization"]
-            chunk = np.round(chunk / scale + zero).astype(inp["dtype"])
-        interpreter.set_tensor(inp["index"], chunk)
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"])
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        outputs.append(np.array(y))
-    return np.concatenate(outputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,10 +304,10 @@ class Pipeline(ReportMixin):
             return
         reestimate = need("ssl_keras.callbacks", "reestimate_batchnorm", "ssl")
         data = self.data
-        before = _val_accuracy(model, data)
+        before = accuracy(model, data.x_val, data.y_val)
         count = reestimate(model, data.x_train, batch_size=self.cfg.batch_size,
                            max_batches=BN_BATCHES)
-        after = _val_accuracy(model, data)
+        after = accuracy(model, data.x_val, data.y_val)
         self.log(f"phase {phase}: BatchNorm statistics of {count} layers re-estimated on "
                  f"{min(BN_BATCHES, max(len(data.x_train) // self.cfg.batch_size, 1))} "
                  f"training batches; validation accuracy {_pct(before)} -> {_pct(after)}")
@@ -350,6 +321,7 @@ class Pipeline(ReportMixin):
 
     def export(self):
         export_tflite = need("ssl_keras.export", "export_tflite", "export")
+        predict_tflite = need("ssl_keras.export", "predict_tflite", "export")
         rep = self.data.x_train[:200]
         self.tflite = {
             "dense": self.path("dense_float32.tflite"),
@@ -364,8 +336,9 @@ class Pipeline(ReportMixin):
             self.log(f"export: {self.tflite[key]} ({report.size_bytes} bytes, max |tflite - "
                      f"keras| on {report.verified_samples} samples = {report.max_abs_diff:.2e})")
         x = self.data.x_test[:100]
+        (outputs,) = predict_tflite(self.tflite["ssl"], x).values()
         self.tflite_max_abs_diff = float(np.max(np.abs(
-            tflite_predict(self.tflite["ssl"], x) - self.finetuned.predict(x, verbose=0))))
+            outputs - self.finetuned.predict(x, verbose=0))))
         self.log(f"export: max |thinned float32 TFLite - finetuned Keras| on 100 test images = "
                  f"{self.tflite_max_abs_diff:.2e}")
 

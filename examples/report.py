@@ -84,11 +84,14 @@ class ReportMixin:
                 if os.path.abspath(m["path"]) == os.path.abspath(path)}
 
     def results(self) -> dict:
-        evaluate_tflite = need("ssl_keras.export", "evaluate_tflite", "report")
+        predict_tflite = need("ssl_keras.export", "predict_tflite", "report")
         data = self.data
         rows = {}
+        correct = {}  # per .tflite file: is its top-1 right, per test image (one run each)
 
         def row(path, keras_model=None):
+            (logits,) = predict_tflite(path, data.x_test).values()
+            correct[path] = np.argmax(logits, axis=-1) == data.y_test
             entries = self._entries(path)
             errors = [e["error"] for e in entries.values() if e.get("error")]
             if errors:
@@ -96,7 +99,7 @@ class ReportMixin:
             lat = {t: float(e["median_us"]) for t, e in entries.items()}
             first = next(iter(entries.values()))
             r = {
-                "accuracy": float(evaluate_tflite(path, data.x_test, data.y_test)),
+                "accuracy": float(np.mean(correct[path])),
                 "params": int(first["params"]), "macs": int(first["macs"]),
                 "latency_us": lat.get(1), "latency_us_by_threads": lat,
                 "latency_p10_p90_us": {t: (e["p10_us"], e["p90_us"])
@@ -110,7 +113,8 @@ class ReportMixin:
 
         rows["baseline"] = row(self.tflite["dense"], self.dense)
         rows["ssl"] = row(self.tflite["ssl"], self.thinned)
-        change = self._accuracy_change(self.tflite["dense"], self.tflite["ssl"])
+        change = self._accuracy_change(correct[self.tflite["dense"]],
+                                       correct[self.tflite["ssl"]])
         rows["ssl"]["filters_per_layer"] = units_per_layer(self.thinned)
         rows["baseline"]["filters_per_layer"] = units_per_layer(self.dense)
         rows["ssl_int8"] = row(self.tflite["ssl_int8"])
@@ -145,14 +149,10 @@ class ReportMixin:
             "phase_seconds": self.timings,
         }
 
-    def _accuracy_change(self, base_path: str, other_path: str) -> dict:
-        """The thinned float32 file's test accuracy minus the dense one's, with a paired
-        bootstrap 95% interval: how far the change is resolved by this test set."""
-        from examples.pipeline import tflite_predict  # (pipeline imports this module)
-
-        data = self.data
-        base = np.argmax(tflite_predict(base_path, data.x_test), axis=-1) == data.y_test
-        other = np.argmax(tflite_predict(other_path, data.x_test), axis=-1) == data.y_test
+    def _accuracy_change(self, base, other) -> dict:
+        """The thinned float32 file's test accuracy minus the dense one's (`base` / `other`:
+        per test image, is the file's top-1 right), with a paired bootstrap 95% interval: how
+        far the change is resolved by this test set."""
         low, high = accuracy_change_ci(base, other, seed=self.cfg.seed)
         return {"change": float(other.mean() - base.mean()), "ci95": [low, high],
                 "images": len(base), "only_dense_right": int(np.sum(base & ~other)),

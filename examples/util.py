@@ -1,14 +1,26 @@
-"""Shared pieces of the examples' pipeline: ssl_keras / tflite_bench look-up, atomic writes.
+"""Shared pieces of the examples' pipeline: ssl_keras / tflite_bench look-up, atomic writes,
+help text.
 
 `need` returns a function or class of ssl_keras / tflite_bench when a step needs it, or raises
 StepUnavailableError naming the missing piece; `atomic_save` and `atomic_write_text` leave no
-half-written file.
+half-written file; `print_help` prints a command's help (the examples' and benchmarks/').
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+
+HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "--helpfull")
+
+
+def print_help(text: str) -> None:
+    """Prints `text`; `--help | head` (the reader leaves early) ends without a traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 class StepUnavailableError(RuntimeError):

@@ -12,7 +12,7 @@ import pytest
 from examples import common, datasets, lenet, resnet
 from examples.config import UsageError, config_from_flags, define_flags
 from examples.distill import distillation_loss
-from examples.pipeline import PHASES, Pipeline, tflite_predict
+from examples.pipeline import PHASES, Pipeline
 from examples.util import StepUnavailableError, atomic_write_text, need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,9 @@ def test_lenet_quick_end_to_end(tmp_path):
     data = datasets.load("fashion_mnist", max_train=2000, max_test=64, seed=0)
     x = data.x_test[:64]
     expected = stripped.predict(x, verbose=0)
-    got = tflite_predict(str(work / "ssl_thinned_float32.tflite"), x)
+    from ssl_keras import predict_tflite
+
+    (got,) = predict_tflite(str(work / "ssl_thinned_float32.tflite"), x).values()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert result["tflite_max_abs_diff"] < 1e-4 and result["thin_max_abs_diff"] < 1e-4
     # The validation accuracy in the JSON is the fine-tuned model's on the run's split.
@@ -69,6 +71,14 @@ def test_lenet_quick_end_to_end(tmp_path):
         accuracy(stripped, data.x_val, data.y_val))
     assert 0.0 <= result["baseline"]["val_accuracy"] <= 1.0
     assert "Validation accuracy (Keras): dense " in proc.stdout
+    # The table's accuracies are the float32 files' on the run's 500 test images, as
+    # ssl_keras.evaluate_tflite computes them.
+    from ssl_keras import evaluate_tflite
+
+    test = datasets.load("fashion_mnist", max_train=2000, max_test=500, seed=0)
+    for key, name in (("baseline", "dense_float32"), ("ssl", "ssl_thinned_float32")):
+        assert result[key]["accuracy"] == pytest.approx(evaluate_tflite(
+            str(work / f"{name}.tflite"), test.x_test, test.y_test))
     # The accuracy change and its interval: the images that only one model gets right.
     change = result["accuracy_change"]
     assert change["images"] == 500  # --quick's test images
