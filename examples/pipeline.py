@@ -42,15 +42,30 @@ def _compile(keras, model, kind: str, lr, momentum: float = 0.9):
     )
 
 
-def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, callbacks=(),
-         targets=None):
-    """model.fit on the training images; `targets` = (train, validation) replaces the labels."""
-    callbacks = [keras.callbacks.BackupAndRestore(backup), *callbacks]
+def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, lr_flag: str,
+         callbacks=(), targets=None):
+    """model.fit on the training images; `targets` = (train, validation) replaces the labels.
+
+    Stops at the first batch whose loss is NaN or infinite (keras TerminateOnNaN) and raises
+    UsageError naming `lr_flag` (e.g. "--finetune_lr=0.02"), the phase's learning rate: a
+    diverged phase would otherwise train on for its remaining epochs and fail later, in the
+    export's TFLite check, with a message about the conversion.
+    """
+    callbacks = [keras.callbacks.BackupAndRestore(backup), keras.callbacks.TerminateOnNaN(),
+                 *callbacks]
     y_train, y_val = targets if targets is not None else (data.y_train, data.y_val)
     validation = (data.x_val, y_val) if len(data.x_val) else None
-    return model.fit(data.x_train, y_train, batch_size=cfg.batch_size, epochs=epochs,
-                     validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
-                     shuffle=True)
+    history = model.fit(data.x_train, y_train, batch_size=cfg.batch_size, epochs=epochs,
+                        validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
+                        shuffle=True)
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise UsageError(
+            f"Training diverged: the loss was {losses[-1]} in epoch {len(losses)} of {epochs}. "
+            f"Expected a finite loss; try a smaller learning rate than {lr_flag} (nothing of "
+            "this phase was saved)."
+        )
+    return history
 
 
 def _pct(value) -> str:
@@ -156,7 +171,8 @@ class Pipeline(ReportMixin):
             model = self.recipe.build(input_shape=self.data.input_shape,
                                       num_classes=self.data.num_classes)
             _compile(keras, model, cfg.optimizer, self._schedule(keras, cfg.lr, cfg.epochs))
-            _fit(keras, model, self.data, cfg, cfg.epochs, self.path("backup_dense"))
+            _fit(keras, model, self.data, cfg, cfg.epochs, self.path("backup_dense"),
+                 f"--lr={cfg.lr}")
             # The baseline gets the same treatment as the SSL model (a fair comparison).
             self._reestimate_batchnorm(model, "dense")
             return model
@@ -194,7 +210,7 @@ class Pipeline(ReportMixin):
                 callbacks.append(need("ssl_keras.callbacks", "ZeroSmallGroups", "ssl")(
                     cfg.threshold, every_n_steps=cfg.zero_every))
             _fit(keras, model, self.data, cfg, cfg.ssl_epochs, self.path("backup_ssl"),
-                 callbacks)
+                 f"--ssl_lr={cfg.ssl_lr}", callbacks)
             self._reestimate_batchnorm(model, "ssl")
             return model
 
@@ -282,7 +298,8 @@ class Pipeline(ReportMixin):
                 _compile(keras, model, cfg.optimizer, schedule)
             callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
             _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
-                 self.path("backup_finetune"), callbacks, targets)
+                 self.path("backup_finetune"), f"--finetune_lr={cfg.finetune_lr}", callbacks,
+                 targets)
             if targets is not None:  # saved with the examples' usual loss, not the closure
                 _compile(keras, model, cfg.optimizer, cfg.finetune_lr)
             self._reestimate_batchnorm(model, "finetune")

@@ -390,3 +390,30 @@ def test_accuracy_change_ci_is_the_paired_bootstrap():
     np.testing.assert_allclose([low, high], naive, atol=0.006)
     with pytest.raises(ValueError, match=r"same length\. Received: shapes \(3,\) and \(2,\)"):
         accuracy_change_ci(np.ones(3, bool), np.ones(2, bool))
+
+
+def test_a_diverged_phase_stops_with_the_learning_rate_named(tmp_path):
+    import keras
+
+    from examples.pipeline import _fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = rng.integers(0, 2, 64)
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:8], y_val=y[:8])
+    cfg = types.SimpleNamespace(batch_size=16, verbose=0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(1e30),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    backup = str(tmp_path / "backup")
+    with pytest.raises(UsageError, match=r"Training diverged: the loss was nan in epoch 1 of "
+                                         r"5\. .*smaller learning rate than --x_lr=1e\+30"):
+        _fit(keras, model, data, cfg, 5, backup, "--x_lr=1e+30")
+    assert not os.path.exists(backup)  # no backup of the diverged weights to resume from
+    keras.utils.set_random_seed(0)
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.set_weights([rng.normal(size=w.shape) for w in model.get_weights()])
+    assert len(_fit(keras, model, data, cfg, 2, backup, "--x_lr=0.01").history["loss"]) == 2
