@@ -84,6 +84,11 @@ def _check_slice(where, s, shapes, need_role):
         raise ValueError(f"{where}: 'index' must list integers (not bools) in [0, {size}) "
                          f"(axis {axis} of shape {shape}). Received: {_typed(bad[0])} in "
                          f"index={list(index)!r}")
+    repeated = sorted({int(i) for i in index if list(index).count(i) > 1})
+    if repeated:
+        raise ValueError(f"{where}: 'index' must list each position once (a weight would count "
+                         f"twice in the group's norm). Received: {repeated} more than once in "
+                         f"index={list(index)!r}")
     if (need_role or "role" in s) and s.get("role") not in ROLES:
         raise ValueError(f"{where}: unknown 'role'. Expected one of {list(ROLES)}. "
                          f"Received: role={s.get('role')!r}")
@@ -118,8 +123,9 @@ def validate_groups(groups, model, need_role: bool = True,
     slice (and every "zero_with" slice) is a dict whose "layer" is a layer (or "outer/inner"
     path) of `model`, whose "weight" is a variable short name of that layer, whose "axis" is an
     int (not a bool) in [-rank, rank) of that weight, and whose "index" lists ints (not bools)
-    in [0, size of that axis); "role", when present (required with `need_role`), is one of
-    `ROLES`; "penalize" is a bool; "source", "blocked" and "coefficient" have their types.
+    in [0, size of that axis), each once; "role", when present (required with `need_role`), is
+    one of `ROLES`; "penalize" is a bool; "source", "blocked" and "coefficient" have their
+    types.
 
     Args:
         groups: the groups (docs/groups-format.md).

@@ -133,6 +133,9 @@ CASES = [
            r"int\) in index=\[3, 6\]", None),
     ("negative_index", _set((*S0, "index"), [-1]),
      _S0 + r"'index' must list integers .* in \[0, 6\) .*Received: -1 ", None),
+    ("repeated_index", _set((*S0, "index"), [3, 1, 3]),
+     _S0 + r"'index' must list each position once .*Received: \[3\] more than once in "
+           r"index=\[3, 1, 3\]", None),
     ("unknown_role", _set((*S0, "role"), "producr"),
      _S0 + r"unknown 'role'\. Expected one of \['producer', 'producer_bias', 'tied', "
            r"'consumer'\]\. Received: role='producr'", None),
