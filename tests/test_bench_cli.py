@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.test_bench_model_info import fc_model
+from tests.bench_helpers import fc_model, install_fake_adb
 from tflite_bench.runner import ENTRY_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,8 +136,6 @@ def test_pinned_cores(models, tmp_path):
 
 
 def test_adb_with_fake_device(models, tmp_path):
-    from tests.test_bench_device import install_fake_adb
-
     env = install_fake_adb(tmp_path)
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(b"fake")

@@ -5,14 +5,11 @@ a device is missing)."""
 import glob
 import os
 import shutil
-import stat
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
-from tests.test_bench_model_info import fc_model
+from tests.bench_helpers import fc_model, install_fake_adb
 from tflite_bench import parse_log
 from tflite_bench.device import AdbError, parse_runs, run_adb
 from tflite_bench.runner import ENTRY_KEYS
@@ -88,52 +85,6 @@ def test_parse_log_mean_basis_without_percentiles():
     assert r["settings"]["speedup_basis"] == "mean"
     assert r["models"][0]["speedup_vs_first"] == 1.0
     assert r["models"][0]["macs"] is None
-
-
-FAKE_ADB = textwrap.dedent('''\
-    #!{python}
-    """A stand-in for adb: answers like a device running benchmark_model."""
-    import os, sys
-    args = sys.argv[1:]
-    if args[:1] == ["-s"]:
-        args = args[2:]
-    with open(os.environ["FAKE_ADB_LOG"], "a") as f:
-        f.write(" ".join(args) + "\\n")
-    if args[0] == "get-state":
-        print(os.environ.get("FAKE_ADB_STATE", "device")); sys.exit(0)
-    if args[0] == "push":
-        sys.exit(0)
-    if args[0] == "shell" and args[1] == "getprop":
-        print("FakePhone"); sys.exit(0)
-    if args[0] == "shell" and len(args) == 2:
-        cmd = args[1]
-        graph = [a for a in cmd.split() if a.startswith("--graph=")][0][8:]
-        threads = [a for a in cmd.split() if a.startswith("--num_threads=")][0][14:]
-        if "broken" in graph:
-            print("ERROR: Failed to allocate tensors!"); sys.exit(1)
-        us = 100 if "big" in graph else 25
-        print(f"INFO: Num threads: [{{threads}}]")
-        print(f"INFO: Graph: [{{graph}}]")
-        print(f"INFO: count=20 first={{us*3}} curr={{us}} min={{us}} max={{us*3}} avg={{us}} std=1")
-        print(f"INFO: count=200 first={{us}} curr={{us}} min={{us}} max={{us}} avg={{us}} std=0 "
-              f"p5={{us}} median={{us}} p95={{us}}")
-        print(f"INFO: Inference timings in us: Init: 900, First inference: {{us*3}}, "
-              f"Warmup (avg): {{us}}, Inference (avg): {{us}}")
-        sys.exit(0)
-    sys.exit(0)
-''')
-
-
-def install_fake_adb(tmp_path) -> dict:
-    """Writes the fake `adb` into tmp_path/bin; returns the environment variables that put it
-    first on PATH and send its log to tmp_path/adb.log."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    adb = bindir / "adb"
-    adb.write_text(FAKE_ADB.format(python=sys.executable))
-    adb.chmod(adb.stat().st_mode | stat.S_IEXEC)
-    return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-            "FAKE_ADB_LOG": str(tmp_path / "adb.log")}
 
 
 @pytest.fixture

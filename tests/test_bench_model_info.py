@@ -5,85 +5,12 @@ from the Keras layer shapes)."""
 import math
 import os
 
-import flatbuffers
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as fb
 
+from tests.bench_helpers import OPS, T, build_tflite, fc_model
 from tflite_bench import count_macs, count_params, model_info
-
-OPS = fb.BuiltinOperator
-T = fb.TensorType
-
-
-def build_tflite(path, tensors, operators, inputs, outputs):
-    """Writes a one-subgraph .tflite file without TensorFlow.
-
-    Args:
-        path: destination.
-        tensors: list of (shape, dtype) for activations, or (shape, dtype, ndarray) for
-            constants (the array's bytes become the buffer).
-        operators: list of (BuiltinOperator code, input ids, output ids, options type,
-            options object or None).
-        inputs, outputs: subgraph input / output tensor ids.
-    """
-    model = fb.ModelT()
-    model.version = 3
-    model.buffers = [fb.BufferT()]  # buffer 0: the empty sentinel
-    codes = []
-    sub = fb.SubGraphT()
-    sub.tensors = []
-    for i, spec in enumerate(tensors):
-        t = fb.TensorT()
-        t.name = f"t{i}".encode()
-        t.shape = np.asarray(spec[0], np.int32)
-        t.type = spec[1]
-        b = fb.BufferT()
-        if len(spec) == 3:
-            b.data = np.frombuffer(np.ascontiguousarray(spec[2]).tobytes(), np.uint8)
-        model.buffers.append(b)
-        t.buffer = len(model.buffers) - 1
-        sub.tensors.append(t)
-    sub.operators = []
-    for code, ins, outs, opt_type, opts in operators:
-        if code not in codes:
-            codes.append(code)
-        op = fb.OperatorT()
-        op.opcodeIndex = codes.index(code)
-        op.inputs = np.asarray(ins, np.int32)
-        op.outputs = np.asarray(outs, np.int32)
-        op.builtinOptionsType = opt_type
-        op.builtinOptions = opts
-        sub.operators.append(op)
-    model.operatorCodes = []
-    for code in codes:
-        oc = fb.OperatorCodeT()
-        oc.builtinCode = code
-        oc.deprecatedBuiltinCode = min(code, 127)
-        oc.version = 1
-        model.operatorCodes.append(oc)
-    sub.inputs = np.asarray(inputs, np.int32)
-    sub.outputs = np.asarray(outputs, np.int32)
-    model.subgraphs = [sub]
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    with open(path, "wb") as f:
-        f.write(bytes(builder.Output()))
-    return path
-
-
-def fc_model(path, n_in, n_out, seed=0, batch=1):
-    """A runnable FULLY_CONNECTED model: (batch, n_in) -> (batch, n_out)."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n_out, n_in)).astype(np.float32)
-    b = rng.standard_normal(n_out).astype(np.float32)
-    opts = fb.FullyConnectedOptionsT()
-    return build_tflite(
-        path,
-        [((batch, n_in), T.FLOAT32), ((n_out, n_in), T.FLOAT32, w), ((n_out,), T.FLOAT32, b),
-         ((batch, n_out), T.FLOAT32)],
-        [(OPS.FULLY_CONNECTED, [0, 1, 2], [3], fb.BuiltinOptions.FullyConnectedOptions, opts)],
-        [0], [3])
 
 
 def _const(shape, dtype=np.float32):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as fb
 
-from tests.test_bench_model_info import build_tflite, fc_model
+from tests.bench_helpers import build_tflite, fc_model
 from tflite_bench import benchmark, summarize
 from tflite_bench.report import plot_png, to_markdown, write_outputs
 from tflite_bench.runner import ENTRY_KEYS, add_ratios, machine_info, speedup_ci

@@ -9,39 +9,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import layers as L  # noqa: E402
-from keras import ops  # noqa: E402
-from keras.src.ops import nn as ops_nn  # noqa: E402
-from keras.src.ops import numpy as ops_np  # noqa: E402
 
 from examples.models import lenet, resnet  # noqa: E402
 from ssl_keras import registry  # noqa: E402
 from ssl_keras.graph import find_layer, layer_channels, removable_groups  # noqa: E402
 from ssl_keras.registry import Kind, LayerSpec  # noqa: E402
+from tests.architectures import LAYER_CASES, chain, merge  # noqa: E402
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _producer(rank, filters, name):
-    """A layer creating `filters` channels on a tensor of `rank` (batch included)."""
-    if rank == 2:
-        return L.Dense(filters, name=name)
-    return {3: L.Conv1D, 4: L.Conv2D, 5: L.Conv3D}[rank](filters, 1, name=name)
-
-
-def _chain(layer, spatial=(6, 6), channels=4):
-    """input -> pre (producer, `channels`) -> layer -> post (Dense 2)."""
-    inputs = keras.Input(spatial + (3,), name="input")
-    x = _producer(len(spatial) + 2, channels, "pre")(inputs)
-    x = layer(x)
-    return keras.Model(inputs, L.Dense(2, name="post")(x))
-
-
-def _merge(fn, spatial=(5, 5), widths=(4, 4)):
-    """input -> pre (widths[0]) and pre_b (widths[1]) -> fn([a, b]) -> post (Dense 2)."""
-    inputs = keras.Input(spatial + (3,), name="input")
-    a = _producer(len(spatial) + 2, widths[0], "pre")(inputs)
-    b = _producer(len(spatial) + 2, widths[1], "pre_b")(inputs)
-    return keras.Model(inputs, L.Dense(2, name="post")(fn(a, b)))
 
 
 def _by_id(groups):
@@ -65,12 +40,6 @@ def _input(model, seed=0):
     if "int" in model.inputs[0].dtype:
         return rng.integers(0, 5, size=shape).astype("int32")
     return rng.normal(size=shape).astype("float32")
-
-
-def _embedding():
-    inputs = keras.Input((5,), dtype="int32")
-    x = L.Embedding(10, 4, name="x")(inputs)
-    return keras.Model(inputs, L.Dense(2, name="post")(x))
 
 
 def _edit(model, s, fn):
@@ -122,108 +91,6 @@ def _check_consumers(model, groups, max_groups=6, seed=0):
 
 # ----------------------------------------------------------------- one case per class
 
-_CASES = {
-    # producers
-    L.Dense: lambda: _chain(L.Dense(3, name="x"), spatial=()),
-    L.Conv1D: lambda: _chain(L.Conv1D(3, 3, padding="same", name="x"), spatial=(6,)),
-    L.Conv2D: lambda: _chain(L.Conv2D(3, 3, name="x")),
-    L.Conv3D: lambda: _chain(L.Conv3D(3, 2, name="x"), spatial=(3, 3, 3)),
-    L.Embedding: _embedding,
-    L.Conv1DTranspose: lambda: _chain(L.Conv1DTranspose(3, 2, name="x"), spatial=(4,)),
-    L.Conv2DTranspose: lambda: _chain(L.Conv2DTranspose(3, 2, strides=2, name="x"),
-                                      spatial=(3, 3)),
-    L.Conv3DTranspose: lambda: _chain(L.Conv3DTranspose(3, 2, name="x"), spatial=(2, 2, 2)),
-    L.SeparableConv1D: lambda: _chain(L.SeparableConv1D(3, 3, depth_multiplier=2, name="x"),
-                                      spatial=(6,)),
-    L.SeparableConv2D: lambda: _chain(L.SeparableConv2D(3, 3, depth_multiplier=2, name="x")),
-    # tied
-    L.DepthwiseConv1D: lambda: _chain(L.DepthwiseConv1D(3, depth_multiplier=2, name="x"),
-                                      spatial=(6,)),
-    L.DepthwiseConv2D: lambda: _chain(L.DepthwiseConv2D(3, depth_multiplier=2, name="x")),
-    L.BatchNormalization: lambda: _chain(L.BatchNormalization(name="x")),
-    L.PReLU: lambda: _chain(L.PReLU(name="x")),
-    # pass-through
-    L.ReLU: lambda: _chain(L.ReLU(name="x")),
-    L.LeakyReLU: lambda: _chain(L.LeakyReLU(name="x")),
-    L.ELU: lambda: _chain(L.ELU(name="x")),
-    L.Identity: lambda: _chain(L.Identity(name="x")),
-    L.ActivityRegularization: lambda: _chain(L.ActivityRegularization(name="x")),
-    L.Activation: lambda: _chain(L.Activation("tanh", name="x")),
-    L.Softmax: lambda: _chain(L.Softmax(axis=1, name="x")),
-    L.Rescaling: lambda: _chain(L.Rescaling(2.0, offset=0.5, name="x")),
-    L.Dropout: lambda: _chain(L.Dropout(0.5, name="x")),
-    L.SpatialDropout1D: lambda: _chain(L.SpatialDropout1D(0.5, name="x"), spatial=(6,)),
-    L.SpatialDropout2D: lambda: _chain(L.SpatialDropout2D(0.5, name="x")),
-    L.SpatialDropout3D: lambda: _chain(L.SpatialDropout3D(0.5, name="x"), spatial=(3, 3, 3)),
-    L.GaussianNoise: lambda: _chain(L.GaussianNoise(0.5, name="x")),
-    L.GaussianDropout: lambda: _chain(L.GaussianDropout(0.5, name="x")),
-    L.AlphaDropout: lambda: _chain(L.AlphaDropout(0.5, name="x")),
-    L.MaxPooling1D: lambda: _chain(L.MaxPooling1D(2, name="x"), spatial=(6,)),
-    L.MaxPooling2D: lambda: _chain(L.MaxPooling2D(2, name="x")),
-    L.MaxPooling3D: lambda: _chain(L.MaxPooling3D(2, name="x"), spatial=(4, 4, 4)),
-    L.AveragePooling1D: lambda: _chain(L.AveragePooling1D(2, name="x"), spatial=(6,)),
-    L.AveragePooling2D: lambda: _chain(L.AveragePooling2D(2, name="x")),
-    L.AveragePooling3D: lambda: _chain(L.AveragePooling3D(2, name="x"), spatial=(4, 4, 4)),
-    L.Cropping1D: lambda: _chain(L.Cropping1D(1, name="x"), spatial=(6,)),
-    L.Cropping2D: lambda: _chain(L.Cropping2D(1, name="x")),
-    L.Cropping3D: lambda: _chain(L.Cropping3D(1, name="x"), spatial=(3, 3, 3)),
-    L.UpSampling1D: lambda: _chain(L.UpSampling1D(2, name="x"), spatial=(3,)),
-    L.UpSampling2D: lambda: _chain(L.UpSampling2D(2, name="x"), spatial=(3, 3)),
-    L.UpSampling3D: lambda: _chain(L.UpSampling3D(2, name="x"), spatial=(2, 2, 2)),
-    L.ZeroPadding1D: lambda: _chain(L.ZeroPadding1D(1, name="x"), spatial=(6,)),
-    L.ZeroPadding2D: lambda: _chain(L.ZeroPadding2D(1, name="x")),
-    L.ZeroPadding3D: lambda: _chain(L.ZeroPadding3D(1, name="x"), spatial=(2, 2, 2)),
-    L.GlobalAveragePooling1D: lambda: _chain(L.GlobalAveragePooling1D(name="x"), spatial=(6,)),
-    L.GlobalAveragePooling2D: lambda: _chain(L.GlobalAveragePooling2D(name="x")),
-    L.GlobalAveragePooling3D: lambda: _chain(L.GlobalAveragePooling3D(name="x"),
-                                             spatial=(2, 2, 2)),
-    L.GlobalMaxPooling1D: lambda: _chain(L.GlobalMaxPooling1D(name="x"), spatial=(6,)),
-    L.GlobalMaxPooling2D: lambda: _chain(L.GlobalMaxPooling2D(name="x")),
-    L.GlobalMaxPooling3D: lambda: _chain(L.GlobalMaxPooling3D(name="x"), spatial=(2, 2, 2)),
-    # merges
-    L.Add: lambda: _merge(lambda a, b: L.Add(name="x")([a, b])),
-    L.Subtract: lambda: _merge(lambda a, b: L.Subtract(name="x")([a, b])),
-    L.Multiply: lambda: _merge(lambda a, b: L.Multiply(name="x")([a, b])),
-    L.Maximum: lambda: _merge(lambda a, b: L.Maximum(name="x")([a, b])),
-    L.Minimum: lambda: _merge(lambda a, b: L.Minimum(name="x")([a, b])),
-    L.Average: lambda: _merge(lambda a, b: L.Average(name="x")([a, b])),
-    L.Concatenate: lambda: _merge(lambda a, b: L.Concatenate(name="x")([a, b]), widths=(4, 2)),
-    L.Flatten: lambda: _chain(L.Flatten(name="x"), spatial=(3, 3)),
-    L.Reshape: lambda: _chain(L.Reshape((-1, 4), name="x")),
-    L.Permute: lambda: _chain(L.Permute((2, 1, 3), name="x")),
-    # operations recorded by the functional API
-    ops_np.Add: lambda: _merge(lambda a, b: a + b),
-    ops_np.Subtract: lambda: _merge(lambda a, b: ops.subtract(a, b)),
-    ops_np.Multiply: lambda: _merge(lambda a, b: ops.multiply(a, b)),
-    ops_np.Maximum: lambda: _merge(lambda a, b: ops.maximum(a, b)),
-    ops_np.Minimum: lambda: _merge(lambda a, b: ops.minimum(a, b)),
-    ops_nn.Relu: lambda: _chain(ops.relu),
-    ops_nn.Relu6: lambda: _chain(ops.relu6),
-    ops_nn.Sigmoid: lambda: _chain(ops.sigmoid),
-    ops_nn.Silu: lambda: _chain(ops.silu),
-    ops_nn.Gelu: lambda: _chain(ops.gelu),
-    ops_nn.LeakyRelu: lambda: _chain(ops.leaky_relu),
-    ops_nn.Elu: lambda: _chain(ops.elu),
-    ops_np.Tanh: lambda: _chain(ops.tanh),
-    # blocking
-    L.LayerNormalization: lambda: _chain(L.LayerNormalization(name="x")),
-    L.GroupNormalization: lambda: _chain(L.GroupNormalization(groups=2, name="x")),
-    L.UnitNormalization: lambda: _chain(L.UnitNormalization(name="x")),
-    L.RMSNormalization: lambda: _chain(L.RMSNormalization(name="x")),
-    L.RepeatVector: lambda: _chain(L.RepeatVector(2, name="x"), spatial=()),
-    L.Dot: lambda: _merge(lambda a, b: L.Dot(axes=1, name="x")([a, b]), spatial=()),
-    L.EinsumDense: lambda: _chain(L.EinsumDense("abc,cd->abd", (None, 3), name="x"),
-                                  spatial=(5,)),
-    L.MultiHeadAttention: lambda: _chain(
-        lambda t: L.MultiHeadAttention(1, 2, name="x")(t, t), spatial=(5,)),
-    L.Attention: lambda: _chain(lambda t: L.Attention(name="x")([t, t]), spatial=(5,)),
-    L.AdditiveAttention: lambda: _chain(lambda t: L.AdditiveAttention(name="x")([t, t]),
-                                        spatial=(5,)),
-    L.GroupQueryAttention: lambda: _chain(
-        lambda t: L.GroupQueryAttention(2, 2, 1, name="x")(t, t), spatial=(5,)),
-    L.Masking: lambda: _chain(L.Masking(name="x"), spatial=(5,)),
-}
-
 
 def _op_name(model, cls):
     names = [op.name for op in model._operations
@@ -242,9 +109,10 @@ def clean_registry():
 
 @pytest.mark.parametrize("cls", registry.builtin_classes(), ids=lambda c: c.__qualname__)
 def test_every_registered_class(cls):
-    assert cls in _CASES, f"registered class {cls.__qualname__} has no test case in _CASES"
+    assert cls in LAYER_CASES, (f"registered class {cls.__qualname__} has no test case in "
+                                "LAYER_CASES (tests/architectures.py)")
     keras.utils.set_random_seed(1)
-    model = _CASES[cls]()
+    model = LAYER_CASES[cls]()
     groups = removable_groups(model, strict=True)
     by_id = _by_id(groups)
     name = _op_name(model, cls)
@@ -371,13 +239,13 @@ def test_concatenate_offsets_three_operands():
 
 
 def test_concatenate_on_a_spatial_axis_ties_operands():
-    model = _merge(lambda a, b: L.Concatenate(axis=1, name="cat")([a, b]))
+    model = merge(lambda a, b: L.Concatenate(axis=1, name="cat")([a, b]))
     by_id = _by_id(removable_groups(model))
     assert {"layer": "pre_b", "channel": 3} in by_id["pre:3"]["members"]
 
 
 def test_depthwise_multiplier_keeps_blocks_together():
-    model = _chain(L.DepthwiseConv2D(3, depth_multiplier=3, name="dw"), channels=2)
+    model = chain(L.DepthwiseConv2D(3, depth_multiplier=3, name="dw"), channels=2)
     g = _by_id(removable_groups(model))["pre:1"]
     assert [(s["weight"], s["axis"], s["index"]) for s in _slices(g, "dw")] == [
         ("kernel", -2, [1]), ("bias", 0, [3, 4, 5])]
@@ -385,7 +253,7 @@ def test_depthwise_multiplier_keeps_blocks_together():
 
 
 def test_separable_conv_consumes_depthwise_and_pointwise():
-    model = _chain(L.SeparableConv2D(3, 3, depth_multiplier=2, name="sep"), channels=2)
+    model = chain(L.SeparableConv2D(3, 3, depth_multiplier=2, name="sep"), channels=2)
     by_id = _by_id(removable_groups(model))
     assert [(s["weight"], s["index"]) for s in _slices(by_id["pre:1"], "sep")] == [
         ("depthwise_kernel", [1]), ("pointwise_kernel", [2, 3])]
@@ -394,14 +262,14 @@ def test_separable_conv_consumes_depthwise_and_pointwise():
 
 
 def test_conv2d_transpose_axes():
-    model = _chain(L.Conv2DTranspose(3, 2, name="tr"), spatial=(3, 3))
+    model = chain(L.Conv2DTranspose(3, 2, name="tr"), spatial=(3, 3))
     by_id = _by_id(removable_groups(model))
     assert _slices(by_id["pre:0"], "tr")[0]["axis"] == -1
     assert _slices(by_id["tr:0"], "tr", "producer")[0]["axis"] == -2
 
 
 def test_grouped_conv_blocks_its_input_channels():
-    model = _chain(L.Conv2D(4, 1, groups=2, name="gconv"))
+    model = chain(L.Conv2D(4, 1, groups=2, name="gconv"))
     groups = removable_groups(model)
     by_id = _by_id(groups)
     reason = by_id["pre:0"]["blocked"]
@@ -410,7 +278,7 @@ def test_grouped_conv_blocks_its_input_channels():
 
 
 def test_dense_on_a_sequence_reads_the_last_axis():
-    model = _chain(L.Dense(3, name="x"), spatial=(5,))
+    model = chain(L.Dense(3, name="x"), spatial=(5,))
     g = _by_id(removable_groups(model))["pre:2"]
     assert _slices(g, "x")[0]["index"] == [2]
 
@@ -467,13 +335,13 @@ def test_shared_nested_model_ties_its_calls():
 
 
 def test_layer_normalization_and_softmax_block():
-    model = _chain(L.LayerNormalization(name="ln"))
+    model = chain(L.LayerNormalization(name="ln"))
     reason = _by_id(removable_groups(model))["pre:0"]["blocked"]
     assert reason == "reaches LayerNormalization 'ln' (normalises over channels)"
-    model = _chain(L.Softmax(name="sm"))
+    model = chain(L.Softmax(name="sm"))
     assert "axis=-1 normalises over the channel axis" in _by_id(
         removable_groups(model))["pre:0"]["blocked"]
-    model = _chain(L.Activation("softmax", name="act"))
+    model = chain(L.Activation("softmax", name="act"))
     assert "activation 'softmax'" in _by_id(removable_groups(model))["pre:0"]["blocked"]
 
 
@@ -487,32 +355,32 @@ def test_layer_normalization_and_softmax_block():
     (L.Permute((3, 1, 2), name="x"), r"moves the channel axis \(dims=\(3, 1, 2\)\)"),
 ])
 def test_unsupported_configurations_block(layer, match):
-    reason = _by_id(removable_groups(_chain(layer)))["pre:0"]["blocked"]
+    reason = _by_id(removable_groups(chain(layer)))["pre:0"]["blocked"]
     assert reason is not None and "'x'" in reason
     assert __import__("re").search(match, reason), reason
 
 
 def test_multiply_and_zero_padding_are_not_affine_safe():
-    by_id = _by_id(removable_groups(_chain(L.ZeroPadding2D(1, name="pad"))))
+    by_id = _by_id(removable_groups(chain(L.ZeroPadding2D(1, name="pad"))))
     assert by_id["pre:0"]["affine_safe"] is False
-    by_id = _by_id(removable_groups(_merge(lambda a, b: L.Multiply()([a, b]))))
+    by_id = _by_id(removable_groups(merge(lambda a, b: L.Multiply()([a, b]))))
     assert by_id["pre:0"]["affine_safe"] is False
 
 
 def test_broadcast_operand_is_blocked():
-    model = _merge(lambda a, b: a * b, widths=(4, 1))
+    model = merge(lambda a, b: a * b, widths=(4, 1))
     by_id = _by_id(removable_groups(model))
     assert "broadcast over all channels by Multiply" in by_id["pre_b:0"]["blocked"]
     assert by_id["pre:0"]["blocked"] is None
 
 
 def test_constant_array_operand_blocks():
-    model = _chain(lambda t: t + np.ones((4,), "float32"))
+    model = chain(lambda t: t + np.ones((4,), "float32"))
     assert "constant array operand" in _by_id(removable_groups(model))["pre:0"]["blocked"]
 
 
 def test_merge_operand_order_names_the_group():
-    model = _merge(lambda a, b: L.Add(name="add")([a, b]))
+    model = merge(lambda a, b: L.Add(name="add")([a, b]))
     assert [g["id"] for g in removable_groups(model)][:2] == ["pre:0", "pre:1"]
 
 
@@ -529,10 +397,10 @@ class Widen(keras.layers.Layer):
 def test_a_wrong_user_spec_blocks_instead_of_guessing(clean_registry):
     registry.register_layer(TwoToOne, LayerSpec(Kind.PASSTHROUGH))
     registry.register_layer(Widen, LayerSpec(Kind.PASSTHROUGH))
-    model = _merge(lambda a, b: TwoToOne(name="two")([a, b]))
+    model = merge(lambda a, b: TwoToOne(name="two")([a, b]))
     reason = _by_id(removable_groups(model))["pre:0"]["blocked"]
     assert reason == "reaches TwoToOne 'two' (expects one input tensor, received 2)"
-    reason = _by_id(removable_groups(_chain(Widen(name="wide"))))["pre:0"]["blocked"]
+    reason = _by_id(removable_groups(chain(Widen(name="wide"))))["pre:0"]["blocked"]
     assert reason == ("reaches Widen 'wide' (its channels do not line up with its inputs: "
                       "check its LayerSpec)")
 
@@ -550,7 +418,7 @@ class Unknown(keras.layers.Layer):
 
 
 def test_unregistered_layer_blocks_or_raises():
-    model = _chain(Unknown(name="mystery"))
+    model = chain(Unknown(name="mystery"))
     reason = _by_id(removable_groups(model))["pre:0"]["blocked"]
     assert reason.startswith("reaches unregistered layer 'mystery' (class Unknown)")
     assert "register_layer" in reason
@@ -564,10 +432,10 @@ def test_registered_user_layer_and_subclass_lookup(clean_registry):
     class Sub(L.Dense):
         pass
 
-    model = _chain(Sub(3, name="sub"), spatial=())
+    model = chain(Sub(3, name="sub"), spatial=())
     assert _slices(_by_id(removable_groups(model))["sub:0"], "sub", "producer")
     registry.register_layer(Unknown, LayerSpec(Kind.PASSTHROUGH))
-    model = _chain(Unknown(name="mystery"))
+    model = chain(Unknown(name="mystery"))
     g = _by_id(removable_groups(model, strict=True))["pre:0"]
     assert g["blocked"] is None and "mystery" in g["through"]
 
@@ -577,7 +445,7 @@ def test_user_spec_naming_a_missing_weight(clean_registry):
         "scale", 0),)))
     with pytest.raises(ValueError, match=r"Layer 'mystery' \(class Unknown\) has no weight "
                        r"named 'scale'"):
-        removable_groups(_chain(Unknown(name="mystery")))
+        removable_groups(chain(Unknown(name="mystery")))
 
 
 class SSLWrapper(keras.layers.Wrapper):

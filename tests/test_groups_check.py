@@ -24,8 +24,12 @@ from ssl_keras.callbacks import freeze_zero_groups  # noqa: E402
 from ssl_keras.graph import removable_groups  # noqa: E402
 from ssl_keras.thin import thin, thinning_plan, zero_groups  # noqa: E402
 from ssl_keras.wrap import apply_ssl  # noqa: E402
-from tests.test_graph import _CASES  # noqa: E402
-from tests.test_thin import conv_bn_relu_conv, zero_filters, zero_random_groups  # noqa: E402
+from tests.architectures import (  # noqa: E402
+    LAYER_CASES,
+    conv_bn_relu_conv,
+    zero_filters,
+    zero_random_groups,
+)
 
 ENTRY_POINTS = {
     "thin": lambda model, groups: thin(model, groups=groups),
@@ -213,7 +217,7 @@ def _nested():
 @pytest.mark.parametrize("cls", registry.builtin_classes(), ids=lambda c: c.__qualname__)
 def test_removable_groups_of_every_registered_class_pass(cls):
     keras.utils.set_random_seed(1)
-    model = _CASES[cls]()
+    model = LAYER_CASES[cls]()
     groups = removable_groups(model)
     before = json.dumps(groups, sort_keys=True)
     assert validate_groups(groups, model) == groups

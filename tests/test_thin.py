@@ -17,45 +17,13 @@ from keras import layers as L  # noqa: E402
 import ssl_keras  # noqa: E402
 from examples.models import lenet, mlp, resnet  # noqa: E402
 from ssl_keras.thin import ConstantAdd, apply_plan, thin, thinning_plan, zero_groups  # noqa: E402
-
-
-def randomize(model, seed=0):
-    """Non-zero biases and BatchNorm statistics, so removed channels carry constants."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        for var in layer.weights:
-            shape = tuple(var.shape)
-            if var.name == "moving_variance":
-                var.assign(rng.uniform(0.5, 2.0, shape).astype("float32"))
-            elif var.name == "gamma":
-                var.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
-            elif var.name in ("bias", "beta", "moving_mean"):
-                var.assign(rng.normal(size=shape).astype("float32"))
-    return model
-
-
-def zero_slices(model, group, role):
-    for s in group["slices"]:
-        if s["role"] != role:
-            continue
-        var = next(v for v in model.get_layer(s["layer"]).weights if v.name == s["weight"])
-        w = np.array(var.numpy())
-        idx = [slice(None)] * w.ndim
-        idx[s["axis"]] = s["index"]
-        w[tuple(idx)] = 0
-        var.assign(w)
-
-
-def zero_random_groups(model, fraction=0.5, seed=0, consumer_share=0.3):
-    """Zeros the producer (or, for some, the consumer) slices of random unblocked groups."""
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for g in ssl_keras.removable_groups(model):
-        if g["blocked"] or rng.random() >= fraction:
-            continue
-        zero_slices(model, g, "consumer" if rng.random() < consumer_share else "producer")
-        chosen.append(g["id"])
-    return chosen
+from tests.architectures import (  # noqa: E402
+    conv_bn_relu_conv,
+    randomize,
+    zero_filters,
+    zero_random_groups,
+    zero_slices,
+)
 
 
 def assert_equivalent(model, small=None, seed=1, **kwargs):
@@ -85,26 +53,6 @@ def test_lenet_flatten_dense_shrinks_and_matches():
     assert [layer.name for layer in small.layers] == [layer.name for layer in model.layers]
     # ip1 reads conv2's channels at every position of the flattened map.
     assert small.get_layer("ip1").kernel.shape[0] == 4 * 4 * small.get_layer("conv2").filters
-
-
-def conv_bn_relu_conv(padding="valid", consumer_bias=True):
-    inputs = keras.Input((8, 8, 3))
-    x = L.Conv2D(6, 3, name="conv1")(inputs)
-    x = L.BatchNormalization(name="bn1")(x)
-    x = L.ReLU(name="relu1")(x)
-    x = L.Conv2D(5, 3, padding=padding, use_bias=consumer_bias, name="conv2")(x)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    model = randomize(keras.Model(inputs, L.Dense(3, name="out")(x)))
-    model.get_layer("bn1").beta.assign(np.linspace(0.5, 1.5, 6).astype("float32"))
-    model.get_layer("bn1").moving_mean.assign(np.zeros(6, "float32"))  # constants survive ReLU
-    return model
-
-
-def zero_filters(model, layer, filters):
-    var = model.get_layer(layer).kernel
-    w = np.array(var.numpy())
-    w[..., filters] = 0
-    var.assign(w)
 
 
 @pytest.mark.parametrize("consumer_bias", [True, False])

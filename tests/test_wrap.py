@@ -25,7 +25,7 @@ from ssl_keras.wrap import (
     residual_branches,
     strip_ssl,
 )
-from tests.test_graph import _CASES
+from tests.architectures import LAYER_CASES
 
 EPS = 1e-8
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -523,7 +523,7 @@ def test_apply_ssl_knows_every_registered_layer(cls):
     drift apart: a registered layer (weights or not) is never rejected as unknown, and it is
     wrapped exactly when the kernel table has its class."""
     keras.utils.set_random_seed(0)
-    model = _CASES[cls]()  # test_graph's model for the class: its layer is named "x"
+    model = LAYER_CASES[cls]()  # the model for the class: its layer is named "x"
     layer = model.get_layer("x")
     assert type(layer) is cls
     wrapped = apply_ssl(model, filters=0.1, coupled=False)
