@@ -2,16 +2,19 @@
 CPU latency benchmark.
 
 Extras:
-  bench  ai-edge-litert (run .tflite files), tensorflow-model-optimization + tf-keras (the
-         element-wise pruning baseline, run in its own process)
+  bench  tensorflow-model-optimization + tf-keras (the element-wise pruning baseline, run in
+         its own process)
+
+ai-edge-litert (the LiteRT interpreter) is a core dependency: export_tflite counts ops and
+verifies outputs with it, and tflite_bench runs .tflite files with it.
   plot   matplotlib (plots in the benchmark and the examples)
   test   pytest, hypothesis, jax (backend-equivalence test) and everything above
 """
 from setuptools import find_packages, setup
 
 TF = "tensorflow==2.21.*"
+LITERT = "ai-edge-litert==2.3.*"
 BENCH = [
-    "ai-edge-litert==2.3.*",
     "tensorflow-model-optimization==0.8.1",
     "tf-keras==2.21.*",
 ]
@@ -26,7 +29,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ssl_keras", "ssl_keras.*", "tflite_bench", "tflite_bench.*"]),
-    install_requires=[TF, "keras>=3.15,<4", "numpy>=1.26", "absl-py>=1.4"],
+    install_requires=[TF, "keras>=3.15,<4", "numpy>=1.26", "absl-py>=1.4", LITERT],
     extras_require={"bench": BENCH, "plot": PLOT, "test": TEST, "all": TEST},
     license="Apache-2.0",
 )
