@@ -18,6 +18,13 @@ import keras
 import numpy as np
 
 
+def _inner(layer):
+    """The layer an apply_ssl wrapper (`StructuredSparsity`) holds; any other layer itself."""
+    from ssl_keras._wrap_layer import StructuredSparsity
+
+    return layer.ssl_inner_layer if isinstance(layer, StructuredSparsity) else layer
+
+
 def _shape(tensor_shape):
     return [int(d) if d is not None else 1 for d in tensor_shape]
 
@@ -39,7 +46,7 @@ def layer_macs(layer, input_shape, output_shape) -> int:
     """The MACs of one call of `layer` for one example (see the module table).
 
     Args:
-        layer: a Keras layer.
+        layer: a Keras layer (a `StructuredSparsity` wrapper counts as its inner layer).
         input_shape: its input shape, batch axis included.
         output_shape: its output shape, batch axis included.
 
@@ -52,6 +59,7 @@ def layer_macs(layer, input_shape, output_shape) -> int:
     """
     from ssl_keras._thin_model import _is_conv, _is_depthwise, _is_separable, _is_transpose
 
+    layer = _inner(layer)
     cls = type(layer)
     cin = input_shape[-1]
     out_pos = int(np.prod(output_shape[1:-1], dtype=np.int64))
@@ -85,7 +93,8 @@ def count_macs(model: keras.Model, per_layer: bool = False):
     """The MACs of one forward pass of `model` for one example (batch 1).
 
     Args:
-        model: a functional or Sequential model with static input shapes.
+        model: a functional or Sequential model with static input shapes (a model from
+            `apply_ssl` counts as its stripped model).
         per_layer: also return `{layer name: MACs}`.
 
     Returns:
@@ -103,6 +112,7 @@ def count_macs(model: keras.Model, per_layer: bool = False):
 
 
 def _width(layer):
+    layer = _inner(layer)
     for attr in ("filters", "units"):
         value = getattr(layer, attr, None)
         if isinstance(value, int):
@@ -126,7 +136,7 @@ def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> st
     after; then the totals of parameters and MACs with their reduction factors.
 
     Args:
-        original: the model before `thin`.
+        original: the model before `thin` (a model from `apply_ssl` is shown as its layers).
         thinned: the model `thin` returned.
         print_fn: where the table goes (None: do not print).
 
@@ -150,7 +160,7 @@ def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> st
         else:
             io = (f"{in0[layer.name]} -> {in1.get(layer.name)}",
                   f"{_width(layer)} -> {_width(new)}")
-        rows.append((layer.name, type(layer).__name__, *io, f"{per0[layer.name]:,}",
+        rows.append((layer.name, type(_inner(layer)).__name__, *io, f"{per0[layer.name]:,}",
                      f"{per1.get(layer.name, 0):,}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

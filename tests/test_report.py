@@ -116,3 +116,23 @@ def test_summarize_marks_removed_layers():
     text = summarize(model, thin(model), print_fn=None)
     row = next(line for line in text.splitlines() if line.startswith("branch"))
     assert "removed" in row
+
+
+def test_a_model_from_apply_ssl_counts_as_its_layers():
+    from ssl_keras.wrap import apply_ssl
+
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, name="conv1")(inputs)
+    x = L.ReLU(name="relu")(x)
+    x = L.Conv2D(4, 3, name="conv2")(x)
+    x = L.Flatten(name="flat")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    ssl_model = apply_ssl(model, filters=1e-3, channels=1e-3)
+    assert type(ssl_model.get_layer("conv1")).__name__ == "StructuredSparsity"
+    assert count_macs(ssl_model, per_layer=True) == count_macs(model, per_layer=True)
+    assert count_macs(model) == 3 * 3 * 3 * 6 * 36 + 3 * 3 * 6 * 4 * 16 + 4 * 16 * 2
+    assert count_params(ssl_model) == count_params(model)
+    text = summarize(ssl_model, thin(ssl_model), print_fn=None)
+    assert text == summarize(model, thin(model), print_fn=None)
+    row = next(line for line in text.splitlines() if line.startswith("conv1"))
+    assert row.split()[1] == "Conv2D"
