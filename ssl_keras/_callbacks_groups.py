@@ -3,7 +3,7 @@
 Internal to `ssl_keras.callbacks` (which re-exports `group_sets` and `sparsity_summary`): the
 per-layer groups of one kernel and structure (`_StructureSet`, border bands included), the
 coupled groups of `CoupledTerms` with their "zero_with" companions (`_CoupledSet`), collecting
-them from a model (`group_sets`), zeroing and counting the groups below a threshold, and the
+them from a model (`group_sets`), zeroing and counting the groups at or below a threshold, and the
 argument checks and JAX state sync that the callbacks share.
 """
 
@@ -182,6 +182,9 @@ def _plain_sets(model) -> list:
         for attribute, in_axis, out_axis, _ in specs:
             for structure in (Structure.FILTERS, Structure.CHANNELS, Structure.SHAPES,
                               Structure.BORDERS):
+                if structure is Structure.SHAPES and \
+                        len(getattr(inner, attribute).shape) == 2:
+                    continue  # a 2-D kernel's shapes are its channels: count them once
                 found = _StructureSet(layer.name, getattr(inner, attribute), structure,
                                       in_axis, out_axis, 0.0)
                 if found.bands != []:
@@ -263,7 +266,7 @@ def _zero_below(sets, threshold) -> int:
     for s in sets:
         values = s.values()
         norms = s.norms(values)
-        small = norms < threshold
+        small = norms <= threshold
         factors = np.where(small, 0.0, 1.0)
         # Groups already exactly zero need no write.
         zeroed += int(np.sum(small & (norms > 0)))
@@ -273,10 +276,10 @@ def _zero_below(sets, threshold) -> int:
 
 
 def sparsity_summary(sets, threshold) -> dict[str, tuple[int, int]]:
-    """{label: (groups below threshold, groups)} over every group set (internal)."""
+    """{label: (groups with norm <= threshold, groups)} over every group set (internal)."""
     out = {}
     for s in sets:
-        below = s.norms() < threshold
+        below = s.norms() <= threshold
         labels = [s.label] * len(below) if s.labels is None else s.labels
         for label, small in zip(labels, below, strict=True):
             zero, total = out.get(label, (0, 0))

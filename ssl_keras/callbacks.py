@@ -1,9 +1,10 @@
 """Training callbacks of Structured Sparsity Learning.
 
-- `SparsityMonitor`: per layer, how many removable groups are below a threshold, in the logs
-  (History) every epoch, as TensorBoard scalars, and as a table at the end of training.
-- `ZeroSmallGroups`: sets groups whose norm is below a threshold to exactly zero (the method's
-  reference recipe).
+- `SparsityMonitor`: per layer, how many removable groups are at or below a threshold (thin's
+  rule), in the logs (History) every epoch, as TensorBoard scalars, and as a table at the end
+  of training.
+- `ZeroSmallGroups`: sets groups whose norm is at or below a threshold to exactly zero (the
+  method's reference recipe).
 - `ProximalGroupLasso`: group soft-thresholding after each optimizer step,
   `w_g <- w_g * max(0, 1 - lr * lambda / ||w_g||)`, exact zeros during training.
 - `freeze_zero_groups(model)`: a callback that keeps the groups that are zero now at exactly
@@ -15,8 +16,8 @@ The groups come from the model: the `StructuredSparsity` wrappers (per-layer gro
 structure with a non-zero coefficient) and, for an `SSLModel`, its coupled channel groups and
 residual-branch groups. A plain model can be given `groups=` (the output of
 `ssl_keras.removable_groups(model)`, or the `ssl_groups` of an SSLModel); without it, a plain
-model is analysed with `removable_groups` plus the per-layer filter, channel and shape groups
-of every supported layer.
+model is analysed with `removable_groups` plus the per-layer filter, channel, shape and border
+groups of every supported layer.
 
 Weights are changed with `variable.assign` between steps, which works with the TensorFlow
 backend (MirroredStrategy included) and the JAX backend (the callbacks sync the JAX state).
@@ -71,18 +72,19 @@ def _current_learning_rate(optimizer) -> float:
 
 
 class SparsityMonitor(keras.callbacks.Callback):
-    """Logs, per layer and structure, how many removable groups are below a threshold.
+    """Logs, per layer and structure, how many removable groups are at or below a threshold.
 
     Every epoch it adds to the logs (and so to `History.history`):
     `ssl/<layer>/<structure>/zero` (count), `ssl/<layer>/<structure>/fraction`, and the totals
     `ssl/zero_groups` and `ssl/zero_fraction`. Structures are "filters", "channels", "shapes",
-    "depth" for per-layer groups; "channel" (a coupled channel group, under its source layer)
-    and "depth" (a residual branch, under its Add layer) for an SSLModel. With `log_dir`, the
-    same figures are written as TensorBoard scalars. At the end of training, a table is
-    printed (and kept in `self.table`).
+    "borders", "depth" for per-layer groups (a plain model's Dense kernels list "channels"
+    only: their "shapes" are the same rows); "channel" (a coupled channel group, under its
+    source layer) and "depth" (a residual branch, under its Add layer) for an SSLModel. With
+    `log_dir`, the same figures are written as TensorBoard scalars. At the end of training, a
+    table is printed (and kept in `self.table`).
 
     Args:
-        threshold: a group whose L2 norm is below it counts as zero, >= 0.
+        threshold: a group whose L2 norm is at or below it counts as zero (as in `thin`), >= 0.
         log_dir: a directory for TensorBoard scalars, or None.
         groups: plain-data groups for a plain model (see the module doc), or None.
         verbose: print the table at the end of training.
@@ -163,13 +165,13 @@ class SparsityMonitor(keras.callbacks.Callback):
 
 
 class ZeroSmallGroups(keras.callbacks.Callback):
-    """Sets every group whose L2 norm is below `threshold` to exactly zero.
+    """Sets every group whose L2 norm is at or below `threshold` to exactly zero.
 
     The reference recipe of the method (after the updates, small groups are treated as
     removed). Runs every `every_n_steps` training steps and at the end of training.
 
     Args:
-        threshold: groups with `||w_g|| < threshold` are set to zero, >= 0.
+        threshold: groups with `||w_g|| <= threshold` are set to zero, >= 0.
         every_n_steps: how often, in training steps, >= 1.
         groups: plain-data groups for a plain model, or None.
 
@@ -284,13 +286,13 @@ class ProximalGroupLasso(keras.callbacks.Callback):
 class FreezeZeroGroups(keras.callbacks.Callback):
     """Keeps the groups that were zero when it was created at exactly zero.
 
-    Made by `freeze_zero_groups(model, threshold)`: the groups whose norm is below `threshold`
-    are set to zero at the start of training and multiplied by 0 after every step (a mask),
-    everything else trains.
+    Made by `freeze_zero_groups(model, threshold)`: the groups whose norm is at or below
+    `threshold` are set to zero at the start of training and multiplied by 0 after every step
+    (a mask), everything else trains.
 
     Args:
         model: the model to fine-tune (the groups are measured on it now).
-        threshold: a group with norm below it is frozen at zero, >= 0.
+        threshold: a group with norm at or below it is frozen at zero, >= 0.
         groups: plain-data groups for a plain model, or None.
     """
 
@@ -306,7 +308,7 @@ class FreezeZeroGroups(keras.callbacks.Callback):
         self._frozen = []
         self.frozen_groups = 0
         for s in self._sets:
-            small = s.norms() < self.threshold
+            small = s.norms() <= self.threshold
             if np.any(small):
                 self._frozen.append((s, np.where(small, 0.0, 1.0)))
                 self.frozen_groups += int(np.sum(small))
@@ -335,11 +337,11 @@ def freeze_zero_groups(model, threshold=1e-4, groups=None) -> FreezeZeroGroups:
 
     The groups are those of the model (wrappers, SSLModel) or `groups`; for a plain model
     (e.g. after `strip_ssl`) the coupled channel groups of `removable_groups(model)` and the
-    per-layer filter, channel and shape groups of every supported layer.
+    per-layer filter, channel, shape and border groups of every supported layer.
 
     Args:
         model: the model that will be fitted.
-        threshold: a group with norm below it is frozen at zero, >= 0.
+        threshold: a group with norm at or below it is frozen at zero, >= 0.
         groups: plain-data groups, or None.
 
     Returns:

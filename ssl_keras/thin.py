@@ -405,8 +405,9 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
 
     This is the reference `thin` is equivalent to: the producer slices of groups whose every
     producer slice has norm <= threshold, the consumer slices of groups whose every consumer
-    slice has norm <= threshold, and whole kernels with norm <= threshold, set to 0. Biases and
-    BatchNorm parameters are left as they are.
+    slice has norm <= threshold, whole kernels with norm <= threshold, and the border bands of
+    Conv kernels with norm <= threshold (see the module doc), set to 0. Biases and BatchNorm
+    parameters are left as they are.
 
     Args:
         model: a functional or Sequential Keras model.

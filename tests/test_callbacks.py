@@ -500,3 +500,23 @@ def test_interrupted_proximal_fit_switches_the_penalty_gradient_back_on():
     before = kernel.numpy().copy()
     ssl.fit(np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"), verbose=0)
     assert not np.allclose(kernel.numpy(), before)
+
+
+def test_callbacks_count_zero_as_thin_does_at_threshold_zero():
+    """A group with norm exactly 0 counts as zero at threshold 0, as thin() removes it."""
+    model = _mlp()
+    k1, k2 = _kernels(model)
+    k1[:, 1] = 0.0
+    k2[1] = 0.0
+    model.get_layer("d1").kernel.assign(k1)
+    model.get_layer("d2").kernel.assign(k2)
+    assert ssl_keras.thin(model, threshold=0.0).get_layer("d1").units == 3
+    assert ssl_keras.freeze_zero_groups(model, threshold=0.0).frozen_groups >= 1
+    monitor = SparsityMonitor(threshold=0.0, verbose=False)
+    model.compile(keras.optimizers.SGD(0.0), "mse")
+    history = model.fit(np.ones((2, 3), "float32"), np.zeros((2, 2), "float32"), verbose=0,
+                        callbacks=[monitor]).history
+    assert history["ssl/d1/channel/zero"] == [1]
+    assert history["ssl/d1/filters/zero"] == [1] and history["ssl/d2/channels/zero"] == [1]
+    # A Dense kernel's "shapes" are its "channels" (the same rows): listed once.
+    assert not [k for k in history if "/shapes/" in k]
