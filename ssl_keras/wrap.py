@@ -17,6 +17,8 @@ keys stay the same before and after `apply_ssl` / `strip_ssl`.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -298,12 +300,36 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
                 "`layers` selects layers of a model; it cannot be used when wrapping a "
                 f"single layer. Received: layers={layers!r}"
             )
+        _warn_double_group_lasso("the layer", {to_wrap.name: to_wrap}, {}, stacklevel=3)
         return StructuredSparsity(to_wrap, filters=filters, channels=channels, shapes=shapes,
                                   depth=depth, borders=borders)
     raise ValueError(
         "`to_wrap` must be a Keras layer, a Sequential model or a functional model. "
         f"Received: to_wrap={to_wrap!r} (of type {type(to_wrap).__name__})"
     )
+
+
+def _warn_double_group_lasso(owner, by_name, overrides, stacklevel) -> None:
+    """Warns about layers apply_ssl wraps whose kernels carry a GroupLasso of their own."""
+    twice = []
+    for name, layer in by_name.items():
+        specs = kernel_specs(layer)
+        if specs is None or overrides.get(name, 0) is None or not layer.built:
+            continue
+        if any(isinstance(getattr(getattr(layer, attribute), "regularizer", None), GroupLasso)
+               for attribute, *_ in specs):
+            twice.append(name)
+    if twice:
+        warnings.warn(
+            f"Layers {twice} of {owner} already carry a GroupLasso regulariser; "
+            "apply_ssl adds its own groups on top, so their kernels are penalised twice (and "
+            "ProximalGroupLasso turns off the gradient of apply_ssl's groups only). Expected "
+            "one of the two: build the model without those regularisers, or pass "
+            f"layers={{{', '.join(f'{n!r}: None' for n in twice)}}} to leave these layers to "
+            "their own.",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, borders):
@@ -340,6 +366,8 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
                 f"unpenalised. Received: layer={name!r} ({cls})"
             )
 
+    _warn_double_group_lasso(f"model '{model.name}'", by_name, overrides, stacklevel=4)
+
     def per_layer(name):
         values = dict(_coefficients_for(name, defaults, overrides))
         if coupled:
@@ -370,11 +398,12 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
 
 
 def strip_ssl(model):
-    """Returns a plain copy of `model`: original layer classes, same weights, no group Lasso.
+    """Returns a plain copy of `model`: original layer classes, same weights, no apply_ssl groups.
 
     Every `StructuredSparsity` wrapper is replaced by a fresh copy of the layer it wraps (same
-    name, same config, same weights); an `SSLModel` becomes a plain functional model. The
-    input is not modified. The result is ready for `thin()` and export.
+    name, same config, same weights); an `SSLModel` becomes a plain functional model. A
+    regulariser the layer had in its own config (L2, or a `GroupLasso` placed by hand) stays.
+    The input is not modified. The result is ready for `thin()` and export.
 
     Args:
         model: a model from `apply_ssl` (or any Sequential / functional model), or a

@@ -735,3 +735,22 @@ def test_a_mask_passes_through_wrapped_layers(coupled):
         wrapped = apply_ssl(model, filters=0.1, coupled=coupled)
         assert isinstance(wrapped.get_layer("dense"), StructuredSparsity)
         np.testing.assert_allclose(wrapped(data), masked, rtol=1e-6)
+
+
+def test_apply_ssl_warns_when_a_layer_carries_its_own_group_lasso():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1", kernel_regularizer="l2")(inputs)
+    x = keras.layers.Conv2D(4, 3, name="c2",
+                            kernel_regularizer=ssl_keras.GroupLasso(filters=1e-4))(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(x)))
+    for coupled in (True, False):
+        with pytest.warns(UserWarning, match=r"Layers \['c2'\] of model '.*' already carry a "
+                                             r"GroupLasso .* penalised twice .*layers=\{'c2': "
+                                             r"None\}"):
+            apply_ssl(model, filters=1e-4, channels=1e-4, coupled=coupled)
+    with pytest.warns(UserWarning, match=r"Layers \['c2'\] of the layer already carry"):
+        apply_ssl(model.get_layer("c2"), filters=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an L2 regulariser, or c2 left out: no warning
+        apply_ssl(model, filters=1e-4, channels=1e-4, layers={"c2": None})
+        apply_ssl(model.get_layer("c1"), filters=1e-4)
