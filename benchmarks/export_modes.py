@@ -17,17 +17,14 @@ No timings: see tflite_bench for latency.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from benchmarks._util import refuse_existing, write_json  # noqa: E402
-from examples import datasets, models  # noqa: E402
-from ssl_keras import evaluate_tflite, export_tflite, predict_tflite  # noqa: E402
+from benchmarks._util import parse_flags, refuse_existing, write_json  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("train", 5000, "Training images (a seeded subset of Fashion-MNIST).")
@@ -42,6 +39,12 @@ MODES = (None, "float16", "dynamic", "int8")
 
 
 def run(out_dir: str) -> dict:
+    import keras
+    import numpy as np
+
+    from examples import datasets, models
+    from ssl_keras import evaluate_tflite, export_tflite, predict_tflite
+
     keras.utils.set_random_seed(FLAGS.seed)
     data = datasets.load("fashion_mnist", validation_split=0.0, seed=FLAGS.seed,
                          max_train=FLAGS.train, max_test=FLAGS.test, allow_download=False)
@@ -97,8 +100,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
+def main(argv=None):
+    parse_flags("benchmarks.export_modes", FLAGS, sys.argv if argv is None else argv, __doc__)
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines under absl
@@ -115,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -12,17 +12,14 @@ vary with the machine.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, refuse_existing, write_json  # noqa: E402
-from examples import models  # noqa: E402
-from ssl_keras import GroupLasso  # noqa: E402
+from benchmarks._util import fail, parse_flags, refuse_existing, write_json  # noqa: E402
 
 COMMAND = "benchmarks.regularizer_overhead"
 FLAGS = flags.FLAGS
@@ -33,12 +30,16 @@ flags.DEFINE_integer("batch_size", 64, "Batch size of a training step.")
 flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
 
 SETUPS = {
-    "lenet": lambda: models.lenet(input_shape=(28, 28, 1)),
-    "resnet20": lambda: models.resnet(depth=20, input_shape=(32, 32, 3)),
+    "lenet": lambda models: models.lenet(input_shape=(28, 28, 1)),
+    "resnet20": lambda models: models.resnet(depth=20, input_shape=(32, 32, 3)),
 }
 
 
 def _with_group_lasso(model):
+    import keras
+
+    from ssl_keras import GroupLasso
+
     def clone(layer):
         config = layer.get_config()
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
@@ -51,8 +52,13 @@ def _with_group_lasso(model):
 
 
 def measure(name: str) -> dict:
+    import keras
+    import numpy as np
+
+    from examples import models
+
     keras.utils.set_random_seed(0)
-    plain = SETUPS[name]()
+    plain = SETUPS[name](models)
     regularised = _with_group_lasso(plain)
     n_regularised = sum(len(layer.losses) > 0 for layer in regularised.layers)
     rng = np.random.default_rng(0)
@@ -89,8 +95,8 @@ def measure(name: str) -> dict:
     }
 
 
-def main(argv):
-    del argv
+def main(argv=None):
+    parse_flags(COMMAND, FLAGS, sys.argv if argv is None else argv, __doc__)
     unknown = [m for m in FLAGS.models if m not in SETUPS]
     if unknown:
         fail(COMMAND, f"--models: unknown model {unknown[0]!r}; expected one of "
@@ -110,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

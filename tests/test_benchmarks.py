@@ -1,6 +1,7 @@
-"""The measurement commands under benchmarks/: bad input, and small runs of lenet_widths and
-layer_times."""
+"""The measurement commands under benchmarks/: bad input, --help without TensorFlow's start-up
+lines, and small runs of lenet_widths and layer_times."""
 
+import ast
 import json
 import os
 import subprocess
@@ -139,3 +140,23 @@ def test_help_prints_the_docstring_and_the_flags(command, first):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith(first)
     assert "Flags:" in proc.stdout and "--json" in proc.stdout
+
+
+_COMMANDS = sorted(f"benchmarks.{n[:-3]}" for n in os.listdir(os.path.join(ROOT, "benchmarks"))
+                   if n.endswith(".py") and n[0].isalpha())
+
+
+@pytest.mark.parametrize("command", _COMMANDS)
+def test_help_prints_no_tensorflow_start_up_lines(command):
+    """`--help` imports no TensorFlow, so stderr stays empty: keras imported before ssl_keras
+    prints TensorFlow's pre-logging lines whatever TF_CPP_MIN_LOG_LEVEL says."""
+    with open(os.path.join(ROOT, *command.split(".")) + ".py", encoding="utf-8") as f:
+        first = ast.get_docstring(ast.parse(f.read())).splitlines()[0]
+    proc = _run("--help", timeout=120, command=command)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]  # absl's app.run exits 1 on --help
+    assert proc.stderr == ""
+    assert proc.stdout.startswith(first) and "--json" in proc.stdout
+
+
+def test_help_covers_the_absl_app_commands():
+    assert {"benchmarks.export_modes", "benchmarks.regularizer_overhead"} <= set(_COMMANDS)
