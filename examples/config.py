@@ -131,11 +131,13 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                      "--zero_every steps.", flag_values=fv)
     D.DEFINE_integer("zero_every", d["zero_every"], "Without --proximal: zero the groups below "
                      "--threshold every this many steps of the SSL phase.", flag_values=fv)
-    D.DEFINE_float("threshold", d["threshold"], "Groups whose L2 norm is below this are zeroed "
-                   "and removed.", flag_values=fv)
+    D.DEFINE_float("threshold", d["threshold"], "Groups whose L2 norm is at or below this are "
+                   "zeroed and removed.", flag_values=fv)
     D.DEFINE_string("round_to", json.dumps(d["round_to"]), "thin() keeps every width a multiple of "
-                    "this (e.g. 8 for XNNPACK's vector width), or of a per-layer multiple given "
-                    "as JSON, e.g. '{\"conv2\": 16}' (the other layers: 1).", flag_values=fv)
+                    "this (e.g. 16, the output-channel block of XNNPACK's float32 kernels on the "
+                    "x86 CPU here; benchmarks.lenet_widths measures it), or of a per-layer "
+                    "multiple given as JSON, e.g. '{\"conv2\": 16}' (the other layers: 1).",
+                    flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
     D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
     D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
