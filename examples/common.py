@@ -68,6 +68,9 @@ def main(recipe: Recipe, argv=None) -> int:
         print(f"{recipe.name}: error: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ssl_keras._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # without TensorFlow's start-up lines (they ignore the level)
     try:
         Pipeline(recipe, cfg).run()
     except (UsageError, datasets.DatasetNotFoundError) as e:

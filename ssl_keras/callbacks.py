@@ -158,7 +158,7 @@ class SparsityMonitor(keras.callbacks.Callback):
         lines.append(f"{'total':<{width}}  {total:>7d}  {zero:>7d}  {fraction:>8.3f}")
         self.table = "\n".join(lines)
         if self.verbose:
-            print(f"Group sparsity (norm < {self.threshold:g}):\n{self.table}")
+            print(f"Group sparsity (norm <= {self.threshold:g}):\n{self.table}")
         if self._writer is not None:
             self._writer.close()
             self._writer = None
