@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ssl_keras._thin_model import _is_conv, _is_separable, _is_transpose
+from ssl_keras._thin_model import _is_conv, _is_separable, _is_transpose, _weight_keys
 from ssl_keras._thin_slice import _cheap_init
 
 _TOL = 1e-6  # relative tolerance of "the same value" checks (the contract allows 1e-5)
@@ -52,8 +52,8 @@ def _run(graph, zw, tensors, probes):
     if not tensors:
         return []
     sub = keras.Model(graph.inputs, tensors)
-    values = {id(v): zw[layer.name][v.name] for layer in sub.layers for v in layer.weights
-              if layer.name in zw}
+    values = {id(v): zw[layer.name][k] for layer in sub.layers if layer.name in zw
+              for k, v in zip(_weight_keys(layer), layer.weights, strict=True)}
     trainable = [values.get(id(v), v) for v in sub.trainable_variables]
     frozen = [values.get(id(v), v) for v in sub.non_trainable_variables]
     out, _ = sub.stateless_call(trainable, frozen, [ops.convert_to_tensor(p) for p in probes],
@@ -76,7 +76,7 @@ def _linear_part(layer, weights, x):
     cfg["use_bias"] = False
     clone = type(layer).from_config(cfg)
     clone.build(x.shape)
-    clone.set_weights([weights[layer.name][v.name] for v in clone.weights])
+    clone.set_weights([weights[layer.name][k] for k in _weight_keys(clone)])
     return np.asarray(ops.convert_to_numpy(clone(x)))
 
 

@@ -89,14 +89,28 @@ def _layers(graph):
     return [op for op in graph.operations if isinstance(op, keras.layers.Layer)]
 
 
+def _weight_keys(layer) -> list[str]:
+    """The keys of `layer`'s weights in the weight dicts, in `layer.weights` order.
+
+    The short names (kernel, bias, gamma, ...), which the groups use, when they are unique in
+    the layer; otherwise (a layer with sublayers: Bidirectional, attention, a custom block)
+    `<name>#<position>`, so that two `kernel`s never overwrite each other. Groups never name
+    the weights of such a layer (it is not registered, so the channels reaching it block).
+    """
+    names = [v.name for v in layer.weights]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{n}#{i}" for i, n in enumerate(names)]
+
+
 def _read_weights(graph):
-    """{layer: {weight short name: float array}}; raises on NaN / inf."""
+    """{layer: {weight key (`_weight_keys`): float array}}; raises on NaN / inf."""
     weights = {}
     for layer in _layers(graph):
         if isinstance(layer, keras.Model):
             continue
         arrays = {}
-        for var in layer.weights:
+        for key, var in zip(_weight_keys(layer), layer.weights, strict=True):
             value = np.asarray(ops.convert_to_numpy(var))
             if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
                 raise ValueError(
@@ -104,7 +118,7 @@ def _read_weights(graph):
                     "thin needs finite weights. Received: "
                     f"{int(np.sum(~np.isfinite(value)))} non-finite values of {value.size}."
                 )
-            arrays[var.name] = value
+            arrays[key] = value
         if arrays:
             weights[layer.name] = arrays
     return weights
@@ -152,7 +166,7 @@ def _copy_with_weights(model, weights):
     clone = keras.models.clone_model(model)
     for layer in clone.layers:
         if layer.name in weights:
-            layer.set_weights([weights[layer.name][v.name] for v in layer.weights])
+            layer.set_weights([weights[layer.name][k] for k in _weight_keys(layer)])
         elif layer.weights:
             src = model.get_layer(layer.name)
             layer.set_weights(src.get_weights())

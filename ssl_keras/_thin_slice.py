@@ -16,6 +16,7 @@ from ssl_keras._thin_model import (
     _is_transpose,
     _node_inputs,
     _nodes,
+    _weight_keys,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -117,10 +118,10 @@ def _new_weights(layer, new_layer, arrays, entry):
     """The sliced (and folded) weights of `new_layer`, in its variable order."""
     keep = entry.get("keep", {}) if entry else {}
     values = []
-    for var in new_layer.weights:
-        if var.name in arrays:
-            w = arrays[var.name]
-            for axis, idx in keep.get(var.name, {}).items():
+    for key, var in zip(_weight_keys(new_layer), new_layer.weights, strict=True):
+        if key in arrays:
+            w = arrays[key]
+            for axis, idx in keep.get(key, {}).items():
                 w = np.take(w, np.asarray(idx, dtype=int), axis=int(axis))
         elif var.name == "bias":
             w = np.zeros(var.shape, np.float32)

@@ -609,3 +609,44 @@ def test_model_from_apply_ssl_is_stripped_first(coupled):
     assert_equivalent(model, small=small)
     assert json.dumps(thinning_plan(ssl_model)) == json.dumps(thinning_plan(model))
     assert isinstance(zero_groups(ssl_model), keras.Model)
+
+
+class _TwoDense(keras.layers.Layer):
+    """Two Dense sublayers: two weights named "kernel" (and two "bias") in one layer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.a = L.Dense(4)
+        self.b = L.Dense(4)
+
+    def call(self, x):
+        return self.a(x) + self.b(x)
+
+
+@pytest.mark.parametrize("make", ["bidirectional", "attention", "two_dense"])
+def test_layers_whose_weights_share_a_short_name_keep_their_weights(make):
+    """Weights were keyed by short name, so a Bidirectional's forward and backward kernels
+    (or an attention layer's query / output kernels) overwrote each other: thin() and its
+    zero_groups() reference were equally wrong (0.2-0.8 from the model) and agreed."""
+    keras.utils.set_random_seed(3)
+    if make == "two_dense":
+        inputs = keras.Input((3,))
+        x = _TwoDense(name="block")(L.Dense(5, name="pre")(inputs))
+    else:
+        inputs = keras.Input((5, 3))
+        x = L.Dense(6, name="pre")(inputs)
+        x = (L.Bidirectional(L.GRU(3), name="block")(x) if make == "bidirectional" else
+             L.Flatten()(L.MultiHeadAttention(2, 2, name="block")(x, x)))
+    x = L.Dense(4, name="post")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    post = model.get_layer("post")
+    kernel = np.array(post.kernel.numpy())
+    kernel[:, 1] = 0  # one removable unit after the block
+    post.kernel.assign(kernel)
+    x = np.random.default_rng(0).normal(size=(3, *model.inputs[0].shape[1:])).astype("float32")
+    want = np.asarray(model(x))
+    zeroed = zero_groups(model, 1e-4)
+    np.testing.assert_allclose(np.asarray(zeroed(x)), want, rtol=1e-5, atol=1e-6)
+    small = assert_equivalent(model)
+    assert small.get_layer("post").units == 3
+    np.testing.assert_allclose(np.asarray(small(x)), want, rtol=1e-5, atol=1e-5)
