@@ -284,7 +284,8 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
             border rows / columns are cropped by `thin`, so the kernel gets smaller.
 
     Returns:
-        A `StructuredSparsity` layer, or a new model (an `SSLModel` when `coupled=True`).
+        A `StructuredSparsity` layer around a copy of the layer (same config and weights), or
+        a new model (an `SSLModel` when `coupled=True`); `to_wrap` is not modified.
 
     Example:
     >>> ssl_model = apply_ssl(model, filters=1e-4, channels=1e-4)
@@ -301,7 +302,11 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
                 f"single layer. Received: layers={layers!r}"
             )
         _warn_double_group_lasso("the layer", {to_wrap.name: to_wrap}, {}, stacklevel=3)
-        return StructuredSparsity(to_wrap, filters=filters, channels=channels, shapes=shapes,
+        copy = _clone_layer(to_wrap)  # the penalty attaches to variables: not to_wrap's
+        if to_wrap.built:
+            copy.build_from_config(to_wrap.get_build_config())
+            copy.set_weights(to_wrap.get_weights())
+        return StructuredSparsity(copy, filters=filters, channels=channels, shapes=shapes,
                                   depth=depth, borders=borders)
     raise ValueError(
         "`to_wrap` must be a Keras layer, a Sequential model or a functional model. "

@@ -82,11 +82,26 @@ def test_wrapper_in_sequential_adds_oracle_loss_and_keeps_outputs():
     model = keras.Sequential([keras.Input((6, 6, 2)), wrapped, keras.layers.Flatten(),
                               keras.layers.Dense(2)])
     assert isinstance(wrapped, StructuredSparsity)
-    assert wrapped.name == "conv" and wrapped.ssl_inner_layer is conv
-    expected = _oracle_kernel(conv.kernel.numpy(), 0.1, 0.2, 0.3, 0.4)
+    inner = wrapped.ssl_inner_layer
+    assert wrapped.name == "conv" and inner is not conv and not conv.built  # a copy
+    expected = _oracle_kernel(inner.kernel.numpy(), 0.1, 0.2, 0.3, 0.4)
     np.testing.assert_allclose(_total_loss(model), expected, rtol=1e-5)
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype("float32")
-    np.testing.assert_allclose(wrapped(x), conv(x), atol=1e-6)
+    np.testing.assert_allclose(wrapped(x), inner(x), atol=1e-6)
+
+
+def test_apply_ssl_to_a_layer_of_a_model_leaves_the_model_alone():
+    """The penalty attaches to the wrapped layer's variables: apply_ssl wraps a copy."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="d1"),
+                              keras.layers.Dense(2, name="d2")])
+    layer = model.get_layer("d1")
+    wrapped = apply_ssl(layer, filters=1.0)
+    wrapped.build((None, 5))
+    assert model.losses == [] and layer.kernel.regularizer is None
+    assert wrapped.ssl_inner_layer is not layer and len(wrapped.losses) == 1
+    for a, b in zip(wrapped.ssl_inner_layer.get_weights(), layer.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("make, attribute, in_axis, out_axis, names", [
