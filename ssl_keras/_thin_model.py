@@ -15,16 +15,33 @@ from keras import ops
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
+def rebuilds_own_layers(fn):
+    """Runs `fn` with Keras's safe mode off, so that its layer copies (clone_model,
+    from_config) can rebuild `Lambda` layers.
+
+    Safe mode guards the *loading* of files: Keras refuses to rebuild a Python lambda from a
+    config unless told otherwise. The functions decorated here copy the caller's own
+    in-memory model, whose functions are already loaded.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from keras.src.saving.serialization_lib import SafeModeScope
+
+        with SafeModeScope(False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation and model access
 
 
 def _check_threshold(threshold):
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if isinstance(threshold, bool) or not math.isfinite(value) or value < 0:
+    real = isinstance(threshold, (int, float, np.integer, np.floating)) and not isinstance(
+        threshold, (bool, np.bool_))
+    value = float(threshold) if real else float("nan")
+    if not math.isfinite(value) or value < 0:
         raise ValueError(
             "`threshold` must be a finite number >= 0 (group norms at most `threshold` are "
             f"treated as zero). Received: threshold={threshold!r}"
@@ -76,6 +93,11 @@ def _graph(model):
                 f"keras.Input(...)). Received: model={model.name!r}, not built."
             )
         return graph
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "`model` must be a functional or Sequential Keras model. Received: "
+            f"model={model!r} (of type {type(model).__name__})"
+        )
     if not isinstance(model, Functional):
         raise ValueError(
             "thin supports functional and Sequential Keras models only: a subclassed model's "

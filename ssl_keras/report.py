@@ -86,6 +86,13 @@ def count_params(model: keras.Model) -> int:
     >>> count_params(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
     15
     """
+    if not isinstance(model, keras.Model):
+        raise ValueError("`model` must be a Keras model. Received: "
+                         f"model={model!r} (of type {type(model).__name__})")
+    if not model.built:
+        raise ValueError(f"Model '{model.name}' is not built: it has no weights to count yet. "
+                         "Expected a model with a known input shape (start it with "
+                         "keras.Input(...)).")
     return int(sum(int(np.prod(v.shape, dtype=np.int64)) for v in model.weights))
 
 

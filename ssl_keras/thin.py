@@ -41,6 +41,8 @@ them), so outputs stay exact.
 
 from __future__ import annotations
 
+import hashlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -62,10 +64,12 @@ from ssl_keras._thin_model import (
     _check_round_to,
     _copy_with_weights,
     _graph,
+    _layers,
     _nodes,
     _plain,
     _read_weights,
     _zeroed_weights,
+    rebuilds_own_layers,
 )
 from ssl_keras._thin_plan import _prepare, _removed_indices, _restore
 from ssl_keras._thin_slice import (
@@ -130,7 +134,8 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
 
     The plan (all names are layer names of `model`):
 
-        {"threshold": 1e-4, "round_to": 1,
+        {"model": {"name": "lenet", "sha256": "..."},           # the model it was made for
+         "threshold": 1e-4, "round_to": 1,
          "zero": [{"layer", "weight", "axis", "index", "why"}],   # the zeroed model
          "groups": {id: {"status": "removed" | "kept" | "dead", "why": "..."}},
          "dropped": {add_layer: [operand positions]},            # residual branches removed
@@ -253,6 +258,7 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
             value = flat[0]
         adds[name] = _constant_spec(name, value) if np.any(value) else None
     return {
+        "model": {"name": model.name, "sha256": _fingerprint(graph, st["weights"])},
         "threshold": st["threshold"], "round_to": round_to,
         "zero": st["zero"],
         "groups": {gid: {"status": "removed" if s in ("constant", "unused") else s,
@@ -266,6 +272,37 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
 
 # ---------------------------------------------------------------------------------------------
 # Applying a plan
+
+
+def _fingerprint(graph, weights) -> str:
+    """SHA-256 of the model's layer names, weight names, shapes and values (a plan's model)."""
+    digest = hashlib.sha256()
+    for layer in _layers(graph):
+        for key, value in sorted(weights.get(layer.name, {}).items()):
+            value = np.ascontiguousarray(value)
+            digest.update(f"{layer.name}/{key}:{value.shape}:{value.dtype};".encode())
+            digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+_PLAN_KEYS = ("zero", "dropped", "dead", "layers", "adds")
+
+
+def _check_plan(plan, graph, weights, model_name):
+    """Raises a ValueError unless `plan` is a thinning plan made for this model as it is."""
+    if not isinstance(plan, dict) or any(k not in plan for k in _PLAN_KEYS):
+        missing = [k for k in _PLAN_KEYS if k not in plan] if isinstance(plan, dict) else None
+        raise ValueError(
+            "`plan` must be the dict thinning_plan(model) returns (or its JSON round trip), "
+            f"with keys {list(_PLAN_KEYS)}. Received: "
+            + (f"a dict without {missing}" if missing else
+               f"plan={plan!r:.80} (of type {type(plan).__name__})"))
+    made_for = plan.get("model")
+    if made_for is not None and made_for.get("sha256") != _fingerprint(graph, weights):
+        raise ValueError(
+            f"The plan was made for another model, or for this one before its weights or "
+            f"layers changed. Expected a plan from thinning_plan() of model '{model_name}' as "
+            f"it is now. Received: a plan made for model '{made_for.get('name')}'")
 
 
 _PAD_CROP = {f"{kind}{r}D" for kind in ("ZeroPadding", "Cropping") for r in (1, 2, 3)}
@@ -289,6 +326,7 @@ def _extra_layer(spec):
                      f"Received: class={spec['class']!r}")
 
 
+@rebuilds_own_layers
 def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     """Builds the thinned model described by `plan` (see `thinning_plan`).
 
@@ -297,7 +335,8 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     carries the zeroed model's weights, sliced. `model` is not modified.
 
     Args:
-        model: the model the plan was made for.
+        model: the model the plan was made for, with the same weights (checked against the
+            plan's "model" fingerprint, when it has one).
         plan: the dict returned by `thinning_plan(model, ...)` (or its JSON round trip).
 
     Returns:
@@ -307,7 +346,9 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     >>> small = apply_plan(model, thinning_plan(model))
     """
     graph = _graph(_plain(model))
-    arrays = _zeroed_weights(_read_weights(graph), plan["zero"])
+    weights = _read_weights(graph)
+    _check_plan(plan, graph, weights, model.name)
+    arrays = _zeroed_weights(weights, plan["zero"])
     dead, dropped = set(plan["dead"]), plan["dropped"]
     layer_plans, adds = plan["layers"], plan["adds"]
     tensors, new_inputs = {}, []
@@ -370,6 +411,7 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     return keras.Model(inputs, outputs, name=model.name)
 
 
+@rebuilds_own_layers
 def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
          groups: list[dict] | None = None, crop_kernels: bool = True) -> keras.Model:
     """Returns a smaller dense copy of `model` without its below-threshold groups.
@@ -399,6 +441,7 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
     return apply_plan(model, thinning_plan(model, threshold, round_to, groups, crop_kernels))
 
 
+@rebuilds_own_layers
 def zero_groups(model: keras.Model, threshold: float = 1e-4,
                 groups: list[dict] | None = None) -> keras.Model:
     """Returns a copy of `model` whose below-threshold groups are set exactly to zero.

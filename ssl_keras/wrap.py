@@ -23,6 +23,7 @@ import keras
 from keras import ops
 
 from ssl_keras._groups_check import validate_groups
+from ssl_keras._thin_model import rebuilds_own_layers
 from ssl_keras._wrap_coupled import CoupledTerms, _current_value
 from ssl_keras._wrap_groups import (
     _coefficients_for,
@@ -238,6 +239,7 @@ def _model_layers_by_name(model) -> dict:
     return {layer.name: layer for layer in model.layers}
 
 
+@rebuilds_own_layers
 def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled=True,
               layers=None, borders=0.0):
     """Puts a layer or a whole model under the group Lasso of Structured Sparsity Learning.
@@ -402,6 +404,7 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
     return result
 
 
+@rebuilds_own_layers
 def strip_ssl(model):
     """Returns a plain copy of `model`: original layer classes, same weights, no apply_ssl groups.
 

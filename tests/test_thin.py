@@ -407,6 +407,9 @@ def test_plan_that_does_not_fit_is_rejected():
     zero_filters(model, "conv1", [0])
     plan = thinning_plan(model)
     other = conv_bn_relu_conv()
+    with pytest.raises(ValueError, match="The plan was made for another model"):
+        apply_plan(other, plan)
+    del plan["model"]  # a plan without its model's fingerprint: the shapes are still checked
     plan["layers"]["conv2"]["keep"]["kernel"]["2"] = [0, 1]  # conv1 keeps 5 filters
     with pytest.raises(ValueError, match="The plan does not fit layer 'conv2'"):
         apply_plan(other, plan)
@@ -650,3 +653,56 @@ def test_layers_whose_weights_share_a_short_name_keep_their_weights(make):
     small = assert_equivalent(model)
     assert small.get_layer("post").units == 3
     np.testing.assert_allclose(np.asarray(small(x)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lambda_layer_goes_through_apply_ssl_strip_ssl_and_thin():
+    """Keras refuses to rebuild a Lambda from its config in safe mode (a guard for loading
+    files); apply_ssl, strip_ssl and thin copy the caller's in-memory model."""
+    from keras.src.saving import serialization_lib
+
+    inputs = keras.Input((4,))
+    x = L.Dense(3, name="d1")(inputs)
+    x = L.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = L.Dense(5, name="d2")(x)
+    model = randomize(keras.Model(inputs, L.Dense(2, name="out")(x)))
+    kernel = np.array(model.get_layer("d2").kernel.numpy())
+    kernel[:, 1] = 0
+    model.get_layer("d2").kernel.assign(kernel)
+    ssl_model = ssl_keras.apply_ssl(model, filters=1e-3)
+    plain = ssl_keras.strip_ssl(ssl_model)
+    small = assert_equivalent(plain)
+    assert small.get_layer("d2").units == 4  # d2 unit 1 removed
+    assert small.get_layer("d1").units == 3  # d1's channels reach a Lambda: blocked
+    assert serialization_lib.in_safe_mode() is not False  # the scope ended
+
+
+def test_apply_plan_refuses_other_plans():
+    model = randomize(lenet(filters=(6, 8), units=20))
+    other = randomize(lenet(filters=(6, 8), units=20), seed=5)
+    plan = json.loads(json.dumps(thinning_plan(model)))
+    assert plan["model"]["name"] == model.name
+    apply_plan(model, plan)
+    with pytest.raises(ValueError, match=r"The plan was made for another model, or for this "
+                                         r"one before its weights or layers changed"):
+        apply_plan(other, plan)
+    for bad in (None, "plan", {"zero": []}):
+        with pytest.raises(ValueError, match=r"`plan` must be the dict thinning_plan\(model\) "
+                                             r"returns"):
+            apply_plan(model, bad)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: thin(m), lambda m: zero_groups(m), lambda m: thinning_plan(m),
+    lambda m: ssl_keras.count_macs(m), lambda m: ssl_keras.count_params(m)])
+@pytest.mark.parametrize("bad", [None, "model", [1]])
+def test_a_non_model_is_refused_by_name(call, bad):
+    with pytest.raises(ValueError, match=r"`model` must be a .*Keras model\. Received: "):
+        call(bad)
+
+
+def test_threshold_must_be_a_number():
+    model = randomize(lenet(filters=(6, 8), units=20))
+    for bad in ("0.1", True, float("nan"), -1.0):
+        with pytest.raises(ValueError, match=r"`threshold` must be a finite number >= 0"):
+            thin(model, threshold=bad)
+    thin(model, threshold=np.float32(1e-4))
