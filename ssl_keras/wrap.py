@@ -359,6 +359,16 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
         )
     for name, layer in by_name.items():
         known = kernel_specs(layer) is not None or _registered(layer)
+        if isinstance(layer, keras.Model) and layer.weights and \
+                overrides.get(name, 0) is not None:
+            raise ValueError(
+                f"Layer '{name}' is a nested model ({type(layer).__name__}): apply_ssl does "
+                "not descend into nested models (and thin keeps the groups inside them). "
+                "Expected a flat model: call the nested model's layers directly, e.g. "
+                "`keras.Model(backbone.input, head(backbone.output))` for a backbone, or "
+                f"pass `layers={{{name!r}: None}}` to keep it as it is, unpenalised. "
+                f"Received: layer={name!r} ({type(layer).__name__})"
+            )
         if not known and layer.weights and overrides.get(name, 0) is not None:
             cls = type(layer).__name__
             raise ValueError(

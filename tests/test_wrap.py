@@ -769,3 +769,17 @@ def test_apply_ssl_warns_when_a_layer_carries_its_own_group_lasso():
         warnings.simplefilter("error")  # an L2 regulariser, or c2 left out: no warning
         apply_ssl(model, filters=1e-4, channels=1e-4, layers={"c2": None})
         apply_ssl(model.get_layer("c1"), filters=1e-4)
+
+
+def test_a_nested_model_is_refused_with_what_to_do():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)], name="inner")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(inner(inputs)))
+    for coupled in (True, False):
+        with pytest.raises(ValueError, match=r"Layer 'inner' is a nested model \(Sequential\): "
+                                             r"apply_ssl does not descend .*layers=\{'inner': "
+                                             r"None\}"):
+            apply_ssl(model, filters=1e-3, coupled=coupled)
+    ssl = apply_ssl(model, filters=1e-3, layers={"inner": None})
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_allclose(ssl(x), model(x), atol=1e-6)
