@@ -8,6 +8,7 @@ It must not import `ssl_keras.export` (run as `python -m ssl_keras.export`).
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 
@@ -112,6 +113,23 @@ def _validate(quantize, representative_data, batch_size, num_calibration_samples
             raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
 
 
+def _validate_flags(verify, overwrite, allow_select_ops, atol, seed):
+    """The flags and numbers of `export_tflite`, checked before any conversion work."""
+    for name, value in (("verify", verify), ("overwrite", overwrite),
+                        ("allow_select_ops", allow_select_ops)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(
+                f"`{name}` must be a bool (True or False). Received: {name}={value!r} "
+                f"of type {type(value).__name__}"
+            )
+    number = isinstance(atol, (int, float, np.integer, np.floating)) and not isinstance(
+        atol, (bool, np.bool_))
+    if not number or not math.isfinite(atol) or atol < 0:
+        raise ValueError(f"`atol` must be a finite number >= 0. Received: atol={atol!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")
+
+
 def _convert(model, struct, batch_size, quantize, calibration, allow_select_ops) -> bytes:
     import tensorflow as tf
 
@@ -179,15 +197,48 @@ def _keras_outputs(model, x) -> dict:
             for i, v in enumerate(ys)}
 
 
-def _verify(model, struct, content, samples, quantize, atol):
+def _non_finite(outputs: dict) -> dict:
+    """Output name -> count of NaN / inf values, for the outputs that have any."""
+    counts = {k: int(np.size(v) - np.count_nonzero(np.isfinite(v))) for k, v in outputs.items()}
+    return {k: c for k, c in counts.items() if c}
+
+
+def _keras_reference(model, struct, samples, verified_on):
+    """The Keras model's outputs on the verification samples; they must be finite.
+
+    Run before the conversion, so that a model with NaN / inf outputs (NaN weights, say)
+    fails fast, and not with a meaningless "max |diff| = nan" after it.
+    """
+    want = _keras_outputs(model, _unflatten(struct, samples))
+    bad = _non_finite(want)
+    if bad:
+        raise ValueError(
+            "The Keras model's own outputs are not finite (NaN or inf) on the "
+            f"{len(samples[0])} verification samples ({verified_on}), so the TFLite model "
+            "cannot be compared with them; check the model's weights for NaN / inf, or pass "
+            "verify=False to export it unverified. Nothing was written. "
+            f"Received: model={model.name!r}, non-finite values per output={bad}"
+        )
+    return want
+
+
+def _verify(model, struct, content, samples, quantize, atol, want=None):
     names = _input_names(struct)
+    if want is None:
+        want = _keras_reference(model, struct, samples, "given samples")
     interpreter = _tflite.make_interpreter(model_content=content)
     got = _tflite.run(interpreter, dict(zip(names, samples, strict=True)))
-    want = _keras_outputs(model, _unflatten(struct, samples))
     if sorted(got) != sorted(want):
         raise RuntimeError(
             "The TFLite outputs do not match the Keras model's outputs by name. "
             f"Received: tflite={sorted(got)}, keras={sorted(want)}"
+        )
+    bad = _non_finite(got)
+    if bad:
+        raise ValueError(
+            f"The {quantize or 'float32'} TFLite model gives non-finite outputs (NaN or inf) "
+            f"where the Keras model's are finite, over {len(samples[0])} samples. Nothing "
+            f"was written. Received: model={model.name!r}, non-finite values per output={bad}"
         )
     diff = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
     scale = max(float(np.max(np.abs(want[k]))) for k in want)

@@ -6,6 +6,7 @@ and `representative_data` (arrays, tf.data.Dataset, generator) collected into ba
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -74,6 +75,7 @@ def _static_shapes(struct) -> list:
 
 def _to_sample_arrays(element, names: list, shapes: list) -> list:
     """One data element (a sample or a batch, possibly (x, y)) -> per-input batches."""
+    element = _as_arrays(element, names, shapes)
     if isinstance(element, dict) and set(element) != set(names) and "x" in element:
         element = element["x"]
     if isinstance(element, dict):
@@ -98,7 +100,7 @@ def _to_sample_arrays(element, names: list, shapes: list) -> list:
         )
     arrays = []
     for name, shape, part in zip(names, shapes, parts, strict=True):
-        array = np.asarray(part, dtype=np.float32)
+        array = _float_array(part, name)
         if array.shape == shape:
             array = array[None]
         if array.shape[1:] != shape:
@@ -107,12 +109,66 @@ def _to_sample_arrays(element, names: list, shapes: list) -> list:
                 f"Received: shape={array.shape}"
             )
         arrays.append(array)
+    if len({len(a) for a in arrays}) > 1:
+        counts = {name: len(a) for name, a in zip(names, arrays, strict=True)}
+        raise ValueError(
+            f"The data of the model's inputs must have the same number of samples. "
+            f"Received: samples per input={counts}"
+        )
     return arrays
+
+
+def _numeric_array(value):
+    """`value` (an array or a nested list / tuple of numbers) as an array, else None."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError):  # ragged, or elements NumPy cannot hold
+        return None
+    return array if array.dtype.kind in "biuf" else None
+
+
+def _float_array(part, name: str) -> np.ndarray:
+    """One input's data as float32, with a clear error for None, strings and the like."""
+    array = None if part is None else _numeric_array(part)
+    if array is None:
+        received = "None" if part is None else type(part).__name__
+        if isinstance(part, np.ndarray):
+            received += f" of dtype {part.dtype}"
+        raise ValueError(
+            f"Data for input {name!r} must be numeric (an array, or a nested list of numbers). "
+            f"Received: {received}"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+def _as_arrays(data, names: list, shapes: list):
+    """Nested Python lists of numbers (`x.tolist()`) as arrays; anything else unchanged."""
+    if not isinstance(data, (list, tuple)) or all(isinstance(a, np.ndarray) for a in data):
+        return data
+    if len(names) == 1:  # a list: the samples (or one sample) of the only input
+        array = _numeric_array(data) if isinstance(data, list) else None  # a tuple: (x, y)
+        rank = len(shapes[0])
+        return array if array is not None and array.ndim in (rank, rank + 1) else data
+    plain = [isinstance(a, np.ndarray) or (  # not ([xa, xb], y): arrays inside are structure
+        isinstance(a, list) and not any(isinstance(v, np.ndarray) for v in a)) for a in data]
+    if len(data) == len(names) and all(plain):  # one array or nested number list per input
+        arrays = [_numeric_array(a) for a in data]
+        if all(a is not None and a.ndim >= 1 for a in arrays):
+            return arrays
+    return data
 
 
 def _collect(data, struct, limit: int) -> list:
     """representative_data (arrays, tf.data.Dataset or generator) -> per-input arrays."""
     names, shapes = _input_names(struct), _static_shapes(struct)
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise ValueError(
+            "`representative_data` must be the samples themselves, not a file path: a NumPy "
+            "array (or a list / dict of them for several inputs), a tf.data.Dataset or a "
+            "generator. Load a file first, e.g. `np.load(path)`. "
+            f"Received: representative_data={data!r}"
+        )
+    data = _as_arrays(data, names, shapes)
     if isinstance(data, (np.ndarray, dict)) or (
         isinstance(data, (list, tuple)) and all(isinstance(a, np.ndarray) for a in data)
     ):
@@ -136,4 +192,14 @@ def _collect(data, struct, limit: int) -> list:
             break
     if count == 0:
         raise ValueError("`representative_data` is empty. Received: 0 samples")
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(names))]
+    arrays = [np.concatenate([c[i] for c in chunks]) for i in range(len(names))]
+    for name, array in zip(names, arrays, strict=True):
+        finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+        if not finite.all():
+            raise ValueError(
+                "`representative_data` must be finite: NaN / inf inputs make calibration "
+                "ranges and the verification meaningless. "
+                f"Received: {int(np.count_nonzero(~finite))} of {len(array)} samples of input "
+                f"{name!r} with NaN / inf values (the first is sample {int(np.argmin(finite))})"
+            )
+    return arrays

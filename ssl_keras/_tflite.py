@@ -106,6 +106,42 @@ def make_interpreter(model_path: str | None = None, model_content: bytes | None 
     return interpreter
 
 
+def load_interpreter(path: str):
+    """`make_interpreter` on a file, with errors that name the file and say what is wrong.
+
+    Raises:
+        ValueError: the file is empty or not a TFLite flatbuffer (a .keras file, say), or the
+            interpreter cannot prepare it (Select TF ops without the Flex delegate).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    expected = "expected a TFLite model, as written by export_tflite"
+    if os.path.getsize(path) == 0:
+        raise ValueError(
+            f"The file is not a valid .tflite flatbuffer ({expected}). "
+            f"Received: an empty file, path={path!r}"
+        )
+    try:
+        interpreter = Interpreter(model_path=path)
+    except ValueError as error:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise ValueError(
+            f"The file is not a valid .tflite flatbuffer ({expected}, with the identifier "
+            f"'TFL3' at bytes 4-8): {str(error).strip().rstrip('.')}. "
+            f"Received: path={path!r}, first bytes={head!r}"
+        ) from None
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"The ai_edge_litert interpreter cannot prepare this .tflite file: {first[:300]}. "
+            f"Received: path={path!r}"
+        ) from None
+    return interpreter
+
+
 def _info(name: str, detail: dict) -> TensorInfo:
     dtype = np.dtype(detail["dtype"])
     scale, zero_point = detail["quantization"]
@@ -189,6 +225,8 @@ def run(interpreter, inputs: dict) -> dict:
             f"Received: sizes={ {n: len(a) for n, a in inputs.items()} }"
         )
     n = sizes.pop()
+    if n == 0:
+        raise ValueError("At least one sample is needed to run the model. Received: 0 samples")
     for info in in_infos:
         got = tuple(np.shape(inputs[info.name])[1:])
         if got != info.shape[1:]:

@@ -26,8 +26,10 @@ from ssl_keras import _tflite
 from ssl_keras._export_convert import (
     QUANTIZE_MODES,
     _convert,
+    _keras_reference,
     _needs_float32,
     _validate,
+    _validate_flags,
     _verify,
     rebuild_float32,
 )
@@ -102,6 +104,35 @@ class ExportReport:
 # --------------------------------------------------------------------------------- export
 
 
+def _path_arg(path, name: str = "path") -> str:
+    """`path` (a str or os.PathLike naming a str path, not empty) as a str."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str):
+        raise ValueError(
+            f"`{name}` must be a file path (a str or os.PathLike). "
+            f"Received: {name}={path!r} of type {type(path).__name__}"
+        )
+    if not text:
+        raise ValueError(f"`{name}` must not be empty. Received: {name}={path!r}")
+    return text
+
+
+def _output_path(path) -> str:
+    """The checks on export_tflite's `path` that need no conversion; returns it as a str."""
+    path = _path_arg(path)
+    if os.path.isdir(path) or path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        raise ValueError(
+            "`path` must name the .tflite file to write, not a directory (e.g. "
+            f"os.path.join(directory, 'model.tflite')). Received: path={path!r}"
+        )
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"The directory of the output file does not exist. Received: path={path!r}"
+        )
+    return path
+
+
 def export_tflite(
     model,
     path,
@@ -148,23 +179,43 @@ def export_tflite(
     Args:
         model: a functional or Sequential Keras 3 model (TensorFlow backend) with float
             inputs of static shape apart from the batch.
-        path: the .tflite file to write. Its directory must exist.
+        path: the .tflite file to write (a str or os.PathLike, not empty, not a
+            directory). Its directory must exist.
         quantize: None, "float16", "dynamic" or "int8".
         representative_data: samples for int8 calibration and for verification: a NumPy
             array `(n, *input_shape)` (a list or dict of arrays for several inputs), a
             tf.data.Dataset or a generator of samples or batches (`(x, y)` elements are fine).
+            Nested Python lists of numbers (`x.tolist()`) are read as arrays. A file path is
+            not accepted: load the file first (`np.load(path)`). The samples used must be
+            finite, and the inputs of a multi-input model must have as many samples each.
         batch_size: the static batch size of the .tflite model.
-        verify: run and compare the .tflite model with the Keras model before writing.
-        overwrite: replace an existing file at `path`; otherwise FileExistsError.
+        verify: a bool: run and compare the .tflite model with the Keras model before
+            writing.
+        overwrite: a bool: replace an existing file at `path`; otherwise FileExistsError.
         num_calibration_samples: at most this many samples of `representative_data` are used.
         num_verify_samples: how many samples are compared.
-        allow_select_ops: allow Select TF ops (Flex); such a model cannot be verified here.
-        atol: the float32 tolerance.
-        seed: the seed of the random verification inputs.
+        allow_select_ops: a bool: allow Select TF ops (Flex); such a model cannot be verified
+            here.
+        atol: the float32 tolerance, a finite number >= 0.
+        seed: the seed of the random verification inputs, an integer >= 0.
 
     Returns:
         An ExportReport: path, size in bytes, op counts, input / output tensors and the
         verification difference.
+
+    Raises:
+        ValueError: before any conversion, for a bad argument: an unknown `quantize`, int8
+            without `representative_data`, a `batch_size` / sample count that is not an
+            integer >= 1, `verify` / `overwrite` / `allow_select_ops` that are not bools, a
+            bad `atol` or `seed`, a `path` that is not a path or is a directory, a model
+            that is not a functional Keras model with static float inputs, unreadable or
+            non-finite `representative_data`, or (with `verify`) Keras outputs that are not
+            finite (NaN / inf weights, say). After the conversion: a model that needs Select
+            TF ops (without `allow_select_ops`, or with `verify`), and float32 outputs that
+            disagree with Keras by more than `atol`. Nothing is written in either case.
+        FileNotFoundError: the directory of `path` does not exist.
+        FileExistsError: `path` exists and `overwrite` is False (checked before the
+            conversion, and again when the file is published).
 
     Example:
     >>> report = export_tflite(model, "lenet_int8.tflite", quantize="int8",
@@ -173,16 +224,13 @@ def export_tflite(
     """
     _validate(quantize, representative_data, batch_size, num_calibration_samples,
               num_verify_samples)
+    _validate_flags(verify, overwrite, allow_select_ops, atol, seed)
+    verify, overwrite, allow_select_ops = bool(verify), bool(overwrite), bool(allow_select_ops)
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"`model` must be a keras.Model. Received: model of type {type(model).__name__}"
         )
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"The directory of the output file does not exist. Received: path={path!r}"
-        )
+    path = _output_path(path)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(
             f"The output file already exists; pass overwrite=True to replace it. "
@@ -195,21 +243,9 @@ def export_tflite(
     shapes = _static_shapes(struct)
     limit = num_calibration_samples + num_verify_samples
     data = None if representative_data is None else _collect(representative_data, struct, limit)
-
-    content = _convert(model, struct, batch_size, quantize,
-                       None if data is None else [a[:num_calibration_samples] for a in data],
-                       allow_select_ops)
-    counts = _tflite.op_counts(content)
-    flex = _tflite.flex_ops(counts)
-    diff = scale = None
-    n_verified, verified_on = 0, ""
-    if verify:
-        if flex:
-            raise ValueError(
-                "The converted model contains Select TF ops, which the ai_edge_litert "
-                "interpreter cannot run, so it cannot be verified; pass verify=False to "
-                f"export it unverified. Received: flex ops={flex}"
-            )
+    samples = want = None
+    verified_on = ""
+    if verify:  # the Keras side of the check first: NaN outputs fail before the conversion
         if data is not None and len(data[0]) == num_calibration_samples + num_verify_samples:
             samples = [a[num_calibration_samples:] for a in data]
             verified_on = "held-out representative data"
@@ -220,7 +256,23 @@ def export_tflite(
             verified_on = "random uniform [0, 1)"
             rng = np.random.default_rng(seed)
             samples = [rng.random((num_verify_samples, *s), dtype=np.float32) for s in shapes]
-        diff, scale = _verify(model, struct, content, samples, quantize, atol)
+        want = _keras_reference(model, struct, samples, verified_on)
+
+    content = _convert(model, struct, batch_size, quantize,
+                       None if data is None else [a[:num_calibration_samples] for a in data],
+                       allow_select_ops)
+    counts = _tflite.op_counts(content)
+    flex = _tflite.flex_ops(counts)
+    diff = scale = None
+    n_verified = 0
+    if verify:
+        if flex:
+            raise ValueError(
+                "The converted model contains Select TF ops, which the ai_edge_litert "
+                "interpreter cannot run, so it cannot be verified; pass verify=False to "
+                f"export it unverified. Received: flex ops={flex}"
+            )
+        diff, scale = _verify(model, struct, content, samples, quantize, atol, want)
         n_verified = len(samples[0])
     _tflite.write_atomic(path, content, overwrite)
     interpreter = None if flex else _tflite.make_interpreter(model_content=content)
@@ -244,15 +296,25 @@ def export_tflite(
 
 
 def _tflite_inputs(path, x):
-    if not os.path.isfile(os.fspath(path)):
-        raise FileNotFoundError(f"No such .tflite file. Received: path={os.fspath(path)!r}")
-    interpreter = _tflite.make_interpreter(model_path=os.fspath(path))
+    path = _path_arg(path)
+    if os.path.isdir(path):
+        raise ValueError(f"`path` must be a .tflite file, not a directory. Received: path={path!r}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such .tflite file. Received: path={path!r}")
+    interpreter = _tflite.load_interpreter(path)
     in_infos, _ = _tflite.signature_details(interpreter)
     names = [info.name for info in in_infos]
+    if x is None:
+        raise ValueError(
+            f"`x` is required: an array (n, *input_shape), or a dict of them keyed by the "
+            f"input names {names}. Received: x=None"
+        )
     if isinstance(x, dict):
         feed = dict(x)
     elif len(names) == 1 and not isinstance(x, (list, tuple)):
         feed = {names[0]: x}
+    elif len(names) == 1 and _is_samples_list(x, len(in_infos[0].shape)):
+        feed = {names[0]: x}  # a nested list of numbers, as `x.tolist()` gives
     elif len(names) == 1 and len(x) == 1:
         feed = {names[0]: x[0]}
     else:
@@ -260,7 +322,85 @@ def _tflite_inputs(path, x):
             f"This .tflite file has {len(names)} inputs; pass `x` as a dict keyed by the input "
             f"names {names}. Received: x of type {type(x).__name__}"
         )
-    return interpreter, feed
+    if sorted(feed, key=str) != names:
+        raise ValueError(
+            f"The inputs must be keyed by the model's input names {names}. "
+            f"Received: keys={sorted(feed, key=str)}"
+        )
+    return interpreter, {name: _input_array(name, value) for name, value in feed.items()}
+
+
+def _is_samples_list(x, rank: int) -> bool:
+    """Whether a list is a nested list of numbers of the input's rank (batch included)."""
+    if not isinstance(x, list) or any(isinstance(v, np.ndarray) for v in x):
+        return False
+    try:
+        array = np.asarray(x)
+    except (ValueError, TypeError):
+        return False
+    return array.dtype.kind in "biuf" and array.ndim == rank
+
+
+def _input_array(name, value) -> np.ndarray:
+    """One input of predict / evaluate as a numeric array of samples, or a clear error."""
+    try:
+        array = None if value is None else np.asarray(value)
+    except (ValueError, TypeError):  # ragged nested lists
+        array = None
+    if array is None or array.dtype.kind not in "biuf" or array.ndim == 0:
+        received = "None" if value is None else type(value).__name__
+        if array is not None:
+            received += f" of dtype {array.dtype} and shape {array.shape}"
+        raise ValueError(
+            f"Input {name!r} must be a numeric array of samples (n, *input_shape). "
+            f"Received: {received}"
+        )
+    return array
+
+
+def _class_labels(y, classes: int) -> np.ndarray:
+    """evaluate_tflite's `y` as int64 class indices in [0, classes), or a clear error."""
+    expected = (f"integer class labels in [0, {classes}) of shape (n,) or (n, 1), or one-hot / "
+                f"probability labels of shape (n, {classes})")
+    if y is None:
+        raise ValueError(f"`y` is required: {expected}. Received: y=None")
+    try:
+        array = np.asarray(y)
+    except (ValueError, TypeError):
+        array = np.asarray(None)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(
+            f"`y` must be numeric: {expected}. "
+            f"Received: y of type {type(y).__name__} and dtype {array.dtype}"
+        )
+    if array.ndim == 2 and array.shape[1] == classes:
+        finite = np.isfinite(array).all(axis=1)
+        if not finite.all():
+            raise ValueError(
+                "One-hot / probability labels must be finite. "
+                f"Received: NaN / inf in y[{int(np.argmin(finite))}]"
+            )
+        return array.argmax(-1)
+    if not (array.ndim == 1 or (array.ndim == 2 and array.shape[1] == 1)):
+        raise ValueError(f"`y` must be {expected}. Received: y of shape {array.shape}")
+    labels = array.reshape(-1)
+    if labels.dtype.kind == "f":
+        whole = np.isfinite(labels)
+        whole[whole] = labels[whole] == np.round(labels[whole])
+        if not whole.all():
+            i = int(np.argmin(whole))
+            raise ValueError(
+                f"Class labels must be whole numbers: {expected}. "
+                f"Received: y[{i}]={labels[i].item()!r}"
+            )
+    outside = (labels < 0) | (labels >= classes)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise ValueError(
+            f"Class labels must be in [0, {classes}): the model has {classes} classes. "
+            f"Received: y[{i}]={labels[i].item()!r}"
+        )
+    return labels.astype(np.int64)
 
 
 def predict_tflite(path, x) -> dict:
@@ -271,10 +411,18 @@ def predict_tflite(path, x) -> dict:
 
     Args:
         path: a .tflite file with one signature.
-        x: an array `(n, *input_shape)`, or a dict of them keyed by input name.
+        x: an array `(n, *input_shape)` (or a nested list of numbers), n >= 1, or a dict of
+            them keyed by input name.
 
     Returns:
         A dict from output name (`output_0`, ...) to a float32 array `(n, ...)`.
+
+    Raises:
+        FileNotFoundError: there is no file at `path`.
+        ValueError: `path` is not a path, is a directory or is not a valid .tflite
+            flatbuffer (or the interpreter cannot prepare it); `x` is None, not numeric,
+            not keyed by the input names, has no samples, samples of the wrong shape, or
+            inputs with different sample counts.
 
     Example:
     >>> logits = predict_tflite("lenet.tflite", x_test)["output_0"]
@@ -288,14 +436,25 @@ def evaluate_tflite(path, x, y, batch_size=None, output=None) -> float:
 
     Args:
         path: a .tflite file with one signature.
-        x: an array `(n, *input_shape)`, or a dict of them keyed by input name.
-        y: integer labels `(n,)` or one-hot labels `(n, classes)`.
+        x: an array `(n, *input_shape)` (or a nested list of numbers), n >= 1, or a dict of
+            them keyed by input name.
+        y: integer class labels in `[0, classes)` of shape `(n,)` or `(n, 1)` (ints, or
+            floats that are whole numbers), or one-hot / probability labels of shape
+            `(n, classes)`, scored by their argmax.
         batch_size: accepted for symmetry with Keras; the file's static batch size is what
             runs, so any other value raises a ValueError.
         output: the output name to score (`output_0` ...); required with several outputs.
 
     Returns:
         The fraction of samples whose argmax output equals the label.
+
+    Raises:
+        FileNotFoundError: there is no file at `path`.
+        ValueError: as `predict_tflite` for `path` and `x`; and, before running the model,
+            for a missing, non-numeric or misshaped `y`, labels that are not whole numbers
+            or not in `[0, classes)` (the first bad one is named), a different number of
+            labels and samples, a `batch_size` other than the file's, an unknown `output`,
+            or an output that is not one score per class `(n, classes >= 2)`.
 
     Example:
     >>> evaluate_tflite("lenet_int8.tflite", x_test, y_test)
@@ -313,21 +472,23 @@ def evaluate_tflite(path, x, y, batch_size=None, output=None) -> float:
     if output is None and len(names) != 1:
         raise ValueError(f"The model has several outputs; choose one of {names}. Received: None")
     output = names[0] if output is None else output
-    if output not in names:
+    if not isinstance(output, str) or output not in names:
         raise ValueError(f"`output` must be one of {names}. Received: output={output!r}")
-    y = np.asarray(y)
-    labels = y.argmax(-1) if y.ndim == 2 else y.reshape(-1)
-    logits = _tflite.run(interpreter, feed)[output]
-    if logits.ndim != 2 or logits.shape[1] < 2:
+    shape = next(info.shape for info in out_infos if info.name == output)
+    n = len(next(iter(feed.values()))) if feed else 0
+    if len(shape) != 2 or shape[1] < 2:
         raise ValueError(
             "evaluate_tflite scores classifiers with one score per class (n, classes >= 2). "
-            f"Received: output shape {logits.shape}"
+            f"Received: output shape {(n, *shape[1:])}"
         )
-    if len(labels) != len(logits):
+    labels = _class_labels(y, shape[1])
+    sizes = {len(a) for a in feed.values()}
+    if len(sizes) == 1 and len(labels) != n:  # (differing input sizes: run() says so)
         raise ValueError(
             f"`x` and `y` must have the same number of samples. "
-            f"Received: {len(logits)} inputs, {len(labels)} labels"
+            f"Received: {n} samples in x, {len(labels)} labels in y"
         )
+    logits = _tflite.run(interpreter, feed)[output]
     return float(np.mean(logits.argmax(-1) == labels))
 
 
@@ -401,6 +562,9 @@ def _main(argv, FLAGS):
         _fail(f"--quantize must be one of {modes}. Received: --quantize={FLAGS.quantize!r}")
     if quantize == "int8" and FLAGS.calibration is None:
         _fail("--quantize=int8 needs --calibration DATA.npy to calibrate activation ranges.")
+    if os.path.isdir(out_path):
+        _fail(f"OUT must name the .tflite file to write, not a directory. "
+              f"Received: OUT={out_path!r}")
     if os.path.exists(out_path) and not FLAGS.overwrite:
         _fail(f"The output file already exists; pass --overwrite to replace it. "
               f"Received: OUT={out_path!r}")

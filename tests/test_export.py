@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -416,6 +417,204 @@ def test_float32_disagreement_raises_and_writes_nothing(model, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(8)
+    return keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(3)], name="tiny")
+
+
+@pytest.fixture
+def no_conversion(monkeypatch):
+    """Makes any conversion fail loudly: for checks that must come before it."""
+    def convert(*args, **kwargs):
+        raise AssertionError("the conversion ran before the argument check")
+
+    monkeypatch.setattr(export, "_convert", convert)
+
+
+def test_flags_and_numbers_are_checked_before_the_conversion(tiny, tmp_path, no_conversion):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"keep me")
+    for name in ("overwrite", "verify", "allow_select_ops"):
+        for value in ("no", "x", None, 1, 0.0):
+            with pytest.raises(ValueError, match=rf"`{name}` must be a bool \(True or False\)\. "
+                               rf"Received: {name}={value!r} of type"):
+                export_tflite(tiny, path, **{name: value})
+    for atol in ("x", -1, -1e-9, float("nan"), float("inf"), True, None):
+        with pytest.raises(ValueError, match=r"`atol` must be a finite number >= 0\. Received"):
+            export_tflite(tiny, path, atol=atol)
+    for seed in ("x", True, -1, 1.5, None):
+        with pytest.raises(ValueError, match=r"`seed` must be an integer >= 0\. Received"):
+            export_tflite(tiny, path, seed=seed)
+    assert path.read_bytes() == b"keep me"  # overwrite="no" replaced it before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite"]
+
+
+def test_numpy_bools_and_numbers_are_accepted(tiny, tmp_path):
+    report = export_tflite(tiny, tmp_path / "m.tflite", verify=np.bool_(True),
+                           overwrite=np.bool_(False), allow_select_ops=np.False_,
+                           atol=np.float32(1e-3), seed=np.int64(3))
+    assert report.verified_samples == 8 and report.max_abs_diff <= 1e-3
+
+
+def test_output_path_is_checked_before_the_conversion(tiny, tmp_path, no_conversion):
+    (tmp_path / "sub").mkdir()
+    for path, overwrite in ((tmp_path / "sub", False), (tmp_path / "sub", True),
+                            (str(tmp_path / "new") + os.sep, True)):
+        with pytest.raises(ValueError, match="must name the .tflite file to write, not a dir"):
+            export_tflite(tiny, path, overwrite=overwrite)
+    with pytest.raises(ValueError, match=r"`path` must not be empty\. Received: path=''"):
+        export_tflite(tiny, "")
+    for bad in (None, 3, b"m.tflite"):
+        with pytest.raises(ValueError, match=r"`path` must be a file path \(a str or os.Path"):
+            export_tflite(tiny, bad)
+    with pytest.raises(FileNotFoundError, match="directory of the output file"):
+        export_tflite(tiny, tmp_path / "missing" / "m.tflite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sub"]
+    assert list((tmp_path / "sub").iterdir()) == []
+
+
+def test_nan_weights_say_the_keras_outputs_are_not_finite(tiny, tmp_path, no_conversion):
+    broken = keras.models.clone_model(tiny)
+    kernel, bias = tiny.get_weights()
+    kernel[0, 0] = np.nan
+    broken.set_weights([kernel, bias])
+    with pytest.raises(ValueError, match=r"Keras model's own outputs are not finite \(NaN or "
+                       r"inf\) on the 8 verification samples.*'output_0': 8"):
+        export_tflite(broken, tmp_path / "m.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_finite_tflite_outputs_are_not_reported_as_a_difference(tiny, tmp_path, monkeypatch):
+    real = _tflite.run
+    monkeypatch.setattr(_tflite, "run",
+                        lambda i, x: {k: v * np.nan for k, v in real(i, x).items()})
+    with pytest.raises(ValueError, match=r"float32 TFLite model gives non-finite outputs.*"
+                       r"Nothing was written"):
+        export_tflite(tiny, tmp_path / "m.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_representative_data_edge_cases(tiny, tmp_path, no_conversion):
+    x = data(6, shape=(3,))
+    struct = _export_inputs._input_struct(tiny)
+    for form in (x.tolist(), (row for row in x.tolist()), [list(map(float, r)) for r in x]):
+        (got,) = _export_inputs._collect(form, struct, limit=10)
+        np.testing.assert_array_equal(got, x)  # nested lists are read as arrays
+    path = tmp_path / "m.tflite"
+    np.save(tmp_path / "x.npy", x)
+    for value in (str(tmp_path / "x.npy"), tmp_path / "x.npy"):
+        with pytest.raises(ValueError, match="not a file path.*np.load"):
+            export_tflite(tiny, path, representative_data=value)
+    for bad in (np.nan, np.inf):
+        y = x.copy()
+        y[4, 1] = bad
+        with pytest.raises(ValueError, match=r"must be finite.*1 of 6 samples of input 'x'.*"
+                           r"the first is sample 4"):
+            export_tflite(tiny, path, quantize="int8", representative_data=y)
+    with pytest.raises(ValueError, match=r"must be finite.*6 of 6"):
+        export_tflite(tiny, path, representative_data=np.full((6, 3), np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"input 'x' must be numeric.*Received: ndarray of dtype"):
+        export_tflite(tiny, path, representative_data=np.array([["a", "b", "c"]]))
+    with pytest.raises(ValueError, match=r"samples of shape \(3,\)\. Received: shape=\(6, 4\)"):
+        export_tflite(tiny, path, representative_data=data(6, shape=(4,)).tolist())
+    two = _two_in_two_out(False)
+    xa, xb = data(6, shape=(4,)), data(6, shape=(3,))
+    with pytest.raises(ValueError, match=r"same number of samples.*'zeta': 6, 'alpha': 5"):
+        export_tflite(two, path, representative_data=[xa, xb[:5]])
+    with pytest.raises(ValueError, match=r"same number of samples.*'zeta': 6, 'alpha': 5"):
+        export_tflite(two, path, representative_data={"zeta": xa, "alpha": xb[:5]})
+    with pytest.raises(ValueError, match="input 'alpha' must be numeric.*Received: None"):
+        export_tflite(two, path, representative_data={"zeta": xa, "alpha": None})
+    got = _export_inputs._collect([xa.tolist(), xb.tolist()],
+                                  _export_inputs._input_struct(two), limit=10)
+    np.testing.assert_array_equal(got[0], xa)
+    np.testing.assert_array_equal(got[1], xb)
+    assert list(tmp_path.iterdir()) == [tmp_path / "x.npy"]
+
+
+def test_nested_list_representative_data_exports(tiny, tmp_path):
+    x = data(12, shape=(3,))
+    a = export_tflite(tiny, tmp_path / "a.tflite", quantize="int8", representative_data=x)
+    b = export_tflite(tiny, tmp_path / "b.tflite", quantize="int8",
+                      representative_data=x.tolist())
+    assert a.verified_on == b.verified_on == "representative data"
+    with open(a.path, "rb") as fa, open(b.path, "rb") as fb:
+        assert fa.read() == fb.read()
+
+
+def test_predict_and_evaluate_on_files_that_are_not_tflite(exported, saved_model, tmp_path):
+    x = data(4)
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"junk" * 16)
+    empty = tmp_path / "empty.tflite"
+    empty.write_bytes(b"")
+    for path in (saved_model, junk, empty):
+        for run in (lambda p: predict_tflite(p, x), lambda p: evaluate_tflite(p, x, [0] * 4)):
+            with pytest.raises(ValueError, match=r"not a valid \.tflite flatbuffer \(expected a "
+                               rf"TFLite model.*Received: .*path='{re.escape(str(path))}'"):
+                run(path)
+    with pytest.raises(ValueError, match="Received: an empty file"):
+        predict_tflite(empty, x)
+    with pytest.raises(ValueError, match="not a directory"):
+        predict_tflite(tmp_path, x)
+    for bad in (None, 3):
+        with pytest.raises(ValueError, match=r"`path` must be a file path"):
+            predict_tflite(bad, x)
+
+
+def test_predict_and_evaluate_bad_x(exported):
+    path = exported[None].path
+    for run in (lambda x: predict_tflite(path, x),
+                lambda x: evaluate_tflite(path, x, np.zeros(len(x) if x is not None else 0))):
+        with pytest.raises(ValueError, match=r"At least one sample is needed.*Received: 0 "):
+            run(data(0))
+        with pytest.raises(ValueError, match=r"`x` is required.*\['image'\]. Received: x=None"):
+            run(None)
+    with pytest.raises(ValueError, match=r"Input 'image' must be a numeric array.*Received: None"):
+        predict_tflite(path, {"image": None})
+    with pytest.raises(ValueError, match=r"Input 'image' must be a numeric array.*dtype <U"):
+        predict_tflite(path, np.full((2, *SHAPE), "a"))
+    with pytest.raises(ValueError, match=r"keyed by the model's input names \['image'\]"):
+        predict_tflite(path, {"a": None})
+    x = data(3)
+    want = predict_tflite(path, x)["output_0"]
+    np.testing.assert_array_equal(predict_tflite(path, x.tolist())["output_0"], want)
+    np.testing.assert_array_equal(predict_tflite(path, [x])["output_0"], want)
+
+
+def test_evaluate_tflite_checks_labels(exported):
+    path = exported[None].path  # 3 classes
+    x = data(5)
+    pred = predict_tflite(path, x)["output_0"].argmax(-1)
+    assert evaluate_tflite(path, x, pred) == 1.0
+    assert evaluate_tflite(path, x, pred.astype(np.float32)) == 1.0  # whole-number floats
+    assert evaluate_tflite(path, x, pred[:, None]) == 1.0  # (n, 1)
+    assert evaluate_tflite(path, x, pred.tolist()) == 1.0
+    probabilities = np.full((5, 3), 0.1)
+    probabilities[np.arange(5), pred] = 0.8
+    assert evaluate_tflite(path, x, probabilities) == 1.0
+    cases = {
+        r"`y` is required: integer class labels in \[0, 3\).*Received: y=None": None,
+        r"`y` must be numeric.*dtype <U1": np.array(list("abcde")),
+        r"`y` must be numeric.*dtype bool": np.ones(5, bool),
+        r"must be in \[0, 3\): the model has 3 classes\. Received: y\[2\]=3$": [0, 1, 3, 5, 0],
+        r"must be in \[0, 3\).*Received: y\[0\]=-1$": [-1, 0, 0, 0, 0],
+        r"must be in \[0, 3\).*Received: y\[1\]=7\.0$": [0.0, 7.0, 0.0, 0.0, 0.0],
+        r"whole numbers.*Received: y\[0\]=0\.5$": np.full(5, 0.5),
+        r"whole numbers.*Received: y\[3\]=nan$": [0, 1, 2, np.nan, 0],
+        r"of shape \(n, 3\)\. Received: y of shape \(5, 5\)": np.eye(5),
+        r"of shape \(n, 3\)\. Received: y of shape \(5, 3, 1\)": np.zeros((5, 3, 1)),
+        r"of shape \(n, 3\)\. Received: y of shape \(\)": 1,
+        r"One-hot / probability labels must be finite.*y\[1\]": np.where(
+            np.arange(15).reshape(5, 3) == 4, np.nan, probabilities),
+        r"same number of samples\. Received: 5 samples in x, 4 labels in y": pred[:4],
+    }
+    for message, y in cases.items():
+        with pytest.raises(ValueError, match=message):
+            evaluate_tflite(path, x, y)
+
+
 # ------------------------------------------------------------------------ atomic writes
 
 
@@ -501,6 +700,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
         "usage:": [saved_model],
         "Unknown command line flag 'bogus'": [saved_model, out, "--bogus"],
         "`batch_size` must be an integer >= 1": [saved_model, out, "--batch_size=0"],
+        "OUT must name the .tflite file to write, not a directory": [saved_model, tmp_path,
+                                                                     "--overwrite"],
     }
     for message, args in cases.items():
         code, stdout, stderr = _cli(monkeypatch, capsys, *args)
