@@ -32,7 +32,9 @@ from ssl_keras.wrap import (
 
 
 def _validate_threshold(value, name="threshold") -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite real number >= 0 (Python or NumPy, not a bool), as a float."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_))
     if not ok or not math.isfinite(value) or value < 0:
         raise ValueError(
             f"`{name}` must be a non-negative finite float. Received: {name}={value!r}"
@@ -41,9 +43,11 @@ def _validate_threshold(value, name="threshold") -> float:
 
 
 def _validate_steps(value, name) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """An integer >= 1 (Python or NumPy, not a bool), as an int."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < 1:
         raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
-    return value
+    return int(value)
 
 
 class _StructureSet:

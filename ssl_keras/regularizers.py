@@ -49,6 +49,13 @@ def _validate_coefficient(value, name: str) -> float:
     return float(value)
 
 
+def _validate_axis(value, name: str) -> int:
+    """A kernel axis: an integer (Python or NumPy, not a bool), as an int."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ValueError(f"`{name}` must be an integer. {_received(name, value)}")
+    return int(value)
+
+
 def _validate_epsilon(value, name: str = "epsilon") -> float:
     """The constant under every square root: a real number > 0 and finite, as a float."""
     if not _is_real(value) or not _finite(value) or value <= 0:
@@ -115,9 +122,8 @@ class GroupLasso(keras.regularizers.Regularizer):
             raise ValueError(f"`normalize` must be a bool. Received: normalize={normalize!r}")
         self.normalize = normalize
         self.epsilon = _validate_epsilon(epsilon)
-        for name, axis in (("in_axis", in_axis), ("out_axis", out_axis)):
-            if not isinstance(axis, int) or isinstance(axis, bool):
-                raise ValueError(f"`{name}` must be an integer. Received: {name}={axis!r}")
+        in_axis = _validate_axis(in_axis, "in_axis")
+        out_axis = _validate_axis(out_axis, "out_axis")
         if in_axis == out_axis:
             raise ValueError(
                 "`in_axis` and `out_axis` must name different axes. "

@@ -520,3 +520,189 @@ def test_callbacks_count_zero_as_thin_does_at_threshold_zero():
     assert history["ssl/d1/filters/zero"] == [1] and history["ssl/d2/channels/zero"] == [1]
     # A Dense kernel's "shapes" are its "channels" (the same rows): listed once.
     assert not [k for k in history if "/shapes/" in k]
+
+
+# --- reestimate_batchnorm on datasets, generators, dicts; NumPy scalars in the validators ---
+
+
+def _bn_stats(model, name="bn"):
+    bn = model.get_layer(name)
+    return bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()
+
+
+def _two_input_bn_model():
+    keras.utils.set_random_seed(11)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    x = keras.layers.Dense(3, name="d")(keras.layers.Concatenate()([a, b]))
+    return keras.Model([a, b], keras.layers.BatchNormalization(name="bn")(x))
+
+
+def test_reestimate_batchnorm_takes_datasets_generators_and_dicts():
+    import tensorflow as tf
+
+    from ssl_keras.callbacks import reestimate_batchnorm
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(1.0, 2.0, size=(10, 5)).astype("float32")
+    model = _bn_model()
+    kernel, bias = (w.numpy() for w in model.get_layer("d").weights)
+    z = x @ kernel + bias
+    # Batches of 4, 4, 2 used as they come, weighted by samples: the mean is that of all 10.
+    sizes, starts = [4, 4, 2], [0, 4, 8]
+    mean = z.mean(0)
+    variance = sum(n * z[s:s + n].var(0) for s, n in zip(starts, sizes, strict=True)) / 10
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(4)
+    labelled = tf.data.Dataset.from_tensor_slices((x, np.zeros((10, 3), "float32"))).batch(4)
+    weighted = tf.data.Dataset.from_tensor_slices(
+        (x, np.zeros((10, 3), "float32"), np.ones(10, "float32"))).batch(4)
+    for data in (dataset, labelled, weighted, (x[s:s + n] for s, n in zip(starts, sizes,
+                                                                       strict=True)),
+                 iter([(x[:4],), (x[4:8],), (x[8:],)])):
+        model = _bn_model()
+        assert reestimate_batchnorm(model, data) == 1
+        np.testing.assert_allclose(_bn_stats(model)[0], mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(_bn_stats(model)[1], variance, rtol=1e-4)
+        assert model.get_layer("bn").momentum == 0.99
+    # max_batches: the first batch only; a dataset repeating forever needs it.
+    model = _bn_model()
+    assert reestimate_batchnorm(model, dataset.repeat(), max_batches=1) == 1
+    np.testing.assert_allclose(_bn_stats(model)[0], z[:4].mean(0), rtol=1e-5, atol=1e-6)
+    drawn = []
+
+    def generator():
+        for k in range(100):
+            drawn.append(k)
+            yield x[:4]
+
+    reestimate_batchnorm(_bn_model(), generator(), max_batches=np.int64(2))
+    assert drawn == [0, 1]  # no batch drawn beyond max_batches
+
+    # Two inputs: a list of arrays, a dict by input name, a dataset of ({...}, y) all agree.
+    xa = rng.normal(size=(8, 3)).astype("float32")
+    xb = rng.normal(size=(8, 2)).astype("float32")
+    results = []
+    for data, kwargs in (([xa, xb], {"batch_size": 4}), ((xa, xb), {"batch_size": 4}),
+                         ({"a": xa, "b": xb}, {"batch_size": 4}),
+                         (tf.data.Dataset.from_tensor_slices(
+                             ({"a": xa, "b": xb}, np.zeros(8))).batch(4), {}),
+                         (tf.data.Dataset.from_tensor_slices(((xa, xb),)).batch(4), {})):
+        model = _two_input_bn_model()
+        assert reestimate_batchnorm(model, data, **kwargs) == 1
+        results.append(_bn_stats(model))
+    k2, b2 = (w.numpy() for w in model.get_layer("d").weights)
+    z2 = (np.concatenate([xa, xb], axis=1) @ k2 + b2).reshape(2, 4, 3)
+    for got in results:
+        np.testing.assert_allclose(got[0], z2.mean(1).mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[1], z2.var(1).mean(0), rtol=1e-4)
+
+
+def test_reestimate_batchnorm_refuses_bad_data_and_keeps_the_statistics():
+    import tensorflow as tf
+
+    from ssl_keras.callbacks import reestimate_batchnorm
+
+    model = _bn_model()
+    x = np.random.default_rng(1).normal(size=(12, 5)).astype("float32")
+    reestimate_batchnorm(model, x, batch_size=4)
+    before = _bn_stats(model)
+
+    def unchanged():
+        for a, b in zip(before, _bn_stats(model), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert model.get_layer("bn").momentum == 0.99
+
+    nan = x.copy()
+    nan[9, 2] = np.nan
+    kept = nan.copy()
+    with pytest.raises(ValueError, match=r"`x` must hold finite values only.*NaN or inf"):
+        reestimate_batchnorm(model, nan, batch_size=4)
+    np.testing.assert_array_equal(nan, kept)  # the input is not modified
+    unchanged()
+    reestimate_batchnorm(model, nan, batch_size=4, max_batches=2)  # the NaN is not used
+    model = _bn_model()
+    reestimate_batchnorm(model, x, batch_size=4)
+    before = _bn_stats(model)
+    # A NaN in the fourth batch of a generator: the first three batches were already run.
+    with pytest.raises(ValueError, match=r"`x` \(batch 3\) must hold finite values only"):
+        reestimate_batchnorm(model, (nan[k:k + 3] for k in range(0, 12, 3)))
+    unchanged()
+    inf = tf.data.Dataset.from_tensor_slices(np.where(np.isnan(nan), np.inf, nan)).batch(4)
+    with pytest.raises(ValueError, match=r"`x` \(batch 2\) must hold finite values only"):
+        reestimate_batchnorm(model, inf)
+    unchanged()
+    # An error in the model on a later batch (wrong feature size) also restores them.
+    with pytest.raises(ValueError):
+        reestimate_batchnorm(model, iter([x[:4], x[4:8], np.ones((4, 7), "float32")]))
+    unchanged()
+
+    nested = x.tolist()
+    with pytest.raises(TypeError, match=r"`x` is a list: a list or tuple must hold one array "
+                                        r"per model input.*np.asarray.*of type list"):
+        reestimate_batchnorm(model, nested)
+    with pytest.raises(TypeError, match=r"`x` must be a NumPy array.*tf.data.Dataset.*"
+                                        r"Received: x=None \(of type NoneType\)"):
+        reestimate_batchnorm(model, None)
+    with pytest.raises(TypeError, match=r"`x` must be a NumPy array.*Received: x='abc'"):
+        reestimate_batchnorm(model, "abc")
+    with pytest.raises(ValueError, match=r"takes 1 input\(s\), but `x` holds 2 array\(s\)"):
+        reestimate_batchnorm(model, [x, x])
+    with pytest.raises(ValueError, match=r"takes 1 input\(s\), but `x` \(batch 0\) holds 2.*"
+                                         r"\(x, y\)"):
+        reestimate_batchnorm(model, iter([((x, x), x)]))
+    with pytest.raises(ValueError, match=r"must be x, \(x,\), \(x, y\) or \(x, y, sample_"
+                                         r"weight\). Received: a tuple of 4 elements"):
+        reestimate_batchnorm(model, iter([(x, x, x, x)]))
+    with pytest.raises(ValueError, match=r"batch dimension.*shape \(\)"):
+        reestimate_batchnorm(model, np.float32(1.0))
+    with pytest.raises(ValueError, match=r"yields batches forever.*max_batches=None"):
+        reestimate_batchnorm(model, tf.data.Dataset.from_tensor_slices(x).batch(4).repeat())
+    with pytest.raises(ValueError, match=r"at least one batch with samples"):
+        reestimate_batchnorm(model, iter([]))
+    two = _two_input_bn_model()
+    with pytest.raises(ValueError, match=r"same number of samples. Received: `x\['a'\]` with "
+                                         r"4, `x\['b'\]` with 3"):
+        reestimate_batchnorm(two, {"a": np.ones((4, 3)), "b": np.ones((3, 2))})
+    with pytest.raises(ValueError, match=r"Missing data for input \"b\""):  # Keras's check
+        reestimate_batchnorm(two, {"a": np.ones((4, 3)), "c": np.ones((4, 2))})
+    unchanged()
+    # Finite data but a model that makes non-finite statistics: refused, the old ones kept.
+    broken = _bn_model()
+    kernel = broken.get_layer("d").kernel.numpy()
+    kernel[0, 0] = np.inf
+    broken.get_layer("d").kernel.assign(kernel)
+    with pytest.raises(ValueError, match=r"statistics of BatchNorm layer 'bn' are not finite"):
+        reestimate_batchnorm(broken, x, batch_size=4)
+    np.testing.assert_array_equal(broken.get_layer("bn").moving_mean.numpy(), np.zeros(3))
+
+
+def test_validators_take_numpy_scalars_and_still_refuse_bools_and_strings():
+    from ssl_keras.callbacks import reestimate_batchnorm
+
+    model = _mlp()
+    assert SparsityMonitor(threshold=np.float32(1e-4)).threshold == pytest.approx(1e-4)
+    assert type(SparsityMonitor(threshold=np.int64(0)).threshold) is float
+    zero = ZeroSmallGroups(np.float32(0.5), every_n_steps=np.int64(2))
+    assert type(zero.threshold) is float and type(zero.every_n_steps) is int
+    assert zero.every_n_steps == 2
+    assert ProximalGroupLasso(coefficient=np.float32(0.25)).coefficient == 0.25
+    assert freeze_zero_groups(model, threshold=np.float32(0.1)).threshold == pytest.approx(0.1)
+    bn = _bn_model()
+    x = np.ones((8, 5), "float32")
+    assert reestimate_batchnorm(bn, x, batch_size=np.int64(4), max_batches=np.int32(1)) == 1
+    reg = ssl_keras.GroupLasso(filters=np.float32(0.5), in_axis=np.int64(0),
+                               out_axis=np.int32(1))
+    assert (reg.in_axis, reg.out_axis) == (0, 1) and type(reg.in_axis) is int
+    json.dumps(reg.get_config())
+    for bad in (True, np.bool_(True), "0.1", np.float32(np.nan), np.float32(-1.0)):
+        with pytest.raises(ValueError, match=r"`threshold` must be a non-negative finite"):
+            SparsityMonitor(threshold=bad)
+        with pytest.raises(ValueError, match=r"`coefficient` must be a non-negative finite"):
+            ProximalGroupLasso(coefficient=bad)
+    for bad in (True, "2", np.float64(2.0), np.int64(0)):
+        with pytest.raises(ValueError, match=r"`every_n_steps` must be an integer >= 1"):
+            ZeroSmallGroups(every_n_steps=bad)
+        with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1"):
+            reestimate_batchnorm(bn, x, batch_size=bad)
+    for bad in (True, np.bool_(False), "0", np.float64(0.0)):
+        with pytest.raises(ValueError, match=r"`in_axis` must be an integer\. Received"):
+            ssl_keras.GroupLasso(in_axis=bad)
