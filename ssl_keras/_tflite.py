@@ -259,7 +259,12 @@ def write_atomic(path: str, content: bytes, overwrite: bool) -> None:
     A reader never sees a partly written file.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path), suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path),
+                                   suffix=".tmp")
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, f"Cannot write to the directory of {path!r}: "
+                               f"{e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)

@@ -496,7 +496,7 @@ def evaluate_tflite(path, x, y, batch_size=None, output=None) -> float:
 
 
 def _fail(message: str):
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"ssl_keras.export: error: {' '.join(str(message).split())}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -562,9 +562,12 @@ def _main(argv, FLAGS):
         _fail(f"--quantize must be one of {modes}. Received: --quantize={FLAGS.quantize!r}")
     if quantize == "int8" and FLAGS.calibration is None:
         _fail("--quantize=int8 needs --calibration DATA.npy to calibrate activation ranges.")
-    if os.path.isdir(out_path):
+    if not out_path or os.path.isdir(out_path):
         _fail(f"OUT must name the .tflite file to write, not a directory. "
               f"Received: OUT={out_path!r}")
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK | os.X_OK):
+        _fail(f"OUT must be in an existing, writable directory. Received: OUT={out_path!r}")
     if os.path.exists(out_path) and not FLAGS.overwrite:
         _fail(f"The output file already exists; pass --overwrite to replace it. "
               f"Received: OUT={out_path!r}")
@@ -577,7 +580,7 @@ def _main(argv, FLAGS):
             num_calibration_samples=FLAGS.num_calibration_samples,
             allow_select_ops=FLAGS.allow_select_ops,
         )
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         _fail(str(error))
     print(report.to_json() if FLAGS.json else report)
 

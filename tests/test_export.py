@@ -702,6 +702,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
         "`batch_size` must be an integer >= 1": [saved_model, out, "--batch_size=0"],
         "OUT must name the .tflite file to write, not a directory": [saved_model, tmp_path,
                                                                      "--overwrite"],
+        "OUT must be in an existing, writable directory": [saved_model,
+                                                           tmp_path / "no" / "x.tflite"],
     }
     for message, args in cases.items():
         code, stdout, stderr = _cli(monkeypatch, capsys, *args)
@@ -711,7 +713,8 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
     assert not out.exists() and existing.read_bytes() == b"x"
     code, _, stderr = _cli(monkeypatch, capsys, saved_model, out, "--quantize=int3")
     assert code == 2
-    assert stderr == ("error: --quantize must be one of float32, float16, dynamic, int8. "
+    assert stderr == ("ssl_keras.export: error: --quantize must be one of float32, float16, "
+                      "dynamic, int8. "
                       "Received: --quantize='int3'\n")
     code, stdout, _ = _cli(monkeypatch, capsys, "--help")
     assert code == 0 and "python -m ssl_keras.export MODEL.keras" in stdout
