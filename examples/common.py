@@ -62,7 +62,10 @@ def main(recipe: Recipe, argv=None) -> int:
         print_help(text)
         return 0
     try:
-        fv(argv)
+        rest = fv(argv)
+        if len(rest) > 1:
+            raise UsageError(f"unexpected arguments (every setting is a --flag; see --help). "
+                             f"Received: {rest[1:]}")
         cfg = config_from_flags(fv, recipe)
     except (flags.Error, UsageError) as e:
         print(f"{recipe.name}: error: {e}", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from collections.abc import Callable
 
 from absl import flags
@@ -254,8 +256,30 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     if not 0 <= values["validation_split"] < 1:
         raise UsageError("--validation_split must be in [0, 1). "
                          f"Received: --validation_split={values['validation_split']}")
+    for name, value in values.items():  # the range checks above let inf through
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{name} must be a finite number. Received: --{name}={value}")
+    for name in ("out_dir", "data_dir"):
+        if values.get(name) is not None and not str(values[name]).strip():
+            raise UsageError(f"--{name} must not be empty (leave the flag out for the "
+                             f"default). Received: --{name}=''")
+    _check_out_dir(values["out_dir"])
     fields = {f.name for f in dataclasses.fields(Config)}
     return Config(**{k: v for k, v in values.items() if k in fields})
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """--out_dir: an existing folder, or one that can be made (its nearest existing parent
+    is a writable folder), before anything is trained."""
+    path = os.path.abspath(out_dir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"--out_dir must be a folder. Received: --out_dir={out_dir!r}, a file")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out_dir must be a folder this user can write to (or create). "
+                         f"Received: --out_dir={out_dir!r} ({parent!r} is not writable)")
 
 
 def _round_to(text) -> int | dict:

@@ -2,7 +2,8 @@
 
 Where the images come from, in order:
 
-1. `data_dir`, when given: IDX files (`train-images-idx3-ubyte[.gz]`, ...; MNIST and
+1. `data_dir`, when given, and then only there (a `data_dir` without the files is an error,
+   not a reason to use other data): IDX files (`train-images-idx3-ubyte[.gz]`, ...; MNIST and
    Fashion-MNIST) or the CIFAR-10 Python batches (`data_batch_1` ... `test_batch`, directly in
    `data_dir` or in `data_dir/cifar-10-batches-py`).
 2. Fashion-MNIST only: the Debian package `dataset-fashion-mnist`
@@ -147,9 +148,17 @@ def _load_cifar_dir(directory: str):
 def _load_raw(name: str, data_dir: str | None, allow_download: bool):
     """Returns ((x_train, y_train), (x_test, y_test)) as uint8 images and the source."""
     tried = []
-    local_dirs = [data_dir] if data_dir else []
-    if name == "fashion_mnist":
-        local_dirs.append(DEBIAN_FASHION_MNIST)
+    files = (", ".join(CIFAR_BATCHES) if name == "cifar10"
+             else ", ".join(f + "[.gz]" for f in IDX_FILES.values()))
+    if data_dir:  # asked for by name: only there (no silent fall-back to other data)
+        raw = _load_cifar_dir(data_dir) if name == "cifar10" else _load_idx_dir(data_dir)
+        if raw is None:
+            raise DatasetNotFoundError(
+                f"`data_dir` has no {name} files. Expected {files} in it. Received: "
+                f"data_dir={data_dir!r}, which holds {sorted(os.listdir(data_dir))[:8]}"
+            )
+        return raw, data_dir
+    local_dirs = [DEBIAN_FASHION_MNIST] if name == "fashion_mnist" else []
     for directory in local_dirs:
         if os.path.isdir(directory):
             raw = _load_cifar_dir(directory) if name == "cifar10" else _load_idx_dir(directory)
@@ -166,8 +175,6 @@ def _load_raw(name: str, data_dir: str | None, allow_download: bool):
             tried.append(f"keras.datasets.{name} ({type(e).__name__}: {str(e)[:120]})")
     else:
         tried.append(f"keras.datasets.{name} (downloads disabled)")
-    files = (", ".join(CIFAR_BATCHES) if name == "cifar10"
-             else ", ".join(f + "[.gz]" for f in IDX_FILES.values()))
     hint = ("install the Debian package dataset-fashion-mnist, " if name == "fashion_mnist"
             else "")
     raise DatasetNotFoundError(
@@ -207,7 +214,8 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
 
     Args:
         name: "mnist", "fashion_mnist" or "cifar10".
-        data_dir: a directory with the dataset's files (see the module docstring); tried first.
+        data_dir: a directory with the dataset's files (see the module docstring); when
+            given, the only place the data is read from.
         validation_split: the fraction of the (possibly truncated) training set held out for
             validation, in [0, 1).
         seed: seeds the shuffle of the training set before the split and the truncation.

@@ -107,7 +107,12 @@ class Pipeline(ReportMixin):
         if self.cfg.fresh and os.path.isdir(self.work):
             self.log(f"--fresh: deleting the checkpoints in {self.work}")
             shutil.rmtree(self.work)
-        os.makedirs(self.work, exist_ok=True)
+        try:
+            os.makedirs(self.work, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out_dir: cannot create {self.work!r} ({e.strerror or e}). "
+                             f"Expected a folder that can be created. Received: "
+                             f"--out_dir={self.cfg.out_dir!r}") from None
         if os.path.exists(key_path):
             with open(key_path, encoding="utf-8") as f:
                 old = json.load(f)
@@ -150,8 +155,8 @@ class Pipeline(ReportMixin):
             self.data = load(cfg.dataset)
         except datasets.DatasetNotFoundError as e:
             fallback = self.recipe.fallback_dataset
-            if fallback is None or fallback == cfg.dataset:
-                raise
+            if fallback is None or fallback == cfg.dataset or cfg.data_dir:
+                raise  # --data_dir names the data: no other dataset instead
             self.log(f"data: {cfg.dataset} is not available ({str(e)[:160]}...); "
                      f"using {fallback} instead")
             self.dataset = fallback

@@ -143,12 +143,23 @@ def test_fashion_mnist_from_debian_package():
     assert len(np.unique(data.y_train)) == 10
 
 
-def test_missing_dataset_names_the_options(tmp_path):
+def test_missing_dataset_names_the_options():
     with pytest.raises(datasets.DatasetNotFoundError,
                        match=r"Could not load the dataset 'mnist'.*--data_dir.*internet"):
-        datasets.load("mnist", data_dir=str(tmp_path), allow_download=False)
+        datasets.load("mnist", allow_download=False)
     with pytest.raises(datasets.DatasetNotFoundError, match=r"data_batch_1.*test_batch"):
-        datasets.load("cifar10", data_dir=str(tmp_path), allow_download=False)
+        datasets.load("cifar10", allow_download=False)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist", "cifar10"])
+def test_a_data_dir_without_the_files_is_an_error_not_a_fallback(tmp_path, name):
+    """With --data_dir, Fashion-MNIST came from the Debian package (or a download) when the
+    directory had no files: a run on other data than the one asked for."""
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(datasets.DatasetNotFoundError,
+                       match=rf"`data_dir` has no {name} files\. Expected .* Received: "
+                             rf"data_dir='{tmp_path}', which holds \['notes.txt'\]"):
+        datasets.load(name, data_dir=str(tmp_path))
 
 
 def test_missing_data_dir(tmp_path):

@@ -129,6 +129,15 @@ def test_lenet_quick_end_to_end(tmp_path):
     (['--round_to={"conv2": 0}'], r"Received: --round_to='\{\"conv2\": 0\}'"),
     (['--round_to={"conv2": true}'], r"Received: --round_to="),
     (["--round_to={}"], r"Received: --round_to='\{\}'"),
+    (["stray"], r"unexpected arguments \(every setting is a --flag; see --help\)\. "
+                r"Received: \['stray'\]"),
+    (["--out_dir="], r"--out_dir must not be empty .* Received: --out_dir=''"),
+    (["--data_dir="], r"--data_dir must not be empty"),
+    (["--out_dir=/dev/null"], r"--out_dir must be a folder\. Received: --out_dir='/dev/null', "
+                              r"a file"),
+    (["--filters=nan"], r"--filters must be a finite number\. Received: --filters=nan"),
+    (["--lr=inf"], r"--lr must be a finite number\. Received: --lr=inf"),
+    (["--distill_temperature=inf"], r"--distill_temperature must be a finite number"),
 ])
 def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     code, err = _main(argv, capsys)
