@@ -4,6 +4,9 @@
 # the example (e.g. --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for arg in "$@"; do  # help needs no set-up (and works offline)
+  case "$arg" in -h|--help|--helpshort|--helpfull) exec "${PYTHON:-python3}" -m examples.lenet --help;; esac
+done
 bash scripts/setup_env.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 exec "${PYTHON:-python3}" -m examples.lenet "$@"
