@@ -62,6 +62,10 @@ class WeightSlice:
             )
         if not isinstance(self.axis, int) or isinstance(self.axis, bool):
             raise ValueError(f"`axis` must be an integer. Received: axis={self.axis!r}")
+        for name in ("penalize", "optional"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be a bool. "
+                                 f"Received: {name}={getattr(self, name)!r}")
         if isinstance(self.block, bool) or not (
             (isinstance(self.block, int) and self.block >= 1)
             or (isinstance(self.block, str) and self.block)
@@ -120,10 +124,11 @@ class LayerSpec:
             value = getattr(self, field)
             if isinstance(value, WeightSlice):
                 value = (value,)
-            value = tuple(value)
-            if not all(isinstance(v, WeightSlice) for v in value):
+            value = tuple(value) if isinstance(value, (list, tuple)) else None
+            if value is None or not all(isinstance(v, WeightSlice) for v in value):
                 raise ValueError(
-                    f"`{field}` must be a tuple of WeightSlice. Received: {field}={value!r}"
+                    f"`{field}` must be a tuple of WeightSlice. "
+                    f"Received: {field}={getattr(self, field)!r}"
                 )
             object.__setattr__(self, field, value)
         if self.kind is Kind.PRODUCER and not self.produces:
@@ -136,6 +141,18 @@ class LayerSpec:
                 "`consumes`, `produces` and `bias` are only meaningful for Kind.PRODUCER. "
                 f"Received: kind={self.kind}"
             )
+        if isinstance(self.expand, bool) or not (
+                (isinstance(self.expand, int) and self.expand >= 1)
+                or (isinstance(self.expand, str) and self.expand)):
+            raise ValueError(
+                "`expand` must be a positive integer or the name of a layer attribute "
+                f"(e.g. 'depth_multiplier'). Received: expand={self.expand!r}"
+            )
+        if not isinstance(self.affine_safe, bool):
+            raise ValueError(f"`affine_safe` must be a bool. "
+                             f"Received: affine_safe={self.affine_safe!r}")
+        if self.reason is not None and not isinstance(self.reason, str):
+            raise ValueError(f"`reason` must be a string. Received: reason={self.reason!r}")
         if self.kind is not Kind.TIED and (self.tied or self.expand != 1):
             raise ValueError(
                 "`tied` and `expand` are only meaningful for Kind.TIED. "

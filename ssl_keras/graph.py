@@ -225,6 +225,11 @@ class _Graph:
             reason = _constant_operands(node)
         if reason is None and spec.kind in _ONE_INPUT and len(ins) != 1:
             reason = f"expects one input tensor, received {len(ins)}"
+        if reason is None and spec.kind in _WEIGHTLESS and isinstance(op, keras.layers.Layer) \
+                and op.weights:
+            reason = (f"registered as {spec.kind.name} but owns weights "
+                      f"{sorted({v.name for v in op.weights})}, which would not be sliced with "
+                      "the channels: declare them as Kind.TIED slices")
         if reason is not None:
             return self.block(ins, node, path,
                               f"reaches {type(layer).__name__} '{path}' ({reason})")
@@ -269,6 +274,8 @@ class _Graph:
 
 
 _ONE_INPUT = {Kind.PRODUCER, Kind.TIED, Kind.PASSTHROUGH, Kind.GLOBAL_POOL, Kind.FLATTEN}
+# Kinds whose layers keep no per-channel weights (a layer that has some is blocked).
+_WEIGHTLESS = {Kind.PASSTHROUGH, Kind.GLOBAL_POOL, Kind.MERGE_TIE, Kind.CONCAT, Kind.FLATTEN}
 
 
 def _constant_operands(node) -> str | None:

@@ -127,10 +127,10 @@ def unregistered_message(name: str, layer) -> str:
         f"Layer '{name}' (class {cls.__module__}.{cls.__qualname__}) is not registered in "
         "ssl_keras, so its channel coupling is unknown. Supported classes (and their "
         f"subclasses): {_layer_summary()}; ssl_keras.registry.registered_classes() lists "
-        "them all. Register it with "
+        "them all. Register it: "
         f"ssl_keras.register_layer({cls.__name__}, ssl_keras.LayerSpec(ssl_keras.Kind."
-        "PASSTHROUGH)) if output channel c depends only on input channel c, or with "
-        "Kind.BLOCK and a reason if its channels must never be removed."
+        "PASSTHROUGH)) if it has no weights and output channel c depends only on input "
+        "channel c (Kind.TIED if it has per-channel weights), or Kind.BLOCK and a reason."
     )
 
 

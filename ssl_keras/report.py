@@ -25,7 +25,13 @@ def _inner(layer):
     return layer.ssl_inner_layer if isinstance(layer, StructuredSparsity) else layer
 
 
-def _shape(tensor_shape):
+def _shape(tensor_shape, layer=None):
+    """The shape with the batch axis as 1; a None elsewhere is an error (MACs need sizes)."""
+    if any(d is None for d in tuple(tensor_shape)[1:]):
+        raise ValueError(
+            "count_macs needs static shapes: the MACs of a layer depend on the sizes of its "
+            f"inputs and outputs. Received: shape {tuple(tensor_shape)} at layer "
+            f"{getattr(layer, 'name', '?')!r}; build the model with a fixed input size.")
     return [int(d) if d is not None else 1 for d in tensor_shape]
 
 
@@ -38,7 +44,8 @@ def _calls(model):
         op = node.operation
         if not isinstance(op, keras.layers.Layer) or not node.input_tensors:
             continue
-        out.append((op, _shape(node.input_tensors[0].shape), _shape(node.outputs[0].shape)))
+        out.append((op, _shape(node.input_tensors[0].shape, op),
+                    _shape(node.outputs[0].shape, op)))
     return out
 
 

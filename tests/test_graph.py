@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import layers as L  # noqa: E402
 
+import ssl_keras  # noqa: E402
 from examples.models import lenet, resnet  # noqa: E402
 from ssl_keras import registry  # noqa: E402
 from ssl_keras.graph import find_layer, layer_channels, removable_groups  # noqa: E402
@@ -536,3 +537,36 @@ def test_keras_applications_mobilenet_v2():
         "block_1_expand_BN", "block_1_expand_BN", "block_1_expand_BN", "block_1_expand_BN",
         "block_1_depthwise"]
     assert _check_consumers(model, groups, max_groups=3) == 3
+
+
+class _Scale(keras.layers.Layer):
+    """A per-channel scale: output channel c = input channel c * w[c] (it owns weights)."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+
+    def call(self, x):
+        return x * self.w
+
+
+def test_a_passthrough_spec_on_a_layer_with_weights_blocks(clean_registry):
+    """thin() cannot slice weights it does not know of: such a layer blocks, with the reason
+    (thin failed with 'The plan does not fit layer')."""
+    ssl_keras.register_layer(_Scale, ssl_keras.LayerSpec(ssl_keras.Kind.PASSTHROUGH))
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="d1")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d2")(_Scale(name="scale")(x)))
+    k = np.array(model.get_layer("d1").kernel.numpy())
+    k[:, 0] = 0
+    model.get_layer("d1").kernel.assign(k)
+    (group,) = [g for g in removable_groups(model) if g["source"] == "d1" and g["channel"] == 0]
+    assert "registered as PASSTHROUGH but owns weights ['w']" in group["blocked"]
+    assert ssl_keras.thin(model).get_layer("d1").units == 3
+    ssl_keras.register_layer(_Scale, ssl_keras.LayerSpec(ssl_keras.Kind.TIED, tied=(
+        ssl_keras.WeightSlice("w", axis=0, penalize=False),)), overwrite=True)
+    # Declared TIED, the group is analysed; thin says why it keeps it (no crash either way).
+    assert ssl_keras.thinning_plan(model)["groups"]["d1:0"]["why"].startswith(
+        "blocked: thin cannot rebuild layer 'scale' of class _Scale with fewer channels")
+    small = ssl_keras.thin(model)
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-6)

@@ -84,6 +84,8 @@ def test_register_errors(clean_registry):
     (dict(weight="k", axis=True), r"`axis` must be an integer. Received: axis=True"),
     (dict(weight="k", axis=0, block=0), r"`block` must be a positive integer.*block=0"),
     (dict(weight="k", axis=0, block=""), r"`block` must be a positive integer.*block=''"),
+    (dict(weight="k", penalize="yes"), r"`penalize` must be a bool. Received: penalize='yes'"),
+    (dict(weight="k", optional=1), r"`optional` must be a bool. Received: optional=1"),
 ])
 def test_weight_slice_validation(kwargs, match):
     kwargs.setdefault("axis", 0)
@@ -107,6 +109,12 @@ _K = WeightSlice("kernel", -1)
     (dict(kind=Kind.BLOCK), r"A BLOCK spec needs a `reason`.*Received: reason=None"),
     (dict(kind=Kind.PASSTHROUGH, reason="r"), r"`reason` is only meaningful for Kind.BLOCK"),
     (dict(kind=Kind.PASSTHROUGH, check=3), r"`check` must be callable. Received: check=3"),
+    (dict(kind=Kind.PRODUCER, produces=None), r"`produces` must be a tuple of WeightSlice\. "
+                                              r"Received: produces=None"),
+    (dict(kind=Kind.TIED, expand=None), r"`expand` must be a positive integer or the name"),
+    (dict(kind=Kind.TIED, expand=0), r"`expand` must be .*Received: expand=0"),
+    (dict(kind=Kind.BLOCK, reason=5), r"`reason` must be a string. Received: reason=5"),
+    (dict(kind=Kind.PASSTHROUGH, affine_safe="no"), r"`affine_safe` must be a bool"),
 ])
 def test_layer_spec_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -136,3 +136,10 @@ def test_a_model_from_apply_ssl_counts_as_its_layers():
     assert text == summarize(model, thin(model), print_fn=None)
     row = next(line for line in text.splitlines() if line.startswith("conv1"))
     assert row.split()[1] == "Conv2D"
+
+
+def test_count_macs_refuses_unknown_sizes():
+    inputs = keras.Input((None, 3))
+    model = keras.Model(inputs, L.Dense(4)(inputs))
+    with pytest.raises(ValueError, match=r"count_macs needs static shapes.*\(None, None, 3\)"):
+        count_macs(model)

@@ -415,9 +415,10 @@ def test_plan_that_does_not_fit_is_rejected():
         apply_plan(other, plan)
 
 
-def test_constant_add_validates_its_shape():
+@pytest.mark.parametrize("shape", [(0, 3), 3, (2.5,), (True,), ()])
+def test_constant_add_validates_its_shape(shape):
     with pytest.raises(ValueError, match="`shape` must be a non-empty tuple of positive sizes"):
-        ConstantAdd((0, 3))
+        ConstantAdd(shape)
 
 
 # ---------------------------------------------------------------------- keras.applications
