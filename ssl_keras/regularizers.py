@@ -144,6 +144,12 @@ class GroupLasso(keras.regularizers.Regularizer):
         return {s: c for s, c in values.items() if c != 0.0}
 
     def __call__(self, x):
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise ValueError("GroupLasso is called on a weight tensor (a kernel). Received: "
+                             f"x of type {type(x).__name__}")
+        if "float" not in str(x.dtype):
+            raise ValueError("GroupLasso needs a floating-point kernel. "
+                             f"Received: a kernel of dtype {x.dtype}")
         normalize_axes(len(x.shape), self.in_axis, self.out_axis)
         # float16 / bfloat16 kernels: square sums overflow or lose the small groups.
         dtype = "float32" if x.dtype in ("float16", "bfloat16") else x.dtype

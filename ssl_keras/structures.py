@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -61,6 +62,8 @@ def normalize_axes(rank: int, in_axis: int, out_axis: int) -> tuple[int, int]:
         )
     axes = []
     for name, axis in (("in_axis", in_axis), ("out_axis", out_axis)):
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_)):
+            raise ValueError(f"`{name}` must be an integer. Received: {name}={axis!r}")
         if not -rank <= axis < rank:
             raise ValueError(
                 f"`{name}` is out of range for a kernel of rank {rank}. Expected an integer in "
@@ -155,6 +158,11 @@ def group_norms(kernel, structure: Structure | str, in_axis: int = -2,
     >>> group_norms(np.ones((3, 3, 2, 4)), "filters")
     array([4.2426405, 4.2426405, 4.2426405, 4.2426405], dtype=float32)
     """
+    if isinstance(kernel, keras.layers.Layer) or not hasattr(kernel, "shape"):
+        raise ValueError(
+            "`kernel` must be a weight array (a NumPy array, a tensor or a Keras variable, "
+            "e.g. layer.kernel), not a layer or a Python object. "
+            f"Received: kernel of type {type(kernel).__name__}")
     x = np.asarray(ops.convert_to_numpy(kernel), dtype=np.float64)
     if Structure.parse(structure) is Structure.BORDERS:
         bands = border_bands(x.shape, in_axis, out_axis)

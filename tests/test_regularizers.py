@@ -339,3 +339,18 @@ def test_same_values_on_jax_backend(tmp_path):
         stdout = _run(code.replace("{backend}", backend), tmp_path, {"KERAS_BACKEND": backend})
         values[backend] = eval(stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(values["jax"], values["tensorflow"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: group_norms(keras.layers.Dense(3), "filters"),
+     r"`kernel` must be a weight array .* Received: kernel of type Dense"),
+    (lambda: group_norms(np.ones((3, 3)), "filters", in_axis=None),
+     r"`in_axis` must be an integer\. Received: in_axis=None"),
+    (lambda: GroupLasso(filters=1.0)([[1.0, 2.0], [3.0, 4.0]]),
+     r"GroupLasso is called on a weight tensor \(a kernel\)\. Received: x of type list"),
+    (lambda: GroupLasso(filters=1.0)(np.ones((2, 2), "int32")),
+     r"GroupLasso needs a floating-point kernel\. Received: a kernel of dtype int32"),
+])
+def test_wrong_arguments_are_named(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
