@@ -134,13 +134,19 @@ def test_zero_small_groups():
     assert callback.zeroed == 1
 
 
-def test_freeze_zero_groups_keeps_zeros_exact():
+def _mlp_with_unit_1_zero():
+    """_mlp with d1's unit 1 zero on both sides (its column in d1, its row in d2)."""
     model = _mlp()
     k1, k2 = _kernels(model)
     k1[:, 1] = 0.0
     k2[1] = 0.0
     model.get_layer("d1").kernel.assign(k1)
     model.get_layer("d2").kernel.assign(k2)
+    return model, k1, k2
+
+
+def test_freeze_zero_groups_keeps_zeros_exact():
+    model, k1, k2 = _mlp_with_unit_1_zero()
     freeze = ssl_keras.freeze_zero_groups(model, threshold=1e-4)
     assert isinstance(freeze, FreezeZeroGroups) and freeze.frozen_groups >= 2
     model.compile(keras.optimizers.Adam(0.05), "mse")
@@ -504,12 +510,7 @@ def test_interrupted_proximal_fit_switches_the_penalty_gradient_back_on():
 
 def test_callbacks_count_zero_as_thin_does_at_threshold_zero():
     """A group with norm exactly 0 counts as zero at threshold 0, as thin() removes it."""
-    model = _mlp()
-    k1, k2 = _kernels(model)
-    k1[:, 1] = 0.0
-    k2[1] = 0.0
-    model.get_layer("d1").kernel.assign(k1)
-    model.get_layer("d2").kernel.assign(k2)
+    model, _, _ = _mlp_with_unit_1_zero()
     assert ssl_keras.thin(model, threshold=0.0).get_layer("d1").units == 3
     assert ssl_keras.freeze_zero_groups(model, threshold=0.0).frozen_groups >= 1
     monitor = SparsityMonitor(threshold=0.0, verbose=False)

@@ -78,13 +78,17 @@ def test_count_params_matches_keras_and_numpy():
     assert count_params(model) == sum(int(np.prod(w.shape)) for w in model.get_weights())
 
 
-def test_summarize_before_and_after():
+def _two_convs_and_dense():
     inputs = keras.Input((8, 8, 3))
     x = L.Conv2D(6, 3, name="conv1")(inputs)
     x = L.ReLU(name="relu")(x)
     x = L.Conv2D(4, 3, name="conv2")(x)
     x = L.Flatten(name="flat")(x)
-    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    return keras.Model(inputs, L.Dense(2, name="out")(x))
+
+
+def test_summarize_before_and_after():
+    model = _two_convs_and_dense()
     w = np.array(model.get_layer("conv1").kernel.numpy())
     w[..., :3] = 0
     model.get_layer("conv1").kernel.assign(w)
@@ -121,12 +125,7 @@ def test_summarize_marks_removed_layers():
 def test_a_model_from_apply_ssl_counts_as_its_layers():
     from ssl_keras.wrap import apply_ssl
 
-    inputs = keras.Input((8, 8, 3))
-    x = L.Conv2D(6, 3, name="conv1")(inputs)
-    x = L.ReLU(name="relu")(x)
-    x = L.Conv2D(4, 3, name="conv2")(x)
-    x = L.Flatten(name="flat")(x)
-    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    model = _two_convs_and_dense()
     ssl_model = apply_ssl(model, filters=1e-3, channels=1e-3)
     assert type(ssl_model.get_layer("conv1")).__name__ == "StructuredSparsity"
     assert count_macs(ssl_model, per_layer=True) == count_macs(model, per_layer=True)
