@@ -123,3 +123,77 @@ def test_end_to_end_from_keras3_weights(tmp_path):
     assert all(0.0 <= f["accuracy"] <= 1.0 for f in m["files"])
     # the sparsity flag makes the element-wise file smaller
     assert by["elementwise_sparseflag"]["size_bytes"] < by["elementwise"]["size_bytes"]
+
+
+def only_line(p):
+    """The error line, asserting it is the only line on stderr (no TensorFlow start-up
+    lines: the check came before TensorFlow was imported, or they were silenced)."""
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tflite_bench.baselines: error: "), p.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--out={tmp}/text.txt"], "--out is a file. Expected: a folder"),
+    (["--out={tmp}/text.txt/sub"], "its parent folder {tmp}/text.txt is a file"),
+    (["--out={tmp}/no/such"], "its parent folder {tmp}/no does not exist"),
+    (["--out=/proc/baselines"], "No file can be created in the output folder '/proc'"),
+    (["--out="], "--out is empty"),
+    (["--out={tmp}/out", "--filters=3"], "--filters takes two positive integers"),
+    (["--out={tmp}/out", "--filters=0,5"], "Received: --filters=0,5"),
+    (["--out={tmp}/out", "--filters=3,x"], "Received: --filters=3,x"),
+    (["--out={tmp}/out", "--filters=3,12,4"], "Received: --filters=3,12,4"),
+    (["--out={tmp}/out", "--filters="], "Received: --filters="),
+    (["--out={tmp}/out", "--weights={tmp}/text.keras"],
+     "--weights is not a valid .keras file"),
+    (["--out={tmp}/out", "--weights={tmp}"], "--weights: it is a directory"),
+    (["--out={tmp}/out", "--weights="], "--weights is empty"),
+    (["--out={tmp}/out", "--data="], "--data is empty"),
+    (["--out={tmp}/out", "extra"], "unexpected arguments"),
+])
+def test_cli_checks_before_tensorflow(tmp_path, args, match):
+    (tmp_path / "text.txt").write_text("text\n")
+    (tmp_path / "text.keras").write_text("text\n")
+    line = only_line(cli("--arch=lenet", *[a.format(tmp=tmp_path) for a in args]))
+    assert match.format(tmp=tmp_path) in line
+    assert sorted(os.listdir(tmp_path)) == ["text.keras", "text.txt"]  # no --out folder
+
+
+def test_cli_no_dash_boolean_flag(tmp_path):
+    (tmp_path / "lenet_dense.tflite").write_bytes(b"x")
+    line = only_line(cli("--arch", "lenet", "--out", tmp_path, "--no-overwrite"))
+    assert "Output files exist; pass --overwrite" in line
+
+
+def test_cli_data_must_fit_the_model(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x_train=rng.random((4, 5), np.float32),
+             y_train=np.zeros(4, np.int64), x_test=rng.random((4, 5), np.float32),
+             y_test=np.zeros(4, np.int64))
+    line = only_line(cli("--arch=lenet", f"--data={tmp_path / 'd.npz'}",
+                         f"--out={tmp_path / 'out'}"))
+    assert "--data: the inputs in x_train do not fit the model. Expected: shape (N, 28, 28, 1)" \
+        in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_error_after_tensorflow_is_one_line(tmp_path):
+    # a LeNet-like model whose conv1 is 3x3: the widths fit, the shapes only fail once the
+    # tf_keras model is built, after the TensorFlow import
+    script = (
+        "import keras, sys\n"
+        "L = keras.layers\n"
+        "i = keras.Input((28, 28, 1))\n"
+        "x = L.MaxPooling2D(2, name='pool1')(L.Conv2D(2, 3, name='conv1')(i))\n"
+        "x = L.MaxPooling2D(2, name='pool2')(L.Conv2D(3, 5, name='conv2')(x))\n"
+        "o = L.Dense(10, name='ip2')(L.Dense(8, name='ip1')(L.Flatten(name='flatten')(x)))\n"
+        "keras.Model(i, o).save(sys.argv[1])\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.keras")], check=True,
+                   capture_output=True, env=env, timeout=300)
+    line = only_line(cli("--arch=lenet", f"--weights={tmp_path / 'm.keras'}",
+                         f"--out={tmp_path / 'out'}"))
+    assert "--weights: the shapes of layer 'conv1' do not fit the rebuilt architecture" in line
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]  # no empty --out folder left behind

@@ -5,9 +5,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from absl import flags
+from ai_edge_litert import schema_py_generated as fb
 
-from tests.bench_helpers import fc_model, install_fake_adb
+from tests.bench_helpers import OPS, T, build_tflite, fc_model, install_fake_adb
+from tflite_bench import _cli, report
 from tflite_bench.runner import ENTRY_KEYS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,23 +58,56 @@ def test_full_run_writes_outputs(models, tmp_path):
     assert "The output file exists; pass --overwrite" in line
 
 
-def test_bad_models_are_reported_and_others_measured(models, tmp_path):
+def test_bad_models_are_refused_before_the_run(models, tmp_path):
     corrupt = tmp_path / "corrupt.tflite"
     corrupt.write_bytes(b"garbage" * 10)
     p = cli(models["big"], tmp_path / "missing.tflite", corrupt, models["small"], "--runs", "4",
             "--warmup", "0", "--noprogress", "--json", tmp_path / "o.json")
-    lines = one_line_error(p)
-    assert len(lines) == 2
-    assert "missing.tflite: No such .tflite file" in lines[0]
-    assert "corrupt.tflite: The file is not a TFLite flatbuffer" in lines[1]
-    r = json.loads((tmp_path / "o.json").read_text())
-    assert [e["error"] is None for e in r["models"]] == [True, False, False, True]
-    assert r["models"][3]["speedup_vs_first"] is not None
+    (line,) = one_line_error(p)
+    assert line.startswith("tflite_bench: error: 2 models cannot be used: ")
+    assert "missing.tflite: No such .tflite file" in line
+    assert "corrupt.tflite: The file is not a TFLite flatbuffer" in line
+    assert p.stdout == ""  # nothing was measured
+    assert sorted(os.listdir(tmp_path)) == ["corrupt.tflite"]
+
+
+def test_typo_in_a_model_path_writes_nothing(models, tmp_path):
+    # review item 1: the typo was reported, but OUT.json was written (and the rerun refused)
+    out = tmp_path / "OUT.json"
+    p = cli("--runs=5", "--noprogress", f"--json={out}", models["big"],
+            models["dir"] / "typo.tflite")
+    (line,) = one_line_error(p)
+    assert "typo.tflite: No such .tflite file" in line
+    assert not out.exists() and p.stdout == ""
+    p = cli("--runs=5", "--noprogress", f"--json={out}", models["big"], models["small"])
+    assert p.returncode == 0, p.stderr
+    assert len(json.loads(out.read_text())["models"]) == 2
+
+
+def test_model_failing_at_run_time_writes_nothing(models, tmp_path):
+    bad = _bad_alloc_model(tmp_path / "bad_alloc.tflite")
+    p = cli("--runs=5", "--warmup=0", "--noprogress", "--json", tmp_path / "o.json",
+            "--markdown", tmp_path / "o.md", models["small"], bad)
+    (line,) = one_line_error(p)
+    assert "bad_alloc.tflite: " in line and "nothing written: --json, --markdown" in line
+    assert "| small.tflite | 1 |" in p.stdout  # the others are measured and shown
+    assert "| bad_alloc.tflite | 1 | error: " in p.stdout
+    assert sorted(os.listdir(tmp_path)) == ["bad_alloc.tflite"]
+
+
+def _bad_alloc_model(path):
+    """A flatbuffer that model_info reads but that fails in allocate_tensors."""
+    opts = fb.FullyConnectedOptionsT()
+    return build_tflite(
+        path, [((1, 8), T.FLOAT32), ((4, 9), T.FLOAT32, np.ones((4, 9), np.float32)),
+               ((1, 4), T.FLOAT32)],
+        [(OPS.FULLY_CONNECTED, [0, 1, -1], [2], fb.BuiltinOptions.FullyConnectedOptions,
+          opts)], [0], [2])
 
 
 @pytest.mark.parametrize("args, match", [
     (["--bogus"], "Unknown command line flag 'bogus'"),
-    (["--threads", "a"], "--threads and --cores take comma-separated integers"),
+    (["--threads", "a"], "--threads takes comma-separated integers"),
     (["--threads", "0"], "--threads must be positive"),
     (["--runs", "0"], "flag --runs=0"),
     (["--kernels", "gpu"], "flag --kernels=gpu"),
@@ -148,3 +185,157 @@ def test_adb_with_fake_device(models, tmp_path):
         ("big.tflite", 1), ("big.tflite", 4), ("small.tflite", 1), ("small.tflite", 4)]
     assert r["models"][2]["speedup_vs_first"] == 4.0
     assert "--num_runs=50 --warmup_runs=5" in (tmp_path / "adb.log").read_text()
+
+
+# Output paths: every one is checked before the benchmark (review item 2).
+
+@pytest.mark.parametrize("args, match", [
+    (["--json=/proc/x"], "No file can be created in the output folder '/proc'"),
+    (["--json={tmp}/a.json", "--markdown=/proc/x"], "Received: --markdown='/proc/x'"),
+    (["--plot=/proc/x.png"], "Received: --plot='/proc/x.png'"),
+    (["--json={tmp}/same.out", "--markdown={tmp}/./same.out"],
+     "--json and --markdown name the same file"),
+    (["--json={tmp}/d", "--overwrite"], "--json is an existing directory"),
+    (["--json={tmp}/d"], "--json is an existing directory"),
+    (["--markdown={tmp}/new/"], "--markdown ends with a path separator"),
+    (["--json={model}", "--overwrite"], "--json is also an input of this run"),
+])
+def test_output_paths_checked_before_the_run(models, tmp_path, args, match):
+    (tmp_path / "d").mkdir()
+    args = [a.format(tmp=tmp_path, model=models["small"]) for a in args]
+    p = cli("--runs=5", "--noprogress", models["small"], *args)
+    (line,) = one_line_error(p)
+    assert match in line and ".tmp-" not in line
+    assert p.stdout == ""  # refused before the benchmark
+    assert os.listdir(tmp_path) == ["d"]
+
+
+def test_failed_write_removes_what_the_run_wrote(models, tmp_path, monkeypatch, capsys):
+    from tflite_bench import __main__ as bench
+
+    real_replace = os.replace
+
+    def replace(src, dst):  # the Markdown file cannot be moved into place
+        if str(dst).endswith(".md"):
+            raise PermissionError(13, "Permission denied")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(report.os, "replace", replace)
+    (tmp_path / "old.json").write_text("old")
+    code = bench.main(["tflite_bench", str(models["small"]), "--runs=5", "--warmup=0",
+                       "--noprogress", f"--json={tmp_path / 'o.json'}",
+                       f"--markdown={tmp_path / 'o.md'}", f"--plot={tmp_path / 'o.png'}"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "| small.tflite | 1 |" in out  # the table is printed before the files are written
+    (line,) = err.strip().splitlines()
+    assert line.startswith("tflite_bench: error: Cannot write the output file (Permission "
+                           "denied). Received: path=") and "o.md" in line
+    assert os.listdir(tmp_path) == ["old.json"]  # o.json was written, then removed again
+
+
+def test_write_files_is_all_or_nothing(tmp_path):
+    (tmp_path / "keep.md").write_text("old")
+    with pytest.raises(FileNotFoundError, match=r"Received: path='/proc/x'") as e:
+        report.write_files({tmp_path / "a.json": "{}", tmp_path / "keep.md": "new",
+                            "/proc/x": b"x"}, overwrite=True)
+    assert ".tmp-" not in str(e.value)
+    assert os.listdir(tmp_path) == ["keep.md"] and (tmp_path / "keep.md").read_text() == "old"
+
+
+# Empty values (review item 3).
+
+@pytest.mark.parametrize("args, match", [
+    (["--json=", "--markdown=", "--plot="], "--json is empty. Expected: a file path"),
+    (["--markdown="], "--markdown is empty"),
+    (["--plot="], "--plot is empty"),
+    (["--threads="], "--threads is empty"),
+    (["--cores="], "--cores is empty"),
+])
+def test_empty_values_are_refused(models, args, match):
+    (line,) = one_line_error(cli("--runs=5", "--noprogress", models["small"], *args))
+    assert match in line
+
+
+def test_empty_parse_log_is_refused():
+    (line,) = one_line_error(cli("--parse-log="))
+    assert "--parse_log is empty" in line
+
+
+# Duplicates (review item 5).
+
+def test_same_model_twice_is_refused(models, tmp_path):
+    same = os.path.join(os.path.dirname(models["small"]), ".", "small.tflite")
+    for args in ([models["small"], models["small"]], [models["small"], same]):
+        p = cli("--runs=5", "--noprogress", "--json", tmp_path / "o.json", *args)
+        (line,) = one_line_error(p)
+        assert "A model is given twice" in line and p.stdout == ""
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_repeated_thread_count_is_refused(models):
+    (line,) = one_line_error(cli("--runs=5", "--threads=1,1", models["small"]))
+    assert "--threads lists 1 more than once" in line
+
+
+def test_benchmark_api_refuses_duplicates(models):
+    from tflite_bench import benchmark
+
+    with pytest.raises(ValueError, match="lists the same model more than once"):
+        benchmark([models["small"], str(models["small"])], runs=2)
+    with pytest.raises(ValueError, match="lists a thread count more than once"):
+        benchmark([models["small"]], threads=(1, 1), runs=2)
+
+
+# Messages (review item 6).
+
+def test_bad_cores_names_cores(models):
+    (line,) = one_line_error(cli("--runs=5", "--cores=1,x", models["small"]))
+    assert "--cores takes comma-separated integers. Received: --cores=1,x" in line
+    assert "--threads" not in line
+
+
+def test_no_dash_boolean_flags(models, tmp_path):
+    (tmp_path / "o.json").write_text("old")
+    p = cli("--runs=5", "--warmup=0", "--no-progress", "--no-overwrite", models["small"],
+            "--json", tmp_path / "o.json")
+    (line,) = one_line_error(p)  # --no-overwrite is understood: the file is refused
+    assert "The output file exists; pass --overwrite" in line
+    p = cli("--runs=5", "--warmup=0", "--no-progress", models["small"])
+    assert p.returncode == 0, p.stderr
+    assert "%" not in p.stderr  # no progress bar
+
+
+def test_normalize_maps_no_dash_only_for_boolean_flags():
+    from tflite_bench import demo
+    from tflite_bench.__main__ import _normalize
+
+    argv = ["p", "--no-progress", "--no_overwrite", "--no-runs", "--no-xnnpack", "--round-size=3",
+            "--no-such-flag", "x.tflite", "--", "--no-progress"]
+    assert _normalize(argv) == [
+        "p", "--noprogress", "--nooverwrite", "--no_runs", "--kernels=builtin", "--round_size=3",
+        "--no_such_flag", "x.tflite", "--", "--no-progress"]
+    assert _cli.normalize(["p", "--no-progress"]) == ["p", "--no_progress"]  # no FlagValues
+    fv = flags.FlagValues()
+    flags.DEFINE_bool("verbose", True, "", flag_values=fv)
+    flags.DEFINE_bool("no_verbose_log", False, "", flag_values=fv)  # a flag named no_...
+    assert _cli.normalize(["p", "--no-verbose", "--no-verbose-log"], flag_values=fv) == [
+        "p", "--noverbose", "--no_verbose_log"]
+    # tflite_bench.demo keeps working, and takes --no-overwrite
+    demo.FLAGS.unparse_flags()
+    demo.FLAGS(_cli.normalize(["demo", "--out=x", "--no-overwrite"], flag_values=demo.FLAGS))
+    assert demo.FLAGS.overwrite is False and demo.FLAGS.out == "x"
+    demo.FLAGS.unparse_flags()
+
+
+# A log without timings (review item 7).
+
+def test_parse_log_without_timing_is_refused(tmp_path):
+    log = tmp_path / "init_only.log"
+    log.write_text("INFO: Graph: [/data/local/tmp/m.tflite]\n"
+                   "INFO: Inference timings in us: Init: 5000\n")
+    p = cli("--parse-log", log, "--json", tmp_path / "o.json", "--plot", tmp_path / "o.png")
+    (line,) = one_line_error(p)
+    assert "no inference time for run 1 of 1 (graph /data/local/tmp/m.tflite)" in line
+    assert "Expected: 'Inference (avg): N'" in line
+    assert sorted(os.listdir(tmp_path)) == ["init_only.log"]

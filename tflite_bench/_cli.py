@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -12,16 +13,72 @@ class UsageError(Exception):
     """Bad command-line input: reported on one line, exit code 2."""
 
 
-def normalize(argv, aliases=None):
-    """Accepts --flag-name as --flag_name; `aliases` maps a flag name to its replacement."""
+def normalize(argv, aliases=None, flag_values=None):
+    """Accepts --flag-name as --flag_name, and --no-flag-name as absl's --noflag_name.
+
+    Args:
+        argv: the command line, program name first.
+        aliases: maps a flag name (underscores) to its replacement, e.g.
+            {"no_xnnpack": "kernels=builtin"}.
+        flag_values: the command's `absl.flags.FlagValues`. With it, `--no-NAME` / `--no_NAME`
+            becomes `--noNAME` when NAME is a boolean flag of `flag_values` (and `no_NAME`
+            is not a flag itself); without it, they are left to absl.
+
+    Returns:
+        The new argv. Arguments after a bare `--` are left as they are.
+    """
     out = []
-    for a in argv:
-        if a.startswith("--") and a != "--":
+    for i, a in enumerate(argv):
+        if a == "--":
+            out.extend(argv[i:])
+            break
+        if a.startswith("--"):
             name, eq, value = a[2:].partition("=")
             name = name.replace("-", "_")
-            a = "--" + aliases[name] if aliases and name in aliases else "--" + name + eq + value
+            if aliases and name in aliases:
+                a = "--" + aliases[name]
+            else:
+                if _is_negated_bool(name, flag_values):
+                    name = "no" + name[3:]
+                a = "--" + name + eq + value
         out.append(a)
     return out
+
+
+def _is_negated_bool(name, flag_values):
+    """True if `name` is no_X for a boolean flag X of `flag_values` (and no_X is no flag)."""
+    if flag_values is None or not name.startswith("no_") or name in flag_values:
+        return False
+    base = name[3:]
+    return base in flag_values and bool(getattr(flag_values[base], "boolean", False))
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Sends file descriptor 2 to /dev/null inside the block if TF_CPP_MIN_LOG_LEVEL >= 1.
+
+    For the lines TensorFlow's C++ code prints whatever the log level (start-up INFO lines,
+    CUDA's "failed call to cuInit" on a machine without a GPU). Python exceptions raised in the
+    block still propagate, and are reported after stderr is restored.
+    """
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    if level < 1:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def one_line(error) -> str:

@@ -21,7 +21,11 @@ Writes to DIR, for ARCH and sparsity S (in percent):
 Without --data the pruning is one-shot (masks computed once from the magnitudes, no
 fine-tuning): the point is the latency at a given sparsity, not the accuracy. With --data
 (.npz with x_train, y_train, x_test, y_test) the pruned model is fine-tuned --steps steps and
-test accuracies are reported. Errors print one line and exit with code 2.
+test accuracies are reported. Errors print one line and exit with code 2: the flags (--out a
+folder or a folder to create in an existing folder, --filters two positive integers, --weights
+a .keras file, --data the arrays the model takes) are checked before TensorFlow is imported;
+the files are written only once all are converted, and a failed run leaves no --out folder it
+created.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 from absl import flags
 
@@ -55,7 +60,8 @@ flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output folder.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace existing files in --out.", flag_values=FLAGS)
 
-
+USAGE = "python -m tflite_bench.baselines --arch lenet --sparsity 0.9 --out DIR"
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _file_names(arch, sparsity):
@@ -73,8 +79,6 @@ def _dump_keras3_weights(path):
     """Runs tflite_bench._keras3_weights in a Keras 3 process; returns {key: array}."""
     import numpy as np
 
-    if not os.path.isfile(path):
-        raise UsageError(f"--weights: no such file. Received: --weights={path}")
     env = dict(os.environ)
     env.pop("TF_USE_LEGACY_KERAS", None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,12 +161,6 @@ def _to_tflite(tf, model, input_shape, sparse_flag):
     return conv.convert()
 
 
-def _atomic_write(path, data):
-    from tflite_bench.report import atomic_write
-
-    atomic_write(path, data, overwrite=True)  # existing files were refused up front
-
-
 def _accuracy(model, data):
     if data is None:
         return None
@@ -170,55 +168,181 @@ def _accuracy(model, data):
     return float((logits.argmax(-1) == data["y_test"].reshape(-1)).mean())
 
 
+def _check_out(out):
+    """Refuses, before any work, an --out that is not a folder or a folder to create in an
+    existing folder, or where no file can be created. Returns True if it must be created."""
+    from tflite_bench.report import _probe_folder
+
+    got = f"Received: --out={out}"
+    if not out:
+        raise UsageError("--out is empty. Expected: a folder (existing, or one to create in an "
+                         "existing folder). Received: --out=''")
+    path = os.path.abspath(out)
+    if os.path.isdir(path):
+        folder, create = path, False
+    elif os.path.lexists(path):
+        raise UsageError(f"--out is a file. Expected: a folder (existing, or one to create in "
+                         f"an existing folder). {got}")
+    else:
+        folder, create = os.path.dirname(path), True
+        if not os.path.isdir(folder):
+            what = "is a file" if os.path.exists(folder) else "does not exist"
+            raise UsageError(f"--out: its parent folder {folder} {what}. Expected: a folder "
+                             f"(existing, or one to create in an existing folder). {got}")
+    try:
+        _probe_folder(folder, got)
+    except OSError as e:
+        raise UsageError(f"--out: {_cli.one_line(e)}") from None
+    return create
+
+
+def _check_filters(values, arch):
+    """--filters as a tuple of two positive ints (LeNet's conv widths), or None."""
+    if values is None:
+        return None
+    given = f"--filters={','.join(values)}"
+    if arch != "lenet":
+        raise UsageError(f"--filters is for --arch lenet. Received: --arch={arch}")
+    try:
+        filters = tuple(int(v) for v in values)
+    except ValueError:
+        filters = ()
+    if len(filters) != 2 or any(f < 1 for f in filters):
+        raise UsageError(f"--filters takes two positive integers, the widths of conv1 and conv2. "
+                         f"Expected: e.g. --filters=3,12. Received: {given}")
+    return filters
+
+
+def _check_weights(path):
+    """Refuses a --weights that is not a Keras model file, before any work."""
+    if path is None:
+        return
+    got = f"Received: --weights={path}"
+    if not path:
+        raise UsageError("--weights is empty. Expected: a Keras 3 .keras file. Received: "
+                         "--weights=''")
+    if not os.path.isfile(path):
+        what = "it is a directory" if os.path.isdir(path) else "no such file"
+        raise UsageError(f"--weights: {what}. Expected: a Keras 3 .keras file. {got}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        ok = head == _HDF5_SIGNATURE  # a legacy .h5 model, which Keras 3 still loads
+        if not ok and zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                ok = "config.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile) as e:
+        raise UsageError(f"--weights: cannot read the file ({_cli.one_line(e)}). {got}") \
+            from None
+    if not ok:
+        raise UsageError(f"--weights is not a valid .keras file. Expected: a Keras 3 model "
+                         f"saved with model.save('name.keras') (a zip archive holding "
+                         f"config.json). {got}")
+
+
+def _load_data(path, np):
+    """The --data arrays, or None."""
+    if path is None:
+        return None
+    got = f"Received: --data={path}"
+    if not path:
+        raise UsageError("--data is empty. Expected: an .npz with x_train, y_train, x_test, "
+                         "y_test. Received: --data=''")
+    try:
+        with np.load(path) as z:
+            data = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except (OSError, KeyError, ValueError, AttributeError, TypeError,
+            zipfile.BadZipFile) as e:
+        raise UsageError(f"--data must be an .npz with x_train, y_train, x_test, y_test. "
+                         f"{got} ({_cli.one_line(e)})") from None
+    for part in ("train", "test"):
+        x, y = data[f"x_{part}"], data[f"y_{part}"]
+        if x.ndim < 2 or not len(x) or len(x) != len(y):
+            raise UsageError(f"--data: x_{part} must be a batch of inputs with one label each "
+                             f"in y_{part}. Received: --data={path} with x_{part} of shape "
+                             f"{x.shape}, y_{part} of shape {y.shape}")
+    return data
+
+
+def _default_input_shape(builder):
+    """The input shape a builder uses by default, or None if its signature does not say."""
+    import inspect
+
+    try:
+        param = inspect.signature(builder).parameters.get("input_shape")
+    except (TypeError, ValueError):
+        return None
+    return None if param is None or param.default is param.empty else tuple(param.default)
+
+
 def run(argv):
-    """Runs the command line; returns the manifest dict."""
+    """Runs the command line; returns the manifest dict.
+
+    Every input is checked before TensorFlow is imported; nothing is written (and no --out
+    folder is created) unless every model was built and converted.
+    """
     FLAGS.unparse_flags()
     try:
-        FLAGS(normalize(argv))
+        rest = FLAGS(normalize(argv, flag_values=FLAGS))
     except flags.Error as e:
         raise UsageError(str(e).splitlines()[0]) from None
+    if len(rest) > 1:
+        raise UsageError(f"unexpected arguments. Expected: {USAGE}. Received: {rest[1:]}")
     if FLAGS.arch is None or FLAGS.out is None:
-        raise UsageError("--arch and --out are required. Expected: python -m "
-                         "tflite_bench.baselines --arch lenet --sparsity 0.9 --out DIR")
+        raise UsageError(f"--arch and --out are required. Expected: {USAGE}")
     arch, sparsity, out = FLAGS.arch, FLAGS.sparsity, FLAGS.out
+    create_out = _check_out(out)
+    filters = _check_filters(FLAGS.filters, arch)
+    _check_weights(FLAGS.weights)
     names = _file_names(arch, sparsity)
     paths = {k: os.path.join(out, v) for k, v in names.items()}
     manifest_path = os.path.join(out, "baselines.json")
-    existing = [p for p in [*paths.values(), manifest_path] if os.path.exists(p)]
+    existing = [p for p in [*paths.values(), manifest_path] if os.path.lexists(p)]
     if existing and not FLAGS.overwrite:
         raise UsageError(f"Output files exist; pass --overwrite to replace them. Received: "
                          f"{existing[0]}")
-    import numpy as np
-
-    data = None
-    if FLAGS.data:
-        try:
-            with np.load(FLAGS.data) as z:
-                data = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-        except (OSError, KeyError, ValueError) as e:
-            raise UsageError(f"--data must be an .npz with x_train, y_train, x_test, y_test. "
-                             f"Received: --data={FLAGS.data} ({e})") from None
-    weights = _dump_keras3_weights(FLAGS.weights) if FLAGS.weights else None
-    kwargs = _builder_kwargs(arch, weights)
-    if FLAGS.filters:
-        if arch != "lenet":
-            raise UsageError(f"--filters is for --arch lenet. Received: --arch={arch}")
-        kwargs["filters"] = tuple(int(f) for f in FLAGS.filters)
-
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    import tensorflow as tf
-    import tensorflow_model_optimization as tfmot
-    import tf_keras
-
+    directories = [p for p in existing if os.path.isdir(p)]
+    if directories:
+        raise UsageError(f"An output file of --out is an existing directory. Expected: no "
+                         f"directory of that name in --out. Received: {directories[0]}")
     try:
         from examples.models import BUILDERS
     except ImportError as e:
         raise UsageError(f"The architectures come from examples/models.py, which is not "
                          f"importable here (run from the repository root): {e}") from None
+    import numpy as np
+
+    data = _load_data(FLAGS.data, np)
+    weights = _dump_keras3_weights(FLAGS.weights) if FLAGS.weights else None
+    kwargs = _builder_kwargs(arch, weights)
+    if filters is not None:
+        if weights is not None and kwargs["filters"] != filters:
+            raise UsageError(f"--filters does not match the conv widths of --weights "
+                             f"{kwargs['filters']}. Expected: no --filters with --weights (the "
+                             f"widths are read from the weights), or the same widths. "
+                             f"Received: --filters={','.join(FLAGS.filters)}")
+        kwargs["filters"] = filters
+    input_shape = kwargs.get("input_shape") or _default_input_shape(BUILDERS[arch])
+    if data is not None and input_shape is not None:
+        for part in ("x_train", "x_test"):
+            if tuple(data[part].shape[1:]) != tuple(input_shape):
+                raise UsageError(f"--data: the inputs in {part} do not fit the model. Expected: "
+                                 f"shape (N, {', '.join(map(str, input_shape))}). Received: "
+                                 f"{data[part].shape}")
+
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    from ssl_keras._quiet import import_tensorflow_quietly
+
+    with _cli.quiet_stderr():  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL here
+        import_tensorflow_quietly()  # its start-up lines
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # "failed call to cuInit" on a machine without GPU
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
 
     tf.random.set_seed(FLAGS.seed)
     np.random.seed(FLAGS.seed)
-    os.makedirs(out, exist_ok=True)
     dense = BUILDERS[arch](keras=tf_keras, **kwargs)
     if weights is not None:
         _set_weights(dense, weights)
@@ -288,10 +412,31 @@ def run(argv):
                   callbacks=[sparsity_api.UpdatePruningStep()])
         stripped = sparsity_api.strip_pruning(model)
         record(kind, stripped, skipped, _kernel_sparsity(stripped))
-    for path, content in pending.items():  # nothing is written before everything converted
-        _atomic_write(path, content)
-    _atomic_write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    pending[manifest_path] = (json.dumps(manifest, indent=2) + "\n").encode()
+    _write_all(out, create_out, pending)  # nothing is written before everything converted
     return manifest
+
+
+def _write_all(out, create_out, contents):
+    """Writes `contents` ({path: bytes}) into --out, all or none; a folder created here is
+    removed again if the writing fails."""
+    from tflite_bench.report import write_files
+
+    if create_out:
+        try:
+            os.mkdir(out)
+        except OSError as e:
+            raise UsageError(f"--out: cannot create the folder ({e.strerror or e}). Received: "
+                             f"--out={out}") from None
+    try:
+        write_files(contents, overwrite=True)  # existing files were refused up front
+    except BaseException:
+        if create_out:
+            try:
+                os.rmdir(out)
+            except OSError:
+                pass
+        raise
 
 
 def _run_and_print(argv):

@@ -121,7 +121,7 @@ def run(argv):
     """Writes the two demo models; returns the exit code (bad input: UsageError)."""
     FLAGS.unparse_flags()
     try:
-        rest = FLAGS(normalize(argv))
+        rest = FLAGS(normalize(argv, flag_values=FLAGS))
     except flags.Error as e:
         raise UsageError(str(e).splitlines()[0]) from None
     if len(rest) > 1:

@@ -61,7 +61,8 @@ def parse_runs(text):
         inference stats), `init_us`, `first_us`, `warmup_avg_us`, `inference_avg_us`.
 
     Raises:
-        ValueError: if the log has no "Inference timings in us" line.
+        ValueError: if the log has no "Inference timings in us" line, or a run has no
+            inference time (neither an average on that line nor a `count=` statistics line).
 
     Example:
 
@@ -111,7 +112,20 @@ def parse_runs(text):
     if not runs:
         raise ValueError("The log has no 'Inference timings in us' line: it is not the "
                          "output of a finished benchmark_model run.")
+    for i, r in enumerate(runs, 1):
+        if all(r[k] is None for k in ("median", "avg", "inference_avg_us")):
+            which = f"run {i} of {len(runs)}" + (f" (graph {r['graph']})" if r["graph"] else "")
+            raise ValueError(
+                f"The log has no inference time for {which}. Expected: 'Inference (avg): N' on "
+                f"its 'Inference timings in us' line, or a 'count=N first=N ... avg=N' line "
+                f"before it. Received: a timings line with only "
+                f"{_present(r) or 'no timing'}.")
     return runs
+
+
+def _present(run):
+    names = {"init_us": "Init", "first_us": "First inference", "warmup_avg_us": "Warmup (avg)"}
+    return ", ".join(v for k, v in names.items() if run[k] is not None)
 
 
 def _int(x):
@@ -137,7 +151,7 @@ def parse_log(text, local_models=None, machine=None, graph=None):
         A result dict (`source` "benchmark_model"); the first run's model is the baseline.
 
     Raises:
-        ValueError: if the log has no finished run.
+        ValueError: if the log has no finished run, or a run has no inference time.
 
     Example:
 

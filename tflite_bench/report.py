@@ -17,28 +17,92 @@ def atomic_write(path, data, overwrite=False):
 
     Raises:
         FileExistsError: if `path` exists and `overwrite` is False.
+        OSError: if the file cannot be written (the message names `path`, not the temporary
+            file; nothing is left behind).
 
     Example:
 
     >>> atomic_write("/tmp/x.md", "# table\\n", overwrite=True)  # doctest: +SKIP
     """
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"The output file exists; pass overwrite=True (--overwrite) to "
-                              f"replace it. Received: path={path!r}")
+    write_files({path: data}, overwrite)
+
+
+def write_files(contents, overwrite=False):
+    """Writes several files atomically and all together: each through a temporary file in its
+    folder, all temporary files first, then one `os.replace` each.
+
+    If anything fails, the temporary files are removed, and so are the files this call created;
+    files that existed before are only replaced once every new file is fully written.
+
+    Args:
+        contents: {path: bytes or str (written as UTF-8)}.
+        overwrite: allow replacing existing files.
+
+    Raises:
+        FileExistsError: if a path exists and `overwrite` is False (nothing is written).
+        OSError: if a file cannot be written; the message names the destination.
+    """
+    items = [(os.fspath(p), d) for p, d in contents.items()]
+    for path, _ in items:
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"The output file exists; pass overwrite=True (--overwrite) "
+                                  f"to replace it. Received: path={path!r}")
+    staged, done = [], []
+    try:
+        for path, data in items:
+            staged.append((_stage(path, data), path))
+        for tmp, path in staged:
+            existed = os.path.lexists(path)
+            if existed and not overwrite:  # appeared since the check above
+                raise FileExistsError(f"The output file exists; pass overwrite=True "
+                                      f"(--overwrite) to replace it. Received: path={path!r}")
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise _named(e, path) from None
+            done.append((path, existed))
+    except BaseException:
+        for tmp, _ in staged:
+            _remove_quietly(tmp)
+        for path, existed in done:
+            if not existed:
+                _remove_quietly(path)
+        raise
+
+
+def _stage(path, data):
+    """Writes `data` to a new temporary file next to `path`; returns the temporary path."""
     directory = os.path.dirname(os.path.abspath(path))
     if isinstance(data, str):
         data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
+                                   suffix=os.path.basename(path))
+    except OSError as e:
+        raise _named(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as e:
+        _remove_quietly(tmp)
+        if isinstance(e, OSError):
+            raise _named(e, path) from None
         raise
+    return tmp
+
+
+def _named(error, path):
+    """An OSError of the same type whose message names the destination `path`."""
+    reason = error.strerror or " ".join(str(error).split())
+    return type(error)(f"Cannot write the output file ({reason}). Received: path={path!r}")
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _umask():
@@ -168,6 +232,9 @@ def write_outputs(result, json_path=None, markdown_path=None, plot_path=None,
                   overwrite=False):
     """Writes the requested outputs atomically; checks every destination before writing any.
 
+    All contents are made first (the plot included), then written together (`write_files`):
+    if one file cannot be written, none of the new files is left behind.
+
     Args:
         result: a benchmark result dict.
         json_path: where to write the JSON, or None.
@@ -177,39 +244,103 @@ def write_outputs(result, json_path=None, markdown_path=None, plot_path=None,
 
     Raises:
         FileExistsError: if a destination exists and `overwrite` is False.
+        ValueError, OSError: see `check_outputs`; OSError if a file cannot be written.
 
     Example:
 
     >>> write_outputs(result, json_path="out.json", markdown_path="out.md")  # doctest: +SKIP
     """
-    check_outputs([json_path, markdown_path, plot_path], overwrite)
-    if json_path:
-        atomic_write(json_path, to_json(result), overwrite)
-    if markdown_path:
-        atomic_write(markdown_path, to_markdown(result), overwrite)
-    if plot_path:
-        atomic_write(plot_path, plot_png(result), overwrite)
+    named = {"json_path": json_path, "markdown_path": markdown_path, "plot_path": plot_path}
+    check_outputs(named, overwrite)
+    contents = {}
+    if json_path is not None:
+        contents[json_path] = to_json(result)
+    if markdown_path is not None:
+        contents[markdown_path] = to_markdown(result)
+    if plot_path is not None:
+        contents[plot_path] = plot_png(result)
+    write_files(contents, overwrite)
 
 
-def check_outputs(paths, overwrite=False):
-    """Raises before any work if an output exists (without `overwrite`) or its folder is
-    missing.
+def check_outputs(paths, overwrite=False, inputs=()):
+    """Raises before any work if an output path cannot be written.
+
+    Each output must be a non-empty file path (not ending with a path separator), not an
+    existing directory or other non-regular file, not existing at all unless `overwrite`, in an
+    existing folder where a file can be created; the outputs must be distinct files, and none
+    may be one of `inputs`.
 
     Args:
-        paths: output paths (None entries are ignored).
+        paths: output paths, as a list (None entries are ignored) or as a dict
+            {label: path or None}; the labels (e.g. "--json") name the paths in messages.
         overwrite: allow existing files.
+        inputs: paths the run reads (they may not be overwritten by an output).
 
     Raises:
-        FileExistsError: an output exists and `overwrite` is False.
+        ValueError: an empty path, a path ending with a separator, two outputs naming the same
+            file, or an output that is an input.
+        IsADirectoryError: an output is an existing directory.
+        FileExistsError: an output exists and `overwrite` is False (or it is not a regular
+            file).
         FileNotFoundError: an output's folder does not exist.
+        NotADirectoryError: an output's folder is a file.
+        PermissionError, OSError: no file can be created in an output's folder.
     """
-    for p in paths:
+    if isinstance(paths, dict):
+        items = [(label, p) for label, p in paths.items() if p is not None]
+    else:
+        items = [("path", p) for p in paths if p is not None]
+    seen = {}
+    reads = {os.path.realpath(os.fspath(p)): os.fspath(p) for p in inputs}
+    probed = set()
+    for label, p in items:
+        p = os.fspath(p)
+        got = f"Received: {label}={p!r}"
         if not p:
-            continue
-        if os.path.exists(p) and not overwrite:
+            raise ValueError(f"{label} is empty. Expected: a file path. {got}")
+        if p.endswith((os.sep, "/")) or (os.altsep and p.endswith(os.altsep)):
+            raise ValueError(f"{label} ends with a path separator, so it names a folder. "
+                             f"Expected: a file path. {got}")
+        if os.path.isdir(p):
+            raise IsADirectoryError(f"{label} is an existing directory. Expected: a file path "
+                                    f"(a new file, or an existing file with --overwrite). {got}")
+        if os.path.exists(p) and not os.path.isfile(p):
+            raise FileExistsError(f"{label} exists and is not a regular file. Expected: a "
+                                  f"file path. {got}")
+        if os.path.lexists(p) and not overwrite:
             raise FileExistsError(f"The output file exists; pass --overwrite to replace it. "
-                                  f"Received: path={os.fspath(p)!r}")
+                                  f"{got}")
+        real = os.path.realpath(p)
+        if real in reads:
+            raise ValueError(f"{label} is also an input of this run; it would be overwritten. "
+                             f"Expected: a different path. {got}")
+        if real in seen:
+            other, q = seen[real]
+            raise ValueError(f"{other} and {label} name the same file. Expected: distinct "
+                             f"output paths. Received: {other}={q!r}, {label}={p!r}")
+        seen[real] = (label, p)
         d = os.path.dirname(os.path.abspath(p))
+        if not os.path.exists(d):
+            raise FileNotFoundError(f"The output folder does not exist. Expected: a path in "
+                                    f"an existing folder. {got}")
         if not os.path.isdir(d):
-            raise FileNotFoundError(f"The output folder does not exist. Received: "
-                                    f"path={os.fspath(p)!r}")
+            raise NotADirectoryError(f"The output folder {d!r} is a file. Expected: a path in "
+                                     f"an existing folder. {got}")
+        if d not in probed:
+            _probe_folder(d, got)
+            probed.add(d)
+
+
+def _probe_folder(d, got):
+    """Raises if no file can be created in folder `d` (creates and removes one to be sure)."""
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise PermissionError(f"The output folder {d!r} is not writable. Expected: a path in a "
+                              f"writable folder. {got}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-probe-")
+    except OSError as e:
+        reason = e.strerror or " ".join(str(e).split())
+        raise type(e)(f"No file can be created in the output folder {d!r} ({reason}). "
+                      f"Expected: a path in a writable folder. {got}") from None
+    os.close(fd)
+    _remove_quietly(tmp)

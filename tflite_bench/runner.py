@@ -206,8 +206,15 @@ def _check_args(paths, threads, runs, warmup, round_size, kernels, cores):
     if isinstance(paths, (str, os.PathLike)) or not paths:
         raise ValueError(f"`paths` must be a non-empty list of .tflite paths. Received: "
                          f"paths={paths!r}")
+    real = [os.path.realpath(os.fspath(p)) for p in paths]
+    if len(set(real)) != len(real):
+        raise ValueError(f"`paths` lists the same model more than once (its timings would be "
+                         f"pooled). Expected: each model once. Received: paths={paths!r}")
     if not threads or any(int(t) != t or t < 1 for t in threads):
         raise ValueError(f"`threads` must be positive integers. Received: threads={threads!r}")
+    if len(set(threads)) != len(threads):
+        raise ValueError(f"`threads` lists a thread count more than once. Expected: distinct "
+                         f"values. Received: threads={threads!r}")
     if runs < 1 or warmup < 0 or round_size < 1:
         raise ValueError("`runs` and `round_size` must be >= 1 and `warmup` >= 0. Received: "
                          f"runs={runs}, warmup={warmup}, round_size={round_size}")
