@@ -18,36 +18,85 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import parse_flags, refuse_existing, write_json  # noqa: E402
+from benchmarks._util import (  # noqa: E402
+    check_int,
+    check_outputs,
+    check_seed,
+    fail,
+    parse_flags,
+    run_and_report,
+)
 
-FLAGS = flags.FLAGS
-flags.DEFINE_integer("train", 5000, "Training images (a seeded subset of Fashion-MNIST).")
-flags.DEFINE_integer("test", 1000, "Test images for the accuracy and the test-set |diff|.")
-flags.DEFINE_integer("epochs", 1, "Training epochs.")
-flags.DEFINE_integer("calibration", 200, "Training images used for int8 calibration.")
-flags.DEFINE_integer("seed", 0, "Seed of the subset, the initial weights and the shuffle.")
-flags.DEFINE_string("out_dir", None, "Keep the .tflite files here (default: a temp dir).")
-flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
+COMMAND = "benchmarks.export_modes"
+FLAGS = flags.FlagValues()
+flags.DEFINE_integer("train", 5000, "Training images (a seeded subset of Fashion-MNIST); at "
+                     "least --calibration + 8.", flag_values=FLAGS)
+flags.DEFINE_integer("test", 1000, "Test images for the accuracy and the test-set |diff|.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("epochs", 1, "Training epochs.", flag_values=FLAGS)
+flags.DEFINE_integer("calibration", 200, "Training images used for int8 calibration.",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of the subset, the initial weights and the shuffle.",
+                     flag_values=FLAGS)
+flags.DEFINE_string("out_dir", None, "Keep the .tflite files in this new or empty directory "
+                    "(default: a temp dir).", flag_values=FLAGS)
+flags.DEFINE_string("json", None, "Write the results as JSON to this new file.",
+                    flag_values=FLAGS)
 
 MODES = (None, "float16", "dynamic", "int8")
+# The images after the calibration ones that the built-in check holds out (export_tflite's
+# num_verify_samples default).
+VERIFY = 8
 
 
-def run(out_dir: str) -> dict:
+def _parse(argv) -> None:
+    """Every flag, checked before any work (one line, exit 2 on the first bad one)."""
+    parse_flags(COMMAND, FLAGS, argv, __doc__)
+    check_int(COMMAND, "epochs", FLAGS.epochs, 1, what="training epochs")
+    check_int(COMMAND, "calibration", FLAGS.calibration, 1,
+              what="training images for int8 calibration")
+    if FLAGS.train < FLAGS.calibration + VERIFY:
+        fail(COMMAND, f"--train must be >= --calibration + {VERIFY} = "
+                      f"{FLAGS.calibration + VERIFY} (the calibration images and the "
+                      f"{VERIFY} held-out check images come from the training images). "
+                      f"Received: --train={FLAGS.train}, --calibration={FLAGS.calibration}")
+    check_int(COMMAND, "test", FLAGS.test, 1, what="test images")
+    check_seed(COMMAND, FLAGS.seed)
+    check_outputs(COMMAND, FLAGS.json, FLAGS.out_dir)
+
+
+def load_data():
+    """The Fashion-MNIST subset, read before any work: a missing dataset, or fewer images
+    than --train / --test ask for, is one line (exit 2)."""
+    from examples import datasets
+
+    try:
+        data = datasets.load("fashion_mnist", validation_split=0.0, seed=FLAGS.seed,
+                             max_train=FLAGS.train, max_test=FLAGS.test, allow_download=False)
+    except (OSError, ValueError) as e:
+        fail(COMMAND, f"could not load Fashion-MNIST ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0]})")
+    for name, asked, got in (("train", FLAGS.train, len(data.x_train)),
+                             ("test", FLAGS.test, len(data.x_test))):
+        if got < asked:
+            fail(COMMAND, f"--{name} asks for {asked} images but the Fashion-MNIST {name} "
+                          f"split ({data.source}) has {got}. Received: --{name}={asked}")
+    return data
+
+
+def run(out_dir: str, data) -> dict:
     import keras
     import numpy as np
 
-    from examples import datasets, models
+    from examples import models
     from ssl_keras import evaluate_tflite, export_tflite, predict_tflite
 
     keras.utils.set_random_seed(FLAGS.seed)
-    data = datasets.load("fashion_mnist", validation_split=0.0, seed=FLAGS.seed,
-                         max_train=FLAGS.train, max_test=FLAGS.test, allow_download=False)
     model = models.lenet(input_shape=data.x_train.shape[1:])
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -56,7 +105,7 @@ def run(out_dir: str) -> dict:
     keras_logits = model.predict(data.x_test, batch_size=256, verbose=0)
     keras_accuracy = float(np.mean(keras_logits.argmax(-1) == data.y_test))
     # The 8 images after the calibration ones are the held-out inputs of the built-in check.
-    calibration = data.x_train[: FLAGS.calibration + 8]
+    calibration = data.x_train[: FLAGS.calibration + VERIFY]
     rows = []
     for mode in MODES:
         path = os.path.join(out_dir, f"lenet_{mode or 'float32'}.tflite")
@@ -101,20 +150,13 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None):
-    parse_flags("benchmarks.export_modes", FLAGS, sys.argv if argv is None else argv, __doc__)
+    _parse(sys.argv if argv is None else argv)
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines under absl
-    refuse_existing("benchmarks.export_modes", FLAGS.json)
-    if FLAGS.out_dir:
-        os.makedirs(FLAGS.out_dir, exist_ok=True)
-        result = run(FLAGS.out_dir)
-    else:
-        with tempfile.TemporaryDirectory() as out_dir:
-            result = run(out_dir)
-    print(markdown(result))
-    if FLAGS.json:
-        write_json(FLAGS.json, result)
+    data = load_data()
+    run_and_report(COMMAND, lambda out_dir: run(out_dir, data), markdown, FLAGS.out_dir,
+                   FLAGS.json)
 
 
 if __name__ == "__main__":

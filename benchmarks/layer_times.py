@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,15 +39,61 @@ COMMAND = "benchmarks.layer_times"
 
 
 def _parse(argv):
-    rest = parse_flags(COMMAND, FLAGS, argv, __doc__)
-    if len(rest) != 2:
-        fail(COMMAND, f"expected one .keras model file. Received: {rest[1:]}")
+    rest = parse_flags(COMMAND, FLAGS, argv, __doc__, positionals=1,
+                       expected="expected one .keras model file")
     path = rest[1]
-    if not os.path.isfile(path):
-        fail(COMMAND, f"the model file {path!r} does not exist.")
     threads = check_latency_flags(COMMAND, FLAGS.runs, FLAGS.threads, FLAGS.json,
                                   FLAGS.out_dir)
+    check_model_file(path)
     return path, threads
+
+
+def check_model_file(path: str) -> None:
+    """Fails in one line unless `path` is a Keras 3 .keras file (a zip archive with the
+    model's config.json, as written by `model.save("m.keras")`)."""
+    expected = 'expected a .keras model file (as written by model.save("m.keras"))'
+    if not os.path.exists(path):
+        fail(COMMAND, f"the model file {path!r} does not exist.")
+    if os.path.isdir(path):
+        fail(COMMAND, f"{expected}. Received: {path!r}, a directory")
+    if not path.endswith(".keras"):
+        fail(COMMAND, f"{expected}. Received: {path!r}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as e:
+        fail(COMMAND, f"{expected}. Received: {path!r}, which is not a zip archive ({e})")
+    except OSError as e:
+        fail(COMMAND, f"the model file {path!r} cannot be read ({e.strerror}); {expected}.")
+    if "config.json" not in names:
+        fail(COMMAND, f"{expected}. Received: {path!r}, a zip archive without config.json")
+
+
+def load_chain(path: str):
+    """The model at `path` and its chain of layers (chain_layers), before any work: a model
+    that does not load, or is not a chain, is one line (exit 2)."""
+    from ssl_keras._quiet import import_tensorflow_quietly
+    from tflite_bench._cli import quiet_stderr
+
+    with quiet_stderr():  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL here
+        import_tensorflow_quietly()  # its start-up lines
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # "failed call to cuInit" on a machine without GPU
+    import keras
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # whatever Keras raises, the input file is bad
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        fail(COMMAND, f"could not load the model {path!r} ({type(e).__name__}: {first}); "
+                      "expected a .keras model file that keras.saving.load_model reads.")
+    try:
+        return model, chain_layers(model)
+    except ValueError as e:
+        fail(COMMAND, str(e))
 
 
 def chain_layers(model) -> list:
@@ -87,19 +134,11 @@ def chain_layers(model) -> list:
     return layers
 
 
-def run(out_dir, path, threads):
+def run(out_dir, path, model, layers, threads):
     import keras
-    from absl import logging
 
     import ssl_keras
     import tflite_bench
-
-    logging.set_verbosity(logging.WARNING)
-    model = keras.saving.load_model(path, compile=False)
-    try:
-        layers = chain_layers(model)
-    except ValueError as e:
-        fail(COMMAND, str(e))
     # The cuts call the same layers (same weights) on a new input: a Sequential model's
     # layers have several graph nodes, and this works for both kinds of chain.
     x = inputs = keras.Input(batch_shape=model.inputs[0].shape, dtype=model.inputs[0].dtype)
@@ -147,8 +186,9 @@ def table(result) -> str:
 
 def main(argv=None):
     path, threads = _parse(sys.argv if argv is None else argv)
-    run_and_report(lambda out_dir: run(out_dir, path, threads), table, FLAGS.out_dir,
-                   FLAGS.json)
+    model, layers = load_chain(path)
+    run_and_report(COMMAND, lambda out_dir: run(out_dir, path, model, layers, threads), table,
+                   FLAGS.out_dir, FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,11 @@ COMMAND = "benchmarks.lenet_widths"
 
 
 def parse_widths(values):
-    """['20-50-500', ...] -> [(20, 50, 500), ...]; exits 2 on anything else."""
+    """['20-50-500', ...] -> [(20, 50, 500), ...]; exits 2 on anything else (an empty list, a
+    width twice)."""
+    if not values:
+        fail(COMMAND, "--widths must list at least one conv1-conv2-ip1 width, e.g. "
+                      "20-50-500,5-26-105. Received: ''")
     out = []
     for value in values:
         parts = value.split("-")
@@ -64,9 +68,10 @@ def parse_widths(values):
 
 def _parse(argv):
     parse_flags(COMMAND, FLAGS, argv, __doc__)
+    widths = parse_widths(FLAGS.widths)
     threads = check_latency_flags(COMMAND, FLAGS.runs, FLAGS.threads, FLAGS.json,
                                   FLAGS.out_dir)
-    return parse_widths(FLAGS.widths), threads
+    return widths, threads
 
 
 def run(out_dir, widths, threads):
@@ -99,7 +104,8 @@ def table(result):
 
 def main(argv=None):
     widths, threads = _parse(sys.argv if argv is None else argv)
-    run_and_report(lambda out_dir: run(out_dir, widths, threads), table, FLAGS.out_dir, FLAGS.json)
+    run_and_report(COMMAND, lambda out_dir: run(out_dir, widths, threads), table, FLAGS.out_dir,
+                   FLAGS.json)
 
 
 if __name__ == "__main__":

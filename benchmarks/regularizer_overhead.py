@@ -19,15 +19,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import flags  # noqa: E402
 
-from benchmarks._util import fail, parse_flags, refuse_existing, write_json  # noqa: E402
+from benchmarks._util import (  # noqa: E402
+    check_int,
+    check_json_path,
+    check_list,
+    fail,
+    parse_flags,
+    write_json,
+)
 
 COMMAND = "benchmarks.regularizer_overhead"
-FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["lenet", "resnet20"], "Architectures: lenet, resnet20.")
-flags.DEFINE_integer("rounds", 60, "Interleaved timing rounds (one step of each model).")
-flags.DEFINE_integer("warmup", 5, "Untimed steps per model first.")
-flags.DEFINE_integer("batch_size", 64, "Batch size of a training step.")
-flags.DEFINE_string("json", None, "Write the results as JSON to this path.")
+FLAGS = flags.FlagValues()
+flags.DEFINE_list("models", ["lenet", "resnet20"], "Architectures: lenet, resnet20.",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("rounds", 60, "Interleaved timing rounds (one step of each model).",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("warmup", 5, "Untimed steps per model first.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Batch size of a training step.", flag_values=FLAGS)
+flags.DEFINE_string("json", None, "Write the results as JSON to this new file.",
+                    flag_values=FLAGS)
 
 SETUPS = {
     "lenet": lambda models: models.lenet(input_shape=(28, 28, 1)),
@@ -95,13 +105,22 @@ def measure(name: str) -> dict:
     }
 
 
-def main(argv=None):
-    parse_flags(COMMAND, FLAGS, sys.argv if argv is None else argv, __doc__)
+def _parse(argv) -> None:
+    """Every flag, checked before any work (one line, exit 2 on the first bad one)."""
+    parse_flags(COMMAND, FLAGS, argv, __doc__)
+    check_list(COMMAND, "models", FLAGS.models, "lenet,resnet20")
     unknown = [m for m in FLAGS.models if m not in SETUPS]
     if unknown:
         fail(COMMAND, f"--models: unknown model {unknown[0]!r}; expected one of "
                       f"{sorted(SETUPS)}.")
-    refuse_existing(COMMAND, FLAGS.json)
+    check_int(COMMAND, "rounds", FLAGS.rounds, 1, what="timed steps of each model")
+    check_int(COMMAND, "warmup", FLAGS.warmup, 0, what="untimed steps of each model first")
+    check_int(COMMAND, "batch_size", FLAGS.batch_size, 1, what="images per training step")
+    check_json_path(COMMAND, FLAGS.json)
+
+
+def main(argv=None):
+    _parse(sys.argv if argv is None else argv)
     rows = [measure(name) for name in FLAGS.models]
     print("\n| model | layers with GroupLasso | step, plain (ms) | step, GroupLasso (ms) "
           "| overhead | round-wise ratio p10-p90 |")
@@ -112,7 +131,7 @@ def main(argv=None):
               f"{r['group_lasso_median_ms']:.2f} | {100 * r['overhead']:+.1f}% | "
               f"{lo:.2f}-{hi:.2f} |")
     if FLAGS.json:
-        write_json(FLAGS.json, rows)
+        write_json(COMMAND, FLAGS.json, rows)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from absl import flags  # noqa: E402
 from benchmarks._util import (  # noqa: E402
     LATENCY_COLUMNS,
     check_latency_flags,
+    check_seed,
     define_latency_flags,
     fail,
     markdown_table,
@@ -42,27 +43,36 @@ flags.DEFINE_integer("seed", 0, "Seed of the zeroed groups.", flag_values=FLAGS)
 define_latency_flags(FLAGS, runs=200)
 
 
+COMMAND = "benchmarks.round_to"
+
+
 def _fail(message):
-    fail("benchmarks.round_to", message)
+    fail(COMMAND, message)
 
 
 def _ints(values, name):
+    if not values:
+        _fail(f"--{name} must list at least one integer >= 1, e.g. 1,4,8. Received: ''")
     try:
         out = [int(v) for v in values]
     except ValueError:
         _fail(f"--{name} must be a comma-separated list of integers. Received: {values}")
-    if not out or any(v < 1 for v in out):
+    if any(v < 1 for v in out):
         _fail(f"--{name} values must be >= 1. Received: {values}")
+    if len(set(out)) != len(out):
+        _fail(f"--{name} lists a value twice; expected each once. Received: {','.join(values)}")
     return out
 
 
 def _parse(argv):
-    parse_flags("benchmarks.round_to", FLAGS, argv, __doc__)
+    parse_flags(COMMAND, FLAGS, argv, __doc__)
+    values = _ints(FLAGS.round_to, "round_to")
     if not 0 < FLAGS.fraction < 1:
         _fail(f"--fraction must be in (0, 1). Received: {FLAGS.fraction}")
-    threads = check_latency_flags("benchmarks.round_to", FLAGS.runs, FLAGS.threads,
-                                  FLAGS.json, FLAGS.out_dir)
-    return _ints(FLAGS.round_to, "round_to"), threads
+    check_seed(COMMAND, FLAGS.seed)
+    threads = check_latency_flags(COMMAND, FLAGS.runs, FLAGS.threads, FLAGS.json,
+                                  FLAGS.out_dir)
+    return values, threads
 
 
 def sparse_resnet20(fraction, seed):
@@ -125,7 +135,8 @@ def table(result):
 
 def main(argv=None):
     values, threads = _parse(sys.argv if argv is None else argv)
-    run_and_report(lambda out_dir: run(out_dir, values, threads), table, FLAGS.out_dir, FLAGS.json)
+    run_and_report(COMMAND, lambda out_dir: run(out_dir, values, threads), table, FLAGS.out_dir,
+                   FLAGS.json)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags  # noqa: E402
 
 from benchmarks._util import (  # noqa: E402
+    check_json_path,
+    check_seed,
     fail,
     offset_and_zero,
     parse_flags,
-    refuse_existing,
     write_json,
 )
 
@@ -39,12 +40,15 @@ flags.DEFINE_string("json", None, "Also write the figures as JSON to this new fi
                     flag_values=FLAGS)
 
 
+COMMAND = "benchmarks.thin_time"
+
+
 def _fail(message):
-    fail("benchmarks.thin_time", message)
+    fail(COMMAND, message)
 
 
 def _parse(argv):
-    parse_flags("benchmarks.thin_time", FLAGS, argv, __doc__)
+    parse_flags(COMMAND, FLAGS, argv, __doc__)
     if FLAGS.input_size < 32:
         _fail(f"--input_size must be >= 32 (ResNet50 downsamples 32x). Received: "
               f"{FLAGS.input_size}")
@@ -52,7 +56,8 @@ def _parse(argv):
         _fail(f"--fraction must be in (0, 1]. Received: {FLAGS.fraction}")
     if FLAGS.repeats < 1:
         _fail(f"--repeats must be >= 1. Received: {FLAGS.repeats}")
-    refuse_existing("benchmarks.thin_time", FLAGS.json)
+    check_seed(COMMAND, FLAGS.seed)
+    check_json_path(COMMAND, FLAGS.json)
 
 
 def run():
@@ -113,7 +118,7 @@ def main(argv=None):
     print(f"  max |thin - zeroed| = {result['max_abs_diff']:.3g} (allowed "
           f"{result['tolerance']:.3g})")
     if FLAGS.json:
-        write_json(FLAGS.json, result)
+        write_json(COMMAND, FLAGS.json, result)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 lines, and small runs of lenet_widths and layer_times."""
 
 import ast
+import importlib
 import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -42,6 +44,277 @@ def test_bad_input_is_one_line_exit_2(command, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{command}: error: ")
     assert message in lines[0]
+
+
+class _WorkStarted(Exception):
+    """Raised by the stubbed work of a command: it got past its checks."""
+
+
+def _work(*args, **kwargs):
+    raise _WorkStarted
+
+
+def _in_process(command, args, monkeypatch, capsys, stub=("run", "measure")):
+    """Runs `command`'s main([command, *args]) in this process, with its work (`stub`)
+    replaced by `_work`, which raises _WorkStarted: a command that starts the work fails the
+    test. Returns the exit code and the lines on stderr."""
+    module = importlib.import_module(command)
+    for name in stub:
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, _work)
+    module.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            module.main([command, *args])
+    finally:
+        module.FLAGS.unparse_flags()
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def _assert_one_line(code, lines, command, message):
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"{command}: error: "), lines
+    assert message in lines[0]
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    """A file that passes layer_times' model file check (a zip with config.json), so that the
+    flags are what the command refuses; never loaded (the work is stubbed)."""
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{}")
+    return str(path)
+
+
+_ROUND, _THIN = "benchmarks.round_to", "benchmarks.thin_time"
+_MODES, _OVERHEAD = "benchmarks.export_modes", "benchmarks.regularizer_overhead"
+_NO_POSITIONALS = "expected no positional arguments, only flags (--name=value). Received: "
+
+
+@pytest.mark.parametrize("command, args, message", [
+    (_WIDTHS, ["stray_arg", "--runs=10"], _NO_POSITIONALS + "['stray_arg']"),
+    (_ROUND, ["stray_arg"], _NO_POSITIONALS + "['stray_arg']"),
+    (_THIN, ["--repeats=1", "stray_arg"], _NO_POSITIONALS + "['stray_arg']"),
+    (_MODES, ["stray_arg", "two"], _NO_POSITIONALS + "['stray_arg', 'two']"),
+    (_OVERHEAD, ["stray_arg"], _NO_POSITIONALS + "['stray_arg']"),
+    (_WIDTHS, ["--", "--runs=10"], _NO_POSITIONALS + "['--runs=10']"),
+])
+def test_stray_positional_arguments_are_refused_before_the_work(command, args, message,
+                                                                monkeypatch, capsys):
+    _assert_one_line(*_in_process(command, args, monkeypatch, capsys), command, message)
+
+
+def test_layer_times_refuses_a_second_positional_before_the_work(model_file, monkeypatch,
+                                                                 capsys):
+    _assert_one_line(*_in_process(_TIMES, [model_file, "stray_arg"], monkeypatch, capsys),
+                     _TIMES, f"expected one .keras model file. Received: ['{model_file}', "
+                             "'stray_arg']")
+
+
+_ALL = [_WIDTHS, _ROUND, _THIN, _MODES, _OVERHEAD, _TIMES]
+_WITH_OUT_DIR = [_WIDTHS, _ROUND, _MODES, _TIMES]
+
+
+def _args(command, model_file, *args):
+    return [model_file, *args] if command == _TIMES else list(args)
+
+
+@pytest.mark.parametrize("command", _ALL)
+@pytest.mark.parametrize("case", ["no_parent", "directory", "empty", "parent_is_file"])
+def test_json_path_is_checked_before_the_work(command, case, tmp_path, model_file,
+                                              monkeypatch, capsys):
+    (tmp_path / "file").write_text("keep")
+    json_path, message = {
+        "no_parent": (f"{tmp_path}/nodir/r.json",
+                      f"its directory '{tmp_path}/nodir' does not exist"),
+        "directory": (str(tmp_path), f"--json '{tmp_path}' is a directory"),
+        "empty": ("", "--json must be the path of a new JSON file. Received: ''"),
+        "parent_is_file": (f"{tmp_path}/file/r.json",
+                           f"its directory '{tmp_path}/file' is not a directory"),
+    }[case]
+    code, lines = _in_process(command, _args(command, model_file, f"--json={json_path}"),
+                              monkeypatch, capsys)
+    _assert_one_line(code, lines, command, message)
+    assert sorted(os.listdir(tmp_path)) == ["file", "m.keras"]
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+@pytest.mark.parametrize("command", _WITH_OUT_DIR)
+@pytest.mark.parametrize("case", ["file", "not_empty", "empty", "under_a_file", "proc"])
+def test_out_dir_is_checked_before_the_work(command, case, tmp_path, model_file, monkeypatch,
+                                            capsys):
+    if case == "proc" and not os.path.isdir("/proc"):
+        pytest.skip("no /proc")
+    (tmp_path / "file").write_text("keep")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "old.tflite").write_text("keep")
+    out_dir, message = {
+        "file": (f"{tmp_path}/file", "is a file, not a directory"),
+        "not_empty": (f"{tmp_path}/full", "is not empty; refusing to overwrite files in it"),
+        "empty": ("", "--out_dir must be a directory path"),
+        "under_a_file": (f"{tmp_path}/file/new", f"cannot be created: '{tmp_path}/file' is a "
+                                                 "file"),
+        "proc": ("/proc/ssl_keras_test/x", "--out_dir '/proc/ssl_keras_test/x' cannot be "
+                                           "created"),
+    }[case]
+    code, lines = _in_process(command, _args(command, model_file, f"--out_dir={out_dir}"),
+                              monkeypatch, capsys)
+    _assert_one_line(code, lines, command, message)
+    assert sorted(os.listdir(tmp_path)) == ["file", "full", "m.keras"]
+    assert os.listdir(tmp_path / "full") == ["old.tflite"]
+
+
+@pytest.mark.parametrize("command", _WITH_OUT_DIR)
+def test_json_and_out_dir_must_differ(command, tmp_path, model_file, monkeypatch, capsys):
+    same = f"{tmp_path}/out"
+    code, lines = _in_process(command, _args(command, model_file, f"--json={same}",
+                                              f"--out_dir={same}"), monkeypatch, capsys)
+    _assert_one_line(code, lines, command, f"--json and --out_dir are the same path '{same}'")
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]
+
+
+def _failing_run(out_dir, *args):
+    with open(os.path.join(out_dir, "half.tflite"), "w") as f:
+        f.write("x")
+    raise RuntimeError("the run failed")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_failed_run_leaves_the_out_dir_as_it_found_it(existing, tmp_path, monkeypatch):
+    """The work fails after writing a file: a --out_dir this run created (with its new
+    parents) is removed; an existing empty one is left, empty."""
+    import benchmarks.lenet_widths as module
+
+    out_dir = tmp_path / "old" if existing else tmp_path / "new" / "sub"
+    if existing:
+        out_dir.mkdir()
+    monkeypatch.setattr(module, "run", _failing_run)
+    module.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(RuntimeError, match="the run failed"):
+            module.main([_WIDTHS, "--widths=4-16-64", "--runs=10", f"--out_dir={out_dir}"])
+    finally:
+        module.FLAGS.unparse_flags()
+    assert os.listdir(tmp_path) == (["old"] if existing else [])
+    if existing:
+        assert os.listdir(out_dir) == []
+
+
+def test_a_json_write_that_fails_at_the_end_is_one_line(tmp_path, capsys):
+    from benchmarks._util import write_json
+
+    with pytest.raises(SystemExit) as exit_info:
+        write_json("benchmarks.x", str(tmp_path / "gone" / "r.json"), {"rows": []})
+    lines = capsys.readouterr().err.strip().splitlines()
+    _assert_one_line(exit_info.value.code, lines, "benchmarks.x",
+                     f"could not write --json '{tmp_path}/gone/r.json' (FileNotFoundError: ")
+    assert lines[0].endswith("the results are printed above.")
+
+
+def _zip(path, **files):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name.replace("_", "."), text)
+    return path
+
+
+@pytest.mark.parametrize("case, received", [
+    ("tflite", "'{tmp}/dense.tflite'"),
+    ("text", "'{tmp}/text.keras', which is not a zip archive"),
+    ("directory", "'{tmp}/dir.keras', a directory"),
+    ("zip_without_config", "'{tmp}/other.keras', a zip archive without config.json"),
+])
+def test_layer_times_refuses_a_file_that_is_not_a_keras_model(case, received, tmp_path,
+                                                              monkeypatch, capsys):
+    path = {
+        "tflite": _zip(tmp_path / "dense.tflite", config_json="{}"),
+        "text": tmp_path / "text.keras",
+        "directory": tmp_path / "dir.keras",
+        "zip_without_config": _zip(tmp_path / "other.keras", weights_h5="x"),
+    }[case]
+    if case == "text":
+        path.write_text("not a model")
+    if case == "directory":
+        path.mkdir()
+    code, lines = _in_process(_TIMES, [str(path), f"--out_dir={tmp_path}/new"], monkeypatch,
+                              capsys)
+    _assert_one_line(code, lines, _TIMES, 'expected a .keras model file (as written by '
+                     'model.save("m.keras")). Received: ' + received.format(tmp=tmp_path))
+    assert not (tmp_path / "new").exists()
+
+
+def test_layer_times_refuses_a_keras_file_that_does_not_load(tmp_path, monkeypatch, capsys):
+    path = _zip(tmp_path / "bad.keras", config_json="{not json")
+    code, lines = _in_process(_TIMES, [str(path), f"--out_dir={tmp_path}/new"], monkeypatch,
+                              capsys)
+    _assert_one_line(code, lines, _TIMES, f"could not load the model '{path}' (JSONDecodeError")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command, args, message", [
+    (_WIDTHS, ["--widths="], "--widths must list at least one conv1-conv2-ip1 width, e.g. "
+                             "20-50-500,5-26-105. Received: ''"),
+    (_ROUND, ["--round_to="], "--round_to must list at least one integer >= 1, e.g. 1,4,8. "
+                              "Received: ''"),
+    (_OVERHEAD, ["--models="], "--models must be a non-empty comma-separated list, e.g. "
+                               "lenet,resnet20. Received: ''"),
+    (_WIDTHS, ["--threads="], "--threads must be positive integers. Received: []"),
+])
+def test_empty_lists_are_refused(command, args, message, monkeypatch, capsys):
+    _assert_one_line(*_in_process(command, args, monkeypatch, capsys), command, message)
+
+
+@pytest.mark.parametrize("command, args, message", [
+    (_MODES, ["--train=0"], "--train must be >= --calibration + 8 = 208 (the calibration "
+                            "images and the 8 held-out check images come from the training "
+                            "images). Received: --train=0, --calibration=200"),
+    (_MODES, ["--train=100", "--calibration=100"], "--train must be >= --calibration + 8 = 108"),
+    (_MODES, ["--test=-1"], "--test must be >= 1 (test images). Received: -1"),
+    (_MODES, ["--test=0"], "--test must be >= 1 (test images). Received: 0"),
+    (_MODES, ["--calibration=0"],
+     "--calibration must be >= 1 (training images for int8 calibration). Received: 0"),
+    (_MODES, ["--epochs=0"], "--epochs must be >= 1 (training epochs). Received: 0"),
+    (_MODES, ["--seed=-1"], "--seed must be in [0, 4294967295]. Received: -1"),
+    (_OVERHEAD, ["--rounds=0", "--warmup=0"],
+     "--rounds must be >= 1 (timed steps of each model). Received: 0"),
+    (_OVERHEAD, ["--warmup=-1"],
+     "--warmup must be >= 0 (untimed steps of each model first). Received: -1"),
+    (_OVERHEAD, ["--batch_size=0"],
+     "--batch_size must be >= 1 (images per training step). Received: 0"),
+    (_ROUND, ["--seed=-1"], "--seed must be in [0, 4294967295]. Received: -1"),
+    (_THIN, ["--seed=-1"], "--seed must be in [0, 4294967295]. Received: -1"),
+])
+def test_counts_are_checked_before_the_work(command, args, message, monkeypatch, capsys):
+    _assert_one_line(*_in_process(command, args, monkeypatch, capsys), command, message)
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.parametrize("flag, asked, has", [("train", 70000, 60000), ("test", 20000, 10000)])
+def test_export_modes_refuses_more_images_than_fashion_mnist_has(flag, asked, has, tmp_path,
+                                                                 monkeypatch, capsys):
+    code, lines = _in_process(_MODES, [f"--{flag}={asked}", f"--out_dir={tmp_path}/new"],
+                              monkeypatch, capsys)
+    _assert_one_line(code, lines, _MODES, f"--{flag} asks for {asked} images but the "
+                                          f"Fashion-MNIST {flag} split")
+    assert f"has {has}. Received: --{flag}={asked}" in lines[0]
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command, args, message", [
+    (_ROUND, ["--round_to=4,4"], "--round_to lists a value twice; expected each once. "
+                                 "Received: 4,4"),
+    (_ROUND, ["--round_to=4,04"], "--round_to lists a value twice"),
+    (_OVERHEAD, ["--models=lenet,lenet"], "--models lists 'lenet' twice; expected each value "
+                                          "once. Received: lenet,lenet"),
+    (_WIDTHS, ["--widths=5-26-105,5-26-105"], "--widths lists a width twice. Received: "
+                                              "5-26-105,5-26-105"),
+    (_WIDTHS, ["--threads=1,2,1"], "--threads lists a thread count twice; expected each once. "
+                                   "Received: 1,2,1"),
+])
+def test_duplicates_are_refused(command, args, message, monkeypatch, capsys):
+    _assert_one_line(*_in_process(command, args, monkeypatch, capsys), command, message)
 
 
 def test_lenet_widths_refuses_existing_json(tmp_path):
@@ -103,22 +376,27 @@ def test_layer_times_chain_layers_accepts_chains_and_names_the_first_break():
 
 
 def test_layer_times_refuses_a_model_that_is_not_a_chain(tmp_path):
+    """In one line, before --out_dir is created."""
     path = tmp_path / "branchy.keras"
     _branchy_model().save(path)
-    proc = _run(str(path), "--runs=10", timeout=120, command="benchmarks.layer_times")
+    proc = _run(str(path), "--runs=10", f"--out_dir={tmp_path}/new", timeout=120,
+                command="benchmarks.layer_times")
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1] == ("benchmarks.layer_times: error: layer_times needs a chain: every "
-                         "layer is called once, on the previous layer's output. Received: "
-                         "layer 'b' (Dense) does not take the output of 'a'")
+    assert proc.stderr.strip().splitlines() == [
+        "benchmarks.layer_times: error: layer_times needs a chain: every layer is called "
+        "once, on the previous layer's output. Received: layer 'b' (Dense) does not take the "
+        "output of 'a'"]
+    assert sorted(os.listdir(tmp_path)) == ["branchy.keras"]
 
 
 @pytest.mark.slow
 def test_layer_times_small_run(tmp_path):
     path, out = tmp_path / "chain.keras", tmp_path / "r.json"
     _chain_model().save(path)
-    proc = _run(str(path), "--runs=10", f"--json={out}", command="benchmarks.layer_times")
+    proc = _run(str(path), "--runs=10", f"--json={out}", f"--out_dir={tmp_path}/new/cuts",
+                command="benchmarks.layer_times")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(os.listdir(tmp_path / "new" / "cuts")) == 4  # created with its parent, kept
     assert "| conv | Conv2D | 1 |" in proc.stdout
     rows = json.loads(out.read_text())["rows"]
     assert [r["layer"] for r in rows] == ["conv", "pool", "flat", "fc"]
