@@ -15,19 +15,26 @@ from keras import ops
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
-def rebuilds_own_layers(fn):
-    """Runs `fn` with Keras's safe mode off, so that its layer copies (clone_model,
-    from_config) can rebuild `Lambda` layers.
+def own_layers_scope():
+    """A context in which Keras's safe mode is off, so that copies of the caller's own layers
+    (clone_model, from_config) can rebuild `Lambda` layers.
 
     Safe mode guards the *loading* of files: Keras refuses to rebuild a Python lambda from a
-    config unless told otherwise. The functions decorated here copy the caller's own
-    in-memory model, whose functions are already loaded.
+    config unless told otherwise. Use it only around copies of an in-memory model's own
+    layers, whose functions are already loaded; never around data from elsewhere (a plan
+    read from JSON: `apply_plan` keeps safe mode on for what the plan supplies).
     """
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    return SafeModeScope(False)
+
+
+def rebuilds_own_layers(fn):
+    """Runs `fn` inside `own_layers_scope()`: for functions that copy only the model they are
+    given (apply_ssl, strip_ssl, thin, zero_groups)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from keras.src.saving.serialization_lib import SafeModeScope
-
-        with SafeModeScope(False):
+        with own_layers_scope():
             return fn(*args, **kwargs)
 
     return wrapper

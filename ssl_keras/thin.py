@@ -41,6 +41,7 @@ them), so outputs stay exact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import keras
@@ -69,6 +70,7 @@ from ssl_keras._thin_model import (
     _plain,
     _read_weights,
     _zeroed_weights,
+    own_layers_scope,
     rebuilds_own_layers,
 )
 from ssl_keras._thin_plan import _prepare, _removed_indices, _restore
@@ -300,6 +302,9 @@ def _check_plan(plan, graph, weights, model_name):
             + (f"a dict without {missing}" if missing else
                f"plan={plan!r:.80} (of type {type(plan).__name__})"))
     made_for = plan.get("model")
+    if made_for is not None and not isinstance(made_for, dict):
+        raise ValueError("`plan['model']` must be the {'name', 'sha256'} dict thinning_plan "
+                         f"writes. Received: {made_for!r:.80}")
     if made_for is not None and made_for.get("sha256") != _fingerprint(graph, weights):
         raise ValueError(
             f"The plan was made for another model, or for this one before its weights or "
@@ -328,7 +333,6 @@ def _extra_layer(spec):
                      f"Received: class={spec['class']!r}")
 
 
-@rebuilds_own_layers
 def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     """Builds the thinned model described by `plan` (see `thinning_plan`).
 
@@ -387,12 +391,16 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
         elif op.name in clones:
             outputs = clones[op.name](*args, **kwargs)
         else:
-            if isinstance(op, keras.Model):
-                new = keras.models.clone_model(op)
-            else:
-                cfg = _cheap_init(op.get_config())
-                cfg.update((entry or {}).get("config", {}))
-                new = type(op).from_config(cfg)
+            changes = (entry or {}).get("config", {})
+            # Lambda layers copy with safe mode off, but only when the plan changes nothing in
+            # the layer's config: what a plan supplies (maybe read from a file) stays checked.
+            with own_layers_scope() if not changes else contextlib.nullcontext():
+                if isinstance(op, keras.Model):
+                    new = keras.models.clone_model(op)
+                else:
+                    cfg = _cheap_init(op.get_config())
+                    cfg.update(changes)
+                    new = type(op).from_config(cfg)
             outputs = new(*args, **kwargs)
             if isinstance(op, keras.Model):
                 new.set_weights(op.get_weights())

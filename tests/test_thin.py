@@ -707,3 +707,25 @@ def test_threshold_must_be_a_number():
         with pytest.raises(ValueError, match=r"`threshold` must be a finite number >= 0"):
             thin(model, threshold=bad)
     thin(model, threshold=np.float32(1e-4))
+
+
+def test_apply_plan_keeps_keras_safe_mode_for_what_a_plan_supplies(capsys):
+    """Lambda layers of the model copy with safe mode off; a function smuggled into a plan
+    (read from a file, say) must not run."""
+    from keras.src.saving import serialization_lib
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, L.Dense(2, name="d")(L.Dense(4, name="a")(inputs)))
+    plan = json.loads(json.dumps(thinning_plan(model)))
+    with pytest.warns(UserWarning):  # Keras warns when it serialises a lambda
+        act = serialization_lib.serialize_keras_object(
+            lambda t: (print("CODE RAN FROM PLAN"), t)[1])
+    plan["layers"].setdefault("a", {})["after"] = [
+        {"class": "Activation", "activation": act, "name": "evil"}]
+    del plan["model"]  # no fingerprint to check
+    with pytest.raises(ValueError, match="deserialization of a Python lambda"):
+        apply_plan(model, plan)
+    assert "CODE RAN FROM PLAN" not in capsys.readouterr().out
+    plan["model"] = "lenet"
+    with pytest.raises(ValueError, match=r"`plan\['model'\]` must be the \{'name', 'sha256'\}"):
+        apply_plan(model, plan)
