@@ -12,6 +12,7 @@ import enum
 from collections.abc import Callable
 
 import keras
+import numpy as np
 
 
 class Kind(enum.Enum):
@@ -63,9 +64,10 @@ class WeightSlice:
         if not isinstance(self.axis, int) or isinstance(self.axis, bool):
             raise ValueError(f"`axis` must be an integer. Received: axis={self.axis!r}")
         for name in ("penalize", "optional"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"`{name}` must be a bool. "
                                  f"Received: {name}={getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
         if isinstance(self.block, bool) or not (
             (isinstance(self.block, int) and self.block >= 1)
             or (isinstance(self.block, str) and self.block)
@@ -148,9 +150,10 @@ class LayerSpec:
                 "`expand` must be a positive integer or the name of a layer attribute "
                 f"(e.g. 'depth_multiplier'). Received: expand={self.expand!r}"
             )
-        if not isinstance(self.affine_safe, bool):
+        if not isinstance(self.affine_safe, (bool, np.bool_)):
             raise ValueError(f"`affine_safe` must be a bool. "
                              f"Received: affine_safe={self.affine_safe!r}")
+        object.__setattr__(self, "affine_safe", bool(self.affine_safe))
         if self.reason is not None and not isinstance(self.reason, str):
             raise ValueError(f"`reason` must be a string. Received: reason={self.reason!r}")
         if self.kind is not Kind.TIED and (self.tied or self.expand != 1):

@@ -368,6 +368,8 @@ def _class_labels(y, classes: int) -> np.ndarray:
         array = np.asarray(y)
     except (ValueError, TypeError):
         array = np.asarray(None)
+    if array.dtype.kind == "b" and array.ndim == 2 and array.shape[1] == classes:
+        array = array.astype(np.float32)  # boolean one-hot labels
     if array.dtype.kind not in "iuf":
         raise ValueError(
             f"`y` must be numeric: {expected}. "

@@ -225,11 +225,13 @@ class _Graph:
             reason = _constant_operands(node)
         if reason is None and spec.kind in _ONE_INPUT and len(ins) != 1:
             reason = f"expects one input tensor, received {len(ins)}"
-        if reason is None and spec.kind in _WEIGHTLESS and isinstance(op, keras.layers.Layer) \
-                and op.weights:
-            reason = (f"registered as {spec.kind.name} but owns weights "
-                      f"{sorted({v.name for v in op.weights})}, which would not be sliced with "
-                      "the channels: declare them as Kind.TIED slices")
+        if reason is None and spec.kind in _WEIGHTLESS and isinstance(op, keras.layers.Layer):
+            width = len(ins[0]) if ins else 0
+            per_channel = sorted({v.name for v in op.weights if width > 1 and width in v.shape})
+            if per_channel:  # a scalar weight (a learnable Swish beta) is fine
+                reason = (f"registered as {spec.kind.name} but owns per-channel weights "
+                          f"{per_channel} (an axis of size {width}), which would not be sliced "
+                          "with the channels: declare them as Kind.TIED slices")
         if reason is not None:
             return self.block(ins, node, path,
                               f"reaches {type(layer).__name__} '{path}' ({reason})")

@@ -25,14 +25,9 @@ def _inner(layer):
     return layer.ssl_inner_layer if isinstance(layer, StructuredSparsity) else layer
 
 
-def _shape(tensor_shape, layer=None):
-    """The shape with the batch axis as 1; a None elsewhere is an error (MACs need sizes)."""
-    if any(d is None for d in tuple(tensor_shape)[1:]):
-        raise ValueError(
-            "count_macs needs static shapes: the MACs of a layer depend on the sizes of its "
-            f"inputs and outputs. Received: shape {tuple(tensor_shape)} at layer "
-            f"{getattr(layer, 'name', '?')!r}; build the model with a fixed input size.")
-    return [int(d) if d is not None else 1 for d in tensor_shape]
+def _shape(tensor_shape):
+    """The shape with unknown sizes as None (the batch axis included)."""
+    return [int(d) if d is not None else None for d in tensor_shape]
 
 
 def _calls(model):
@@ -44,8 +39,7 @@ def _calls(model):
         op = node.operation
         if not isinstance(op, keras.layers.Layer) or not node.input_tensors:
             continue
-        out.append((op, _shape(node.input_tensors[0].shape, op),
-                    _shape(node.outputs[0].shape, op)))
+        out.append((op, _shape(node.input_tensors[0].shape), _shape(node.outputs[0].shape)))
     return out
 
 
@@ -68,6 +62,14 @@ def layer_macs(layer, input_shape, output_shape) -> int:
 
     layer = _inner(layer)
     cls = type(layer)
+    if not (isinstance(layer, keras.layers.Dense) or _is_conv(cls) or _is_depthwise(cls)
+            or _is_separable(cls) or _is_transpose(cls)):
+        return 0
+    if any(d is None for d in (*input_shape[1:], *output_shape[1:])):
+        raise ValueError(
+            "count_macs needs the sizes a layer's MACs depend on. Received: input shape "
+            f"{tuple(input_shape)}, output shape {tuple(output_shape)} at layer "
+            f"{layer.name!r}; build the model with a fixed input size.")
     cin = input_shape[-1]
     out_pos = int(np.prod(output_shape[1:-1], dtype=np.int64))
     if isinstance(layer, keras.layers.Dense):

@@ -158,11 +158,11 @@ def group_norms(kernel, structure: Structure | str, in_axis: int = -2,
     >>> group_norms(np.ones((3, 3, 2, 4)), "filters")
     array([4.2426405, 4.2426405, 4.2426405, 4.2426405], dtype=float32)
     """
-    if isinstance(kernel, keras.layers.Layer) or not hasattr(kernel, "shape"):
+    if isinstance(kernel, keras.layers.Layer):
         raise ValueError(
             "`kernel` must be a weight array (a NumPy array, a tensor or a Keras variable, "
-            "e.g. layer.kernel), not a layer or a Python object. "
-            f"Received: kernel of type {type(kernel).__name__}")
+            f"e.g. layer.kernel), not a layer. Received: kernel={kernel.name!r} of type "
+            f"{type(kernel).__name__}")
     x = np.asarray(ops.convert_to_numpy(kernel), dtype=np.float64)
     if Structure.parse(structure) is Structure.BORDERS:
         bands = border_bands(x.shape, in_axis, out_axis)

@@ -105,12 +105,14 @@ class ConstantAdd(keras.layers.Layer):
 
     def __init__(self, shape, **kwargs):
         super().__init__(**kwargs)
-        ints = isinstance(shape, (list, tuple)) and all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in shape)
+        given = shape
+        ints = isinstance(shape, (list, tuple, np.ndarray)) and np.ndim(shape) == 1 and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, (bool, np.bool_))
+            for s in shape)
         shape = tuple(int(s) for s in shape) if ints else ()
         if not shape or any(s < 1 for s in shape):
             raise ValueError(
-                f"`shape` must be a non-empty tuple of positive sizes. Received: shape={shape}"
+                f"`shape` must be a non-empty tuple of positive sizes. Received: shape={given!r}"
             )
         self.shape = shape
 

@@ -303,7 +303,7 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
                 "`layers` selects layers of a model; it cannot be used when wrapping a "
                 f"single layer. Received: layers={layers!r}"
             )
-        _warn_double_group_lasso("the layer", {to_wrap.name: to_wrap}, {}, stacklevel=3)
+        _warn_double_group_lasso("the layer", {to_wrap.name: to_wrap}, {}, stacklevel=4)
         copy = _clone_layer(to_wrap)  # the penalty attaches to variables: not to_wrap's
         if to_wrap.built:
             copy.build_from_config(to_wrap.get_build_config())
@@ -383,7 +383,7 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
                 f"unpenalised. Received: layer={name!r} ({cls})"
             )
 
-    _warn_double_group_lasso(f"model '{model.name}'", by_name, overrides, stacklevel=4)
+    _warn_double_group_lasso(f"model '{model.name}'", by_name, overrides, stacklevel=5)
 
     def per_layer(name):
         values = dict(_coefficients_for(name, defaults, overrides))

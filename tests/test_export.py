@@ -594,6 +594,7 @@ def test_evaluate_tflite_checks_labels(exported):
     probabilities = np.full((5, 3), 0.1)
     probabilities[np.arange(5), pred] = 0.8
     assert evaluate_tflite(path, x, probabilities) == 1.0
+    assert evaluate_tflite(path, x, np.eye(3, dtype=bool)[pred]) == 1.0  # boolean one-hot
     cases = {
         r"`y` is required: integer class labels in \[0, 3\).*Received: y=None": None,
         r"`y` must be numeric.*dtype <U1": np.array(list("abcde")),

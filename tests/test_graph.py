@@ -560,7 +560,8 @@ def test_a_passthrough_spec_on_a_layer_with_weights_blocks(clean_registry):
     k[:, 0] = 0
     model.get_layer("d1").kernel.assign(k)
     (group,) = [g for g in removable_groups(model) if g["source"] == "d1" and g["channel"] == 0]
-    assert "registered as PASSTHROUGH but owns weights ['w']" in group["blocked"]
+    assert "registered as PASSTHROUGH but owns per-channel weights ['w'] (an axis of size 3)" \
+        in group["blocked"]
     assert ssl_keras.thin(model).get_layer("d1").units == 3
     ssl_keras.register_layer(_Scale, ssl_keras.LayerSpec(ssl_keras.Kind.TIED, tied=(
         ssl_keras.WeightSlice("w", axis=0, penalize=False),)), overwrite=True)
@@ -568,5 +569,29 @@ def test_a_passthrough_spec_on_a_layer_with_weights_blocks(clean_registry):
     assert ssl_keras.thinning_plan(model)["groups"]["d1:0"]["why"].startswith(
         "blocked: thin cannot rebuild layer 'scale' of class _Scale with fewer channels")
     small = ssl_keras.thin(model)
+    x = np.ones((2, 4), "float32")
+    np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+class _Swish(keras.layers.Layer):
+    """x * sigmoid(beta * x) with one learnable scalar beta: no per-channel weight."""
+
+    def build(self, input_shape):
+        self.beta = self.add_weight(shape=(), initializer="ones", name="beta")
+
+    def call(self, x):
+        return x * keras.ops.sigmoid(self.beta * x)
+
+
+def test_a_passthrough_layer_with_a_scalar_weight_still_thins(clean_registry):
+    ssl_keras.register_layer(_Swish, ssl_keras.LayerSpec(ssl_keras.Kind.PASSTHROUGH))
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(6, name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="b")(_Swish(name="swish")(x)))
+    k = np.array(model.get_layer("a").kernel.numpy())
+    k[:, :3] = 0
+    model.get_layer("a").kernel.assign(k)
+    small = ssl_keras.thin(model)
+    assert small.get_layer("a").units == 3
     x = np.ones((2, 4), "float32")
     np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-6)

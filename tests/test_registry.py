@@ -164,3 +164,10 @@ def test_docstring_examples(clean_registry):
     for module in (registry, _registry_spec, graph):
         result = doctest.testmod(module, extraglobs={"keras": keras}, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, (module.__name__, result)
+
+
+def test_numpy_bools_are_bools():
+    import numpy as np
+
+    assert WeightSlice("k", 0, penalize=np.True_).penalize is True
+    assert LayerSpec(Kind.PASSTHROUGH, affine_safe=np.False_).affine_safe is False

@@ -342,8 +342,8 @@ def test_same_values_on_jax_backend(tmp_path):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: group_norms(keras.layers.Dense(3), "filters"),
-     r"`kernel` must be a weight array .* Received: kernel of type Dense"),
+    (lambda: group_norms(keras.layers.Dense(3, name="d"), "filters"),
+     r"`kernel` must be a weight array .* not a layer\. Received: kernel='d' of type Dense"),
     (lambda: group_norms(np.ones((3, 3)), "filters", in_axis=None),
      r"`in_axis` must be an integer\. Received: in_axis=None"),
     (lambda: GroupLasso(filters=1.0)([[1.0, 2.0], [3.0, 4.0]]),
@@ -354,3 +354,8 @@ def test_same_values_on_jax_backend(tmp_path):
 def test_wrong_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_group_norms_takes_a_nested_list():
+    np.testing.assert_allclose(group_norms([[1.0, 2.0], [3.0, 4.0]], "filters"),
+                               [np.sqrt(10.0), np.sqrt(20.0)], rtol=1e-6)

@@ -137,8 +137,12 @@ def test_a_model_from_apply_ssl_counts_as_its_layers():
     assert row.split()[1] == "Conv2D"
 
 
-def test_count_macs_refuses_unknown_sizes():
+def test_count_macs_refuses_unknown_sizes_only_where_they_count():
     inputs = keras.Input((None, 3))
-    model = keras.Model(inputs, L.Dense(4)(inputs))
-    with pytest.raises(ValueError, match=r"count_macs needs static shapes.*\(None, None, 3\)"):
+    model = keras.Model(inputs, L.Dense(4, name="d")(inputs))
+    with pytest.raises(ValueError, match=r"count_macs needs the sizes a layer's MACs depend "
+                                         r"on\. Received: input shape \(None, None, 3\).*'d'"):
         count_macs(model)
+    inputs = keras.Input((None,))  # a sequence of unknown length, pooled before the Dense
+    x = L.GlobalAveragePooling1D()(L.Embedding(10, 8)(inputs))
+    assert count_macs(keras.Model(inputs, L.Dense(4)(x))) == 8 * 4

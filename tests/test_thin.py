@@ -6,6 +6,7 @@ max |thin(model)(x) - zeroed(x)| <= 1e-5 * (1 + max |zeroed(x)|), zeroed = zero_
 
 import json
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -417,8 +418,10 @@ def test_plan_that_does_not_fit_is_rejected():
 
 @pytest.mark.parametrize("shape", [(0, 3), 3, (2.5,), (True,), ()])
 def test_constant_add_validates_its_shape(shape):
-    with pytest.raises(ValueError, match="`shape` must be a non-empty tuple of positive sizes"):
+    with pytest.raises(ValueError, match=r"`shape` must be a non-empty tuple of positive "
+                                         rf"sizes\. Received: shape={re.escape(repr(shape))}"):
         ConstantAdd(shape)
+    assert ConstantAdd(np.array([4])).shape == (4,)
 
 
 # ---------------------------------------------------------------------- keras.applications

@@ -761,10 +761,12 @@ def test_apply_ssl_warns_when_a_layer_carries_its_own_group_lasso():
     for coupled in (True, False):
         with pytest.warns(UserWarning, match=r"Layers \['c2'\] of model '.*' already carry a "
                                              r"GroupLasso .* penalised twice .*layers=\{'c2': "
-                                             r"None\}"):
+                                             r"None\}") as caught:
             apply_ssl(model, filters=1e-4, channels=1e-4, coupled=coupled)
-    with pytest.warns(UserWarning, match=r"Layers \['c2'\] of the layer already carry"):
+        assert caught[0].filename == __file__  # the warning points at the caller's line
+    with pytest.warns(UserWarning, match=r"Layers \['c2'\] of the layer already carry") as caught:
         apply_ssl(model.get_layer("c2"), filters=1e-4)
+    assert caught[0].filename == __file__
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an L2 regulariser, or c2 left out: no warning
         apply_ssl(model, filters=1e-4, channels=1e-4, layers={"c2": None})
