@@ -4,11 +4,11 @@ CPU latency benchmark.
 Extras:
   bench  tensorflow-model-optimization + tf-keras (the element-wise pruning baseline, run in
          its own process)
+  plot   matplotlib (plots in the benchmark and the examples)
+  test   pytest, hypothesis, jax (backend-equivalence test) and everything above
 
 ai-edge-litert (the LiteRT interpreter) is a core dependency: export_tflite counts ops and
 verifies outputs with it, and tflite_bench runs .tflite files with it.
-  plot   matplotlib (plots in the benchmark and the examples)
-  test   pytest, hypothesis, jax (backend-equivalence test) and everything above
 """
 from setuptools import find_packages, setup
 

@@ -72,11 +72,9 @@ def check_model_file(path: str) -> None:
 def load_chain(path: str):
     """The model at `path` and its chain of layers (chain_layers), before any work: a model
     that does not load, or is not a chain, is one line (exit 2)."""
-    from ssl_keras._quiet import import_tensorflow_quietly
     from tflite_bench._cli import quiet_stderr
 
     with quiet_stderr():  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL here
-        import_tensorflow_quietly()  # its start-up lines
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # "failed call to cuInit" on a machine without GPU

@@ -435,7 +435,8 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
         model: a functional or Sequential Keras model with static input shapes; a model
             from `apply_ssl` is stripped first (`strip_ssl`).
         threshold: the group norm at or below which a group counts as zero (>= 0).
-        round_to: keep every thinned width a multiple of this (e.g. 8 for XNNPACK), or a
+        round_to: keep every thinned width a multiple of this (e.g. 16, XNNPACK's float32
+            output-channel block on an x86 AVX CPU; `benchmarks.lenet_widths` measures it), or a
             dict `{layer name: multiple}` (the layers not named: 1).
         groups: the coupled groups (checked against the model); `removable_groups(model)` when
             None.

@@ -339,3 +339,18 @@ def test_parse_log_without_timing_is_refused(tmp_path):
     assert "no inference time for run 1 of 1 (graph /data/local/tmp/m.tflite)" in line
     assert "Expected: 'Inference (avg): N'" in line
     assert sorted(os.listdir(tmp_path)) == ["init_only.log"]
+
+
+def test_a_model_the_schema_reader_chokes_on_is_one_line(models, monkeypatch, capsys):
+    """A corrupt flatbuffer can fail deep in the schema reader (IndexError, ...), not with
+    OSError / ValueError: still one line, exit 2, before any work."""
+    import tflite_bench.__main__ as cli_main
+
+    def choke(path):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(cli_main, "model_info", choke)
+    code = cli_main.main(["tflite_bench", str(models["big"]), "--runs", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "not a readable .tflite flatbuffer (IndexError: list index out of range)" in err[0]

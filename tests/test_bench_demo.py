@@ -42,8 +42,11 @@ def test_missing_examples_is_one_line_exit_2_and_creates_nothing(tmp_path):
         [sys.executable, "-c", "import importlib.util as u; import tflite_bench; "
          "print(u.find_spec('examples') is None)"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    # The situation under test: tflite_bench is installed, the examples package is not found.
-    assert probe.stdout.strip() == "True", probe.stderr[-2000:]
+    # The situation under test: tflite_bench is installed, the examples package is not found
+    # (an editable install maps only ssl_keras and tflite_bench).
+    if probe.stdout.strip() != "True":
+        pytest.skip("examples is importable outside the repository here (not an editable "
+                    f"install of ssl_keras): {probe.stdout.strip()} {probe.stderr[-300:]}")
     out = tmp_path / "out" / "nested"
     line = _one_error_line(_run(f"--out={out}", cwd=tmp_path, env=env, timeout=120))
     assert "examples/models.py" in line and "No module named 'examples'" in line

@@ -112,6 +112,9 @@ def _check_models(paths, by_name):
             model_info(p)
         except (OSError, ValueError) as e:
             errors.append(f"{p}: {_cli.one_line(e)}")
+        except Exception as e:  # a corrupt flatbuffer fails deep in the schema reader
+            errors.append(f"{p}: not a readable .tflite flatbuffer ({type(e).__name__}: "
+                          f"{_cli.one_line(e)})")
     if len(errors) == 1:
         raise UsageError(errors[0])
     if errors:

@@ -331,11 +331,8 @@ def run(argv):
                                  f"{data[part].shape}")
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    from ssl_keras._quiet import import_tensorflow_quietly
-
     with _cli.quiet_stderr():  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL here
-        import_tensorflow_quietly()  # its start-up lines
-        import tensorflow as tf
+        import tensorflow as tf  # (not through ssl_keras: this process stays Keras-2 only)
 
         tf.config.list_physical_devices()  # "failed call to cuInit" on a machine without GPU
         import tensorflow_model_optimization as tfmot

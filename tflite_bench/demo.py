@@ -137,9 +137,10 @@ def run(argv):
     created = _make_folder(FLAGS.out)  # before TensorFlow: a bad --out fails in one line, fast
     written = []
     try:
-        from ssl_keras._quiet import import_tensorflow_quietly
+        with _cli.quiet_stderr():  # TensorFlow's start-up and cuInit lines ignore the level
+            import tensorflow as tf
 
-        import_tensorflow_quietly()  # no TensorFlow start-up lines (TF_CPP_MIN_LOG_LEVEL >= 1)
+            tf.config.list_physical_devices()
         import keras
 
         from tflite_bench.report import atomic_write
