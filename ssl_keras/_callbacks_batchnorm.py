@@ -51,7 +51,8 @@ def reestimate_batchnorm(model, x, batch_size=128, max_batches=None) -> int:
     Args:
         model: a Keras model.
         x: input data (see above), at least one sample; every value used must be finite
-            (NaN or inf raise a ValueError before any statistic changes).
+            (NaN or inf raise a ValueError: in-memory data before any statistic changes, a
+            Dataset or generator at the batch that holds them, with the statistics restored).
         batch_size: samples per forward pass for in-memory data, >= 1 (use the training
             batch size).
         max_batches: use at most this many batches, >= 1, or None for all of `x`.
