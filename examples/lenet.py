@@ -8,7 +8,7 @@ same parameter sparsity. Writes results/lenet_<dataset>.json / .md / *.png and p
 table.
 
 Example:
-    python -m examples.lenet                    # Fashion-MNIST, 4.8-6.5 minutes on 2 cores
+    python -m examples.lenet                    # Fashion-MNIST, 4.4-6.5 minutes on 2 cores
     python -m examples.lenet --quick            # 2000 images, 1 epoch per phase, < 1 minute
     python -m examples.lenet --dataset=mnist --data_dir=/path/to/idx --shapes=1e-3
 """
