@@ -71,9 +71,12 @@ def main(recipe: Recipe, argv=None) -> int:
         print(f"{recipe.name}: error: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ssl_keras._quiet import import_tensorflow_quietly
+    from tflite_bench._cli import quiet_stderr
 
-    import_tensorflow_quietly()  # without TensorFlow's start-up lines (they ignore the level)
+    with quiet_stderr():  # TensorFlow's start-up and cuInit lines ignore the log level
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
     try:
         Pipeline(recipe, cfg).run()
     except (UsageError, datasets.DatasetNotFoundError) as e:
