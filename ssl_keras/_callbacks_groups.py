@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from ssl_keras._groups_check import validate_groups
+from ssl_keras.regularizers import _finite, _is_real
 from ssl_keras.structures import (
     Structure,
     border_bands,
@@ -33,9 +34,7 @@ from ssl_keras.wrap import (
 
 def _validate_threshold(value, name="threshold") -> float:
     """A finite real number >= 0 (Python or NumPy, not a bool), as a float."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_))
-    if not ok or not math.isfinite(value) or value < 0:
+    if not _is_real(value) or not _finite(value) or value < 0:
         raise ValueError(
             f"`{name}` must be a non-negative finite float. Received: {name}={value!r}"
         )

@@ -8,7 +8,6 @@ It must not import `ssl_keras.export` (run as `python -m ssl_keras.export`).
 
 from __future__ import annotations
 
-import math
 import tempfile
 import warnings
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from ssl_keras import _tflite
 from ssl_keras._export_inputs import _input_names, _static_shapes, _unflatten
+from ssl_keras.regularizers import _finite, _is_real
 
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
 
@@ -122,9 +122,7 @@ def _validate_flags(verify, overwrite, allow_select_ops, atol, seed):
                 f"`{name}` must be a bool (True or False). Received: {name}={value!r} "
                 f"of type {type(value).__name__}"
             )
-    number = isinstance(atol, (int, float, np.integer, np.floating)) and not isinstance(
-        atol, (bool, np.bool_))
-    if not number or not math.isfinite(atol) or atol < 0:
+    if not _is_real(atol) or not _finite(atol) or atol < 0:
         raise ValueError(f"`atol` must be a finite number >= 0. Received: atol={atol!r}")
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be an integer >= 0. Received: seed={seed!r}")

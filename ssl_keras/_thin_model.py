@@ -6,11 +6,12 @@ Internal to `ssl_keras.thin`; `ssl_keras.report` reads the graph and the layer k
 from __future__ import annotations
 
 import functools
-import math
 
 import keras
 import numpy as np
 from keras import ops
+
+from ssl_keras.regularizers import _finite, _is_real
 
 KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
@@ -45,15 +46,12 @@ def rebuilds_own_layers(fn):
 
 
 def _check_threshold(threshold):
-    real = isinstance(threshold, (int, float, np.integer, np.floating)) and not isinstance(
-        threshold, (bool, np.bool_))
-    value = float(threshold) if real else float("nan")
-    if not math.isfinite(value) or value < 0:
+    if not _is_real(threshold) or not _finite(threshold) or threshold < 0:
         raise ValueError(
             "`threshold` must be a finite number >= 0 (group norms at most `threshold` are "
             f"treated as zero). Received: threshold={threshold!r}"
         )
-    return value
+    return float(threshold)
 
 
 def _check_round_to(round_to):

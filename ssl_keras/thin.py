@@ -294,8 +294,9 @@ def _fingerprint(graph, weights) -> str:
 _PLAN_KEYS = ("zero", "dropped", "dead", "layers", "adds")
 
 
-def _check_plan(plan, graph, weights, model_name):
-    """Raises a ValueError unless `plan` is a thinning plan made for this model as it is."""
+def _check_plan(plan, graph, weights, model_name, fingerprint=True):
+    """Raises a ValueError unless `plan` is a thinning plan made for this model as it is
+    (with `fingerprint`, its "model" hash is compared with the weights')."""
     if not isinstance(plan, dict) or any(k not in plan for k in _PLAN_KEYS):
         missing = [k for k in _PLAN_KEYS if k not in plan] if isinstance(plan, dict) else None
         raise ValueError(
@@ -307,7 +308,8 @@ def _check_plan(plan, graph, weights, model_name):
     if made_for is not None and not isinstance(made_for, dict):
         raise ValueError("`plan['model']` must be the {'name', 'sha256'} dict thinning_plan "
                          f"writes. Received: {made_for!r:.80}")
-    if made_for is not None and made_for.get("sha256") != _fingerprint(graph, weights):
+    if fingerprint and made_for is not None and \
+            made_for.get("sha256") != _fingerprint(graph, weights):
         raise ValueError(
             f"The plan was made for another model, or for this one before its weights or "
             f"layers changed. Expected a plan from thinning_plan() of model '{model_name}' as "
@@ -353,9 +355,14 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     Example:
     >>> small = apply_plan(model, thinning_plan(model))
     """
+    return _apply_plan(model, plan, fingerprint=True)
+
+
+def _apply_plan(model, plan, fingerprint: bool) -> keras.Model:
+    """apply_plan; `fingerprint=False` skips hashing the weights (thin's own fresh plan)."""
     graph = _graph(_plain(model))
     weights = _read_weights(graph)
-    _check_plan(plan, graph, weights, model.name)
+    _check_plan(plan, graph, weights, model.name, fingerprint)
     arrays = _zeroed_weights(weights, plan["zero"])
     dead, dropped = set(plan["dead"]), plan["dropped"]
     layer_plans, adds = plan["layers"], plan["adds"]
@@ -436,7 +443,8 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
             from `apply_ssl` is stripped first (`strip_ssl`).
         threshold: the group norm at or below which a group counts as zero (>= 0).
         round_to: keep every thinned width a multiple of this (e.g. 16, XNNPACK's float32
-            output-channel block on an x86 AVX CPU; `benchmarks.lenet_widths` measures it), or a
+            output-channel block on the AVX-512 x86 CPU of RESULTS.md; other CPUs may differ:
+            `benchmarks.lenet_widths` measures it), or a
             dict `{layer name: multiple}` (the layers not named: 1).
         groups: the coupled groups (checked against the model); `removable_groups(model)` when
             None.
@@ -451,7 +459,8 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
     >>> ssl_keras.summarize(model, small)
     """
     model = _plain(model)
-    return apply_plan(model, thinning_plan(model, threshold, round_to, groups, crop_kernels))
+    plan = thinning_plan(model, threshold, round_to, groups, crop_kernels)
+    return _apply_plan(model, plan, fingerprint=False)  # made from this model just now
 
 
 @rebuilds_own_layers

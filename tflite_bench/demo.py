@@ -48,22 +48,6 @@ def to_float32_tflite(model) -> bytes:
         return tf.lite.TFLiteConverter.from_saved_model(d).convert()
 
 
-def export_float32(model, path):
-    """Converts a Keras 3 model to a float32 batch-1 .tflite file, written atomically.
-
-    Args:
-        model: a built Keras 3 model with one input.
-        path: destination .tflite path.
-
-    Example:
-
-    >>> export_float32(examples.models.lenet(), "lenet.tflite")  # doctest: +SKIP
-    """
-    from tflite_bench.report import atomic_write
-
-    atomic_write(path, to_float32_tflite(model), overwrite=True)
-
-
 def _check_out(out):
     """Refuses an --out that is a file or lies under one, before any work."""
     parent = os.path.abspath(out)
