@@ -28,6 +28,7 @@ from ssl_keras.wrap import (
     CoupledTerms,
     SSLModel,
     StructuredSparsity,
+    hand_placed_weights,
     kernel_specs,
 )
 
@@ -175,6 +176,18 @@ def _wrapper_sets(model) -> list:
     return sets
 
 
+def _hand_placed_sets(model) -> list:
+    """The groups of the GroupLasso regularisers a user put on the model's kernels."""
+    sets = []
+    for name, variable, regularizer in hand_placed_weights(model):
+        for structure, coefficient in regularizer.coefficients().items():
+            found = _StructureSet(name, variable, structure, regularizer.in_axis,
+                                  regularizer.out_axis, coefficient, regularizer.normalize)
+            if found.bands != []:
+                sets.append(found)
+    return sets
+
+
 def _plain_sets(model) -> list:
     sets = []
     for layer in model._flatten_layers(include_self=False):
@@ -240,11 +253,17 @@ def group_sets(model, groups=None, coefficient=None, fallback=True) -> list:
     """
     if coefficient is not None:
         coefficient = _validate_threshold(coefficient, "coefficient")
+    if not model.built:
+        raise ValueError(
+            f"Model '{model.name}' is not built: its layers have no weights yet, so it has no "
+            "groups to act on. Build it before fit (call it on a batch, or "
+            "`model.build(input_shape)`). Received: a model with built=False"
+        )
     if groups is not None:
         groups = validate_groups(groups, model, need_role=False)
         found = [_coupled_set(model, _normalize_groups(groups, coefficient))]
         return [s for s in found if s is not None]
-    sets = _wrapper_sets(model)
+    sets = _wrapper_sets(model) + _hand_placed_sets(model)
     if isinstance(model, SSLModel) and model.ssl_groups:
         sets.append(_coupled_set(model, _normalize_groups(model.ssl_groups, coefficient)))
     if not sets and fallback:  # a plain model: analyse it

@@ -13,8 +13,10 @@
   (after group Lasso has changed the weights under them, or after zeroing groups).
 
 The groups come from the model: the `StructuredSparsity` wrappers (per-layer groups of every
-structure with a non-zero coefficient) and, for an `SSLModel`, its coupled channel groups and
-residual-branch groups. A plain model can be given `groups=` (the output of
+structure with a non-zero coefficient), the `GroupLasso` regularisers placed by hand
+(`kernel_regularizer=GroupLasso(...)`, the same per-layer groups; subclassed models included,
+once built) and, for an `SSLModel`, its coupled channel groups and residual-branch groups. A
+plain model can be given `groups=` (the output of
 `ssl_keras.removable_groups(model)`, or the `ssl_groups` of an SSLModel); without it, a plain
 model is analysed with `removable_groups` plus the per-layer filter, channel, shape and border
 groups of every supported layer.
@@ -211,22 +213,24 @@ class ProximalGroupLasso(keras.callbacks.Callback):
 
     `w_g <- w_g * max(0, 1 - lr * lambda_g / ||w_g||)`
 
-    The coefficients are read from the model (the wrappers' GroupLasso, the SSLModel's coupled
-    groups) unless `coefficient` is given. This is proximal gradient descent: for the length
-    of the fit, the group Lasso of a model from `apply_ssl` stays in the reported loss but
-    its gradient is switched off (the train function is rebuilt at the start and the end of
-    training), so the optimizer follows the data loss only and this step applies the
-    penalty. Where one weight is in several groups (filters and channels of one kernel, a
-    channel and a residual branch), the shrinkages are applied one after the other.
+    The coefficients are read from the model (the wrappers' GroupLasso, GroupLasso
+    regularisers placed by hand, the SSLModel's coupled groups) unless `coefficient` is given.
+    This is proximal gradient descent: for the length of the fit, the group Lasso stays in
+    the reported loss but its gradient is switched off (the train function is rebuilt at
+    the start and the end of training), so the optimizer follows the data loss only and this
+    step applies the penalty. Where one weight is in several groups (filters and channels of
+    one kernel, a channel and a residual branch), the shrinkages are applied one after the
+    other.
 
     If the fit raises (KeyboardInterrupt, an error in another callback), Keras skips
     `on_train_end`; an `SSLModel` (apply_ssl with coupled=True) switches the gradient back on
-    itself, a plain model of `StructuredSparsity` wrappers needs
-    `ssl_keras.wrap.set_penalty_gradient(model, True)` and `model.train_function = None`.
+    itself, a plain model (of `StructuredSparsity` wrappers or with GroupLasso placed by hand)
+    needs `ssl_keras.wrap.set_penalty_gradient(model, True)` and
+    `model.train_function = None`.
 
     Args:
         coefficient: one lambda for every group, >= 0, or None to read them from the model
-            (required for a plain model).
+            (required for a plain model given `groups=`).
         groups: plain-data groups for a plain model, or None.
 
     Example:
@@ -246,7 +250,8 @@ class ProximalGroupLasso(keras.callbacks.Callback):
         if not self._sets and self.groups is None:
             raise ValueError(
                 f"Model '{self.model.name}' carries no SSL groups to shrink. Wrap it with "
-                "ssl_keras.apply_ssl(...), or pass groups=ssl_keras.removable_groups(model) "
+                "ssl_keras.apply_ssl(...), put ssl_keras.GroupLasso(...) on its layers' "
+                "kernel_regularizer, or pass groups=ssl_keras.removable_groups(model) "
                 "and coefficient=... . Received: groups=None"
             )
         if not any(np.any(np.asarray(s.coefficient) > 0) for s in self._sets):

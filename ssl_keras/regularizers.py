@@ -131,6 +131,9 @@ class GroupLasso(keras.regularizers.Regularizer):
             )
         self.in_axis = in_axis
         self.out_axis = out_axis
+        # False while ProximalGroupLasso applies this penalty as a proximal step: the loss
+        # value keeps it, the gradient does not (not part of the config).
+        self.ssl_penalty_gradient = True
 
     def coefficients(self) -> dict[Structure, float]:
         """The non-zero coefficients, by structure."""
@@ -168,6 +171,8 @@ class GroupLasso(keras.regularizers.Regularizer):
                 size = group_size(structure, x.shape, self.in_axis, self.out_axis)
                 total = total * math.sqrt(size)
             loss = loss + coefficient * total
+        if not getattr(self, "ssl_penalty_gradient", True):
+            loss = ops.stop_gradient(loss)
         return loss
 
     def _borders(self, squares):

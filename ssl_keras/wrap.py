@@ -34,6 +34,7 @@ from ssl_keras._wrap_groups import (
 from ssl_keras._wrap_groups import residual_branches as residual_branches  # public
 from ssl_keras._wrap_layer import (
     StructuredSparsity,
+    _Penalty,
     _registered,
     kernel_specs,
 )
@@ -195,11 +196,39 @@ def set_penalty_gradient(model, enabled: bool) -> bool:
     changed = False
     owners = [layer for layer in model._flatten_layers(include_self=True)
               if isinstance(layer, (StructuredSparsity, SSLModel))]
+    owners += hand_placed_group_lassos(model)
     for owner in owners:
         if owner.ssl_penalty_gradient != enabled:
             owner.ssl_penalty_gradient = enabled
             changed = True
     return changed
+
+
+def hand_placed_group_lassos(model) -> list[GroupLasso]:
+    """The GroupLasso regularisers that a user put on `model`'s weights (not apply_ssl's).
+
+    `keras.layers.Conv2D(..., kernel_regularizer=GroupLasso(...))`, also under an apply_ssl
+    wrapper (which keeps the layer's own regulariser beside its own). Each instance once.
+    """
+    found = []
+    for _, _, regularizer in hand_placed_weights(model):
+        if not any(regularizer is seen for seen in found):
+            found.append(regularizer)
+    return found
+
+
+def hand_placed_weights(model) -> list[tuple]:
+    """`(layer name, variable, GroupLasso)` for every weight of `model` that carries a
+    hand-placed GroupLasso (see hand_placed_group_lassos), in layer order."""
+    found = {}  # id(variable) -> entry; layers come outer first, so the owner's name wins
+    for layer in model._flatten_layers(include_self=False):
+        for variable in layer.trainable_weights:
+            regularizer = getattr(variable, "regularizer", None)
+            if isinstance(regularizer, _Penalty):
+                regularizer = regularizer.own
+            if isinstance(regularizer, GroupLasso):
+                found[id(variable)] = (layer.name, variable, regularizer)
+    return list(found.values())
 
 
 def _clone_layer(layer):

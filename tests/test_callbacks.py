@@ -97,6 +97,71 @@ def test_proximal_kernel_in_two_groups_of_different_axes():
                                atol=1e-6)
 
 
+def test_proximal_on_hand_placed_group_lasso_is_pure_proximal_gradient():
+    # The README's first line: GroupLasso put on a kernel by hand, no apply_ssl.
+    keras.utils.set_random_seed(1)
+    reg = ssl_keras.GroupLasso(filters=0.5)
+    model = keras.Sequential([keras.Input((3,)),
+                              keras.layers.Dense(4, name="d", kernel_regularizer=reg)])
+    kernel = model.get_layer("d").kernel
+    w = kernel.numpy().astype(np.float64)
+    penalty = 0.5 * np.sum(np.sqrt(np.sum(w ** 2, axis=0) + 1e-8))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x, y = np.zeros((1, 3), "float32"), np.zeros((1, 4), "float32")
+    monitor = SparsityMonitor(verbose=False)
+    history = model.fit(x, y, verbose=0, callbacks=[ProximalGroupLasso(), monitor])
+    np.testing.assert_allclose(history.history["loss"][0], penalty, rtol=1e-5)
+    step = w * np.maximum(0, 1 - 0.1 * 0.5 / np.linalg.norm(w, axis=0))
+    np.testing.assert_allclose(kernel.numpy(), step, atol=1e-6)
+    # The monitor reports the penalised structure (not the fallback analysis of the model).
+    assert set(monitor.summary) == {"d/filters"}
+    assert reg.ssl_penalty_gradient and model.train_function is None
+    model.fit(x, y, verbose=0)  # the subgradient is back
+    sub = step * (1 - 0.1 * 0.5 / np.sqrt(np.sum(step ** 2, axis=0) + 1e-8))
+    np.testing.assert_allclose(kernel.numpy(), sub, atol=1e-6)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self, reg):
+        super().__init__(name="sub")
+        self.conv = keras.layers.Conv2D(4, 3, name="conv", kernel_regularizer=reg)
+        self.flat = keras.layers.Flatten()
+        self.head = keras.layers.Dense(2, name="head")
+
+    def call(self, x):
+        return self.head(self.flat(self.conv(x)))
+
+
+def test_subclassed_model_with_hand_placed_group_lasso_trains_to_exact_zeros():
+    keras.utils.set_random_seed(2)
+    model = _Subclassed(ssl_keras.GroupLasso(filters=50.0, channels=0.1))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    x = np.random.default_rng(2).normal(size=(8, 6, 6, 2)).astype("float32")
+    y = np.zeros((8, 2), "float32")
+    with pytest.raises(ValueError, match="Model 'sub' is not built.*model.build"):
+        model.fit(x, y, verbose=0, callbacks=[ProximalGroupLasso()])
+    model(x[:1])
+    monitor = SparsityMonitor(verbose=False)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[ProximalGroupLasso(), monitor])
+    # A step of lr * lambda = 5 is larger than every filter's norm: all filters are 0.
+    assert not np.any(model.conv.kernel.numpy())
+    assert monitor.summary["conv/filters"] == (4, 4)
+    assert set(monitor.summary) == {"conv/filters", "conv/channels"}
+
+
+def test_set_penalty_gradient_reaches_hand_placed_group_lasso_under_a_wrapper():
+    reg = ssl_keras.GroupLasso(channels=0.2)
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(4, name="d", kernel_regularizer=reg)(inputs)
+    with pytest.warns(UserWarning, match="GroupLasso"):
+        ssl = ssl_keras.apply_ssl(keras.Model(inputs, outputs), filters=0.1, coupled=False)
+    own = ssl.get_layer("d").ssl_inner_layer.kernel.regularizer.own
+    assert isinstance(own, ssl_keras.GroupLasso) and own is not reg  # a copy, not the caller's
+    assert ssl_keras.wrap.set_penalty_gradient(ssl, False)
+    assert not own.ssl_penalty_gradient and reg.ssl_penalty_gradient
+    assert ssl_keras.wrap.set_penalty_gradient(ssl, True) and own.ssl_penalty_gradient
+
+
 def test_proximal_on_wrapper_is_pure_proximal_gradient():
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((3,)), ssl_keras.apply_ssl(
