@@ -1,8 +1,8 @@
 """Training callbacks of Structured Sparsity Learning.
 
 - `SparsityMonitor`: per layer, how many removable groups are at or below a threshold (thin's
-  rule), in the logs (History) every epoch, as TensorBoard scalars, and as a table at the end
-  of training.
+  rule), every epoch (the totals in the logs, every figure in `monitor.history` and as
+  TensorBoard scalars), and as a table at the end of training.
 - `ZeroSmallGroups`: sets groups whose norm is at or below a threshold to exactly zero (the
   method's reference recipe).
 - `ProximalGroupLasso`: group soft-thresholding after each optimizer step,
@@ -76,13 +76,18 @@ def _current_learning_rate(optimizer) -> float:
 class SparsityMonitor(keras.callbacks.Callback):
     """Logs, per layer and structure, how many removable groups are at or below a threshold.
 
-    Every epoch it adds to the logs (and so to `History.history`):
-    `ssl/<layer>/<structure>/zero` (count), `ssl/<layer>/<structure>/fraction`, and the totals
-    `ssl/zero_groups` and `ssl/zero_fraction`. Structures are "filters", "channels", "shapes",
-    "borders", "depth" for per-layer groups (a plain model's Dense kernels list "channels"
-    only: their "shapes" are the same rows); "channel" (a coupled channel group, under its
-    source layer) and "depth" (a residual branch, under its Add layer) for an SSLModel. With
-    `log_dir`, the same figures are written as TensorBoard scalars. At the end of training, a
+    Every epoch it records `ssl/<layer>/<structure>/zero` (count),
+    `ssl/<layer>/<structure>/fraction`, and the totals `ssl/zero_groups` and
+    `ssl/zero_fraction` in `self.history` (figure -> list, one value per epoch, as Keras'
+    `History.history`). The totals also go into the epoch logs (so into the progress bar,
+    `History.history` and every later callback); the per-layer figures too with
+    `per_layer_logs=True` (off by default: the examples' depth-wise ResNet-20 has 18 of
+    them, which made every epoch line of the progress bar about 1,300 characters long).
+    Structures are "filters", "channels", "shapes", "borders", "depth" for per-layer groups
+    (a plain model's Dense kernels list "channels" only: their "shapes" are the same rows);
+    "channel" (a coupled channel group, under its source layer) and "depth" (a residual
+    branch, under its Add layer) for an SSLModel. With `log_dir`, every figure is written as
+    a TensorBoard scalar. At the end of training, a
     table is printed (and kept in `self.table`).
 
     Args:
@@ -90,16 +95,24 @@ class SparsityMonitor(keras.callbacks.Callback):
         log_dir: a directory for TensorBoard scalars, or None.
         groups: plain-data groups for a plain model (see the module doc), or None.
         verbose: print the table at the end of training.
+        per_layer_logs: put the per-layer figures into the epoch logs too, not only into
+            `self.history` and TensorBoard.
 
     Example:
     >>> monitor = SparsityMonitor(threshold=1e-4)
     >>> history = ssl_model.fit(x, y, epochs=3, callbacks=[monitor])
     >>> history.history["ssl/zero_fraction"]
+    >>> monitor.history["ssl/conv1/filters/zero"]
     """
 
-    def __init__(self, threshold=1e-4, log_dir=None, groups=None, verbose=True):
+    def __init__(self, threshold=1e-4, log_dir=None, groups=None, verbose=True,
+                 per_layer_logs=False):
         super().__init__()
         self.threshold = _validate_threshold(threshold)
+        if not isinstance(per_layer_logs, (bool, np.bool_)):
+            raise ValueError("`per_layer_logs` must be a bool. Received: "
+                             f"per_layer_logs={per_layer_logs!r}")
+        self.per_layer_logs = bool(per_layer_logs)
         if log_dir is not None and not isinstance(log_dir, (str, bytes)) and not hasattr(
                 log_dir, "__fspath__"):
             raise ValueError(
@@ -109,11 +122,13 @@ class SparsityMonitor(keras.callbacks.Callback):
         self.verbose = bool(verbose)
         self.summary = {}
         self.table = ""
+        self.history = {}
         self._sets = None
         self._writer = None
 
     def on_train_begin(self, logs=None):
         self._sets = group_sets(self.model, self.groups)
+        self.history = {}
         if self.log_dir is not None:
             import tensorflow as tf
 
@@ -130,8 +145,11 @@ class SparsityMonitor(keras.callbacks.Callback):
         total = sum(t for _, t in self.summary.values())
         values["ssl/zero_groups"] = float(zero)
         values["ssl/zero_fraction"] = zero / total if total else 0.0
+        for key, value in values.items():
+            self.history.setdefault(key, []).append(value)
         if logs is not None:
-            logs.update(values)
+            logs.update(values if self.per_layer_logs else
+                        {k: values[k] for k in ("ssl/zero_groups", "ssl/zero_fraction")})
         if self._writer is not None:
             import tensorflow as tf
             from tensorflow.core.framework import summary_pb2

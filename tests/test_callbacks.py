@@ -237,8 +237,12 @@ def test_resnet_proximal_zeroes_whole_coupled_groups_and_monitor_reports(tmp_pat
                       callbacks=[ProximalGroupLasso(), monitor])
     logs = history.history
     assert len(logs["ssl/zero_groups"]) == 3
-    assert "ssl/stage2_block1_conv1/channel/zero" in logs
-    assert "ssl/stage3_block1_add/depth/fraction" in logs
+    # The epoch logs (progress bar, History) hold the totals; the monitor every figure.
+    assert [k for k in logs if k.startswith("ssl/")] == ["ssl/zero_groups", "ssl/zero_fraction"]
+    assert "ssl/stage2_block1_conv1/channel/zero" in monitor.history
+    assert "ssl/stage3_block1_add/depth/fraction" in monitor.history
+    assert monitor.history["ssl/zero_groups"] == logs["ssl/zero_groups"]
+    assert all(len(v) == 3 for v in monitor.history.values())
 
     def slices_zero(group):
         for piece in group["slices"]:
@@ -263,6 +267,7 @@ def test_resnet_proximal_zeroes_whole_coupled_groups_and_monitor_reports(tmp_pat
             scalars.setdefault(value.tag, []).append(
                 float(tf.make_ndarray(value.tensor)))
     assert scalars["ssl/zero_groups"] == logs["ssl/zero_groups"]
+    assert set(scalars) == set(monitor.history)  # TensorBoard gets the per-layer figures
     # The input model is untouched.
     assert model.losses == []
     for a, v in zip(before, model.weights, strict=True):
@@ -376,6 +381,8 @@ def test_errors():
         freeze_zero_groups("model")
     with pytest.raises(ValueError, match="`log_dir` must be a path or None"):
         SparsityMonitor(log_dir=3)
+    with pytest.raises(ValueError, match="`per_layer_logs` must be a bool.*=1"):
+        SparsityMonitor(per_layer_logs=1)
     with pytest.raises(ValueError, match="`groups` must be a list of group dicts"):
         freeze_zero_groups(model, groups="all")
     with pytest.raises(ValueError, match="must be a dict with 'id' and 'slices'"):
@@ -578,7 +585,7 @@ def test_callbacks_count_zero_as_thin_does_at_threshold_zero():
     model, _, _ = _mlp_with_unit_1_zero()
     assert ssl_keras.thin(model, threshold=0.0).get_layer("d1").units == 3
     assert ssl_keras.freeze_zero_groups(model, threshold=0.0).frozen_groups >= 1
-    monitor = SparsityMonitor(threshold=0.0, verbose=False)
+    monitor = SparsityMonitor(threshold=0.0, verbose=False, per_layer_logs=True)
     model.compile(keras.optimizers.SGD(0.0), "mse")
     history = model.fit(np.ones((2, 3), "float32"), np.zeros((2, 2), "float32"), verbose=0,
                         callbacks=[monitor]).history
@@ -586,6 +593,7 @@ def test_callbacks_count_zero_as_thin_does_at_threshold_zero():
     assert history["ssl/d1/filters/zero"] == [1] and history["ssl/d2/channels/zero"] == [1]
     # A Dense kernel's "shapes" are its "channels" (the same rows): listed once.
     assert not [k for k in history if "/shapes/" in k]
+    assert monitor.history == {k: v for k, v in history.items() if k.startswith("ssl/")}
 
 
 # --- reestimate_batchnorm on datasets, generators, dicts; NumPy scalars in the validators ---
