@@ -49,6 +49,10 @@ def test_lenet_quick_end_to_end(tmp_path):
     assert sum(thin.values()) < sum(dense.values()), (dense, thin)
     assert result["ssl"]["params"] < result["baseline"]["params"]
     assert result["ssl"]["macs"] < result["baseline"]["macs"]
+    # --quick is a rough result, not a smoke test only: both models learn (10 classes; it
+    # printed 85.4% -> 82.3% here), and every layer but the output loses units.
+    assert result["baseline"]["accuracy"] > 0.6 and result["ssl"]["accuracy"] > 0.6
+    assert all(thin[k] < dense[k] for k in ("conv1", "conv2", "ip1")), (dense, thin)
 
     # The thinned float32 TFLite file computes what the fine-tuned (thinned) Keras model does.
     import keras
@@ -56,7 +60,8 @@ def test_lenet_quick_end_to_end(tmp_path):
     work = tmp_path / "lenet_fashion_mnist_quick"
     stripped = keras.saving.load_model(work / "finetune.keras", compile=False)
     assert not any("StructuredSparsity" in type(layer).__name__ for layer in stripped.layers)
-    data = datasets.load("fashion_mnist", max_train=2000, max_test=64, seed=0)
+    quick = lenet.RECIPE.quick
+    data = datasets.load("fashion_mnist", max_train=quick["max_train"], max_test=64, seed=0)
     x = data.x_test[:64]
     expected = stripped.predict(x, verbose=0)
     from ssl_keras import predict_tflite
@@ -71,21 +76,22 @@ def test_lenet_quick_end_to_end(tmp_path):
         accuracy(stripped, data.x_val, data.y_val))
     assert 0.0 <= result["baseline"]["val_accuracy"] <= 1.0
     assert "Validation accuracy (Keras): dense " in proc.stdout
-    # The table's accuracies are the float32 files' on the run's 500 test images, as
+    # The table's accuracies are the float32 files' on the run's test images, as
     # ssl_keras.evaluate_tflite computes them.
     from ssl_keras import evaluate_tflite
 
-    test = datasets.load("fashion_mnist", max_train=2000, max_test=500, seed=0)
+    images = quick["max_test"]
+    test = datasets.load("fashion_mnist", max_train=quick["max_train"], max_test=images, seed=0)
     for key, name in (("baseline", "dense_float32"), ("ssl", "ssl_thinned_float32")):
         assert result[key]["accuracy"] == pytest.approx(evaluate_tflite(
             str(work / f"{name}.tflite"), test.x_test, test.y_test))
     # The accuracy change and its interval: the images that only one model gets right.
     change = result["accuracy_change"]
-    assert change["images"] == 500  # --quick's test images
+    assert change["images"] == images
     assert change["change"] == pytest.approx(result["ssl"]["accuracy"]
                                              - result["baseline"]["accuracy"], abs=1e-9)
     assert change["change"] == pytest.approx(
-        (change["only_thinned_right"] - change["only_dense_right"]) / 500)
+        (change["only_thinned_right"] - change["only_dense_right"]) / images)
     assert change["ci95"][0] <= change["change"] <= change["ci95"][1]
     assert "Test accuracy change (SSL thinned - dense, float32 TFLite): " in proc.stdout
 
@@ -185,7 +191,7 @@ def test_quick_overrides_only_flags_not_given():
     fv = define_flags(lenet.RECIPE)
     fv(["lenet", "--quick", "--ssl_epochs=3"])
     cfg = config_from_flags(fv, lenet.RECIPE)
-    assert cfg.quick and cfg.max_train == 2000 and cfg.epochs == 1
+    assert cfg.quick and cfg.max_train == 10000 and cfg.epochs == 3
     assert cfg.ssl_epochs == 3  # given explicitly: --quick does not override it
     assert cfg.threads == (1, 2)
 
@@ -297,7 +303,11 @@ def test_lenet_quick_frozen_finetune_then_thin(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, "-m", "examples.lenet", "--quick", f"--out_dir={tmp_path}",
            "--nofinetune_thinned", "--distill=0.5", "--notfmot", "--threads=1", "--runs=5",
-           "--warmup=1"]
+           "--warmup=1",
+           # A smoke test of the mechanics: 2,000 images, one epoch per phase, coefficients
+           # large enough to zero groups in 28 SSL steps.
+           "--max_train=2000", "--max_test=500", "--epochs=1", "--ssl_epochs=1",
+           "--finetune_epochs=1", "--filters=2.5", "--channels=2.5"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "phase finetune: the zeroed model, zero groups frozen" in proc.stdout
