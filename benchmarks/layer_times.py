@@ -1,13 +1,15 @@
 """Where a chain model's TFLite latency goes: every prefix of the model, timed side by side.
 
     python -m benchmarks.layer_times model.keras [--runs 300 --threads 1 --json out.json
-                                                  --out_dir dir]
+                                                  --out_dir dir --quantize int8]
 
 For a Keras model whose layers form a chain (Sequential, or a functional model in which
 every layer has one input and feeds the next one, such as the examples' LeNet and MLP), the
-model cut after each layer (its layers up to that one, same weights) is exported to float32
-.tflite (ssl_keras.export_tflite, outputs verified) and all the cuts are timed interleaved
-with tflite_bench.benchmark (LiteRT, XNNPACK, batch 1). A layer's cost is its cut's median
+model cut after each layer (its layers up to that one, same weights) is exported to .tflite
+(ssl_keras.export_tflite, float32 outputs verified; `--quantize` as export_tflite's
+`quantize`, full-integer int8 calibrated on 64 seeded uniform [0, 1) inputs, which set the
+scales but not the work) and all the cuts are timed interleaved with tflite_bench.benchmark
+(LiteRT, XNNPACK, batch 1). A layer's cost is its cut's median
 minus the previous cut's: differences of medians, so a layer that costs less than the noise
 can show a small negative figure. The first cut's figure includes the interpreter's fixed
 cost of an invoke. Not a test: timings depend on the machine and its load.
@@ -34,6 +36,8 @@ from benchmarks._util import (  # noqa: E402
 
 FLAGS = flags.FlagValues()
 define_latency_flags(FLAGS, runs=300, unit="cut")
+flags.DEFINE_enum("quantize", "float32", ["float32", "float16", "dynamic", "int8"],
+                  "The cuts' TFLite precision (export_tflite's quantize).", flag_values=FLAGS)
 
 COMMAND = "benchmarks.layer_times"
 
@@ -144,11 +148,19 @@ def run(out_dir, path, model, layers, threads):
     for layer in layers:
         x = layer(x)
         outputs.append(x)
+    quantize = None if FLAGS.quantize == "float32" else FLAGS.quantize
+    calibration = None
+    if quantize == "int8":
+        import numpy as np
+
+        shape = tuple(model.inputs[0].shape[1:])
+        calibration = np.random.default_rng(0).uniform(size=(64, *shape)).astype("float32")
     paths, names = [], {}
     for k, (layer, output) in enumerate(zip(layers, outputs, strict=True)):
         cut = keras.Model(inputs, output)
         target = os.path.join(out_dir, f"cut_{k:02d}_{layer.name}.tflite")
-        report = ssl_keras.export_tflite(cut, target)
+        report = ssl_keras.export_tflite(cut, target, quantize=quantize,
+                                         representative_data=calibration)
         paths.append(target)
         names[report.path] = (layer.name, type(layer).__name__)
     result = tflite_bench.benchmark(paths, threads=threads, runs=FLAGS.runs, progress=True)
@@ -166,7 +178,8 @@ def run(out_dir, path, model, layers, threads):
     for r in rows:  # the first cut's share includes the fixed cost of an invoke
         own = r["cut_median_us"] if r["layer_us"] is None else r["layer_us"]
         r["share"] = None if own is None or not total[r["threads"]] else own / total[r["threads"]]
-    return {"model": path, "runs": FLAGS.runs, "machine": result.get("machine"), "rows": rows}
+    return {"model": path, "runs": FLAGS.runs, "quantize": FLAGS.quantize,
+            "machine": result.get("machine"), "rows": rows}
 
 
 def table(result) -> str:

@@ -37,6 +37,8 @@ _WIDTHS, _TIMES = "benchmarks.lenet_widths", "benchmarks.layer_times"
      "expected one .keras model file. Received: ['a.keras', 'b.keras']"),
     (_TIMES, ["missing.keras"], "the model file 'missing.keras' does not exist."),
     (_TIMES, ["tests/__init__.py", "--runs=3"], "--runs must be >= 10. Received: 3"),
+    (_TIMES, ["a.keras", "--quantize=int4"],
+     "flag --quantize=int4: value should be one of <float32|float16|dynamic|int8>"),
 ])
 def test_bad_input_is_one_line_exit_2(command, args, message):
     proc = _run(*args, timeout=120, command=command)
@@ -405,6 +407,23 @@ def test_layer_times_small_run(tmp_path):
     assert rows[0]["layer_us"] is None and all(r["layer_us"] is not None for r in rows[1:])
     assert rows[-1]["layer_us"] == pytest.approx(rows[-1]["cut_median_us"]
                                                  - rows[-2]["cut_median_us"])
+
+
+@pytest.mark.slow
+def test_layer_times_int8_cuts(tmp_path):
+    path, out = tmp_path / "chain.keras", tmp_path / "r.json"
+    _chain_model().save(path)
+    proc = _run(str(path), "--runs=10", "--quantize=int8", f"--json={out}",
+                f"--out_dir={tmp_path}/cuts", command="benchmarks.layer_times")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["quantize"] == "int8" and len(result["rows"]) == 4
+    from ai_edge_litert.interpreter import Interpreter
+
+    for name in sorted(os.listdir(tmp_path / "cuts")):
+        interpreter = Interpreter(model_path=str(tmp_path / "cuts" / name))
+        (detail,) = interpreter.get_input_details()
+        assert str(detail["dtype"].__name__) == "int8", name  # full-integer cuts
 
 
 @pytest.mark.parametrize("command, first", [
