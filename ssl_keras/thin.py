@@ -219,6 +219,16 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
     layers = {}
     for name in sorted(alive):
         layer = by_name.get(name)
+        if isinstance(layer, keras.layers.Reshape):
+            # A Reshape that keeps the channel axis (the registry's check) names the channel
+            # count in its target shape: it becomes the count that is kept.
+            kept = channels.get(id(layer._inbound_nodes[0].input_tensors[0]))
+            target = tuple(layer.target_shape)
+            if kept is not None and len(kept) != target[-1]:
+                layers[name] = {"keep": {}, "config": {"target_shape": (*target[:-1],
+                                                                        len(kept))},
+                                "bias_add": None, "after": []}
+            continue
         if layer is None or name not in zw:
             continue
         keep = {}

@@ -17,8 +17,11 @@ from keras import layers as L  # noqa: E402
 
 import ssl_keras  # noqa: E402
 from examples.models import lenet, mlp, resnet  # noqa: E402
+from ssl_keras import registry  # noqa: E402
+from ssl_keras.registry import Kind  # noqa: E402
 from ssl_keras.thin import ConstantAdd, apply_plan, thin, thinning_plan, zero_groups  # noqa: E402
 from tests.architectures import (  # noqa: E402
+    LAYER_CASES,
     conv_bn_relu_conv,
     randomize,
     zero_filters,
@@ -44,6 +47,24 @@ def assert_equivalent(model, small=None, seed=1, **kwargs):
 def widths(model):
     return {layer.name: getattr(layer, "filters", getattr(layer, "units", None))
             for layer in model.layers if hasattr(layer, "filters") or hasattr(layer, "units")}
+
+
+@pytest.mark.parametrize("cls", [c for c in registry.builtin_classes()
+                                 if registry.lookup(c)[1].kind is not Kind.BLOCK],
+                         ids=lambda c: c.__qualname__)
+def test_thin_is_exact_through_every_registered_class(cls):
+    """Filter 1 of the producer in front of the class's layer is zeroed (kernel only: its
+    bias stays, so the channel is a constant the layer must carry or fold); thin() matches
+    the zeroed model."""
+    keras.utils.set_random_seed(3)
+    model = LAYER_CASES[cls]()
+    randomize(model, seed=3)
+    if "pre" not in [layer.name for layer in model.layers]:
+        pytest.skip("the case has no producer in front of the layer (Embedding)")
+    zero_filters(model, "pre", [1])
+    assert_equivalent(model)
+    plan = json.loads(json.dumps(thinning_plan(model)))  # what a plan file holds
+    assert_equivalent(model, apply_plan(model, plan))
 
 
 def test_lenet_flatten_dense_shrinks_and_matches():
