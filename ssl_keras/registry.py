@@ -291,6 +291,13 @@ def _register_builtins():
                 L.Cropping1D, L.Cropping2D, L.Cropping3D,
                 L.UpSampling1D, L.UpSampling2D, L.UpSampling3D):
         register_layer(cls, _PASS)
+    # Keras 3.10+: pooling to a fixed output size, each channel on its own (a constant
+    # channel stays that constant under an average or a max).
+    for name in ("AdaptiveAveragePooling1D", "AdaptiveAveragePooling2D",
+                 "AdaptiveAveragePooling3D", "AdaptiveMaxPooling1D", "AdaptiveMaxPooling2D",
+                 "AdaptiveMaxPooling3D"):
+        if hasattr(L, name):
+            register_layer(getattr(L, name), _PASS)
     for cls in (L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D):
         register_layer(cls, _PASS_UNSAFE)
     register_layer(L.Activation, LayerSpec(Kind.PASSTHROUGH, check=_activation))

@@ -97,6 +97,12 @@ LAYER_CASES = {
     L.UpSampling1D: lambda: chain(L.UpSampling1D(2, name="x"), spatial=(3,)),
     L.UpSampling2D: lambda: chain(L.UpSampling2D(2, name="x"), spatial=(3, 3)),
     L.UpSampling3D: lambda: chain(L.UpSampling3D(2, name="x"), spatial=(2, 2, 2)),
+    **{getattr(L, f"Adaptive{kind}Pooling{d}D"): (
+        lambda kind=kind, d=d: chain(getattr(L, f"Adaptive{kind}Pooling{d}D")((2,) * d,
+                                                                          name="x"),
+                                     spatial=(5,) * d))
+       for kind in ("Average", "Max") for d in (1, 2, 3)
+       if hasattr(L, f"Adaptive{kind}Pooling{d}D")},
     L.ZeroPadding1D: lambda: chain(L.ZeroPadding1D(1, name="x"), spatial=(6,)),
     L.ZeroPadding2D: lambda: chain(L.ZeroPadding2D(1, name="x")),
     L.ZeroPadding3D: lambda: chain(L.ZeroPadding3D(1, name="x"), spatial=(2, 2, 2)),
