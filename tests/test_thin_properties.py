@@ -3,10 +3,11 @@
 Each example builds a fresh model from the supported layers (Conv2D with 'valid' / 'same'
 padding, BatchNormalization with non-zero beta and statistics, ReLU, pooling, zero padding,
 DepthwiseConv2D, SeparableConv2D, residual Add blocks with identity or projection shortcuts,
-Concatenate branches, Flatten / GlobalAveragePooling2D -> Dense), zeros the producer (or
-consumer) slices of random coupled groups exactly, sometimes a whole residual branch, and
-sometimes zeroes border rows / columns of 3x3 Conv2D kernels (which thin crops), and
-checks the contract against the model itself (its zeroed groups are exactly zero):
+Concatenate branches, UpSampling2D, Cropping2D, Conv2DTranspose, Reshape keeping the channel
+axis, PReLU, Activation, adaptive pooling, Flatten / GlobalAveragePooling2D -> Dense),
+zeros the producer (or consumer) slices of random coupled groups exactly, sometimes a whole
+residual branch, and sometimes zeroes border rows / columns of 3x3 Conv2D kernels (which thin
+crops), and checks the contract against the model itself (its zeroed groups are exactly zero):
 max |thin(model)(x) - model(x)| <= 1e-5 * (1 + max |model(x)|).
 """
 
@@ -24,7 +25,8 @@ import ssl_keras  # noqa: E402
 from ssl_keras.thin import thin  # noqa: E402
 
 BLOCKS = ["conv", "conv_same", "bn_relu", "pool", "pad", "depthwise", "separable", "residual",
-          "projection", "concat"]
+          "projection", "concat", "upsample", "crop", "transpose", "reshape", "prelu", "swish",
+          "adaptive"]
 
 block = st.tuples(st.sampled_from(BLOCKS), st.integers(2, 5), st.booleans())
 architecture = st.fixed_dictionaries({
@@ -82,6 +84,26 @@ def build(spec):
             a = L.Conv2D(width, 1, name=f"{p}_a")(x)
             b = L.Conv2D(2, 3, padding="same", activation="relu", name=f"{p}_b")(x)
             x = L.Concatenate(name=f"{p}_cat")([a, b] if flag else [b, a, x])
+        elif kind == "upsample" and size <= 8:
+            x = L.UpSampling2D(2, interpolation="bilinear" if flag else "nearest",
+                               name=f"{p}_up")(x)
+            size *= 2
+        elif kind == "crop" and size >= 3:
+            x = L.Cropping2D(((1, 0), (0, 1)) if flag else 1, name=f"{p}_crop")(x)
+            size -= 1 if flag else 2
+        elif kind == "transpose" and size <= 8:
+            x = L.Conv2DTranspose(width, 2, strides=2, use_bias=flag, name=f"{p}_convt")(x)
+            size *= 2
+        elif kind == "reshape":  # keeps the channel axis, names the channel count
+            x = L.Reshape((-1, size, c) if flag else (size, size, c), name=f"{p}_reshape")(x)
+        elif kind == "prelu":
+            x = L.PReLU(shared_axes=[1, 2] if flag else None, name=f"{p}_prelu")(x)
+        elif kind == "swish":
+            x = L.Activation("swish" if flag else "tanh", name=f"{p}_act")(x)
+        elif kind == "adaptive" and size >= 2:
+            pool = L.AdaptiveMaxPooling2D if flag else L.AdaptiveAveragePooling2D
+            x = pool((2, 2), name=f"{p}_apool")(x)
+            size = 2
     if spec["head"] == "flatten":
         x = L.Flatten(name="flatten")(x)
     else:
