@@ -87,8 +87,8 @@ class SparsityMonitor(keras.callbacks.Callback):
     (a plain model's Dense kernels list "channels" only: their "shapes" are the same rows);
     "channel" (a coupled channel group, under its source layer) and "depth" (a residual
     branch, under its Add layer) for an SSLModel. With `log_dir`, every figure is written as
-    a TensorBoard scalar. At the end of training, a
-    table is printed (and kept in `self.table`).
+    a TensorBoard scalar. At the end of training, a table is printed (and kept in
+    `self.table`).
 
     Args:
         threshold: a group whose L2 norm is at or below it counts as zero (as in `thin`), >= 0.
