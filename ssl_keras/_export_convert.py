@@ -16,6 +16,7 @@ import numpy as np
 
 from ssl_keras import _tflite
 from ssl_keras._export_inputs import _input_names, _static_shapes, _unflatten
+from ssl_keras._thin_model import copy_layer, layer_config
 from ssl_keras.regularizers import _finite, _is_real
 
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
@@ -73,7 +74,7 @@ def rebuild_float32(model):
     """
 
     def clone(layer):
-        return layer.__class__.from_config(_float32_config(layer.get_config()))
+        return copy_layer(layer, _float32_config(layer_config(layer)))
 
     try:
         copy = keras.models.clone_model(model, clone_function=clone, recursive=True)

@@ -30,6 +30,41 @@ def own_layers_scope():
     return SafeModeScope(False)
 
 
+def layer_config(layer) -> dict:
+    """`layer.get_config()`, with the layer's name in it.
+
+    A custom layer whose get_config() does not start from `super().get_config()` leaves the
+    name out, and `from_config` then gives the copy another name: every look-up by name in
+    the copied model (weights, groups, plans) fails. The name is added.
+    """
+    config = layer.get_config()
+    if "name" not in config:
+        config = {**config, "name": layer.name}
+    return config
+
+
+def copy_layer(layer, config=None):
+    """`type(layer).from_config(config or layer_config(layer))`, named as `layer` (see
+    layer_config); a clear error if the class cannot take its own name back."""
+    config = layer_config(layer) if config is None else config
+    try:
+        return type(layer).from_config(config)
+    except TypeError as e:
+        if "name" not in str(e) or "name" in layer.get_config():
+            raise
+        # Its __init__ does not take a name: the copy is fine if it names itself the same.
+        copy = type(layer).from_config({k: v for k, v in config.items() if k != "name"})
+        if copy.name == layer.name:
+            return copy
+        raise ValueError(
+            f"Layer '{layer.name}' (class {type(layer).__name__}) cannot be copied under its "
+            "name: its get_config() leaves 'name' out and its __init__ does not take it, so "
+            f"the copy is named '{copy.name}'. Expected a get_config() that starts from "
+            "`config = super().get_config()` (or an __init__ that passes **kwargs to the base "
+            f"Layer). Received: {e}"
+        ) from e
+
+
 def rebuilds_own_layers(fn):
     """Runs `fn` inside `own_layers_scope()`: for functions that copy only the model they are
     given (apply_ssl, strip_ssl, thin, zero_groups)."""
@@ -190,7 +225,7 @@ def _zeroed_weights(weights, zero):
 
 def _copy_with_weights(model, weights):
     """A clone of `model` carrying `weights` ({layer: {name: array}})."""
-    clone = keras.models.clone_model(model)
+    clone = keras.models.clone_model(model, clone_function=copy_layer)
     for layer in clone.layers:
         if layer.name in weights:
             layer.set_weights([weights[layer.name][k] for k in _weight_keys(layer)])

@@ -70,6 +70,7 @@ from ssl_keras._thin_model import (
     _plain,
     _read_weights,
     _zeroed_weights,
+    layer_config,
     own_layers_scope,
     rebuilds_own_layers,
 )
@@ -417,7 +418,7 @@ def _apply_plan(model, plan, fingerprint: bool) -> keras.Model:
                 if isinstance(op, keras.Model):
                     new = keras.models.clone_model(op)
                 else:
-                    cfg = _cheap_init(op.get_config())
+                    cfg = _cheap_init(layer_config(op))
                     cfg.update(changes)
                     new = type(op).from_config(cfg)
             outputs = new(*args, **kwargs)

@@ -23,7 +23,7 @@ import keras
 from keras import ops
 
 from ssl_keras._groups_check import validate_groups
-from ssl_keras._thin_model import rebuilds_own_layers
+from ssl_keras._thin_model import copy_layer, layer_config, rebuilds_own_layers
 from ssl_keras._wrap_coupled import CoupledTerms, _current_value
 from ssl_keras._wrap_groups import (
     _coefficients_for,
@@ -232,7 +232,7 @@ def hand_placed_weights(model) -> list[tuple]:
 
 
 def _clone_layer(layer):
-    return layer.__class__.from_config(layer.get_config())
+    return copy_layer(layer)
 
 
 def _check_model(model, argument="to_wrap"):
@@ -481,7 +481,7 @@ def strip_ssl(model):
             return layer
         if isinstance(layer, StructuredSparsity):
             inner = layer.ssl_inner_layer
-            config = inner.get_config()
+            config = layer_config(inner)
             config["name"] = layer.name
             return inner.__class__.from_config(config)
         return _clone_layer(layer)

@@ -67,6 +67,65 @@ def test_thin_is_exact_through_every_registered_class(cls):
     assert_equivalent(model, apply_plan(model, plan))
 
 
+class _NamelessConfig(keras.layers.Layer):
+    """A custom layer whose get_config() leaves out the name (does not call super())."""
+
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+
+class _FixedName(_NamelessConfig):
+    def __init__(self, factor=2.0):  # takes no name: always "fixed"
+        super().__init__(factor=factor, name="fixed")
+
+
+class _NoNameArgument(_NamelessConfig):
+    def __init__(self, factor=2.0):  # takes no name: a new one for every instance
+        super().__init__(factor=factor)
+
+
+def test_custom_layer_whose_config_has_no_name_keeps_its_name():
+    # Copies of it got another name and every look-up by name failed ("No such layer").
+    saved = dict(registry._REGISTRY)
+    try:
+        registry.register_layer(_NamelessConfig, registry.LayerSpec(Kind.PASSTHROUGH))
+        keras.utils.set_random_seed(4)
+        inputs = keras.Input((6, 6, 3))
+        x = L.Conv2D(4, 3, name="c1")(inputs)
+        x = _NamelessConfig(name="scale")(x)
+        outputs = L.Dense(2, name="out")(L.Flatten()(x))
+        model = randomize(keras.Model(inputs, outputs), seed=4)
+        zero_filters(model, "c1", [2])
+        small = thin(model)
+        assert small.get_layer("c1").filters == 3 and small.get_layer("scale").factor == 2.0
+        assert_equivalent(model, small)
+        assert zero_groups(model).get_layer("scale") is not None
+        ssl = ssl_keras.apply_ssl(model, filters=1e-3)
+        assert ssl_keras.strip_ssl(ssl).get_layer("scale") is not None
+        registry.register_layer(_FixedName, registry.LayerSpec(Kind.PASSTHROUGH))
+        registry.register_layer(_NoNameArgument, registry.LayerSpec(Kind.PASSTHROUGH))
+        x = _FixedName()(L.Conv2D(4, 3, name="c1")(inputs))
+        fixed = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
+        assert zero_groups(fixed).get_layer("fixed") is not None  # the copy names itself so
+        layer = _NoNameArgument()
+        x = layer(L.Conv2D(4, 3, name="c1")(inputs))
+        bad = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
+        with pytest.raises(ValueError, match=rf"Layer '{layer.name}' \(class _NoNameArgument\) "
+                                             r"cannot be copied under its name.*is named "
+                                             r".*super\(\).get_config"):
+            zero_groups(bad)
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(saved)
+
+
 def test_lenet_flatten_dense_shrinks_and_matches():
     model = randomize(lenet(filters=(6, 8), units=20))
     zero_random_groups(model, 0.5, seed=0)
