@@ -6,6 +6,7 @@ Internal to `ssl_keras.thin`; `ssl_keras.report` reads the graph and the layer k
 from __future__ import annotations
 
 import functools
+import re
 
 import keras
 import numpy as np
@@ -156,13 +157,20 @@ def _weight_keys(layer) -> list[str]:
 
     The short names (kernel, bias, gamma, ...), which the groups use, when they are unique in
     the layer; otherwise (a layer with sublayers: Bidirectional, attention, a custom block)
-    `<name>#<position>`, so that two `kernel`s never overwrite each other. Groups never name
+    `<name>#<position>`, so that two `kernel`s never overwrite each other. Weights created
+    without a name are called `variable_<n>` by Keras, with a process-wide counter, so a copy
+    of the layer has other names: they are keyed `variable#<position>`. Groups never name
     the weights of such a layer (it is not registered, so the channels reaching it block).
     """
     names = [v.name for v in layer.weights]
-    if len(set(names)) == len(names):
+    unnamed = [bool(_UNNAMED.fullmatch(n)) for n in names]
+    if len(set(names)) == len(names) and not any(unnamed):
         return names
-    return [f"{n}#{i}" for i, n in enumerate(names)]
+    return [f"{'variable' if auto else n}#{i}"
+            for i, (n, auto) in enumerate(zip(names, unnamed, strict=True))]
+
+
+_UNNAMED = re.compile(r"variable(_\d+)?")
 
 
 def _read_weights(graph):

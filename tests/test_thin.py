@@ -126,6 +126,33 @@ def test_custom_layer_whose_config_has_no_name_keeps_its_name():
         registry._REGISTRY.update(saved)
 
 
+class _UnnamedWeight(keras.layers.Layer):
+    """A per-channel scale whose weight has no name (as keras.applications' ConvNeXt
+    LayerScale): Keras calls it variable_<n>, with a process-wide counter."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.scale
+
+
+def test_weights_created_without_a_name_are_copied():
+    # thin() failed: "Internal error: no value for weight 'variable_18' of layer ...".
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 3, name="c1")(inputs)
+    x = _UnnamedWeight(name="scale")(x)  # not registered: c1's channels stay
+    x = L.Conv2D(4, 3, name="c2")(x)
+    model = randomize(keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x))), seed=6)
+    model.get_layer("scale").scale.assign(np.array([0.5, 2.0, -1.0, 3.0], "float32"))
+    zero_filters(model, "c2", [0, 3])
+    small = thin(model)
+    assert small.get_layer("c2").filters == 2 and small.get_layer("c1").filters == 4
+    np.testing.assert_array_equal(small.get_layer("scale").scale.numpy(), [0.5, 2.0, -1.0, 3.0])
+    assert_equivalent(model, small)
+
+
 def test_lenet_flatten_dense_shrinks_and_matches():
     model = randomize(lenet(filters=(6, 8), units=20))
     zero_random_groups(model, 0.5, seed=0)
@@ -529,10 +556,23 @@ slow = pytest.mark.skipif(not os.environ.get("SSL_KERAS_SLOW"),
                           reason="about 40 s each: set SSL_KERAS_SLOW=1")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV3Small", "EfficientNetB0"])
+def test_mobile_applications(name):
+    """Squeeze-excitation (Multiply), hard-swish, Rescaling / Normalization in the model."""
+    model = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None,
+                                              classes=5)
+    randomize(model, seed=3)
+    groups = zero_application_groups(model, seed=3)
+    small = assert_equivalent(model, groups=groups)
+    assert ssl_keras.count_macs(small) < ssl_keras.count_macs(model)
+
+
 @slow
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ResNet50", "DenseNet121"])
+@pytest.mark.parametrize("name", ["ResNet50", "DenseNet121", "ConvNeXtTiny"])
 def test_big_applications(name):
+    # ConvNeXt: LayerNorm blocks the block outputs; its LayerScale weights have no name.
     model = getattr(keras.applications, name)(input_shape=(32, 32, 3), weights=None, classes=5)
     randomize(model, seed=4)
     groups = zero_application_groups(model, seed=4)
