@@ -16,7 +16,7 @@ import numpy as np
 
 from ssl_keras import _tflite
 from ssl_keras._export_inputs import _input_names, _static_shapes, _unflatten
-from ssl_keras._thin_model import copy_layer, layer_config
+from ssl_keras._thin_model import copy_layer, layer_config, refresh_states
 from ssl_keras.regularizers import _finite, _is_real
 
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
@@ -85,6 +85,7 @@ def rebuild_float32(model):
             f"Received: model={model.name!r}, error={str(error).splitlines()[0]!r}"
         ) from error
     copy.set_weights(model.get_weights())
+    refresh_states(copy)
     if _needs_float32(copy):
         raise ValueError(
             "The model still has layers computing in reduced precision after the float32 "

@@ -66,6 +66,23 @@ def copy_layer(layer, config=None):
         ) from e
 
 
+def refresh_states(obj):
+    """Recomputes what layers derive from their weights when Keras loads them, and returns
+    `obj` (a model or a layer).
+
+    A Normalization layer normalises with mean and variance tensors that `finalize_state()`
+    computes from its weights; Keras calls it when it loads weights, but `set_weights` does
+    not, so a copy filled with `set_weights` would normalise with the statistics it was built
+    with (0 and 1): every copy made here is refreshed.
+    """
+    layers = (obj._flatten_layers(include_self=True) if hasattr(obj, "_flatten_layers")
+              else [obj])
+    for layer in layers:
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()
+    return obj
+
+
 def rebuilds_own_layers(fn):
     """Runs `fn` inside `own_layers_scope()`: for functions that copy only the model they are
     given (apply_ssl, strip_ssl, thin, zero_groups)."""
@@ -240,7 +257,7 @@ def _copy_with_weights(model, weights):
         elif layer.weights:
             src = model.get_layer(layer.name)
             layer.set_weights(src.get_weights())
-    return clone
+    return refresh_states(clone)
 
 
 def _is_kernel_layer(layer):

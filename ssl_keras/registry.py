@@ -8,7 +8,7 @@ looked up through the class MRO (a subclass of `Dense` is a `Dense`). A spec has
 | PRODUCER    | reads input channels (consumer slices),    | Dense, Conv1D/2D/3D, Conv*Transpose,|
 |             | creates new output channels (kernel, bias) | SeparableConv1D/2D, Embedding     |
 | TIED        | output channel `c` is input channel `c`    | BatchNormalization, PReLU,        |
-|             | (or a block of `depth_multiplier` outputs) | DepthwiseConv1D/2D                |
+|             | (or a block of `depth_multiplier` outputs) | DepthwiseConv1D/2D, Normalization |
 |             | and owns weight slices for it              |                                   |
 | PASSTHROUGH | output channel `c` is input channel `c`    | ReLU, Dropout, pooling, padding,  |
 |             |                                            | Reshape keeping the last axis     |
@@ -211,6 +211,20 @@ def _prelu(layer, shapes):
     return None
 
 
+def _normalization(layer, shapes):
+    """keras.layers.Normalization: a per-channel mean and variance, as weights."""
+    reason = _channels_first(layer, shapes)
+    if reason:
+        return reason
+    axis = tuple(layer.axis) if isinstance(layer.axis, (list, tuple)) else (layer.axis,)
+    rank = len(shapes[0]) if shapes and shapes[0] is not None else None
+    if rank is None or len(axis) != 1 or axis[0] not in (-1, rank - 1):
+        return f"axis={axis!r} is not only the channel (last) axis"
+    if getattr(layer, "input_mean", None) is not None:
+        return "its mean and variance are constants of its config, not weights"
+    return None
+
+
 def _rescaling(layer, shapes):
     for attr in ("scale", "offset"):
         value = getattr(layer, attr, 0)
@@ -281,6 +295,11 @@ def _register_builtins():
     for cls in (L.DepthwiseConv1D, L.DepthwiseConv2D):
         register_layer(cls, _DEPTHWISE)
     register_layer(L.BatchNormalization, _BN)
+    # Usually on the model's input (keras.applications' EfficientNets), whose channels are
+    # never removed; registered so that apply_ssl accepts such models.
+    register_layer(L.Normalization, LayerSpec(
+        Kind.TIED, tied=(WeightSlice("mean", -1, penalize=False),
+                         WeightSlice("variance", -1, penalize=False)), check=_normalization))
     register_layer(L.PReLU, LayerSpec(
         Kind.TIED, tied=(WeightSlice("alpha", -1, penalize=False),), check=_prelu))
     for cls in (L.ReLU, L.LeakyReLU, L.ELU, L.Identity, L.ActivityRegularization,

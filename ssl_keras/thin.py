@@ -73,6 +73,7 @@ from ssl_keras._thin_model import (
     layer_config,
     own_layers_scope,
     rebuilds_own_layers,
+    refresh_states,
 )
 from ssl_keras._thin_plan import _prepare, _removed_indices, _restore
 from ssl_keras._thin_slice import (
@@ -438,7 +439,7 @@ def _apply_plan(model, plan, fingerprint: bool) -> keras.Model:
 
     outputs = tree.pack_sequence_as(graph._outputs_struct, outputs)
     inputs = new_inputs[0] if len(new_inputs) == 1 else new_inputs
-    return keras.Model(inputs, outputs, name=model.name)
+    return refresh_states(keras.Model(inputs, outputs, name=model.name))
 
 
 @rebuilds_own_layers

@@ -23,7 +23,12 @@ import keras
 from keras import ops
 
 from ssl_keras._groups_check import validate_groups
-from ssl_keras._thin_model import copy_layer, layer_config, rebuilds_own_layers
+from ssl_keras._thin_model import (
+    copy_layer,
+    layer_config,
+    rebuilds_own_layers,
+    refresh_states,
+)
 from ssl_keras._wrap_coupled import CoupledTerms, _current_value
 from ssl_keras._wrap_groups import (
     _coefficients_for,
@@ -262,6 +267,7 @@ def _copy_weights(source, target) -> None:
         if not layer.weights:
             continue
         target.get_layer(layer.name).set_weights(layer.get_weights())
+    refresh_states(target)
 
 
 def _model_layers_by_name(model) -> dict:
@@ -337,6 +343,7 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
         if to_wrap.built:
             copy.build_from_config(to_wrap.get_build_config())
             copy.set_weights(to_wrap.get_weights())
+            refresh_states(copy)
         return StructuredSparsity(copy, filters=filters, channels=channels, shapes=shapes,
                                   depth=depth, borders=borders)
     raise ValueError(
@@ -468,6 +475,7 @@ def strip_ssl(model):
         if model.ssl_inner_layer.built:
             inner.build_from_config(model.ssl_inner_layer.get_build_config())
             inner.set_weights(model.ssl_inner_layer.get_weights())
+            refresh_states(inner)
         return inner
     if not isinstance(model, keras.Model):
         raise ValueError(

@@ -43,6 +43,15 @@ def merge(fn, spatial=(5, 5), widths=(4, 4)):
     return keras.Model(inputs, L.Dense(2, name="post")(fn(a, b)))
 
 
+def _normalization():
+    model = chain(L.Normalization(name="x"))
+    layer, rng = model.get_layer("x"), np.random.default_rng(0)
+    layer.set_weights([rng.normal(size=(4,)).astype("float32"),  # mean, variance, count
+                       rng.uniform(0.5, 2.0, (4,)).astype("float32"), np.array(10.0)])
+    layer.finalize_state()  # what Keras does when it loads weights
+    return model
+
+
 def _embedding():
     inputs = keras.Input((5,), dtype="int32")
     x = L.Embedding(10, 4, name="x")(inputs)
@@ -69,6 +78,7 @@ LAYER_CASES = {
     L.DepthwiseConv2D: lambda: chain(L.DepthwiseConv2D(3, depth_multiplier=2, name="x")),
     L.BatchNormalization: lambda: chain(L.BatchNormalization(name="x")),
     L.PReLU: lambda: chain(L.PReLU(name="x")),
+    L.Normalization: lambda: _normalization(),
     # pass-through
     L.ReLU: lambda: chain(L.ReLU(name="x")),
     L.LeakyReLU: lambda: chain(L.LeakyReLU(name="x")),

@@ -153,6 +153,30 @@ def test_weights_created_without_a_name_are_copied():
     assert_equivalent(model, small)
 
 
+def test_copies_normalise_with_the_normalization_layers_statistics():
+    # Keras computes a Normalization layer's mean / variance tensors from its weights when it
+    # loads them, not in set_weights: every copy (thin, zero_groups, apply_ssl, strip_ssl)
+    # normalised with 0 / 1 instead, silently (EfficientNet with ImageNet weights, an adapted
+    # Normalization of one's own).
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((6, 6, 3))
+    norm = L.Normalization(name="norm")
+    x = L.Conv2D(4, 3, name="c1")(norm(inputs))
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
+    norm.adapt(np.random.default_rng(7).normal(50.0, 10.0, (32, 6, 6, 3)).astype("float32"))
+    zero_filters(model, "c1", [1])
+    x = np.random.default_rng(8).normal(50.0, 10.0, (4, 6, 6, 3)).astype("float32")
+    want = np.asarray(model(x))
+    copies = {"thin": thin(model), "zero_groups": zero_groups(model),
+              "apply_ssl": ssl_keras.apply_ssl(model, filters=0.1),
+              "strip_ssl": ssl_keras.strip_ssl(ssl_keras.apply_ssl(model, filters=0.1)),
+              "apply_plan": apply_plan(model, json.loads(json.dumps(thinning_plan(model))))}
+    for name, copy in copies.items():
+        np.testing.assert_allclose(np.asarray(copy(x)), want, rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+    assert copies["thin"].get_layer("c1").filters == 3
+
+
 def test_lenet_flatten_dense_shrinks_and_matches():
     model = randomize(lenet(filters=(6, 8), units=20))
     zero_random_groups(model, 0.5, seed=0)
