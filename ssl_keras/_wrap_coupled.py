@@ -45,11 +45,14 @@ def _current_value(variable):
 
 
 class CoupledTerms:
-    """The coupled groups of a model as matrices: per (variable, axis), `M @ square_sums`.
+    """The coupled groups of a model as sparse memberships over its variables.
 
-    For every distinct (layer, weight, axis) of the groups' slices, `matrix[g, i]` is 1 when
-    position `i` along `axis` belongs to group `g`; the square sum of group `g` is
-    `sum_terms matrix[g] @ sum_{other axes} W**2`.
+    For every distinct (layer, weight, axis) of the groups' slices (a "term"), the pairs
+    `(g, i)` of group `g` owning position `i` along `axis`; the square sum of group `g` is
+    the sum, over the terms, of `sum_{other axes} W**2` at its positions (a segment sum).
+    Sparse because a dense groups x positions matrix per term grows with the square of the
+    model: for EfficientNetB0 (11,404 groups) those constants outgrew TensorFlow's 2 GB
+    graph limit and the traced train step failed.
 
     The groups must already be valid: every caller runs `validate_groups` on them first
     (`SSLModel` when built or loaded, the callbacks on `groups=`), or makes them itself
@@ -66,14 +69,16 @@ class CoupledTerms:
                 axis = piece["axis"] % len(variable.shape)
                 key = (piece["layer"], piece["weight"], axis)
                 if key not in keyed:
-                    keyed[key] = (variable, axis, np.zeros(
-                        (len(groups), variable.shape[axis]), dtype=np.float32))
-                index = np.asarray(piece["index"], dtype=np.int64)
-                keyed[key][2][g_index, index] = 1.0
-        self.terms = list(keyed.values())
-        # The same membership as (group, position) pairs, for the NumPy side; a variable
-        # may appear in several terms (a Dense kernel as producer and as consumer).
-        self._pairs = [np.nonzero(matrix) for _, _, matrix in self.terms]
+                    keyed[key] = (variable, axis, set())
+                keyed[key][2].update((g_index, int(i)) for i in piece["index"])
+        # terms: (variable, axis, width); _pairs: (group indices, positions), sorted by
+        # group. A variable may appear in several terms (a Dense kernel as producer and as
+        # consumer), and a position in several groups (a channel and a residual branch).
+        self.terms, self._pairs = [], []
+        for variable, axis, pairs in keyed.values():
+            ordered = np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+            self.terms.append((variable, axis, int(variable.shape[axis])))
+            self._pairs.append((ordered[:, 0], ordered[:, 1]))
         self._variables = []
         self._slot = []
         slot_of = {}  # id(variable) -> its index in self._variables
@@ -86,11 +91,13 @@ class CoupledTerms:
     def square_sums(self, read=lambda v: v):
         """Per-group square sums as a keras.ops tensor."""
         total = None
-        for variable, axis, matrix in self.terms:
+        for (variable, axis, _), (groups, positions) in zip(self.terms, self._pairs,
+                                                             strict=True):
             x = ops.cast(read(variable), "float32")
             axes = tuple(a for a in range(len(x.shape)) if a != axis)
             per_index = ops.sum(ops.square(x), axis=axes) if axes else ops.square(x)
-            part = ops.matmul(ops.convert_to_tensor(matrix), per_index)
+            part = ops.segment_sum(ops.take(per_index, positions), groups,
+                                   num_segments=len(self.groups))
             total = part if total is None else total + part
         return total
 
@@ -114,11 +121,11 @@ class CoupledTerms:
         """Multiplies every slice of group g by factors[g] (in place, on the variables)."""
         values = self.values() if values is None else values
         multipliers = [None] * len(self._variables)
-        for (_, axis, matrix), (groups, positions), slot in zip(
+        for (_, axis, width), (groups, positions), slot in zip(
                 self.terms, self._pairs, self._slot, strict=True):
             # A position may belong to several groups (a channel and a residual branch):
             # their factors multiply.
-            per_index = np.ones(matrix.shape[1], dtype=np.float64)
+            per_index = np.ones(width, dtype=np.float64)
             np.multiply.at(per_index, positions, factors[groups])
             if np.all(per_index == 1.0):
                 continue

@@ -216,6 +216,29 @@ def test_apply_ssl_coupled_loss_matches_oracle():
     assert model.losses == []
 
 
+def test_coupled_groups_of_a_wide_layer_train():
+    # CoupledTerms held a dense groups x positions matrix per (layer, weight, axis): here
+    # 3 x 20,000 x 20,000 float32 (4.8 GB), and for keras.applications.EfficientNetB0 more
+    # than TensorFlow's 2 GB graph limit, so the traced train step failed. Segment sums now.
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((16,))
+    hidden = keras.layers.Dense(20000, activation="relu", name="wide")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden))
+    ssl = apply_ssl(model, filters=1e-3, channels=1e-3)
+    assert len(ssl.ssl_groups) == 20000
+    weights = {(layer.name, v.name): np.asarray(v.numpy(), np.float64)
+               for layer in ssl.layers for v in getattr(layer, "ssl_inner_layer", layer).weights}
+    want = sum(g["coefficient"] * np.sqrt(EPS + sum(
+        np.sum(np.take(weights[p["layer"], p["weight"]], p["index"], axis=p["axis"]) ** 2)
+        for p in g["slices"])) for g in ssl.ssl_groups)  # _coupled_oracle, weights read once
+    np.testing.assert_allclose(float(ssl.ssl_coupled_loss()), want, rtol=1e-5)
+    ssl.compile(keras.optimizers.SGD(0.01), "mse")
+    rng = np.random.default_rng(8)
+    history = ssl.fit(rng.normal(size=(32, 16)).astype("float32"),
+                      rng.normal(size=(32, 2)).astype("float32"), batch_size=16, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
 def test_coupled_coefficients_follow_layers_overrides():
     keras.utils.set_random_seed(5)
     model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
