@@ -140,6 +140,12 @@ def _in_width(model):
     return {layer.name: ins[-1] for layer, ins, _ in _calls(model)}
 
 
+def _out_width(model):
+    """Output channels per layer, for layers without `filters` / `units` (DepthwiseConv2D:
+    input channels x depth_multiplier)."""
+    return {layer.name: outs[-1] for layer, _, outs in _calls(model)}
+
+
 def _ratio(a, b):
     return f"{a / b:.2f}x" if b else "-"
 
@@ -165,17 +171,19 @@ def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> st
     macs0, per0 = count_macs(original, per_layer=True)
     macs1, per1 = count_macs(thinned, per_layer=True)
     in0, in1 = _in_width(original), _in_width(thinned)
+    out0, out1 = _out_width(original), _out_width(thinned)
     names1 = {layer.name: layer for layer in thinned.layers}
     rows = [("layer", "class", "in", "out", "MACs", "MACs after")]
     for layer in original.layers:
         if layer.name not in per0 or not any(v.name.endswith("kernel") for v in layer.weights):
             continue
         new = names1.get(layer.name)
+        before = _width(layer) or out0.get(layer.name)
         if new is None:
-            io = (f"{in0[layer.name]} -> removed", f"{_width(layer)} -> removed")
+            io = (f"{in0[layer.name]} -> removed", f"{before} -> removed")
         else:
             io = (f"{in0[layer.name]} -> {in1.get(layer.name)}",
-                  f"{_width(layer)} -> {_width(new)}")
+                  f"{before} -> {_width(new) or out1.get(layer.name)}")
         rows.append((layer.name, type(_inner(layer)).__name__, *io, f"{per0[layer.name]:,}",
                      f"{per1.get(layer.name, 0):,}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

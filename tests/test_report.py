@@ -109,6 +109,20 @@ def test_summarize_before_and_after():
     assert summarize(model, small, print_fn=None) == text
 
 
+def test_summarize_gives_depthwise_output_channels():
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, name="pw")(inputs)
+    x = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x)))
+    w = np.array(model.get_layer("pw").kernel.numpy())
+    w[..., 1] = 0
+    model.get_layer("pw").kernel.assign(w)
+    text = summarize(model, thin(model), print_fn=None)
+    row = next(line for line in text.splitlines() if line.startswith("dw"))
+    assert row.split()[1:6] == ["DepthwiseConv2D", "4", "->", "3", "8"]  # not "None -> None"
+    assert "8 -> 6" in row
+
+
 def test_summarize_marks_removed_layers():
     inputs = keras.Input((6, 6, 2))
     x = L.Conv2D(2, 3, padding="same", name="stem")(inputs)
