@@ -1,4 +1,4 @@
-"""The coupled groups of an `SSLModel` as matrices over its variables (`CoupledTerms`).
+"""The coupled groups of an `SSLModel` as sparse memberships over its variables (`CoupledTerms`).
 
 Internal to `ssl_keras.wrap` (which re-exports `CoupledTerms`); the callbacks read the same
 terms to measure, zero and soft-threshold the groups.
