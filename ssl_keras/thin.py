@@ -70,6 +70,7 @@ from ssl_keras._thin_model import (
     _plain,
     _read_weights,
     _zeroed_weights,
+    copy_layer,
     layer_config,
     own_layers_scope,
     rebuilds_own_layers,
@@ -417,11 +418,11 @@ def _apply_plan(model, plan, fingerprint: bool) -> keras.Model:
             # the layer's config: what a plan supplies (maybe read from a file) stays checked.
             with own_layers_scope() if not changes else contextlib.nullcontext():
                 if isinstance(op, keras.Model):
-                    new = keras.models.clone_model(op)
+                    new = keras.models.clone_model(op, clone_function=copy_layer)
                 else:
                     cfg = _cheap_init(layer_config(op))
                     cfg.update(changes)
-                    new = type(op).from_config(cfg)
+                    new = copy_layer(op, cfg)
             outputs = new(*args, **kwargs)
             if isinstance(op, keras.Model):
                 new.set_weights(op.get_weights())
