@@ -32,7 +32,7 @@ RECIPE = Recipe(
     # --quick: 10,000 images, 3 / 5 / 6 epochs, about a minute: 705 SSL steps instead of
     # 5,064, so the coefficients are ~6x larger (lr * coefficient * steps about the same), and
     # conv1's multiplier is 1 (2.5 left it 1 filter in so few steps): a rough result
-    # (2026-11-26: 85.4% -> 82.3%, 7-29-113, about 4x), not the recipe's.
+    # (2026-11-26: 85.4% -> 82.4%, 7-29-113, about 4x), not the recipe's.
     quick={"max_train": 10000, "max_test": 2000, "epochs": 3, "ssl_epochs": 5,
            "finetune_epochs": 6, "filters": 0.1, "channels": 0.1, "runs": 50, "warmup": 5,
            "verbose": 2, "ssl_layers": '{"conv1": {"filters": 1.0}, "ip1": {"filters": 0.55}, '

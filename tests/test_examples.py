@@ -50,7 +50,7 @@ def test_lenet_quick_end_to_end(tmp_path):
     assert result["ssl"]["params"] < result["baseline"]["params"]
     assert result["ssl"]["macs"] < result["baseline"]["macs"]
     # --quick is a rough result, not a smoke test only: both models learn (10 classes; it
-    # printed 85.4% -> 82.3% here), and every layer but the output loses units.
+    # printed 85.4% -> 82.4% here), and every layer but the output loses units.
     assert result["baseline"]["accuracy"] > 0.6 and result["ssl"]["accuracy"] > 0.6
     assert all(thin[k] < dense[k] for k in ("conv1", "conv2", "ip1")), (dense, thin)
 
