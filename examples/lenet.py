@@ -13,10 +13,18 @@ Example:
     python -m examples.lenet --dataset=mnist --data_dir=/path/to/idx --shapes=1e-3
 """
 
+import json
 import sys
 
 from examples import models
 from examples.common import Recipe, main
+
+# Coupled group of a channel = filters of its producer + channels of its consumer.
+# With these multipliers: conv1 channel 3.5x, conv2 channel 2x, ip1 unit 1.16x the flags.
+# conv1 costs the most latency per channel (its own MACs and conv2's input); a smaller ip1
+# multiplier (x0.3) left every conv2 channel and ip1 unit alive (the conv2 channels only
+# die once the ip1 units they feed shrink), so ip1 keeps its share.
+SSL_LAYERS = {"conv1": {"filters": 2.5}, "ip1": {"filters": 0.55}, "ip2": {"channels": 0.61}}
 
 RECIPE = Recipe(
     name="lenet",
@@ -35,15 +43,9 @@ RECIPE = Recipe(
     # (2026-11-26: 85.4% -> 82.4%, 7-29-113, about 4x), not the recipe's.
     quick={"max_train": 10000, "max_test": 2000, "epochs": 3, "ssl_epochs": 5,
            "finetune_epochs": 6, "filters": 0.1, "channels": 0.1, "runs": 50, "warmup": 5,
-           "verbose": 2, "ssl_layers": '{"conv1": {"filters": 1.0}, "ip1": {"filters": 0.55}, '
-                                      '"ip2": {"channels": 0.61}}'},
+           "verbose": 2, "ssl_layers": json.dumps({**SSL_LAYERS, "conv1": {"filters": 1.0}})},
     tfmot_arch="lenet",
-    # Coupled group of a channel = filters of its producer + channels of its consumer.
-    # With these multipliers: conv1 channel 3.5x, conv2 channel 2x, ip1 unit 1.16x the flags.
-    # conv1 costs the most latency per channel (its own MACs and conv2's input); a smaller ip1
-    # multiplier (x0.3) left every conv2 channel and ip1 unit alive (the conv2 channels only
-    # die once the ip1 units they feed shrink), so ip1 keeps its share.
-    ssl_layers={"conv1": {"filters": 2.5}, "ip1": {"filters": 0.55}, "ip2": {"channels": 0.61}},
+    ssl_layers=SSL_LAYERS,
 )
 
 if __name__ == "__main__":

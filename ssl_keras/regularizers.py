@@ -171,7 +171,7 @@ class GroupLasso(keras.regularizers.Regularizer):
                 size = group_size(structure, x.shape, self.in_axis, self.out_axis)
                 total = total * math.sqrt(size)
             loss = loss + coefficient * total
-        if not getattr(self, "ssl_penalty_gradient", True):
+        if not self.ssl_penalty_gradient:
             loss = ops.stop_gradient(loss)
         return loss
 

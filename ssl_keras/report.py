@@ -136,14 +136,12 @@ def _width(layer):
     return None
 
 
-def _in_width(model):
-    return {layer.name: ins[-1] for layer, ins, _ in _calls(model)}
-
-
-def _out_width(model):
-    """Output channels per layer, for layers without `filters` / `units` (DepthwiseConv2D:
-    input channels x depth_multiplier)."""
-    return {layer.name: outs[-1] for layer, _, outs in _calls(model)}
+def _io_widths(model):
+    """({layer: input channels}, {layer: output channels}) in one pass over the graph; the
+    output channels serve layers without `filters` / `units` (DepthwiseConv2D)."""
+    calls = _calls(model)
+    return ({layer.name: ins[-1] for layer, ins, _ in calls},
+            {layer.name: outs[-1] for layer, _, outs in calls})
 
 
 def _ratio(a, b):
@@ -170,8 +168,7 @@ def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> st
     """
     macs0, per0 = count_macs(original, per_layer=True)
     macs1, per1 = count_macs(thinned, per_layer=True)
-    in0, in1 = _in_width(original), _in_width(thinned)
-    out0, out1 = _out_width(original), _out_width(thinned)
+    (in0, out0), (in1, out1) = _io_widths(original), _io_widths(thinned)
     names1 = {layer.name: layer for layer in thinned.layers}
     rows = [("layer", "class", "in", "out", "MACs", "MACs after")]
     for layer in original.layers:

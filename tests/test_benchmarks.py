@@ -255,6 +255,7 @@ def test_layer_times_refuses_a_keras_file_that_does_not_load(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("command, args, message", [
+    # empty lists
     (_WIDTHS, ["--widths="], "--widths must list at least one conv1-conv2-ip1 width, e.g. "
                              "20-50-500,5-26-105. Received: ''"),
     (_ROUND, ["--round_to="], "--round_to must list at least one integer >= 1, e.g. 1,4,8. "
@@ -262,12 +263,7 @@ def test_layer_times_refuses_a_keras_file_that_does_not_load(tmp_path, monkeypat
     (_OVERHEAD, ["--models="], "--models must be a non-empty comma-separated list, e.g. "
                                "lenet,resnet20. Received: ''"),
     (_WIDTHS, ["--threads="], "--threads must be positive integers. Received: []"),
-])
-def test_empty_lists_are_refused(command, args, message, monkeypatch, capsys):
-    _assert_one_line(*_in_process(command, args, monkeypatch, capsys), command, message)
-
-
-@pytest.mark.parametrize("command, args, message", [
+    # counts
     (_MODES, ["--train=0"], "--train must be >= --calibration + 8 = 208 (the calibration "
                             "images and the 8 held-out check images come from the training "
                             "images). Received: --train=0, --calibration=200"),
@@ -286,8 +282,20 @@ def test_empty_lists_are_refused(command, args, message, monkeypatch, capsys):
      "--batch_size must be >= 1 (images per training step). Received: 0"),
     (_ROUND, ["--seed=-1"], "--seed must be in [0, 4294967295]. Received: -1"),
     (_THIN, ["--seed=-1"], "--seed must be in [0, 4294967295]. Received: -1"),
+    # values listed twice
+    (_ROUND, ["--round_to=4,4"], "--round_to lists a value twice; expected each once. "
+                                 "Received: 4,4"),
+    (_ROUND, ["--round_to=4,04"], "--round_to lists a value twice"),
+    (_OVERHEAD, ["--models=lenet,lenet"], "--models lists 'lenet' twice; expected each value "
+                                          "once. Received: lenet,lenet"),
+    (_WIDTHS, ["--widths=5-26-105,5-26-105"], "--widths lists a width twice. Received: "
+                                              "5-26-105,5-26-105"),
+    (_WIDTHS, ["--threads=1,2,1"], "--threads lists a thread count twice; expected each once. "
+                                   "Received: 1,2,1"),
 ])
-def test_counts_are_checked_before_the_work(command, args, message, monkeypatch, capsys):
+def test_bad_flag_values_are_refused_before_the_work(command, args, message, monkeypatch,
+                                                      capsys):
+    """Empty lists, out-of-range counts and values listed twice: one line, exit 2."""
     _assert_one_line(*_in_process(command, args, monkeypatch, capsys), command, message)
 
 
@@ -302,21 +310,6 @@ def test_export_modes_refuses_more_images_than_fashion_mnist_has(flag, asked, ha
                                           f"Fashion-MNIST {flag} split")
     assert f"has {has}. Received: --{flag}={asked}" in lines[0]
     assert not (tmp_path / "new").exists()
-
-
-@pytest.mark.parametrize("command, args, message", [
-    (_ROUND, ["--round_to=4,4"], "--round_to lists a value twice; expected each once. "
-                                 "Received: 4,4"),
-    (_ROUND, ["--round_to=4,04"], "--round_to lists a value twice"),
-    (_OVERHEAD, ["--models=lenet,lenet"], "--models lists 'lenet' twice; expected each value "
-                                          "once. Received: lenet,lenet"),
-    (_WIDTHS, ["--widths=5-26-105,5-26-105"], "--widths lists a width twice. Received: "
-                                              "5-26-105,5-26-105"),
-    (_WIDTHS, ["--threads=1,2,1"], "--threads lists a thread count twice; expected each once. "
-                                   "Received: 1,2,1"),
-])
-def test_duplicates_are_refused(command, args, message, monkeypatch, capsys):
-    _assert_one_line(*_in_process(command, args, monkeypatch, capsys), command, message)
 
 
 def test_lenet_widths_refuses_existing_json(tmp_path):
