@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from ssl_keras import _tflite
-from ssl_keras._export_inputs import _input_names, _static_shapes, _unflatten
+from ssl_keras._export_inputs import _input_dtypes, _input_names, _static_shapes, _unflatten
 from ssl_keras._thin_model import copy_layer, layer_config, refresh_states
 from ssl_keras.regularizers import _finite, _is_real
 
@@ -133,9 +133,9 @@ def _validate_flags(verify, overwrite, allow_select_ops, atol, seed):
 def _convert(model, struct, batch_size, quantize, calibration, allow_select_ops) -> bytes:
     import tensorflow as tf
 
-    names, shapes = _input_names(struct), _static_shapes(struct)
-    specs = [tf.TensorSpec((batch_size, *s), tf.float32, name=n)
-             for n, s in zip(names, shapes, strict=True)]
+    names, shapes, dtypes = _input_names(struct), _static_shapes(struct), _input_dtypes(struct)
+    specs = [tf.TensorSpec((batch_size, *s), tf.as_dtype(d), name=n)
+             for n, s, d in zip(names, shapes, dtypes, strict=True)]
     with tempfile.TemporaryDirectory(prefix="ssl_keras_export_") as saved_model:
         model.export(saved_model, format="tf_saved_model",
                      input_signature=[_unflatten(struct, specs)], verbose=False)

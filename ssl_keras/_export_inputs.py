@@ -56,15 +56,33 @@ def _unflatten(struct, arrays: list):
     return list(arrays) if isinstance(struct, (list, tuple)) else arrays[0]
 
 
+def _input_dtypes(struct) -> list:
+    """The .tflite dtype of each input: float32 for float inputs, an integer input's own dtype.
+
+    Integer inputs (token ids for an Embedding, say) stay integers in the .tflite file, and
+    int8 quantisation leaves them alone; bool and string inputs are refused.
+    """
+    dtypes = []
+    for name, tensor in zip(_input_names(struct), _flat_inputs(struct), strict=True):
+        dtype = str(tensor.dtype)
+        if dtype.startswith(("float", "bfloat")):
+            dtypes.append(np.dtype(np.float32))
+        elif dtype.startswith(("int", "uint")):
+            dtypes.append(np.dtype(dtype))
+        else:
+            raise ValueError(
+                "export_tflite supports float and integer inputs (the .tflite inputs are "
+                "float32, or int8 when quantised, and integer inputs keep their dtype). "
+                f"Received: input {name!r} of dtype {tensor.dtype}"
+            )
+    return dtypes
+
+
 def _static_shapes(struct) -> list:
     tensors = _flat_inputs(struct)
     shapes = [tuple(t.shape[1:]) for t in tensors]
-    for name, shape, tensor in zip(_input_names(struct), shapes, tensors, strict=True):
-        if not str(tensor.dtype).startswith(("float", "bfloat")):
-            raise ValueError(
-                "export_tflite supports float inputs only (the .tflite inputs are float32, or "
-                f"int8 when quantised). Received: input {name!r} of dtype {tensor.dtype}"
-            )
+    _input_dtypes(struct)  # refuses bool and string inputs
+    for name, shape in zip(_input_names(struct), shapes, strict=True):
         if any(d is None for d in shape):
             raise ValueError(
                 "export_tflite needs static input shapes (only the batch may be None). "
@@ -73,7 +91,81 @@ def _static_shapes(struct) -> list:
     return shapes
 
 
-def _to_sample_arrays(element, names: list, shapes: list) -> list:
+def _graph(model):
+    """The functional graph behind a model, or None (subclassed)."""
+    import keras
+
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    return model if hasattr(model, "_nodes_by_depth") else None
+
+
+def _id_bound(model, tensor):
+    """(bound, readers) for an integer input tensor of `model`.
+
+    `bound` is the smallest `input_dim` of the Embedding layers that read the tensor (directly
+    or as the input of a nested functional model), so that random ids in [0, bound) are valid;
+    None when something other than an Embedding reads it (`readers` names what does).
+    """
+    import keras
+
+    graph = _graph(model)
+    if graph is None:
+        return None, [type(model).__name__]
+    bounds, readers = [], []
+    for nodes in graph._nodes_by_depth.values():
+        for node in nodes:
+            if node.is_input or node.operation is None:
+                continue
+            positions = [i for i, t in enumerate(node.input_tensors) if t is tensor]
+            if not positions:
+                continue
+            op = node.operation
+            inner = _graph(op)
+            if isinstance(op, keras.layers.Embedding):
+                bounds.append(int(op.input_dim))
+            elif inner is not None and len(inner.inputs) == len(node.input_tensors):
+                for i in positions:
+                    bound, more = _id_bound(op, inner.inputs[i])
+                    readers += more
+                    if bound is not None:
+                        bounds.append(bound)
+            else:
+                readers.append(type(op).__name__)
+    if readers or not bounds:
+        return None, readers or ["nothing"]
+    return min(bounds), []
+
+
+def _random_samples(model, struct, count: int, seed: int) -> tuple:
+    """Random verification inputs: uniform [0, 1) floats, integer ids within the Embeddings'
+    input_dim. Returns (samples, description); an integer input that is not only read by
+    Embedding layers has no known valid range: a ValueError asks for data."""
+    rng = np.random.default_rng(seed)
+    names, shapes, dtypes = _input_names(struct), _static_shapes(struct), _input_dtypes(struct)
+    samples, bounds = [], []
+    for name, shape, dtype, tensor in zip(names, shapes, dtypes, _flat_inputs(struct),
+                                          strict=True):
+        if dtype.kind == "f":
+            samples.append(rng.random((count, *shape), dtype=np.float32))
+            continue
+        bound, readers = _id_bound(model, tensor)
+        if bound is None:
+            raise ValueError(
+                f"Cannot draw random verification inputs for the integer input {name!r}: its "
+                "valid values are known only when Embedding layers alone read it (ids in "
+                "[0, input_dim)). Pass `representative_data` with real inputs, or verify=False. "
+                f"Received: input {name!r} read by {sorted(set(readers))}"
+            )
+        samples.append(rng.integers(0, bound, (count, *shape)).astype(dtype))
+        bounds.append(f"{name} in [0, {bound})")
+    description = "random uniform [0, 1)" if len(bounds) < len(names) else ""
+    if bounds:
+        description += (" and " if description else "") + "random ids " + ", ".join(bounds)
+    return samples, description
+
+
+def _to_sample_arrays(element, names: list, shapes: list, dtypes: list) -> list:
     """One data element (a sample or a batch, possibly (x, y)) -> per-input batches."""
     element = _as_arrays(element, names, shapes)
     if isinstance(element, dict) and set(element) != set(names) and "x" in element:
@@ -90,7 +182,7 @@ def _to_sample_arrays(element, names: list, shapes: list) -> list:
             len(names) == 1 or isinstance(element[0], (list, tuple, dict))
         )
         if nested:  # (x, y) or (x, y, sample_weight)
-            return _to_sample_arrays(element[0], names, shapes)
+            return _to_sample_arrays(element[0], names, shapes, dtypes)
         parts = list(element)
     else:
         parts = [element]
@@ -99,8 +191,8 @@ def _to_sample_arrays(element, names: list, shapes: list) -> list:
             f"The data must give {len(names)} input(s) ({names}). Received: {len(parts)} arrays"
         )
     arrays = []
-    for name, shape, part in zip(names, shapes, parts, strict=True):
-        array = _float_array(part, name)
+    for name, shape, dtype, part in zip(names, shapes, dtypes, parts, strict=True):
+        array = _typed_array(part, name, dtype)
         if array.shape == shape:
             array = array[None]
         if array.shape[1:] != shape:
@@ -127,8 +219,12 @@ def _numeric_array(value):
     return array if array.dtype.kind in "biuf" else None
 
 
-def _float_array(part, name: str) -> np.ndarray:
-    """One input's data as float32, with a clear error for None, strings and the like."""
+def _typed_array(part, name: str, dtype: np.dtype) -> np.ndarray:
+    """One input's data as `dtype`, with a clear error for None, strings and the like.
+
+    Data for an integer input must hold whole numbers within the dtype's range (integer ids
+    stored as floats are accepted).
+    """
     array = None if part is None else _numeric_array(part)
     if array is None:
         received = "None" if part is None else type(part).__name__
@@ -138,7 +234,21 @@ def _float_array(part, name: str) -> np.ndarray:
             f"Data for input {name!r} must be numeric (an array, or a nested list of numbers). "
             f"Received: {received}"
         )
-    return array.astype(np.float32, copy=False)
+    if dtype.kind == "f":
+        return array.astype(np.float32, copy=False)
+    info = np.iinfo(dtype)
+    with np.errstate(invalid="ignore"):
+        bad = (array < info.min) | (array > info.max)
+        if array.dtype.kind == "f":
+            bad |= ~np.isfinite(array) | (array != np.round(array))
+    if bad.any():
+        first = array.reshape(-1)[int(np.argmax(bad.reshape(-1)))].item()
+        raise ValueError(
+            f"Data for integer input {name!r} ({dtype}) must hold whole numbers in "
+            f"[{info.min}, {info.max}]. Received: {int(np.count_nonzero(bad))} other value(s), "
+            f"e.g. {first!r}"
+        )
+    return array.astype(dtype)
 
 
 def _as_arrays(data, names: list, shapes: list):
@@ -160,7 +270,7 @@ def _as_arrays(data, names: list, shapes: list):
 
 def _collect(data, struct, limit: int) -> list:
     """representative_data (arrays, tf.data.Dataset or generator) -> per-input arrays."""
-    names, shapes = _input_names(struct), _static_shapes(struct)
+    names, shapes, dtypes = _input_names(struct), _static_shapes(struct), _input_dtypes(struct)
     if isinstance(data, (str, bytes, os.PathLike)):
         raise ValueError(
             "`representative_data` must be the samples themselves, not a file path: a NumPy "
@@ -185,7 +295,7 @@ def _collect(data, struct, limit: int) -> list:
         )
     chunks, count = [], 0
     for element in elements:
-        arrays = _to_sample_arrays(element, names, shapes)
+        arrays = _to_sample_arrays(element, names, shapes, dtypes)
         chunks.append([a[: limit - count] for a in arrays])
         count += len(chunks[-1][0])
         if count >= limit:
@@ -194,6 +304,8 @@ def _collect(data, struct, limit: int) -> list:
         raise ValueError("`representative_data` is empty. Received: 0 samples")
     arrays = [np.concatenate([c[i] for c in chunks]) for i in range(len(names))]
     for name, array in zip(names, arrays, strict=True):
+        if array.dtype.kind != "f":
+            continue
         finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
         if not finite.all():
             raise ValueError(

@@ -199,7 +199,7 @@ def dequantize(y: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 
 def run(interpreter, inputs: dict) -> dict:
-    """Runs the signature on float inputs of any length, in batches of the static batch size.
+    """Runs the signature on inputs of any length, in batches of the static batch size.
 
     Inputs are quantised and outputs dequantised with the tensors' scale and zero point; the
     last incomplete batch is padded with zeros and the padding dropped from the outputs.

@@ -33,7 +33,13 @@ from ssl_keras._export_convert import (
     _verify,
     rebuild_float32,
 )
-from ssl_keras._export_inputs import _collect, _input_struct, _static_shapes
+from ssl_keras._export_inputs import (
+    _collect,
+    _input_struct,
+    _random_samples,
+    _static_shapes,
+    _typed_array,
+)
 
 _FLOAT32_ATOL = 1e-4
 
@@ -55,7 +61,9 @@ class ExportReport:
         verified_samples: how many samples were compared (0 when not verified).
         verified_on: which samples: "held-out representative data" (samples after the
             calibration ones), "representative data" (int8: the calibration samples
-            themselves, when there were no more) or "random uniform [0, 1)".
+            themselves, when there were no more) or "random uniform [0, 1)" (integer inputs:
+            "random ids <input> in [0, n)", n the input_dim of the Embedding layers reading
+            them).
         rebuilt_float32: True when a mixed-precision model was rebuilt in float32 first.
     """
 
@@ -151,7 +159,8 @@ def export_tflite(
     """Converts a Keras model to a .tflite file, checks its outputs, and writes it atomically.
 
     Conversion: `model.export(format="tf_saved_model")` with a static input signature
-    `(batch_size, *input_shape)` float32, then `tf.lite.TFLiteConverter.from_saved_model`.
+    `(batch_size, *input_shape)` (float32; integer inputs, such as an Embedding's token ids,
+    keep their integer dtype), then `tf.lite.TFLiteConverter.from_saved_model`.
     BatchNormalization after a convolution is folded into it by the converter; activations
     are fused. Only TFLite builtin ops are allowed unless `allow_select_ops=True`.
 
@@ -160,13 +169,16 @@ def export_tflite(
     - None: float32.
     - "float16": float16 weights, dequantised to float32 at run time (half the size).
     - "dynamic": int8 weights, float activations (dynamic range quantisation).
-    - "int8": full integer; int8 input and output tensors, with activation ranges calibrated
-      on `representative_data` (`q = round(x / scale) + zero_point`).
+    - "int8": full integer; int8 input and output tensors (integer inputs stay as they are),
+      with activation ranges calibrated on `representative_data`
+      (`q = round(x / scale) + zero_point`).
 
     Verification (`verify=True`) runs the .tflite bytes with ai_edge_litert's Interpreter on
     `num_verify_samples` inputs: from `representative_data` when given (the samples after the
     `num_calibration_samples` used for calibration when there are enough, else the first
-    ones), seeded uniform [0, 1) inputs otherwise. int8 inputs are quantised and outputs
+    ones), seeded uniform [0, 1) inputs otherwise (integer inputs: seeded ids in
+    [0, input_dim) when only Embedding layers read them; any other integer input needs
+    `representative_data`). int8 inputs are quantised and outputs
     dequantised with the tensors' scale and zero point, and compared with `model(x)`. In
     float32 the max absolute difference must be <= `atol` or a ValueError is raised and
     nothing is written; the quantised modes report their difference.
@@ -177,8 +189,8 @@ def export_tflite(
     dict keys.
 
     Args:
-        model: a functional or Sequential Keras 3 model (TensorFlow backend) with float
-            inputs of static shape apart from the batch.
+        model: a functional or Sequential Keras 3 model (TensorFlow backend) with float or
+            integer inputs of static shape apart from the batch.
         path: the .tflite file to write (a str or os.PathLike, not empty, not a
             directory). Its directory must exist.
         quantize: None, "float16", "dynamic" or "int8".
@@ -187,7 +199,8 @@ def export_tflite(
             tf.data.Dataset or a generator of samples or batches (`(x, y)` elements are fine).
             Nested Python lists of numbers (`x.tolist()`) are read as arrays. A file path is
             not accepted: load the file first (`np.load(path)`). The samples used must be
-            finite, and the inputs of a multi-input model must have as many samples each.
+            finite (whole numbers for integer inputs), and the inputs of a multi-input model
+            must have as many samples each.
         batch_size: the static batch size of the .tflite model.
         verify: a bool: run and compare the .tflite model with the Keras model before
             writing.
@@ -208,11 +221,13 @@ def export_tflite(
             without `representative_data`, a `batch_size` / sample count that is not an
             integer >= 1, `verify` / `overwrite` / `allow_select_ops` that are not bools, a
             bad `atol` or `seed`, a `path` that is not a path or is a directory, a model
-            that is not a functional Keras model with static float inputs, unreadable or
-            non-finite `representative_data`, or (with `verify`) Keras outputs that are not
-            finite (NaN / inf weights, say). After the conversion: a model that needs Select
-            TF ops (without `allow_select_ops`, or with `verify`), and float32 outputs that
-            disagree with Keras by more than `atol`. Nothing is written in either case.
+            that is not a functional Keras model with static float or integer inputs,
+            unreadable or non-finite `representative_data`, (with `verify`) an integer input
+            that not only Embedding layers read and no `representative_data`, or Keras
+            outputs that are not finite (NaN / inf weights, say). After the conversion: a
+            model that needs Select TF ops (without `allow_select_ops`, or with `verify`),
+            and float32 outputs that disagree with Keras by more than `atol`. Nothing is
+            written in either case.
         FileNotFoundError: the directory of `path` does not exist.
         FileExistsError: `path` exists and `overwrite` is False (checked before the
             conversion, and again when the file is published).
@@ -240,7 +255,7 @@ def export_tflite(
     if rebuilt:
         model = rebuild_float32(model)
     struct = _input_struct(model)
-    shapes = _static_shapes(struct)
+    _static_shapes(struct)  # dtypes and static shapes, checked before any work
     limit = num_calibration_samples + num_verify_samples
     data = None if representative_data is None else _collect(representative_data, struct, limit)
     samples = want = None
@@ -253,9 +268,7 @@ def export_tflite(
             samples = [a[:num_verify_samples] for a in data]
             verified_on = "representative data"
         else:
-            verified_on = "random uniform [0, 1)"
-            rng = np.random.default_rng(seed)
-            samples = [rng.random((num_verify_samples, *s), dtype=np.float32) for s in shapes]
+            samples, verified_on = _random_samples(model, struct, num_verify_samples, seed)
         want = _keras_reference(model, struct, samples, verified_on)
 
     content = _convert(model, struct, batch_size, quantize,
@@ -327,7 +340,11 @@ def _tflite_inputs(path, x):
             f"The inputs must be keyed by the model's input names {names}. "
             f"Received: keys={sorted(feed, key=str)}"
         )
-    return interpreter, {name: _input_array(name, value) for name, value in feed.items()}
+    arrays = {name: _input_array(name, value) for name, value in feed.items()}
+    for info in in_infos:  # integer ids (not quantised values): whole numbers only
+        if info.scale is None and np.dtype(info.dtype).kind in "iu":
+            arrays[info.name] = _typed_array(arrays[info.name], info.name, np.dtype(info.dtype))
+    return interpreter, arrays
 
 
 def _is_samples_list(x, rank: int) -> bool:
@@ -406,7 +423,7 @@ def _class_labels(y, classes: int) -> np.ndarray:
 
 
 def predict_tflite(path, x) -> dict:
-    """Runs a .tflite file on float inputs and returns its float outputs.
+    """Runs a .tflite file on float (or integer id) inputs and returns its float outputs.
 
     int8 inputs are quantised and int8 outputs dequantised with the tensors' scale and zero
     point; any number of samples is run in batches of the file's static batch size.
@@ -423,8 +440,8 @@ def predict_tflite(path, x) -> dict:
         FileNotFoundError: there is no file at `path`.
         ValueError: `path` is not a path, is a directory or is not a valid .tflite
             flatbuffer (or the interpreter cannot prepare it); `x` is None, not numeric,
-            not keyed by the input names, has no samples, samples of the wrong shape, or
-            inputs with different sample counts.
+            not whole numbers for an integer input, not keyed by the input names, has no
+            samples, samples of the wrong shape, or inputs with different sample counts.
 
     Example:
     >>> logits = predict_tflite("lenet.tflite", x_test)["output_0"]

@@ -398,10 +398,10 @@ def test_argument_errors(model, tmp_path):
     clash = keras.Model([a, b], keras.layers.Add()([a, b]))
     with pytest.raises(ValueError, match=r"input names must be unique.*\['a_b', 'a_b'\]"):
         export_tflite(clash, path)
-    tokens = keras.Input((4,), dtype="int32", name="tokens")
-    embed = keras.Model(tokens, keras.layers.Embedding(10, 2)(tokens))
-    with pytest.raises(ValueError, match="float inputs only.*'tokens' of dtype int32"):
-        export_tflite(embed, path)
+    flags = keras.Input((4,), dtype="bool", name="flags")
+    masked = keras.Model(flags, keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"))(flags))
+    with pytest.raises(ValueError, match="float and integer inputs.*'flags' of dtype bool"):
+        export_tflite(masked, path)
     dynamic = keras.Model(i := keras.Input((None, 3)), keras.layers.Dense(2)(i))
     with pytest.raises(ValueError, match=r"static input shapes.*\(None, None, 3\)"):
         export_tflite(dynamic, path)
@@ -735,3 +735,78 @@ def test_cli_int8_end_to_end_in_a_subprocess(saved_model, tmp_path):
     assert report["quantize"] == "int8" and report["inputs"][0]["dtype"] == "int8"
     assert report["size_bytes"] == out.stat().st_size and report["verified_samples"] == 8
     assert "Traceback" not in done.stderr
+
+
+def text_net(name="text"):
+    """Token ids -> Embedding -> Conv1D -> pooling -> Dense: a model with an integer input."""
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(50, 8, name="embed")(tokens)
+    x = keras.layers.Conv1D(6, 3, activation="relu", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling1D(name="pool")(x)
+    return keras.Model(tokens, keras.layers.Dense(3, name="fc")(x), name=name)
+
+
+def test_integer_inputs_export_verify_and_predict(tmp_path):
+    """Integer inputs stay integers (also with int8), random verification ids stay within
+    the Embedding's input_dim, and predict_tflite reproduces the Keras model."""
+    keras.utils.set_random_seed(3)
+    net = text_net()
+    ids = np.random.default_rng(0).integers(0, 50, (40, 12)).astype(np.int32)
+    report = export_tflite(net, tmp_path / "f.tflite")
+    assert report.verified_on == "random ids tokens in [0, 50)"
+    assert report.inputs[0].dtype == "int32" and report.max_abs_diff <= 1e-5
+    assert "GATHER" in report.op_counts
+    got = predict_tflite(report.path, ids)["output_0"]
+    np.testing.assert_allclose(got, net.predict(ids, verbose=0), rtol=1e-5, atol=1e-6)
+    # ids given as whole floats (np.load of a float file, say) are accepted
+    q = export_tflite(net, tmp_path / "q.tflite", quantize="int8",
+                      representative_data=ids.astype(np.float32))
+    assert q.inputs[0].dtype == "int32" and q.outputs[0].dtype == "int8"
+    assert q.verified_on == "representative data"
+    assert q.max_abs_diff < 0.05 * q.max_abs_output + 1e-3
+    # the thinned model of an SSL-wrapped text net exports the same way
+    thinned = ssl_keras.thin(ssl_keras.strip_ssl(ssl_keras.apply_ssl(net, filters=1e-3)))
+    assert export_tflite(thinned, tmp_path / "t.tflite").inputs[0].dtype == "int32"
+
+
+def test_integer_input_ranges_and_bad_ids(tmp_path):
+    keras.utils.set_random_seed(3)
+    path = tmp_path / "m.tflite"
+    # Embeddings inside a nested model, two of them: ids below the smaller input_dim
+    inner_in = keras.Input((5,), dtype="int32")
+    inner = keras.Model(inner_in, keras.layers.Embedding(30, 4)(inner_in), name="inner")
+    ids_in = keras.Input((5,), dtype="int64", name="ids")
+    merged = keras.layers.Concatenate()([inner(ids_in), keras.layers.Embedding(7, 4)(ids_in)])
+    nested = keras.Model(ids_in, keras.layers.Flatten()(merged))
+    report = export_tflite(nested, path)
+    assert report.verified_on == "random ids ids in [0, 7)"
+    assert report.inputs[0].dtype == "int64"
+    samples, _ = _export_inputs._random_samples(nested, nested.input, 200, 0)
+    assert samples[0].dtype == np.int64 and samples[0].min() == 0 and samples[0].max() == 6
+    sequential = keras.Sequential([keras.Input((5,), dtype="int32", name="seq_ids"),
+                                   keras.layers.Embedding(20, 4), keras.layers.Flatten()])
+    report = export_tflite(sequential, tmp_path / "s.tflite")
+    assert report.verified_on == "random ids seq_ids in [0, 20)"
+    # an integer input that something else reads: random values would not mean anything
+    raw = keras.Input((4,), dtype="int32", name="raw")
+    cast = keras.Model(raw, keras.layers.Dense(2)(keras.layers.Lambda(
+        lambda t: keras.ops.cast(t, "float32"), name="to_float")(raw)))
+    with pytest.raises(ValueError, match=r"integer input 'raw'.*representative_data.*"
+                                         r"read by \['Lambda'\]"):
+        export_tflite(cast, tmp_path / "c.tflite")
+    counts = np.arange(8, dtype=np.int32).reshape(2, 4)
+    report = export_tflite(cast, tmp_path / "c.tflite", representative_data=counts)
+    assert report.verified_on == "representative data" and report.max_abs_diff <= 1e-5
+    # ids that are not whole numbers, or do not fit the dtype, are refused by name
+    net = text_net()
+    with pytest.raises(ValueError, match=r"integer input 'tokens' \(int32\) must hold whole "
+                                         r"numbers.*Received: 1 other value\(s\), e.g. 2.5"):
+        export_tflite(net, tmp_path / "x.tflite", representative_data=np.where(
+            np.arange(12) == 3, 2.5, 1.0)[None])
+    with pytest.raises(ValueError, match=r"whole numbers in \[-2147483648, 2147483647\]"):
+        export_tflite(net, tmp_path / "x.tflite",
+                      representative_data=np.full((1, 12), 2 ** 40, np.int64))
+    with pytest.raises(ValueError, match="must hold whole numbers"):
+        export_tflite(net, tmp_path / "x.tflite",
+                      representative_data=np.full((1, 12), np.nan, np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tflite", "m.tflite", "s.tflite"]
