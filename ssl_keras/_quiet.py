@@ -5,12 +5,63 @@ imported, before absl logging is initialised, whatever TF_CPP_MIN_LOG_LEVEL says
 line that should print one line on bad input then prints seven. When the user asked for quiet
 (TF_CPP_MIN_LOG_LEVEL >= 1), the import runs with file descriptor 2 sent to /dev/null; Python
 errors raised by the import are still reported (they are raised after stderr is restored).
+
+The package's own command line (`python -m ssl_keras.export`) is quiet unless the user set
+TF_CPP_MIN_LOG_LEVEL: `run_as_command_line` is checked while the package is imported, which
+happens before the module runs as __main__, and `c_stderr_silenced` keeps the C++ lines of the
+conversion and of the interpreter (LiteRT's "Created TensorFlow Lite XNNPACK delegate") away
+from Python's own messages.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import sys
+
+
+def run_as_command_line() -> bool:
+    """Whether this process was started as `python -m ssl_keras.<module>`."""
+    argv = getattr(sys, "orig_argv", [])
+    return any(a == "-m" and b.startswith("ssl_keras.") for a, b in itertools.pairwise(argv))
+
+
+def _quiet_level() -> bool:
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")) >= 1
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def c_stderr_silenced():
+    """Inside the block, file descriptor 2 (C / C++ writes) goes to /dev/null while Python's
+    `sys.stderr` keeps writing to the real stderr; only if TF_CPP_MIN_LOG_LEVEL >= 1."""
+    if not _quiet_level():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    try:
+        on_fd2 = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # a StringIO, pytest's capture, ...
+        on_fd2 = False
+    if on_fd2:  # Python's messages keep going where fd 2 went before
+        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        sys.stderr.flush()
+        if on_fd2:
+            sys.stderr.close()
+            sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def import_tensorflow_quietly() -> None:
@@ -21,11 +72,9 @@ def import_tensorflow_quietly() -> None:
     """
     if "tensorflow" in sys.modules:
         return
-    try:
-        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
-    except ValueError:
-        level = 0
-    if level < 1:
+    if run_as_command_line():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not _quiet_level():
         import tensorflow  # noqa: F401
 
         return

@@ -40,6 +40,7 @@ from ssl_keras._export_inputs import (
     _static_shapes,
     _typed_array,
 )
+from ssl_keras._quiet import c_stderr_silenced
 
 _FLOAT32_ATOL = 1e-4
 
@@ -622,7 +623,8 @@ def main(argv=None):
     except flags.Error as error:
         _fail(str(error))
     logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines on stderr
-    _main(rest, fv)
+    with c_stderr_silenced():  # the converter's and LiteRT's C++ lines; ours still show
+        _main(rest, fv)
     sys.exit(0)
 
 

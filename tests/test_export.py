@@ -810,3 +810,24 @@ def test_integer_input_ranges_and_bad_ids(tmp_path):
         export_tflite(net, tmp_path / "x.tflite",
                       representative_data=np.full((1, 12), np.nan, np.float32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tflite", "m.tflite", "s.tflite"]
+
+
+def test_cli_is_quiet_by_default_in_a_subprocess(saved_model, tmp_path):
+    """Without TF_CPP_MIN_LOG_LEVEL, the command line prints its report and nothing of
+    TensorFlow's or LiteRT's C++ start-up and conversion lines; on bad input, one line."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO
+    out = tmp_path / "net.tflite"
+    command = [sys.executable, "-m", "ssl_keras.export", str(saved_model), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert done.stdout.startswith(f"{out}: ") and out.exists()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr == ("ssl_keras.export: error: The output file already exists; pass "
+                           f"--overwrite to replace it. Received: OUT={str(out)!r}\n")
+    # asked for TensorFlow's logs, the user gets them
+    env["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    done = subprocess.run([*command, "--overwrite"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0 and "XNNPACK" in done.stderr
