@@ -224,10 +224,12 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
         layer = by_name.get(name)
         if isinstance(layer, keras.layers.Reshape):
             # A Reshape that keeps the channel axis (the registry's check) names the channel
-            # count in its target shape: it becomes the count that is kept.
-            kept = channels.get(id(layer._inbound_nodes[0].input_tensors[0]))
+            # count in its target shape: it becomes the count that is kept. One that changes
+            # the last axis blocks the channels in front of it, and stays as it is.
+            source = layer._inbound_nodes[0].input_tensors[0]
+            kept = channels.get(id(source))
             target = tuple(layer.target_shape)
-            if kept is not None and len(kept) != target[-1]:
+            if kept is not None and source.shape[-1] == target[-1] != len(kept):
                 layers[name] = {"keep": {}, "config": {"target_shape": (*target[:-1],
                                                                         len(kept))},
                                 "bias_add": None, "after": []}

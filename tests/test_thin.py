@@ -398,6 +398,25 @@ def test_layer_that_blocks_blocks_only_its_group():
     assert (small.get_layer("a").filters, small.get_layer("c").filters) == (4, 3)
 
 
+def test_reshape_that_changes_the_channel_axis_is_left_as_it_is():
+    """Dense(128) -> Reshape((4, 4, 8)) (a decoder stem): the Reshape blocks fc's units and
+    keeps its target shape; the conv behind it still thins. (Was: target_shape rewritten to
+    (4, 4, 128), and thin failed with "The total size of the tensor must be unchanged".)"""
+    inputs = keras.Input((10,))
+    x = L.Dense(128, name="fc")(inputs)
+    x = L.Reshape((4, 4, 8), name="rs")(x)
+    x = L.Conv2D(6, 3, name="conv")(x)
+    model = randomize(keras.Model(inputs, L.Dense(3, name="head")(L.Flatten()(x))))
+    zero_filters(model, "fc", [0, 5])
+    zero_filters(model, "conv", [2])
+    plan = thinning_plan(model)
+    assert "rs" not in plan["layers"]
+    assert plan["groups"]["fc:0"]["status"] == "kept" and "rs" in plan["groups"]["fc:0"]["why"]
+    small = assert_equivalent(model)
+    assert small.get_layer("rs").target_shape == (4, 4, 8)
+    assert widths(small)["fc"] == 128 and widths(small)["conv"] == 5
+
+
 def test_hand_written_groups():
     model = conv_bn_relu_conv("valid")
     zero_filters(model, "conv1", [3])
