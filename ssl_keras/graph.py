@@ -37,6 +37,7 @@ from ssl_keras.registry import (
     Kind,
     LayerSpec,
     WeightSlice,
+    activation_reason,
     lookup,
     register_layer,
     unregistered_message,
@@ -141,6 +142,7 @@ class _Graph:
         self.space: list[tuple[str, str, int]] = []  # atom -> (source path, kind, channel)
         self.slices = collections.defaultdict(list)
         self.blocks = collections.defaultdict(list)
+        self.late_blocks = collections.defaultdict(list)
         self.through = collections.defaultdict(list)
         self.unsafe = collections.defaultdict(list)
         self.canon_in: dict[str, np.ndarray] = {}
@@ -236,6 +238,12 @@ class _Graph:
             return self.block(ins, node, path,
                               f"reaches {type(layer).__name__} '{path}' ({reason})")
         outs = _HANDLERS[spec.kind](self, spec, layer, path, node, ins)
+        act = activation_reason(getattr(layer, "activation", None)) if (
+            spec.kind is Kind.PRODUCER and outs) else None
+        if act is not None:  # its own filters only: its input channels stay removable
+            for a in outs[0]:  # listed after the other reasons ("reaches model output")
+                self.late_blocks[int(a)].append(
+                    f"is activated by {type(layer).__name__} '{path}' ({act})")
         if outs is None or len(outs) != len(node.outputs) or any(
             len(o) != _channels(t) for o, t in zip(outs, node.outputs, strict=True)
         ):
@@ -407,6 +415,8 @@ def _assemble(g: _Graph):
             elif kind == "opaque":
                 reasons.append(f"tied to the output of '{src}', which is not analysed")
             reasons.extend(g.blocks.get(a, ()))
+        for a in atoms:
+            reasons.extend(g.late_blocks.get(a, ()))
         reasons = list(dict.fromkeys(reasons))
         merged = {}
         for a in atoms:

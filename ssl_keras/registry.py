@@ -195,12 +195,34 @@ def _grouped(layer, shapes):
     return None
 
 
-def _activation(layer, shapes):
-    fn = getattr(layer, "activation", None)
-    name = getattr(fn, "__name__", str(fn))
-    if name in ("softmax", "log_softmax"):
+# keras.activations that act on each value alone: a channel's output depends on that channel
+# only. Any other activation (softmax, sparsemax, glu, a user's function) may mix channels.
+ELEMENTWISE_ACTIVATIONS = frozenset({
+    "celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu",
+    "hard_swish", "hard_tanh", "leaky_relu", "linear", "log_sigmoid", "mish", "relu", "relu6",
+    "selu", "sigmoid", "silu", "soft_shrink", "softplus", "softsign", "sparse_plus",
+    "sparse_sigmoid", "squareplus", "swish", "tanh", "tanh_shrink", "threshold",
+})
+
+
+def activation_reason(fn) -> str | None:
+    """None for a missing or element-wise activation; else why it blocks channel removal."""
+    if fn is None:
+        return None
+    name = getattr(fn, "__name__", None)
+    if name in ELEMENTWISE_ACTIVATIONS:
+        return None
+    if name in ("softmax", "log_softmax", "sparsemax"):
         return f"activation '{name}' normalises over the channel axis"
-    return None
+    if name == "glu":
+        return "activation 'glu' gates one half of the channel axis with the other"
+    return (f"activation {name or type(fn).__name__!r} is not one of Keras's element-wise "
+            "activations, so removing a channel could change the others; to thin through it, "
+            "move it into a layer registered as Kind.PASSTHROUGH")
+
+
+def _activation(layer, shapes):
+    return activation_reason(getattr(layer, "activation", None))
 
 
 def _prelu(layer, shapes):

@@ -346,6 +346,46 @@ def test_layer_normalization_and_softmax_block():
     assert "activation 'softmax'" in _by_id(removable_groups(model))["pre:0"]["blocked"]
 
 
+@pytest.mark.parametrize("activation, match", [
+    ("sparsemax", "activation 'sparsemax' normalises over the channel axis"),
+    ("glu", "activation 'glu' gates one half"),
+    (lambda t: t / keras.ops.sum(t, axis=-1, keepdims=True),
+     "activation '<lambda>' is not one of Keras's element-wise activations"),
+])
+def test_activations_that_mix_channels_block(activation, match):
+    """Only Keras's element-wise activations pass: sparsemax (zero for small inputs, so the
+    constant check cannot catch it), glu and a user's function block, in an Activation layer
+    and as a producer's own `activation` (which blocks its filters, not its inputs)."""
+    reason = _by_id(removable_groups(chain(L.Activation(activation, name="act"))))[
+        "pre:0"]["blocked"]
+    assert reason is not None and "'act'" in reason and match in reason
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 3, name="a")(inputs)
+    x = L.Conv2D(4, 3, activation=activation, name="b")(x)
+    by_id = _by_id(removable_groups(keras.Model(inputs, L.Dense(2, name="post")(x))))
+    assert by_id["a:0"]["blocked"] is None
+    assert "is activated by Conv2D 'b'" in by_id["b:0"]["blocked"]
+    assert match in by_id["b:0"]["blocked"]
+
+
+@pytest.mark.parametrize("activation", sorted(registry.ELEMENTWISE_ACTIVATIONS))
+def test_elementwise_activations_pass(activation):
+    assert hasattr(keras.activations, activation)  # the list names real Keras activations
+    model = chain(L.Activation(activation, name="act"))
+    assert _by_id(removable_groups(model))["pre:0"]["blocked"] is None
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 3, activation=activation, name="b")(inputs)
+    model = keras.Model(inputs, L.Dense(2, name="post")(L.Flatten()(x)))
+    assert _by_id(removable_groups(model))["b:0"]["blocked"] is None
+
+
+def test_softmax_classifier_head_keeps_the_layer_in_front_removable():
+    inputs = keras.Input((8,))
+    x = L.Dense(6, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax", name="head")(x))
+    assert _by_id(removable_groups(model))["hidden:0"]["blocked"] is None
+
+
 @pytest.mark.parametrize("layer, match", [
     (L.BatchNormalization(axis=1, name="x"), r"axis=1 is not the channel \(last\) axis"),
     (L.MaxPooling2D(2, data_format="channels_first", name="x"), "channels_first"),

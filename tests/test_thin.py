@@ -417,6 +417,23 @@ def test_reshape_that_changes_the_channel_axis_is_left_as_it_is():
     assert widths(small)["fc"] == 128 and widths(small)["conv"] == 5
 
 
+@pytest.mark.parametrize("standalone", [True, False])
+def test_sparsemax_keeps_its_channels_and_thin_stays_exact(standalone):
+    """Zero filters in front of sparsemax are kept (removing one would change the others;
+    was: removed, outputs off by 0.05-0.12); the conv behind it still thins."""
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="c0",
+                 activation=None if standalone else "sparsemax")(inputs)
+    if standalone:
+        x = L.Activation("sparsemax", name="act")(x)
+    x = L.Conv2D(6, 3, name="c1")(x)
+    model = randomize(keras.Model(inputs, L.Dense(4, name="out")(L.Flatten()(x))))
+    zero_filters(model, "c0", [3, 4, 6])
+    zero_filters(model, "c1", [1])
+    small = assert_equivalent(model)
+    assert widths(small)["c0"] == 8 and widths(small)["c1"] == 5
+
+
 def test_hand_written_groups():
     model = conv_bn_relu_conv("valid")
     zero_filters(model, "conv1", [3])
