@@ -46,8 +46,11 @@ def layer_config(layer) -> dict:
 
 def copy_layer(layer, config=None):
     """`type(layer).from_config(config or layer_config(layer))`, named as `layer` (see
-    layer_config); a clear error if the class cannot take its own name back."""
+    layer_config); a clear error if the class cannot take its own name back. A Lambda is
+    rebuilt around its own function (see _copy_lambda)."""
     config = layer_config(layer) if config is None else config
+    if isinstance(layer, keras.layers.Lambda):
+        return _copy_lambda(layer, config)
     try:
         return type(layer).from_config(config)
     except TypeError as e:
@@ -64,6 +67,21 @@ def copy_layer(layer, config=None):
             "`config = super().get_config()` (or an __init__ that passes **kwargs to the base "
             f"Layer). Received: {e}"
         ) from e
+
+
+def _copy_lambda(layer, config):
+    """A copy of a Lambda layer that calls the same function objects.
+
+    `Lambda.from_config` rebuilds a Python lambda from its bytecode without the globals it
+    reads (`keras.ops...` in the body: NameError when the copy is called) and cannot find a
+    named function that is not registered as a Keras object; the copy here needs neither.
+    """
+    return type(layer)(
+        layer.function, output_shape=layer._output_shape, mask=layer.mask,
+        arguments=dict(layer.arguments), name=config.get("name", layer.name),
+        dtype=config.get("dtype", layer.dtype_policy),
+        trainable=config.get("trainable", layer.trainable),
+    )
 
 
 def refresh_states(obj):

@@ -17,6 +17,7 @@ from ssl_keras._thin_model import (
     _node_inputs,
     _nodes,
     _weight_keys,
+    copy_layer,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -148,6 +149,8 @@ def _cheap_init(cfg):
 
 def _clone_op(op):
     try:
+        if isinstance(op, keras.layers.Layer):
+            return copy_layer(op)
         return type(op).from_config(op.get_config())
     except Exception:  # noqa: BLE001 - stateless ops without a usable config are reused
         return op

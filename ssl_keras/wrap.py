@@ -491,7 +491,7 @@ def strip_ssl(model):
             inner = layer.ssl_inner_layer
             config = layer_config(inner)
             config["name"] = layer.name
-            return inner.__class__.from_config(config)
+            return copy_layer(inner, config)
         return _clone_layer(layer)
 
     if isinstance(model, SSLModel):

@@ -860,6 +860,32 @@ def test_a_lambda_layer_goes_through_apply_ssl_strip_ssl_and_thin():
     assert serialization_lib.in_safe_mode() is not False  # the scope ended
 
 
+def _scaled_relu(t):  # a named function that is not registered as a Keras object
+    return keras.ops.relu(t) * 2.0
+
+
+def test_lambdas_reading_globals_and_named_functions_survive_every_copy():
+    """The copies call the model's own function objects. Was: from_config rebuilt a lambda
+    from its bytecode without its globals (NameError: name 'keras' is not defined when the
+    copy was called) and could not find an unregistered named function (TypeError)."""
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(5, 3, name="c0")(inputs)
+    x = L.Lambda(lambda t: keras.ops.relu(t) * 2.0, output_shape=lambda s: s, name="lam")(x)
+    x = L.Conv2D(4, 3, name="c1")(x)
+    x = L.Lambda(_scaled_relu, name="named")(x)
+    model = randomize(keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(x))))
+    zero_filters(model, "c1", [2])
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype("float32")
+    ssl_model = ssl_keras.apply_ssl(model, filters=1e-3)
+    plain = ssl_keras.strip_ssl(ssl_model)
+    for copy in (ssl_model, plain, zero_groups(plain)):
+        np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(model(x)), atol=1e-6)
+    small = assert_equivalent(plain)
+    assert widths(small)["c1"] == 4  # c1 feeds a Lambda: blocked, kept
+    for name in ("lam", "named"):
+        assert small.get_layer(name).function is model.get_layer(name).function
+
+
 def test_apply_plan_refuses_other_plans():
     model = randomize(lenet(filters=(6, 8), units=20))
     other = randomize(lenet(filters=(6, 8), units=20), seed=5)
