@@ -27,6 +27,8 @@ backend (MirroredStrategy included) and the JAX backend (the callbacks sync the 
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -64,13 +66,23 @@ __all__ = [
 ]
 
 
-def _current_learning_rate(optimizer) -> float:
-    """The learning rate of the step just taken (schedules evaluated at iterations - 1)."""
+def _iterations(model, fallback: int) -> int:
+    """The optimizer's step count (Keras calls batch callbacks once per `steps_per_execution`
+    steps, so the callbacks count steps with it, not their calls); `fallback` for a model
+    without an optimizer (a callback driven by hand)."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return fallback
+    return int(ops.convert_to_numpy(optimizer.iterations))
+
+
+def _learning_rate_sum(optimizer, first: int, end: int) -> float:
+    """The sum of the learning rates of the steps `first` .. `end - 1` (a schedule evaluated
+    at each step, as the optimizer did)."""
     schedule = getattr(optimizer, "_learning_rate", None)
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        step = max(int(ops.convert_to_numpy(optimizer.iterations)) - 1, 0)
-        return float(ops.convert_to_numpy(schedule(step)))
-    return float(ops.convert_to_numpy(optimizer.learning_rate))
+        return float(sum(ops.convert_to_numpy(schedule(step)) for step in range(first, end)))
+    return float(ops.convert_to_numpy(optimizer.learning_rate)) * (end - first)
 
 
 class SparsityMonitor(keras.callbacks.Callback):
@@ -192,7 +204,8 @@ class ZeroSmallGroups(keras.callbacks.Callback):
 
     Args:
         threshold: groups with `||w_g|| <= threshold` are set to zero, >= 0.
-        every_n_steps: how often, in training steps, >= 1.
+        every_n_steps: how often, in optimizer steps, >= 1 (with steps_per_execution=N,
+            at the first callback call after each multiple).
         groups: plain-data groups for a plain model, or None.
 
     Example:
@@ -206,15 +219,20 @@ class ZeroSmallGroups(keras.callbacks.Callback):
         self.groups = groups
         self.zeroed = 0
         self._sets = None
-        self._step = 0
+        self._start = self._done = self._calls = 0
 
     def on_train_begin(self, logs=None):
         self._sets = group_sets(self.model, self.groups)
-        self._step = 0
+        self._start = _iterations(self.model, 0)
+        self._done = self._calls = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step % self.every_n_steps == 0:
+        # Steps of this fit, from the optimizer: with steps_per_execution=N this is called
+        # once per N steps, and runs when a multiple of every_n_steps has passed since.
+        self._calls += 1
+        steps = _iterations(self.model, self._start + self._calls) - self._start
+        if steps // self.every_n_steps > self._done:
+            self._done = steps // self.every_n_steps
             _sync_jax(self.model)
             self.zeroed += _zero_below(self._sets, self.threshold)
 
@@ -238,7 +256,9 @@ class ProximalGroupLasso(keras.callbacks.Callback):
     the start and the end of training), so the optimizer follows the data loss only and this
     step applies the penalty. Where one weight is in several groups (filters and channels of
     one kernel, a channel and a residual branch), the shrinkages are applied one after the
-    other.
+    other. With `compile(steps_per_execution=N)` Keras calls the callback once per N steps:
+    the N shrinkages are applied together then (with each step's learning rate), and a
+    warning says so.
 
     If the fit raises (KeyboardInterrupt, an error in another callback), Keras skips
     `on_train_end`; an `SSLModel` (apply_ssl with coupled=True) switches the gradient back on
@@ -262,6 +282,7 @@ class ProximalGroupLasso(keras.callbacks.Callback):
         self.groups = groups
         self._sets = None
         self._switched = False
+        self._last = 0
 
     def on_train_begin(self, logs=None):
         self._sets = group_sets(self.model, self.groups, self.coefficient, fallback=False)
@@ -278,6 +299,17 @@ class ProximalGroupLasso(keras.callbacks.Callback):
                 f"`coefficient` > 0 or non-zero coefficients to apply_ssl. Received: "
                 f"coefficient={self.coefficient!r}"
             )
+        self._last = _iterations(self.model, 0)
+        every = int(getattr(self.model, "steps_per_execution", 1) or 1)
+        if every > 1:
+            warnings.warn(
+                f"ProximalGroupLasso: the model runs {every} steps per execution "
+                f"(compile(steps_per_execution={every})), and Keras calls callbacks once per "
+                "execution: the group soft-thresholding of those steps is applied together, "
+                "after the last of them (the same total shrinkage, delayed). Compile with "
+                "steps_per_execution=1 for a proximal step after every optimizer step.",
+                stacklevel=2,
+            )
         self._switched = set_penalty_gradient(self.model, False)
         if self._switched:
             # SSLModel.fit switches the gradient back on if the fit raises before
@@ -287,7 +319,14 @@ class ProximalGroupLasso(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         _sync_jax(self.model)
-        lr = _current_learning_rate(self.model.optimizer)
+        now = _iterations(self.model, self._last + 1)
+        if now <= self._last:
+            return
+        # The steps taken since the last call: one, or steps_per_execution of them. Their
+        # shrinkages compose to one with the summed step sizes (exact when the data gradient
+        # between them is left aside: a delayed proximal step, see on_train_begin).
+        lr = _learning_rate_sum(self.model.optimizer, self._last, now)
+        self._last = now
         for s in self._sets:
             values = s.values()
             norms = s.norms(values)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -182,6 +183,51 @@ def test_proximal_on_wrapper_is_pure_proximal_gradient():
     model.fit(x, y, verbose=0)
     sub = step * (1 - 0.1 * 0.5 / np.sqrt(np.sum(step ** 2, axis=0) + 1e-8))
     np.testing.assert_allclose(kernel.numpy(), sub, atol=1e-6)
+
+
+def test_proximal_with_steps_per_execution_applies_every_step_and_warns():
+    """Keras calls batch callbacks once per execution of N steps: the shrinkage of all N
+    steps is applied (with each step's scheduled rate). Was: once per call, N times weaker."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1, decay_rate=0.8)
+    kernels = {}
+    for every in (1, 4):
+        model = _mlp()
+        model.compile(keras.optimizers.SGD(schedule), "mse", steps_per_execution=every)
+        callback = ProximalGroupLasso(coefficient=1.0, groups=removable_groups(model))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(np.zeros((8, 3), "float32"), np.zeros((8, 2), "float32"), batch_size=1,
+                      epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+        said = [str(w.message) for w in caught if "ProximalGroupLasso" in str(w.message)]
+        assert len(said) == (every > 1)
+        assert int(model.optimizer.iterations) == 8
+        kernels[every] = _kernels(model)
+    k1, k2 = _kernels(_mlp())
+    for step in range(8):  # x = 0: the proximal steps alone move the kernels
+        k1, k2 = _prox_oracle(k1, k2, 0.1 * 0.8 ** step, 1.0)
+    for every in (1, 4):
+        np.testing.assert_allclose(kernels[every][0], k1, atol=1e-6)
+        np.testing.assert_allclose(kernels[every][1], k2, atol=1e-6)
+
+
+def test_zero_small_groups_counts_optimizer_steps(monkeypatch):
+    """every_n_steps counts optimizer steps, also when Keras runs several per callback call
+    (steps_per_execution). Was: callback calls (every 4 steps with N = 4: never)."""
+    import ssl_keras.callbacks as module
+
+    calls = []
+    real = module._zero_below
+    monkeypatch.setattr(module, "_zero_below", lambda *a: calls.append(1) or real(*a))
+    for every, expected in ((1, 2), (4, 2), (3, 2)):
+        calls.clear()
+        model = _mlp()
+        model.compile(keras.optimizers.SGD(0.0), "mse", steps_per_execution=every)
+        callback = ZeroSmallGroups(threshold=0.1, every_n_steps=4, groups=removable_groups(model))
+        model.fit(np.ones((8, 3), "float32"), np.zeros((8, 2), "float32"), batch_size=1,
+                  verbose=0, callbacks=[callback])
+        # 8 steps: runs after steps 4 and 8 (with N = 3: after the calls at steps 6 and 8,
+        # once per multiple of 4 that passed), plus once at the end of training
+        assert len(calls) == expected + 1, (every, len(calls))
 
 
 def test_zero_small_groups():
