@@ -165,8 +165,9 @@ def _graph(model):
         graph = getattr(model, "_functional", None)
         if graph is None:
             raise ValueError(
-                "thin needs a built Sequential model with a known input shape (start it with "
-                f"keras.Input(...)). Received: model={model.name!r}, not built."
+                "thin, zero_groups, thinning_plan and the counts need a built Sequential "
+                "model with a known input shape (start it with keras.Input(...)). Received: "
+                f"model={model.name!r}, not built."
             )
         return graph
     if not isinstance(model, keras.Model):
@@ -176,7 +177,8 @@ def _graph(model):
         )
     if not isinstance(model, Functional):
         raise ValueError(
-            "thin supports functional and Sequential Keras models only: a subclassed model's "
+            "thin, zero_groups, thinning_plan and the counts support functional and "
+            "Sequential Keras models only: a subclassed model's "
             "call() cannot be analysed or rebuilt. Rebuild it with the functional API. "
             f"Received: model={model.name!r} of class {type(model).__name__}"
         )

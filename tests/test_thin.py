@@ -561,6 +561,16 @@ def test_subclassed_model_is_rejected():
         thin(model, groups=[])
 
 
+def test_unbuilt_sequential_is_refused_by_every_function():
+    """The message names the functions that share the check (it named thin alone, also
+    when zero_groups was called)."""
+    model = keras.Sequential([L.Dense(2)])
+    for call in (thin, zero_groups, thinning_plan, ssl_keras.count_macs):
+        with pytest.raises(ValueError, match=r"thin, zero_groups, thinning_plan and the counts "
+                                             r"need a built Sequential model"):
+            call(model)
+
+
 def test_dynamic_input_shape_is_rejected():
     inputs = keras.Input((None, None, 3))
     x = L.Conv2D(4, 3, name="c1")(inputs)
