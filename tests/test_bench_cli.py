@@ -243,6 +243,32 @@ def test_write_files_is_all_or_nothing(tmp_path):
     assert os.listdir(tmp_path) == ["keep.md"] and (tmp_path / "keep.md").read_text() == "old"
 
 
+def test_write_files_restores_replaced_files_when_a_later_one_fails(tmp_path, monkeypatch):
+    """With overwrite, a.json is replaced first; when keep.md then cannot be replaced, a.json
+    gets its old content back (was: lost), new.png is removed, no backup is left behind."""
+    (tmp_path / "a.json").write_text("old a")
+    (tmp_path / "keep.md").write_text("old md")
+    real = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("keep.md") and ".old-" not in str(src):
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(report.os, "replace", failing)
+    with pytest.raises(PermissionError, match=r"Cannot write the output file.*keep.md"):
+        report.write_files({tmp_path / "new.png": b"png", tmp_path / "a.json": "new a",
+                            tmp_path / "keep.md": "new md"}, overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "keep.md"]
+    assert (tmp_path / "a.json").read_text() == "old a"
+    assert (tmp_path / "keep.md").read_text() == "old md"
+    monkeypatch.setattr(report.os, "replace", real)
+    report.write_files({tmp_path / "a.json": "new a", tmp_path / "keep.md": "new md"},
+                       overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["a.json", "keep.md"]
+    assert (tmp_path / "a.json").read_text() == "new a"
+
+
 # Empty values (review item 3).
 
 @pytest.mark.parametrize("args, match", [

@@ -32,7 +32,9 @@ def write_files(contents, overwrite=False):
     folder, all temporary files first, then one `os.replace` each.
 
     If anything fails, the temporary files are removed, and so are the files this call created;
-    files that existed before are only replaced once every new file is fully written.
+    files that existed before are only replaced once every new file is fully written, and get
+    their old content back if a later replacement fails (each is kept as a hard link, or a
+    copy, until all are in place).
 
     Args:
         contents: {path: bytes or str (written as UTF-8)}.
@@ -56,18 +58,48 @@ def write_files(contents, overwrite=False):
             if existed and not overwrite:  # appeared since the check above
                 raise FileExistsError(f"The output file exists; pass overwrite=True "
                                       f"(--overwrite) to replace it. Received: path={path!r}")
+            backup = _backup(path) if existed else None
             try:
                 os.replace(tmp, path)
             except OSError as e:
+                if backup is not None:
+                    _remove_quietly(backup)
                 raise _named(e, path) from None
-            done.append((path, existed))
+            done.append((path, backup))
     except BaseException:
         for tmp, _ in staged:
             _remove_quietly(tmp)
-        for path, existed in done:
-            if not existed:
+        for path, backup in reversed(done):
+            if backup is None:
                 _remove_quietly(path)
+            else:
+                try:
+                    os.replace(backup, path)
+                except OSError:
+                    pass
         raise
+    for _, backup in done:
+        if backup is not None:
+            _remove_quietly(backup)
+
+
+def _backup(path):
+    """A second name for the existing file `path` (a hard link, else a copy), next to it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, backup = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.old-")
+    os.close(fd)
+    os.remove(backup)
+    try:
+        os.link(path, backup)
+    except OSError:
+        import shutil
+
+        try:
+            shutil.copy2(path, backup)
+        except OSError as e:
+            _remove_quietly(backup)
+            raise _named(e, path) from None
+    return backup
 
 
 def _stage(path, data):
