@@ -588,6 +588,10 @@ def _main(argv, FLAGS):
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK | os.X_OK):
         _fail(f"OUT must be in an existing, writable directory. Received: OUT={out_path!r}")
+    if os.path.exists(out_path) and os.path.exists(model_path) and os.path.samefile(
+            out_path, model_path):
+        _fail(f"OUT is the input model itself; writing it would destroy the model. Expected "
+              f"another file name. Received: MODEL={model_path!r}, OUT={out_path!r}")
     if os.path.exists(out_path) and not FLAGS.overwrite:
         _fail(f"The output file already exists; pass --overwrite to replace it. "
               f"Received: OUT={out_path!r}")

@@ -705,6 +705,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
                                                                      "--overwrite"],
         "OUT must be in an existing, writable directory": [saved_model,
                                                            tmp_path / "no" / "x.tflite"],
+        "OUT is the input model itself": [saved_model, saved_model, "--overwrite"],
     }
     for message, args in cases.items():
         code, stdout, stderr = _cli(monkeypatch, capsys, *args)
@@ -712,6 +713,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
         assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr
         assert stdout == ""
     assert not out.exists() and existing.read_bytes() == b"x"
+    assert zipfile.is_zipfile(saved_model)  # the model is still a .keras archive
+    link = tmp_path / "link.keras"
+    link.symlink_to(saved_model)
+    code, _, stderr = _cli(monkeypatch, capsys, saved_model, link, "--overwrite")
+    assert code == 2 and "OUT is the input model itself" in stderr
+    assert zipfile.is_zipfile(saved_model)
     code, _, stderr = _cli(monkeypatch, capsys, saved_model, out, "--quantize=int3")
     assert code == 2
     assert stderr == ("ssl_keras.export: error: --quantize must be one of float32, float16, "
