@@ -64,6 +64,9 @@ def atomic_write(path: str, write, suffix: str = "") -> None:
     os.close(fd)
     try:
         write(tmp)
+        from ssl_keras._tflite import file_mode
+
+        os.chmod(tmp, file_mode(path))  # not mkstemp's 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

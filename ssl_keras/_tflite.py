@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import tempfile
 from collections import Counter
 
@@ -251,6 +252,18 @@ def run(interpreter, inputs: dict) -> dict:
     return {name: np.concatenate(parts) for name, parts in results.items()}
 
 
+def file_mode(path: str) -> int:
+    """The mode `open(path, "w")` leaves a file with: an existing file's own mode, else 0o666
+    less the umask. (A temporary file from mkstemp is 0600; it gets this mode before it
+    takes the place of `path`.)"""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def write_atomic(path: str, content: bytes, overwrite: bool) -> None:
     """Writes `content` to `path` through a temporary file in the same directory.
 
@@ -270,6 +283,7 @@ def write_atomic(path: str, content: bytes, overwrite: bool) -> None:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode(path))
         if overwrite:
             os.replace(tmp, path)
             return

@@ -234,6 +234,21 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     assert os.listdir(tmp_path) == ["a.txt"]  # no temporary file left behind
 
 
+def test_atomic_write_gives_files_the_usual_mode(tmp_path):
+    """New files get 0666 less the umask, replaced files keep their mode (was: mkstemp's
+    0600, so results and checkpoints were readable by their owner only)."""
+    old = os.umask(0o022)
+    try:
+        path = str(tmp_path / "a.txt")
+        atomic_write_text(path, "one")
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o644)
+        os.chmod(path, 0o640)
+        atomic_write_text(path, "two")
+        assert oct(os.stat(path).st_mode & 0o777) == oct(0o640)
+    finally:
+        os.umask(old)
+
+
 def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, capsys):
     import types
 

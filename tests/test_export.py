@@ -838,3 +838,18 @@ def test_cli_is_quiet_by_default_in_a_subprocess(saved_model, tmp_path):
     done = subprocess.run([*command, "--overwrite"], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0 and "XNNPACK" in done.stderr
+
+
+def test_written_files_get_the_usual_mode(model, tmp_path):
+    """A new .tflite file gets 0666 less the umask, a replaced one keeps its mode (was:
+    mkstemp's 0600 in both cases)."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "m.tflite"
+        export_tflite(model, path)
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+        path.chmod(0o664)
+        export_tflite(model, path, overwrite=True)
+        assert oct(path.stat().st_mode & 0o777) == oct(0o664)
+    finally:
+        os.umask(old)
