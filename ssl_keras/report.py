@@ -9,7 +9,11 @@ MACs per layer, for one example (batch 1), with `out` the output's spatial posit
 | DepthwiseConv1D/2D            | prod(kernel_size) * c_in * depth_multiplier * out |
 | SeparableConv1D/2D            | depthwise part + c_in * depth_multiplier * filters * out |
 | Conv1D/2D/3DTranspose         | prod(kernel_size) * c_in * filters * in (input positions) |
+| TimeDistributed(layer)        | the layer's MACs on one step * steps             |
+| a nested functional / Sequential model | the sum of its layers (listed as `outer/inner`) |
 | anything else                 | 0 (pooling, BatchNorm, activations, adds are not counted) |
+
+Channels are read from the axis `data_format` names (channels_first: axis 1).
 """
 
 from __future__ import annotations
@@ -30,8 +34,15 @@ def _shape(tensor_shape):
     return [int(d) if d is not None else None for d in tensor_shape]
 
 
-def _calls(model):
-    """(layer, input shape, output shape) for every call of a layer in `model`'s graph."""
+def _is_graph(op) -> bool:
+    return isinstance(op, keras.Sequential) or (
+        isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"))
+
+
+def _calls(model, prefix: str = ""):
+    """(path, layer, input shape, output shape, nested) for every call of a layer in `model`'s
+    graph; a nested functional / Sequential model is listed (nested=True) and so are its own
+    layers, under `outer/inner` paths."""
     from ssl_keras._thin_model import _graph, _nodes
 
     out = []
@@ -39,7 +50,12 @@ def _calls(model):
         op = node.operation
         if not isinstance(op, keras.layers.Layer) or not node.input_tensors:
             continue
-        out.append((op, _shape(node.input_tensors[0].shape), _shape(node.outputs[0].shape)))
+        path = prefix + op.name
+        nested = _is_graph(op)
+        out.append((path, op, _shape(node.input_tensors[0].shape),
+                    _shape(node.outputs[0].shape), nested))
+        if nested:
+            out += _calls(op, path + "/")
     return out
 
 
@@ -62,6 +78,12 @@ def layer_macs(layer, input_shape, output_shape) -> int:
 
     layer = _inner(layer)
     cls = type(layer)
+    if isinstance(layer, keras.layers.TimeDistributed):
+        steps = input_shape[1]
+        if steps is None:
+            return layer_macs(layer.layer, [None, *input_shape[1:]], [None, *output_shape[1:]])
+        inner = layer_macs(layer.layer, [None, *input_shape[2:]], [None, *output_shape[2:]])
+        return int(inner * steps)
     if not (isinstance(layer, keras.layers.Dense) or _is_conv(cls) or _is_depthwise(cls)
             or _is_separable(cls) or _is_transpose(cls)):
         return 0
@@ -70,6 +92,10 @@ def layer_macs(layer, input_shape, output_shape) -> int:
             "count_macs needs the sizes a layer's MACs depend on. Received: input shape "
             f"{tuple(input_shape)}, output shape {tuple(output_shape)} at layer "
             f"{layer.name!r}; build the model with a fixed input size.")
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        # channels on axis 1: move them last, the counts below read them there
+        input_shape = [input_shape[0], *input_shape[2:], input_shape[1]]
+        output_shape = [output_shape[0], *output_shape[2:], output_shape[1]]
     cin = input_shape[-1]
     out_pos = int(np.prod(output_shape[1:-1], dtype=np.int64))
     if isinstance(layer, keras.layers.Dense):
@@ -120,10 +146,15 @@ def count_macs(model: keras.Model, per_layer: bool = False):
     >>> count_macs(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
     12
     """
-    table = {}
-    for layer, ins, outs in _calls(model):
-        table[layer.name] = table.get(layer.name, 0) + layer_macs(layer, ins, outs)
+    table, nested = {}, []
+    for path, layer, ins, outs, is_model in _calls(model):
+        if is_model:
+            nested.append(path)
+            continue
+        table[path] = table.get(path, 0) + layer_macs(layer, ins, outs)
     total = int(sum(table.values()))
+    for path in dict.fromkeys(nested):  # a nested model: the sum of its layers' calls
+        table[path] = int(sum(v for k, v in table.items() if k.startswith(path + "/")))
     return (total, table) if per_layer else total
 
 
@@ -139,9 +170,13 @@ def _width(layer):
 def _io_widths(model):
     """({layer: input channels}, {layer: output channels}) in one pass over the graph; the
     output channels serve layers without `filters` / `units` (DepthwiseConv2D)."""
+    def channels(layer, shape):
+        first = getattr(layer, "data_format", None) == "channels_first"
+        return shape[1] if first else shape[-1]
+
     calls = _calls(model)
-    return ({layer.name: ins[-1] for layer, ins, _ in calls},
-            {layer.name: outs[-1] for layer, _, outs in calls})
+    return ({path: channels(layer, ins) for path, layer, ins, _, _ in calls},
+            {path: channels(layer, outs) for path, layer, _, outs, _ in calls})
 
 
 def _ratio(a, b):

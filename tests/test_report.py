@@ -54,6 +54,34 @@ def test_transpose_counts_input_positions():
     assert count_macs(m) == 3 * 3 * 2 * 4 * 5 * 5
 
 
+def test_channels_first_reads_channels_from_axis_1():
+    """Was: c_in read from the last axis (9072 and 1701 instead of 5292 and 1323)."""
+    m, _ = one_layer(L.Conv2D(4, 3, data_format="channels_first"), (3, 9, 9))
+    assert count_macs(m) == 3 * 3 * 3 * 4 * 7 * 7
+    m, _ = one_layer(L.DepthwiseConv2D(3, data_format="channels_first"), (3, 9, 9))
+    assert count_macs(m) == 3 * 3 * 3 * 7 * 7
+
+
+def test_nested_models_and_time_distributed_are_counted():
+    """Was: 0 MACs inside a nested model or a TimeDistributed wrapper."""
+    inner = keras.Sequential([keras.Input((8, 8, 3)), L.Conv2D(4, 3, name="conv")], name="inner")
+    inputs = keras.Input((8, 8, 3))
+    a, b = inner(inputs), inner(inputs)  # called twice: counted twice
+    x = L.Flatten(name="flat")(L.Add(name="add")([a, b]))
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    total, table = count_macs(model, per_layer=True)
+    conv = 3 * 3 * 3 * 4 * 6 * 6
+    assert table == {"inner/conv": 2 * conv, "inner": 2 * conv, "add": 0, "flat": 0,
+                     "out": 144 * 2}
+    assert total == 2 * conv + 144 * 2
+    text = summarize(model, model, print_fn=None)
+    assert "inner  Sequential  3 -> 3" in text and f"{2 * conv:,}" in text
+    m, _ = one_layer(L.TimeDistributed(L.Dense(3)), (5, 7))
+    assert count_macs(m) == 5 * 7 * 3
+    m, _ = one_layer(L.TimeDistributed(L.Conv2D(2, 3)), (4, 6, 6, 1))
+    assert count_macs(m) == 4 * 3 * 3 * 1 * 2 * 4 * 4
+
+
 def test_dense_on_sequences_multiplies_positions():
     m, _ = one_layer(L.Dense(7), (5, 3))
     assert count_macs(m) == 5 * 3 * 7
