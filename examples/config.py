@@ -221,9 +221,9 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
         threads = tuple(int(t) for t in str(values["threads"]).split(",") if t.strip())
     except ValueError:
         threads = ()
-    if not threads or any(t < 1 for t in threads):
-        raise UsageError("--threads must be a comma-separated list of positive integers. "
-                         f"Received: --threads={values['threads']!r}")
+    if not threads or any(t < 1 for t in threads) or len(set(threads)) != len(threads):
+        raise UsageError("--threads must be a comma-separated list of different positive "
+                         f"integers. Received: --threads={values['threads']!r}")
     if 1 not in threads:
         raise UsageError("--threads must include 1: the results' latency and speedup are "
                          f"at 1 thread, batch 1. Received: --threads={values['threads']!r}")
@@ -233,6 +233,8 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every"):
         if values[name] < 1:
             raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
+    if not 0 <= values["seed"] < 2 ** 32:
+        raise UsageError(f"--seed must be in [0, 2**32). Received: --seed={values['seed']}")
     for name in ("max_train", "max_test", "warmup"):
         if values[name] < 0:
             raise UsageError(f"--{name} must be >= 0 (0: all). Received: --{name}={values[name]}")
@@ -313,12 +315,14 @@ def _ssl_layers(text: str | None, recipe: Recipe) -> dict | None:
     kinds = ("filters", "channels", "shapes", "borders", "depth")
     ok = isinstance(value, dict) and all(
         isinstance(k, str) and (v is None or (isinstance(v, dict) and all(
-            key in kinds and isinstance(m, (int, float)) and not isinstance(m, bool) and m >= 0
+            key in kinds and isinstance(m, (int, float)) and not isinstance(m, bool)
+            and math.isfinite(m) and m >= 0
             for key, m in v.items())))
         for k, v in value.items())
     if not ok:
         raise UsageError(
-            "--ssl_layers must map layer names to null or to {structure: multiplier >= 0} with "
+            "--ssl_layers must map layer names to null or to {structure: finite multiplier >= 0} "
+            "with "
             f"structures among {kinds}, e.g. '{{\"conv1\": {{\"filters\": 2.5}}}}'. "
             f"Received: --ssl_layers={text!r}")
     return value

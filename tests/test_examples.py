@@ -144,6 +144,12 @@ def test_lenet_quick_end_to_end(tmp_path):
     (["--filters=nan"], r"--filters must be a finite number\. Received: --filters=nan"),
     (["--lr=inf"], r"--lr must be a finite number\. Received: --lr=inf"),
     (["--distill_temperature=inf"], r"--distill_temperature must be a finite number"),
+    # found by probing: each trained, then stopped with a traceback
+    (["--seed=-1"], r"--seed must be in \[0, 2\*\*32\)\. Received: --seed=-1"),
+    (["--seed=4294967296"], r"--seed must be in \[0, 2\*\*32\)"),
+    (["--threads=1,1"], r"--threads must be a comma-separated list of different positive"),
+    (['--ssl_layers={"conv1": {"filters": 1e999}}'], r"finite multiplier >= 0"),
+    (['--ssl_layers={"conv1": {"filters": NaN}}'], r"finite multiplier >= 0"),
 ])
 def test_bad_flags_print_one_line_and_exit_2(capsys, argv, match):
     code, err = _main(argv, capsys)
