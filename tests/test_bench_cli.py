@@ -114,6 +114,7 @@ def _bad_alloc_model(path):
     (["--adb"], "--adb needs --benchmark_binary"),
     (["--cores", "0,4096"], "--cores must be cores this process may run on"),
     (["--json", "/no/such/dir/o.json"], "The output folder does not exist"),
+    (["--seed=-5"], "flag --seed=-5: -5 is not an integer in the range [0, 4294967295]"),
 ])
 def test_usage_errors(models, args, match):
     (line,) = one_line_error(cli(models["big"], *args))

@@ -170,11 +170,22 @@ def test_reference_kernels_and_int_inputs(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"paths": "one.tflite"}, "non-empty list of .tflite paths"),
     ({"paths": []}, "non-empty list of .tflite paths"),
-    ({"threads": (0,)}, "`threads` must be positive integers. Received: threads=\\(0,\\)"),
-    ({"runs": 0}, "`runs` and `round_size` must be >= 1"),
-    ({"warmup": -1}, "`warmup` >= 0"),
+    ({"threads": (0,)}, "`threads` must be a list of positive integers. Received: "
+                        "threads=\\(0,\\)"),
+    ({"runs": 0}, "`runs` and `round_size` must be integers >= 1"),
+    ({"warmup": -1}, "`warmup` an integer >= 0"),
     ({"kernels": "gpu"}, "`kernels` must be one of"),
     ({"cores": []}, "`cores` must be a non-empty list"),
+    # found by probing: were run as something else, or failed after the measurements
+    ({"threads": "12"}, "`threads` must be a list of positive integers. Received: "
+                        "threads='12'"),
+    ({"threads": [1.5]}, "Received: threads=\\[1.5\\]"),
+    ({"runs": 2.5}, "Received: runs=2.5"),
+    ({"seed": -5}, "`seed` must be an integer in \\[0, 2\\*\\*32\\)"),
+    ({"resamples": 0}, "`resamples` must be an integer >= 1. Received: resamples=0"),
+    ({"confidence": 1.5}, "`confidence` must be a number in \\(0, 1\\). Received: "
+                          "confidence=1.5"),
+    ({"cores": [9999]}, "`cores` must be cores this process may run on"),
 ])
 def test_benchmark_argument_errors(kwargs, match):
     args = {"paths": ["a.tflite"], **kwargs}

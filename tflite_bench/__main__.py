@@ -41,7 +41,8 @@ flags.DEFINE_enum("kernels", "xnnpack", list(KERNELS),
                   flag_values=FLAGS)
 flags.DEFINE_list("cores", None, "Core ids to pin the workers to (default: all allowed).",
                   flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "Seed of inputs, round order and bootstrap.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of inputs, round order and bootstrap.", lower_bound=0,
+                     upper_bound=2 ** 32 - 1, flag_values=FLAGS)
 flags.DEFINE_integer("resamples", 1000, "Bootstrap resamples of the speedup interval.",
                      lower_bound=10, flag_values=FLAGS)
 flags.DEFINE_float("confidence", 0.95, "Coverage of the speedup interval.", lower_bound=0.5,

@@ -202,7 +202,12 @@ class _Progress:
         self.stream.flush()
 
 
-def _check_args(paths, threads, runs, warmup, round_size, kernels, cores):
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_args(paths, threads, runs, warmup, round_size, kernels, cores, seed=0,
+                resamples=1000, confidence=0.95):
     if isinstance(paths, (str, os.PathLike)) or not paths:
         raise ValueError(f"`paths` must be a non-empty list of .tflite paths. Received: "
                          f"paths={paths!r}")
@@ -210,19 +215,37 @@ def _check_args(paths, threads, runs, warmup, round_size, kernels, cores):
     if len(set(real)) != len(real):
         raise ValueError(f"`paths` lists the same model more than once (its timings would be "
                          f"pooled). Expected: each model once. Received: paths={paths!r}")
-    if not threads or any(int(t) != t or t < 1 for t in threads):
-        raise ValueError(f"`threads` must be positive integers. Received: threads={threads!r}")
+    if (isinstance(threads, (str, bytes)) or not threads
+            or any(not _is_int(t) or t < 1 for t in threads)):
+        raise ValueError(f"`threads` must be a list of positive integers. Received: "
+                         f"threads={threads!r}")
     if len(set(threads)) != len(threads):
         raise ValueError(f"`threads` lists a thread count more than once. Expected: distinct "
                          f"values. Received: threads={threads!r}")
-    if runs < 1 or warmup < 0 or round_size < 1:
-        raise ValueError("`runs` and `round_size` must be >= 1 and `warmup` >= 0. Received: "
-                         f"runs={runs}, warmup={warmup}, round_size={round_size}")
+    if (not all(_is_int(v) for v in (runs, warmup, round_size))
+            or runs < 1 or warmup < 0 or round_size < 1):
+        raise ValueError("`runs` and `round_size` must be integers >= 1 and `warmup` an "
+                         f"integer >= 0. Received: runs={runs!r}, warmup={warmup!r}, "
+                         f"round_size={round_size!r}")
+    if not _is_int(seed) or not 0 <= seed < 2 ** 32:
+        raise ValueError(f"`seed` must be an integer in [0, 2**32). Received: seed={seed!r}")
+    if not _is_int(resamples) or resamples < 1:
+        raise ValueError(f"`resamples` must be an integer >= 1. Received: "
+                         f"resamples={resamples!r}")
+    if isinstance(confidence, (bool, np.bool_)) or not isinstance(
+            confidence, (int, float, np.floating)) or not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must be a number in (0, 1). Received: "
+                         f"confidence={confidence!r}")
     if kernels not in KERNELS:
         raise ValueError(f"`kernels` must be one of {KERNELS}. Received: kernels={kernels!r}")
-    if cores is not None and (not cores or any(int(c) < 0 for c in cores)):
+    if cores is not None and (not cores or any(not _is_int(c) or c < 0 for c in cores)):
         raise ValueError(f"`cores` must be a non-empty list of core ids or None. Received: "
                          f"cores={cores!r}")
+    if cores is not None and hasattr(os, "sched_getaffinity"):
+        usable = os.sched_getaffinity(0)
+        if not set(cores) <= usable:
+            raise ValueError(f"`cores` must be cores this process may run on, among "
+                             f"{sorted(usable)}. Received: cores={cores!r}")
 
 
 def _entry(path, threads, info, error=None):
@@ -296,8 +319,9 @@ def benchmark(paths, threads=(1,), runs=200, warmup=20, round_size=10, kernels="
     >>> r["models"][1]["speedup_vs_first"], r["models"][1]["speedup_ci"]  # doctest: +SKIP
     (4.7, [4.5, 4.9])
     """
+    _check_args(paths, threads, runs, warmup, round_size, kernels, cores, seed, resamples,
+                confidence)
     threads = tuple(int(t) for t in threads)
-    _check_args(paths, threads, runs, warmup, round_size, kernels, cores)
     paths = [os.fspath(p) for p in paths]
     infos, errors = {}, {}
     for p in paths:
