@@ -12,7 +12,13 @@ from ai_edge_litert import schema_py_generated as fb
 from tests.bench_helpers import build_tflite, fc_model
 from tflite_bench import benchmark, summarize
 from tflite_bench.report import plot_png, to_markdown, write_outputs
-from tflite_bench.runner import ENTRY_KEYS, add_ratios, machine_info, speedup_ci
+from tflite_bench.runner import (
+    ENTRY_KEYS,
+    add_ratios,
+    display_names,
+    machine_info,
+    speedup_ci,
+)
 
 TOP_KEYS = {"schema_version", "machine", "settings", "models"}
 NUMERIC = ("size_bytes", "params", "macs", "threads", "median_us", "p10_us", "p90_us",
@@ -191,6 +197,33 @@ def test_benchmark_argument_errors(kwargs, match):
     args = {"paths": ["a.tflite"], **kwargs}
     with pytest.raises(ValueError, match=match):
         benchmark(**args, progress=False)
+
+
+def test_display_names_tell_same_named_files_apart():
+    assert display_names(["/a/x/m.tflite", "/b/x/m.tflite", "/b/y.tflite"]) == {
+        "/a/x/m.tflite": "a/x/m.tflite", "/b/x/m.tflite": "b/x/m.tflite",
+        "/b/y.tflite": "y.tflite"}
+
+
+def test_same_file_names_in_two_folders_get_their_own_rows_and_bars(tmp_path, monkeypatch):
+    """Was: two rows both named m.tflite, and one bar in the plot (matched by file name)."""
+    for d, units in (("d1", 16), ("d2", 4)):
+        (tmp_path / d).mkdir()
+        fc_model(tmp_path / d / "m.tflite", 16, units, seed=1)
+    r = benchmark([tmp_path / "d1" / "m.tflite", tmp_path / "d2" / "m.tflite"], runs=3,
+                  warmup=0, progress=False, resamples=20)
+    assert [e["name"] for e in r["models"]] == ["d1/m.tflite", "d2/m.tflite"]
+    md = to_markdown(r)
+    assert "| d1/m.tflite | 1 |" in md and "| d2/m.tflite | 1 |" in md
+    import matplotlib.axes
+
+    bars = []
+    real = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda self, x, h, *a, **k: bars.append(len(x)) or real(self, x, h,
+                                                                                *a, **k))
+    plot_png(r)
+    assert sum(bars) == 2
 
 
 def test_markdown_and_plot(result, tmp_path):

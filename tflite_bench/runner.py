@@ -248,10 +248,24 @@ def _check_args(paths, threads, runs, warmup, round_size, kernels, cores, seed=0
                              f"{sorted(usable)}. Received: cores={cores!r}")
 
 
-def _entry(path, threads, info, error=None):
+def display_names(paths) -> dict:
+    """{path: name} for tables and plots: the file name, with as many parent folders as it
+    takes to tell apart models whose file names are the same (d1/m.tflite, d2/m.tflite)."""
+    parts = {p: os.path.normpath(os.path.abspath(os.fspath(p))).split(os.sep) for p in paths}
+    names = {}
+    for p, segs in parts.items():
+        depth = 1
+        while depth < len(segs) and any(
+                q != p and other[-depth:] == segs[-depth:] for q, other in parts.items()):
+            depth += 1
+        names[p] = "/".join(segs[-depth:])
+    return names
+
+
+def _entry(path, threads, info, error=None, name=None):
     e = dict.fromkeys(ENTRY_KEYS)
-    e.update(path=os.fspath(path), name=os.path.basename(os.fspath(path)), threads=threads,
-             error=error)
+    e.update(path=os.fspath(path), name=name or os.path.basename(os.fspath(path)),
+             threads=threads, error=error)
     if info is not None:
         e.update(size_bytes=info["size_bytes"], params=info["params"], macs=info["macs"])
     return e
@@ -334,7 +348,9 @@ def benchmark(paths, threads=(1,), runs=200, warmup=20, round_size=10, kernels="
     rng = np.random.default_rng(seed)
     bar = _Progress(len(valid) * len(threads) * (runs + warmup + 1), progress)
     workers = {}
-    entries = {(p, t): _entry(p, t, infos.get(p), errors.get(p)) for t in threads for p in paths}
+    names = display_names(paths)
+    entries = {(p, t): _entry(p, t, infos.get(p), errors.get(p), names[p])
+               for t in threads for p in paths}
     rounds = {}
     tf_imported, affinity = False, None
     try:
