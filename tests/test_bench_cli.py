@@ -121,6 +121,22 @@ def test_usage_errors(models, args, match):
     assert match in line
 
 
+def test_plot_without_matplotlib_is_refused_before_measuring(models, tmp_path):
+    """Was: the whole benchmark ran, then a traceback, and no JSON either."""
+    fake = tmp_path / "fake" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib (simulated)')\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join([str(fake.parent), ROOT]))
+    p = subprocess.run([sys.executable, "-m", "tflite_bench", str(models["small"]), "--runs=3",
+                        "--noprogress", f"--json={tmp_path / 'o.json'}",
+                        f"--plot={tmp_path / 'o.png'}"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    (line,) = one_line_error(p)
+    assert line.startswith("tflite_bench: error: --plot needs matplotlib")
+    assert p.stdout == "" and sorted(os.listdir(tmp_path)) == ["fake"]
+
+
 def test_no_model():
     (line,) = one_line_error(cli())
     assert "No model given" in line

@@ -166,6 +166,13 @@ def _parse(argv):
         report.check_outputs(_outputs(), FLAGS.overwrite, inputs=inputs)
     except (OSError, ValueError) as e:
         raise UsageError(_cli.one_line(e)) from None
+    if FLAGS.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib, which is not installed. Expected: pip "
+                             "install 'ssl_keras[plot]' (or matplotlib), or no --plot. "
+                             f"Received: --plot={FLAGS.plot}") from None
     return rest, threads, cores
 
 
