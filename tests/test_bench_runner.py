@@ -266,3 +266,18 @@ def test_import_is_light():
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_integer_ids_stay_inside_a_small_embedding_table(tmp_path):
+    """Random int32 ids are drawn below the smallest GATHER table dimension (was: [0, 10],
+    and a 4-row Embedding failed with 'gather index out of bounds')."""
+    import keras
+
+    import ssl_keras
+
+    ids = keras.Input((5,), dtype="int32", name="ids")
+    x = keras.layers.Flatten()(keras.layers.Embedding(4, 3)(ids))
+    path = tmp_path / "emb4.tflite"
+    ssl_keras.export_tflite(keras.Model(ids, keras.layers.Dense(2)(x)), path)
+    r = benchmark([path], runs=3, warmup=0, progress=False, resamples=20)
+    assert r["models"][0]["error"] is None and r["models"][0]["median_us"] > 0

@@ -23,7 +23,28 @@ import time
 KERNELS = ("xnnpack", "builtin", "reference")
 
 
-def _random_inputs(details, seed):
+def _index_bound(interp):
+    """An upper bound for random integer ids: the smallest dimension of the tables that
+    GATHER / EMBEDDING_LOOKUP ops read from (ids below it are valid for every such op, on any
+    axis), or 11 when the model has none. Keras' Embedding reaches GATHER through a few
+    index ops (negative ids wrap), so the ids are not traced to their op."""
+    try:
+        ops = interp._get_ops_details()
+        shapes = {t["index"]: tuple(int(d) for d in t["shape"])
+                  for t in interp.get_tensor_details()}
+    except Exception:  # noqa: BLE001 - a private helper of the interpreter: be safe
+        return 11
+    sizes = []
+    for op in ops:
+        table = {"GATHER": 0, "GATHER_ND": 0, "EMBEDDING_LOOKUP": 1}.get(op["op_name"])
+        if table is not None and len(op["inputs"]) > table:
+            shape = shapes.get(int(op["inputs"][table]), ())
+            if shape:
+                sizes.append(min(shape))
+    return max(1, min(sizes)) if sizes else 11
+
+
+def _random_inputs(details, seed, index_bound=11):
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -40,7 +61,7 @@ def _random_inputs(details, seed):
             lo, hi = max(int(info.min), -128), min(int(info.max), 127)
             if dtype in (np.int32, np.int64):
                 lo = 0  # often indices: keep them small and valid
-                hi = 10
+                hi = index_bound - 1
             v = rng.integers(lo, hi + 1, shape).astype(dtype)
         else:
             raise ValueError(f"Unsupported input dtype. Received: dtype={dtype}")
@@ -73,7 +94,8 @@ class _Session:
         interp.allocate_tensors()
         init_ms = (time.perf_counter() - t0) * 1e3
         for d, v in zip(interp.get_input_details(),
-                        _random_inputs(interp.get_input_details(), msg["seed"]), strict=True):
+                        _random_inputs(interp.get_input_details(), msg["seed"],
+                                       _index_bound(interp)), strict=True):
             interp.set_tensor(d["index"], v)
         t0 = time.perf_counter_ns()
         interp.invoke()
