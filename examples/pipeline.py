@@ -266,7 +266,7 @@ class Pipeline(ReportMixin):
         got = thinned.predict(x, verbose=0)
         self.thin_max_abs_diff = float(np.max(np.abs(ref - got)))
         self.log(f"thin: {units_per_layer(self.dense)} -> {units_per_layer(thinned)}; "
-                 f"max |thinned - zeroed| on 256 test images = {self.thin_max_abs_diff:.2e}")
+                 f"max |thinned - zeroed| on {len(x)} test images = {self.thin_max_abs_diff:.2e}")
         return thinned
 
     def finetune(self):

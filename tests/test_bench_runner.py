@@ -281,3 +281,13 @@ def test_integer_ids_stay_inside_a_small_embedding_table(tmp_path):
     ssl_keras.export_tflite(keras.Model(ids, keras.layers.Dense(2)(x)), path)
     r = benchmark([path], runs=3, warmup=0, progress=False, resamples=20)
     assert r["models"][0]["error"] is None and r["models"][0]["median_us"] > 0
+
+
+def test_a_single_round_gives_no_speedup_interval(models):
+    """Was: a zero-width interval [x, x] from resampling one round."""
+    r = benchmark([models["big"], models["small"]], runs=4, round_size=10, warmup=0,
+                  progress=False, resamples=20)
+    base, other = r["models"]
+    assert base["speedup_ci"] == [1.0, 1.0] and other["speedup_ci"] is None
+    assert other["speedup_vs_first"] > 0
+    assert "| small.tflite | 1 |" in to_markdown(r)

@@ -398,6 +398,8 @@ def benchmark(paths, threads=(1,), runs=200, warmup=20, round_size=10, kernels="
             if e["error"] or b["error"]:
                 continue
             e["speedup_vs_first"] = b["median_us"] / e["median_us"]
+            if p != base and len(rounds[base, t]) < 2:
+                continue  # one round: resampling rounds says nothing (runs <= round_size)
             e["speedup_ci"] = speedup_ci(rounds[base, t], rounds[p, t], resamples, confidence,
                                          seed)
     models = add_ratios([entries[p, t] for p in paths for t in threads])
