@@ -16,6 +16,7 @@ import numpy as np
 
 from ssl_keras import _tflite
 from ssl_keras._export_inputs import _input_dtypes, _input_names, _static_shapes, _unflatten
+from ssl_keras._quiet import c_stderr_silenced
 from ssl_keras._thin_model import copy_layer, layer_config, refresh_states
 from ssl_keras.regularizers import _finite, _is_real
 
@@ -166,7 +167,7 @@ def _convert(model, struct, batch_size, quantize, calibration, allow_select_ops)
 
             converter.representative_dataset = representative_dataset
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), c_stderr_silenced():  # "fully_quantize: 0, ..."
                 warnings.simplefilter("ignore")  # tf.lite.Interpreter deprecation (calibration)
                 return converter.convert()
         except Exception as error:

@@ -15,6 +15,8 @@ from collections import Counter
 
 import numpy as np
 
+from ssl_keras._quiet import c_stderr_silenced
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
@@ -102,8 +104,9 @@ def make_interpreter(model_path: str | None = None, model_content: bytes | None 
     """An allocated ai_edge_litert Interpreter (one thread, default XNNPACK delegate)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=model_path, model_content=model_content)
-    interpreter.allocate_tensors()
+    with c_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interpreter = Interpreter(model_path=model_path, model_content=model_content)
+        interpreter.allocate_tensors()
     return interpreter
 
 
@@ -123,7 +126,8 @@ def load_interpreter(path: str):
             f"Received: an empty file, path={path!r}"
         )
     try:
-        interpreter = Interpreter(model_path=path)
+        with c_stderr_silenced():
+            interpreter = Interpreter(model_path=path)
     except ValueError as error:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -133,7 +137,8 @@ def load_interpreter(path: str):
             f"Received: path={path!r}, first bytes={head!r}"
         ) from None
     try:
-        interpreter.allocate_tensors()
+        with c_stderr_silenced():
+            interpreter.allocate_tensors()
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(

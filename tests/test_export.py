@@ -853,3 +853,21 @@ def test_written_files_get_the_usual_mode(model, tmp_path):
         assert oct(path.stat().st_mode & 0o777) == oct(0o664)
     finally:
         os.umask(old)
+
+
+def test_conversion_and_interpreter_lines_follow_tf_cpp_min_log_level(model, tmp_path,
+                                                                       monkeypatch, capfd):
+    """The converter's "fully_quantize: 0, ..." line (C++, on fd 2, every int8 export) is
+    dropped when TF_CPP_MIN_LOG_LEVEL >= 1, kept when it is 0; Python's stderr still works."""
+    calibration = data(16, seed=3)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    capfd.readouterr()
+    export_tflite(model, tmp_path / "loud.tflite", quantize="int8",
+                  representative_data=calibration)
+    assert "fully_quantize" in capfd.readouterr().err
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    export_tflite(model, tmp_path / "quiet.tflite", quantize="int8",
+                  representative_data=calibration)
+    print("python stderr", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "fully_quantize" not in err and "python stderr" in err
