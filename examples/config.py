@@ -64,6 +64,7 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "ssl_momentum": 0.0,
         "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "borders": 0.0,
         "depth": 0.0, "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1,
+        "round_down": 1,
         "seed": 0,
         "lr_schedule": "cosine", "finetune_thinned": True, "ssl_layers": None,
         "distill": 0.0, "distill_temperature": 4.0,
@@ -140,6 +141,11 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                     "x86 CPU here; benchmarks.lenet_widths measures it), or of a per-layer "
                     "multiple given as JSON, e.g. '{\"conv2\": 16}' (the other layers: 1).",
                     flag_values=fv)
+    D.DEFINE_string("round_down", json.dumps(d["round_down"]), "Before thinning, zero the "
+                    "weakest live groups of every layer that keeps more than this many "
+                    "channels until its width is a multiple of it (zero_groups(round_down=)); "
+                    "fine-tuning follows. An integer, or per-layer JSON as --round_to.",
+                    flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
     D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
     D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
@@ -189,6 +195,7 @@ class Config:
     zero_every: int
     threshold: float
     round_to: int | dict
+    round_down: int | dict
     seed: int
     out_dir: str
     threads: tuple
@@ -206,7 +213,7 @@ class Config:
                 "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers", "distill",
                 "distill_temperature",
                 "batch_size", "filters", "channels", "shapes", "borders", "depth", "proximal",
-                "zero_every", "threshold", "round_to", "seed")
+                "zero_every", "threshold", "round_to", "round_down", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -230,6 +237,7 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     values["threads"] = threads
     values["ssl_layers"] = _ssl_layers(values["ssl_layers"], recipe)
     values["round_to"] = _round_to(values["round_to"])
+    values["round_down"] = _round_to(values["round_down"], "--round_down")
     for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every"):
         if values[name] < 1:
             raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
@@ -284,8 +292,8 @@ def _check_out_dir(out_dir: str) -> None:
                          f"Received: --out_dir={out_dir!r} ({parent!r} is not writable)")
 
 
-def _round_to(text) -> int | dict:
-    """--round_to: an integer >= 1, or JSON {layer name: integer >= 1} (thin's two forms)."""
+def _round_to(text, flag: str = "--round_to") -> int | dict:
+    """--round_to / --round_down: an integer >= 1, or JSON {layer name: integer >= 1}."""
     text = str(text).strip()
     try:
         value = json.loads(text)
@@ -299,8 +307,8 @@ def _round_to(text) -> int | dict:
             isinstance(k, str) and positive_int(v) for k, v in value.items())):
         return value
     raise UsageError(
-        "--round_to must be an integer >= 1 or JSON mapping layer names to integers >= 1, "
-        f"e.g. 8 or '{{\"conv2\": 16}}'. Received: --round_to={text!r}")
+        f"{flag} must be an integer >= 1 or JSON mapping layer names to integers >= 1, "
+        f"e.g. 8 or '{{\"conv2\": 16}}'. Received: {flag}={text!r}")
 
 
 def _ssl_layers(text: str | None, recipe: Recipe) -> dict | None:

@@ -76,6 +76,10 @@ def _pct(value) -> str:
 # The pipeline
 
 
+# Settings added to the training key after runs were saved without them: their default.
+_ADDED_SETTINGS = {"round_down": 1}
+
+
 class Pipeline(ReportMixin):
     """Runs one recipe with one Config; `run()` returns the results dict (also written)."""
 
@@ -115,7 +119,7 @@ class Pipeline(ReportMixin):
                              f"--out_dir={self.cfg.out_dir!r}") from None
         if os.path.exists(key_path):
             with open(key_path, encoding="utf-8") as f:
-                old = json.load(f)
+                old = {**_ADDED_SETTINGS, **json.load(f)}
             if old != json.loads(json.dumps(key)):
                 diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
                 raise UsageError(
@@ -225,7 +229,9 @@ class Pipeline(ReportMixin):
         """--ssl_layers and a per-layer --round_to must name layers of the architecture:
         checked before any training (apply_ssl and thin would say so only after it)."""
         cfg = self.cfg
-        named = {"--round_to": cfg.round_to if isinstance(cfg.round_to, dict) else {}}
+        named = {flag: value if isinstance(value, dict) else {}
+                 for flag, value in (("--round_to", cfg.round_to),
+                                     ("--round_down", cfg.round_down))}
         if cfg.ssl_layers is not self.recipe.ssl_layers:  # given on the command line
             named["--ssl_layers"] = cfg.ssl_layers or {}
         if not any(named.values()):
@@ -254,7 +260,11 @@ class Pipeline(ReportMixin):
         zero_groups = need("ssl_keras.thin", "zero_groups", "finetune")
         strip_ssl = need("ssl_keras.wrap", "strip_ssl", "finetune")
         # strip first: the zeroed groups are then exactly the groups thin() removes.
-        self.zeroed = zero_groups(strip_ssl(self.ssl), self.cfg.threshold)
+        self.zeroed = zero_groups(strip_ssl(self.ssl), self.cfg.threshold,
+                                  round_down=self.cfg.round_down)
+        if self.cfg.round_down != 1:
+            self.log(f"zero: --round_down={json.dumps(self.cfg.round_down)}: the weakest live "
+                     "groups zeroed too, so that each width is a multiple")
         self._reestimate_batchnorm(self.zeroed, "finetune (after zeroing)")
 
     def _thin_checked(self, model):

@@ -125,7 +125,7 @@ def _check_threshold(threshold):
     return float(threshold)
 
 
-def _check_round_to(round_to):
+def _check_round_to(round_to, name="round_to"):
     """An int >= 1, or a dict {layer name: int >= 1} (layers not named: 1); else an error."""
     def ok(n):
         return not isinstance(n, bool) and isinstance(n, (int, np.integer)) and n >= 1
@@ -135,10 +135,12 @@ def _check_round_to(round_to):
             return {k: int(v) for k, v in round_to.items()}
     elif ok(round_to):
         return int(round_to)
+    what = ("every thinned width is kept a multiple of it" if name == "round_to" else
+            "every width above it is cut to a multiple of it")
     raise ValueError(
-        "`round_to` must be an integer >= 1 (every thinned width is kept a multiple of it), "
+        f"`{name}` must be an integer >= 1 ({what}), "
         "or a dict mapping layer names to such integers (other layers: 1). "
-        f"Received: round_to={round_to!r}"
+        f"Received: {name}={round_to!r}"
     )
 
 

@@ -76,7 +76,7 @@ from ssl_keras._thin_model import (
     rebuilds_own_layers,
     refresh_states,
 )
-from ssl_keras._thin_plan import _prepare, _removed_indices, _restore
+from ssl_keras._thin_plan import _prepare, _removed_indices, _restore, _strength
 from ssl_keras._thin_slice import (
     _cheap_init,
     _clone_op,
@@ -480,7 +480,7 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
 
 @rebuilds_own_layers
 def zero_groups(model: keras.Model, threshold: float = 1e-4,
-                groups: list[dict] | None = None) -> keras.Model:
+                groups: list[dict] | None = None, round_down: int | dict = 1) -> keras.Model:
     """Returns a copy of `model` whose below-threshold groups are set exactly to zero.
 
     This is the reference `thin` is equivalent to: the producer slices of groups whose every
@@ -489,11 +489,20 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
     Conv kernels with norm <= threshold (see the module doc), set to 0. Biases and BatchNorm
     parameters are left as they are.
 
+    `round_down=N` also zeroes, in every layer that keeps more than N channels (filters /
+    units) and not a multiple of N, the producer slices of its weakest live groups (smallest
+    norm of their slices) until the count is a multiple of N; `thin` of the result then has
+    such widths. CPU kernels compute channels in blocks (16 float32 channels with XNNPACK on
+    AVX-512): 21 filters cost what 32 cost, 16 half of it. Unlike `round_to` (which keeps
+    zeroed channels, exactly) this changes the model's outputs: fine-tune after it. A layer
+    whose weak groups are blocked, or that keeps N or fewer channels, is left as it is.
+
     Args:
         model: a functional or Sequential Keras model.
         threshold: as in `thin`.
         groups: the coupled groups (checked against the model); `removable_groups(model)` when
             None.
+        round_down: an int >= 1, or a dict {layer name: int >= 1} (other layers: 1).
 
     Returns:
         A new model of the same architecture (`model` is not modified); a model from
@@ -501,7 +510,49 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
 
     Example:
     >>> zeroed = ssl_keras.zero_groups(model, 1e-4)
+    >>> small = ssl_keras.thin(ssl_keras.zero_groups(model, 1e-4, round_down=16), 1e-4)
     """
+    round_down = _check_round_to(round_down, "round_down")
     model = _plain(model)
     st = _prepare(model, threshold, groups)
-    return _copy_with_weights(model, _zeroed_weights(st["weights"], st["zero"]))
+    if isinstance(round_down, dict) and set(round_down) - set(st["by_name"]):
+        raise ValueError(
+            "`round_down` names layers the model does not have. Expected names among "
+            f"{sorted(st['by_name'])}. Received: {sorted(set(round_down) - set(st['by_name']))}")
+    weights = _zeroed_weights(st["weights"], st["zero"])
+    extra = _round_down_zero(st, weights, round_down)
+    if extra:  # the weak groups' producers are zero now: classify everything again
+        model = _copy_with_weights(model, _zeroed_weights(weights, extra))
+        st = _prepare(model, threshold, groups)
+        weights = _zeroed_weights(st["weights"], st["zero"])
+    return _copy_with_weights(model, weights)
+
+
+def _round_down_zero(st, weights, round_down) -> list:
+    """The producer slices to zero so that every width above `round_down` is a multiple."""
+    if round_down == 1:
+        return []
+    groups, decisions, alive = st["groups"], st["decisions"], st["alive"]
+    kept, weak = {}, {}
+    for g in groups:
+        status, why = decisions[g["id"]]
+        if status in ("constant", "unused", "dead") or g["source"] not in alive:
+            continue
+        kept[g["source"]] = kept.get(g["source"], 0) + 1
+        producers = [s for s in g["slices"] if s["role"] == "producer" and s["layer"] in alive]
+        if g.get("blocked") is None and not str(why).startswith("blocked") and producers:
+            weak.setdefault(g["source"], []).append(g)
+    zero = []
+    for layer, count in sorted(kept.items()):
+        multiple = round_down.get(layer, 1) if isinstance(round_down, dict) else round_down
+        cut = count % multiple if count > multiple else 0
+        candidates = weak.get(layer, [])
+        if not cut or len(candidates) < cut:
+            continue
+        cache = {}
+        candidates.sort(key=lambda g: (_strength(g, weights, alive, cache), g["id"]))
+        for g in candidates[:cut]:
+            zero.extend({"layer": s["layer"], "weight": s["weight"], "axis": s["axis"],
+                         "index": list(s["index"]), "why": f"round_down {g['id']}"}
+                        for s in g["slices"] if s["role"] == "producer" and s["layer"] in alive)
+    return [z for z in zero if z["weight"] in weights.get(z["layer"], {})]

@@ -145,6 +145,9 @@ def test_lenet_quick_end_to_end(tmp_path):
     (["--lr=inf"], r"--lr must be a finite number\. Received: --lr=inf"),
     (["--distill_temperature=inf"], r"--distill_temperature must be a finite number"),
     # found by probing: each trained, then stopped with a traceback
+    (["--round_down=0"], r"--round_down must be an integer >= 1 or JSON mapping layer names "
+                         r"to integers >= 1, e\.g\. 8 or '\{\"conv2\": 16\}'\. Received: "
+                         r"--round_down='0'"),
     (["--seed=-1"], r"--seed must be in \[0, 2\*\*32\)\. Received: --seed=-1"),
     (["--seed=4294967296"], r"--seed must be in \[0, 2\*\*32\)"),
     (["--threads=1,1"], r"--threads must be a comma-separated list of different positive"),
@@ -383,6 +386,7 @@ def test_round_to_flag_takes_thins_two_forms(value, expected):
 
 @pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
 @pytest.mark.parametrize("flag, shown", [('--round_to={"conv3": 8}', "--round_to"),
+                                         ('--round_down={"conv3": 8}', "--round_down"),
                                          ('--ssl_layers={"conv3": null}', "--ssl_layers")])
 def test_unknown_layer_names_fail_before_training(tmp_path, capsys, flag, shown):
     code, err = _main([flag, f"--out_dir={tmp_path}", "--max_train=500"], capsys)

@@ -434,6 +434,44 @@ def test_sparsemax_keeps_its_channels_and_thin_stays_exact(standalone):
     assert widths(small)["c0"] == 8 and widths(small)["c1"] == 5
 
 
+def test_round_down_zeroes_the_weakest_groups_to_a_multiple():
+    model = randomize(lenet(filters=(6, 10), units=20))
+    k1, k2 = model.get_layer("conv1").kernel, model.get_layer("conv2").kernel
+    a, b = np.array(k1.numpy()), np.array(k2.numpy())
+    a[..., [1, 4]] *= 0.01  # conv1 filters 1 and 4 (and what conv2 reads of them): weakest
+    b[:, :, [1, 4], :] *= 0.01
+    k1.assign(a)
+    k2.assign(b)
+    before = [w.copy() for w in model.get_weights()]
+    zeroed = zero_groups(model, 1e-4, round_down=4)
+    kz = zeroed.get_layer("conv1").kernel.numpy()
+    assert not kz[..., [1, 4]].any() and all(kz[..., j].any() for j in (0, 2, 3, 5))
+    small = thin(zeroed, 1e-4)
+    x = np.random.default_rng(0).normal(size=(3, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(small(x), zeroed(x), atol=1e-5)
+    # 6 -> 4, 10 -> 8, 20 stays (a multiple), ip2's 10 outputs reach the model output: kept
+    assert widths(small) == {"conv1": 4, "conv2": 8, "ip1": 20, "ip2": 10}
+    assert all(np.array_equal(u, v) for u, v in zip(before, model.get_weights(), strict=True))
+    assert widths(thin(zero_groups(model, 1e-4, round_down={"conv2": 4}), 1e-4)) == {
+        "conv1": 6, "conv2": 8, "ip1": 20, "ip2": 10}
+    # a layer at or below the multiple is left alone; 1 changes nothing
+    assert widths(thin(zero_groups(model, 1e-4, round_down=32), 1e-4))["conv1"] == 6
+    plain = zero_groups(model, 1e-4)
+    assert all(np.array_equal(u, v) for u, v in
+               zip(plain.get_weights(), zero_groups(model, 1e-4, round_down=1).get_weights(),
+                   strict=True))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (0, r"`round_down` must be an integer >= 1 \(every width above it is cut"),
+    (2.5, r"Received: round_down=2.5"),
+    ({"conv9": 4}, r"`round_down` names layers the model does not have"),
+])
+def test_round_down_bad_values(bad, match):
+    with pytest.raises(ValueError, match=match):
+        zero_groups(randomize(lenet(filters=(6, 8), units=20)), 1e-4, round_down=bad)
+
+
 def test_hand_written_groups():
     model = conv_bn_relu_conv("valid")
     zero_filters(model, "conv1", [3])
