@@ -74,17 +74,5 @@ def import_tensorflow_quietly() -> None:
         return
     if run_as_command_line():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not _quiet_level():
+    with c_stderr_silenced():
         import tensorflow  # noqa: F401
-
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
