@@ -1,5 +1,6 @@
 """Tests of the examples: the LeNet --quick run end to end, flags, resume checks, errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from examples import common, datasets, lenet, resnet
+from examples import common, convnet, datasets, lenet, models, resnet
 from examples.config import UsageError, config_from_flags, define_flags
 from examples.distill import distillation_loss
 from examples.pipeline import PHASES, Pipeline
@@ -283,6 +284,27 @@ def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, c
     plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     pipeline._reestimate_batchnorm(plain, "ssl")  # no BatchNorm: nothing done, nothing logged
     assert capsys.readouterr().out == ""
+
+
+def test_round_down_flag_reaches_zero_groups(tmp_path):
+    """--round_down cuts the zeroed model's widths to multiples before thin (ConvNet's
+    default: 16); thin of that model stays exact."""
+    import keras
+
+    import ssl_keras
+
+    assert convnet.RECIPE.defaults["round_down"] == 16
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}", '--round_down={"conv2": 4}'])
+    pipeline = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+    keras.utils.set_random_seed(0)
+    pipeline.ssl = ssl_keras.apply_ssl(models.lenet(filters=(6, 10), units=20), filters=1e-3)
+    pipeline.cfg = dataclasses.replace(pipeline.cfg, threshold=1e-4)
+    pipeline.zero()
+    small = ssl_keras.thin(pipeline.zeroed, 1e-4)
+    assert small.get_layer("conv2").filters == 8 and small.get_layer("conv1").filters == 6
+    x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(small(x), pipeline.zeroed(x), atol=1e-5)
 
 
 def test_ssl_layers_flag_replaces_the_recipes_multipliers():
