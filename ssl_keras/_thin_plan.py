@@ -12,6 +12,7 @@ import math
 import keras
 import numpy as np
 
+from ssl_keras._constant_add import ConstantAdd
 from ssl_keras._groups_check import validate_groups
 from ssl_keras._thin_borders import _border_zeros
 from ssl_keras._thin_model import (
@@ -228,12 +229,13 @@ def _layer_block_reason(layer):
         return f"layer {layer.name!r} uses data_format='channels_first' (thin needs channels_last)"
     if _is_conv(cls) and getattr(layer, "groups", 1) > 1:
         return f"grouped convolution {layer.name!r} (groups={layer.groups}) is not thinned"
-    known = (isinstance(layer, (keras.layers.Dense, keras.layers.BatchNormalization))
+    known = (isinstance(layer, (keras.layers.Dense, keras.layers.BatchNormalization,
+                                keras.layers.PReLU, ConstantAdd))
              or _is_conv(cls) or _is_transpose(cls) or _is_separable(cls) or _is_depthwise(cls))
     if not known:
         return (f"thin cannot rebuild layer {layer.name!r} of class {cls.__name__} with fewer "
                 "channels (supported: Dense, Conv1D/2D/3D, Conv*Transpose, DepthwiseConv, "
-                "SeparableConv, BatchNormalization)")
+                "SeparableConv, BatchNormalization, PReLU, ConstantAdd)")
     return None
 
 

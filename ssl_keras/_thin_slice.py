@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from ssl_keras._constant_add import ConstantAdd
 from ssl_keras._thin_model import (
     _is_conv,
     _is_depthwise,
@@ -112,6 +113,9 @@ def _width_config(layer, keep):
     if _is_separable(cls):
         k = kept("pointwise_kernel", len(layer.pointwise_kernel.shape) - 1)
         return {"filters": len(k)} if k is not None else {}
+    if isinstance(layer, ConstantAdd):
+        k = kept("value", len(layer.value.shape) - 1)
+        return {"shape": [*layer.shape[:-1], len(k)]} if k is not None else {}
     return {}
 
 

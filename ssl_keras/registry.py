@@ -30,6 +30,7 @@ from __future__ import annotations
 import keras
 from keras import layers as L
 
+from ssl_keras._constant_add import ConstantAdd
 from ssl_keras._registry_spec import Check as Check  # importable from here as before
 from ssl_keras._registry_spec import Kind, LayerSpec, WeightSlice
 
@@ -322,6 +323,10 @@ def _register_builtins():
     register_layer(L.Normalization, LayerSpec(
         Kind.TIED, tied=(WeightSlice("mean", -1, penalize=False),
                          WeightSlice("variance", -1, penalize=False)), check=_normalization))
+    # What thin adds where a removed channel's constant cannot go into a bias: x + value,
+    # value per channel (or a map whose last axis is the channels), sliced with them.
+    register_layer(ConstantAdd, LayerSpec(
+        Kind.TIED, tied=(WeightSlice("value", -1, penalize=False),)))
     register_layer(L.PReLU, LayerSpec(
         Kind.TIED, tied=(WeightSlice("alpha", -1, penalize=False),), check=_prelu))
     for cls in (L.ReLU, L.LeakyReLU, L.ELU, L.Identity, L.ActivityRegularization,

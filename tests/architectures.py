@@ -43,6 +43,14 @@ def merge(fn, spatial=(5, 5), widths=(4, 4)):
     return keras.Model(inputs, L.Dense(2, name="post")(fn(a, b)))
 
 
+def _constant_add():
+    """What thin adds (a constant map on a 6x6x4 tensor): thinned models are thinned again."""
+    model = chain(ssl_keras.ConstantAdd((6, 6, 4), name="x"))
+    layer = model.get_layer("x")
+    layer.set_weights([np.random.default_rng(0).normal(size=(6, 6, 4)).astype("float32")])
+    return model
+
+
 def _normalization():
     model = chain(L.Normalization(name="x"))
     layer, rng = model.get_layer("x"), np.random.default_rng(0)
@@ -79,6 +87,7 @@ LAYER_CASES = {
     L.BatchNormalization: lambda: chain(L.BatchNormalization(name="x")),
     L.PReLU: lambda: chain(L.PReLU(name="x")),
     L.Normalization: lambda: _normalization(),
+    ssl_keras.ConstantAdd: lambda: _constant_add(),
     # pass-through
     L.ReLU: lambda: chain(L.ReLU(name="x")),
     L.LeakyReLU: lambda: chain(L.LeakyReLU(name="x")),

@@ -472,6 +472,43 @@ def test_round_down_bad_values(bad, match):
         zero_groups(randomize(lenet(filters=(6, 8), units=20)), 1e-4, round_down=bad)
 
 
+def test_a_thinned_model_with_constant_adds_thins_again():
+    """thin adds ConstantAdd layers; they are registered (TIED, the value sliced with the
+    channels), so a thinned model goes through apply_ssl and thin again. Was: unregistered,
+    apply_ssl refused the model and every channel through it was blocked."""
+    inputs = keras.Input((8, 8, 2))
+    a = L.Conv2D(6, 3, padding="same", name="c1")(inputs)
+    b = L.Conv2D(6, 3, padding="same", name="c2")(L.ReLU(name="r")(a))
+    x = L.Conv2D(4, 3, padding="same", name="c3")(L.Add(name="add")([a, b]))
+    model = randomize(keras.Model(inputs, L.Dense(3, name="fc")(L.GlobalAveragePooling2D()(x))))
+    kernel = model.get_layer("c2").kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))  # the branch becomes a constant map
+    small = assert_equivalent(model)
+    assert any(isinstance(layer, ConstantAdd) for layer in small.layers)
+    assert all(g["blocked"] is None for g in ssl_keras.removable_groups(small)
+               if not g["id"].startswith("fc:"))
+    ssl_keras.apply_ssl(small, filters=1e-3)  # accepted
+    zero_filters(small, "c1", [2])
+    again = assert_equivalent(small)
+    assert again.get_layer("c1").filters == 5
+    assert isinstance(again.get_layer("add"), ConstantAdd)
+    assert tuple(again.get_layer("add").value.shape)[-1] == 5
+
+
+def test_channels_through_a_per_channel_prelu_are_removed():
+    """PReLU's alpha is sliced with the channels (was: kept, "thin cannot rebuild")."""
+    inputs = keras.Input((6, 6, 3))
+    x = L.PReLU(name="act")(L.Conv2D(5, 3, name="a")(inputs))
+    model = randomize(keras.Model(inputs, L.Dense(2, name="out")(L.Flatten()(
+        L.Conv2D(4, 3, name="b")(x)))))
+    alpha = model.get_layer("act").alpha
+    alpha.assign(np.random.default_rng(1).uniform(0.1, 0.9, alpha.shape).astype("float32"))
+    zero_filters(model, "a", [1, 3])
+    small = assert_equivalent(model)
+    assert small.get_layer("a").filters == 3
+    assert tuple(small.get_layer("act").alpha.shape)[-1] == 3
+
+
 def test_hand_written_groups():
     model = conv_bn_relu_conv("valid")
     zero_filters(model, "conv1", [3])
