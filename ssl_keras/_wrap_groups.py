@@ -66,11 +66,14 @@ def _coupled_groups(model, defaults, overrides) -> list[dict]:
     for group in removable_groups(model):
         if group.get("blocked"):
             continue
+        top = lambda path: path.split("/")[0]
+        # layers={name: None} leaves a layer unpenalised: its slices leave the coupled group
+        # (which then penalises the other layers' slices only)
         slices = [{k: s[k] for k in ("layer", "weight", "axis", "index")}
-                  for s in group["slices"] if s.get("penalize")]
+                  for s in group["slices"] if s.get("penalize")
+                  and not (top(s["layer"]) in overrides and overrides[top(s["layer"])] is None)]
         if not slices:
             continue
-        top = lambda path: path.split("/")[0]
         producer = {top(s["layer"]) for s in group["slices"] if s["role"] == "producer"}
         consumers = {top(s["layer"]) for s in group["slices"] if s["role"] == "consumer"}
         filt = max((_coefficients_for(n, defaults, overrides)["filters"] for n in producer),

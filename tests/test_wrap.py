@@ -255,6 +255,24 @@ def test_coupled_coefficients_follow_layers_overrides():
                                _coupled_oracle(ssl, ssl.ssl_groups), rtol=1e-5)
 
 
+def test_coupled_groups_leave_out_a_layer_set_to_none():
+    """layers={"conv2": None}: no coupled group penalises conv2's kernel (as a consumer of
+    conv1's channels or a producer of its own); the other slices stay. Was: conv2 was still
+    penalised through the groups it shares with conv1 and ip1."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(5)
+    model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
+    ssl = apply_ssl(model, filters=0.1, channels=0.1, layers={"conv2": None})
+    layers = {s["layer"] for g in ssl.ssl_groups for s in g["slices"]}
+    assert "conv2" not in layers and {"conv1", "ip1"} <= layers
+    kernel = ssl.get_layer("conv2").ssl_inner_layer.kernel
+    with tf.GradientTape() as tape:
+        loss = ssl.ssl_coupled_loss()
+    assert tape.gradient(loss, kernel) is None
+    np.testing.assert_allclose(float(loss), _coupled_oracle(ssl, ssl.ssl_groups), rtol=1e-5)
+
+
 def test_depth_groups_are_residual_branches():
     model = _tiny_resnet()
     branches = residual_branches(model)
