@@ -486,18 +486,25 @@ def _round_down_zero(st, weights, round_down) -> list:
     if round_down == 1:
         return []
     groups, decisions, alive = st["groups"], st["decisions"], st["alive"]
-    kept, weak = {}, {}
+    # One channel space per group source; coupled producers (a residual stage's convs, an Add
+    # of several) share it, so a dict may name any of them.
+    kept, weak, multiples = {}, {}, {}
     for g in groups:
         status, why = decisions[g["id"]]
         if status in ("constant", "unused", "dead") or g["source"] not in alive:
             continue
-        kept[g["source"]] = kept.get(g["source"], 0) + 1
+        space = g["source"]
+        kept[space] = kept.get(space, 0) + 1
         producers = [s for s in g["slices"] if s["role"] == "producer" and s["layer"] in alive]
+        for s in producers:
+            wanted = (round_down.get(s["layer"], 1) if isinstance(round_down, dict)
+                      else round_down)
+            multiples[space] = max(multiples.get(space, 1), wanted)
         if g.get("blocked") is None and not str(why).startswith("blocked") and producers:
-            weak.setdefault(g["source"], []).append(g)
+            weak.setdefault(space, []).append(g)
     zero = []
     for layer, count in sorted(kept.items()):
-        multiple = round_down.get(layer, 1) if isinstance(round_down, dict) else round_down
+        multiple = multiples.get(layer, 1)
         cut = count % multiple if count > multiple else 0
         candidates = weak.get(layer, [])
         if not cut or len(candidates) < cut:

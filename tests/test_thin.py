@@ -462,6 +462,20 @@ def test_round_down_zeroes_the_weakest_groups_to_a_multiple():
                    strict=True))
 
 
+@pytest.mark.parametrize("name", ["stage2_block1_proj", "stage2_block1_conv2"])
+def test_round_down_names_any_producer_of_a_residual_channel_space(name):
+    """A residual stage's convs share one channel space: naming any of them rounds it (was:
+    only the group's source layer; the other name was accepted and ignored)."""
+    model = randomize(resnet(8, input_shape=(16, 16, 3), widths=(4, 8, 8)))
+    for layer in ("stage2_block1_proj", "stage2_block1_conv2"):
+        zero_filters(model, layer, [3])  # the stage-2 space: 8 -> 7 channels
+    zeroed = zero_groups(model, 1e-4, round_down={name: 4})
+    small = thin(zeroed, 1e-4)
+    assert widths(small)["stage2_block1_proj"] == widths(small)["stage2_block1_conv2"] == 4
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(small(x), zeroed(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad, match", [
     (0, r"`round_down` must be an integer >= 1 \(every width above it is cut"),
     (2.5, r"Received: round_down=2.5"),
