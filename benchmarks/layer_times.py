@@ -85,6 +85,8 @@ def load_chain(path: str):
     import keras
     from absl import logging
 
+    import ssl_keras  # noqa: F401 - registers ConstantAdd, SSLModel, GroupLasso for loading
+
     logging.set_verbosity(logging.WARNING)
     try:
         model = keras.saving.load_model(path, compile=False)

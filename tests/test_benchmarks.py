@@ -451,3 +451,21 @@ def test_help_prints_no_tensorflow_start_up_lines(command):
 def test_the_help_test_covers_every_command():
     assert {"benchmarks.export_modes", "benchmarks.regularizer_overhead",
             "benchmarks.layer_times"} <= set(_COMMANDS)
+
+
+def test_layer_times_loads_a_thinned_model_with_ssl_keras_layers(tmp_path):
+    """A thinned model holds ConstantAdd layers, which only load once ssl_keras is imported
+    (was: "could not load the model", exit 2, in a fresh process)."""
+    import keras
+
+    import ssl_keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inputs)
+    x = ssl_keras.ConstantAdd((8, 8, 4), name="add")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="conv2")(x))
+    path = tmp_path / "thinned.keras"
+    model.save(path)
+    p = _run(str(path), "--runs=10", command=_TIMES)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| add | ConstantAdd |" in p.stdout
