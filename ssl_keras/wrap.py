@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 from ssl_keras._groups_check import validate_groups
@@ -188,7 +189,19 @@ def _validate_ssl_groups(groups, model) -> list[dict]:
                     f"Expected penalize=True or no 'penalize'. Received: "
                     f"penalize={piece['penalize']!r}"
                 )
-    return groups
+    return _plain_data(groups)
+
+
+def _plain_data(value):
+    """`value` with NumPy arrays, integers, floats and bools as Python lists and numbers: the
+    groups are saved in the model's config as JSON and read back by the same checks."""
+    if isinstance(value, dict):
+        return {k: _plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain_data(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def set_penalty_gradient(model, enabled: bool) -> bool:

@@ -273,6 +273,27 @@ def test_coupled_groups_leave_out_a_layer_set_to_none():
     np.testing.assert_allclose(float(loss), _coupled_oracle(ssl, ssl.ssl_groups), rtol=1e-5)
 
 
+def test_ssl_groups_with_numpy_values_are_stored_as_plain_data(tmp_path):
+    """An index given as a NumPy array (an axis as np.int64) is accepted and stored as plain
+    lists / ints, so the saved model loads back. Was: saved, then refused by load_model."""
+    import copy
+
+    keras.utils.set_random_seed(5)
+    model = lenet(input_shape=(16, 16, 1), filters=(3, 4), units=5)
+    ssl = apply_ssl(model, filters=0.1)
+    groups = copy.deepcopy(ssl.ssl_groups)
+    groups[0]["slices"][0]["index"] = np.array(groups[0]["slices"][0]["index"])
+    groups[0]["slices"][0]["axis"] = np.int64(groups[0]["slices"][0]["axis"])
+    ssl.ssl_groups = groups
+    stored = ssl.ssl_groups[0]["slices"][0]
+    assert isinstance(stored["index"], list) and type(stored["axis"]) is int
+    assert all(type(i) is int for i in stored["index"])
+    ssl.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(float(loaded.ssl_coupled_loss()), float(ssl.ssl_coupled_loss()),
+                               rtol=1e-6)
+
+
 def test_depth_groups_are_residual_branches():
     model = _tiny_resnet()
     branches = residual_branches(model)
