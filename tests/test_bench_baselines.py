@@ -178,6 +178,23 @@ def test_cli_data_must_fit_the_model(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("labels, shown", [
+    (np.arange(4) % 16 + 8, "range [8, 11]"),  # 10 classes: 10 and 11 are outside
+    (np.array([0.0, 1.5, 2.0, 3.0]), "first values [0.0, 1.5, 2.0, 3.0]"),
+    (np.zeros((4, 10)), "shape (4, 10)"),  # one-hot
+])
+def test_cli_labels_must_be_class_indices(tmp_path, labels, shown):
+    """Was: a 65-line TensorFlow traceback after the import (exit 1)."""
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((4, 28, 28, 1), np.float32),
+             y_train=labels, x_test=np.zeros((4, 28, 28, 1), np.float32),
+             y_test=np.zeros(4, np.int64))
+    line = only_line(cli("--arch=lenet", f"--data={tmp_path / 'd.npz'}",
+                         f"--out={tmp_path / 'out'}"))
+    assert "--data: y_train must hold one class label per input, whole numbers in [0, 10)" \
+        in line and shown in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_error_after_tensorflow_is_one_line(tmp_path):
     # a LeNet-like model whose conv1 is 3x3: the widths fit, the shapes only fail once the
     # tf_keras model is built, after the TensorFlow import

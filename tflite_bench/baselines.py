@@ -264,15 +264,18 @@ def _load_data(path, np):
     return data
 
 
-def _default_input_shape(builder):
-    """The input shape a builder uses by default, or None if its signature does not say."""
+def _default_param(builder, name):
+    """The default of a builder's argument (`input_shape` as a tuple, `num_classes`), or None
+    if its signature does not say."""
     import inspect
 
     try:
-        param = inspect.signature(builder).parameters.get("input_shape")
+        param = inspect.signature(builder).parameters.get(name)
     except (TypeError, ValueError):
         return None
-    return None if param is None or param.default is param.empty else tuple(param.default)
+    if param is None or param.default is param.empty:
+        return None
+    return tuple(param.default) if name == "input_shape" else param.default
 
 
 def run(argv):
@@ -322,13 +325,27 @@ def run(argv):
                              f"widths are read from the weights), or the same widths. "
                              f"Received: --filters={','.join(FLAGS.filters)}")
         kwargs["filters"] = filters
-    input_shape = kwargs.get("input_shape") or _default_input_shape(BUILDERS[arch])
+    input_shape = kwargs.get("input_shape") or _default_param(BUILDERS[arch], "input_shape")
     if data is not None and input_shape is not None:
         for part in ("x_train", "x_test"):
             if tuple(data[part].shape[1:]) != tuple(input_shape):
                 raise UsageError(f"--data: the inputs in {part} do not fit the model. Expected: "
                                  f"shape (N, {', '.join(map(str, input_shape))}). Received: "
                                  f"{data[part].shape}")
+    classes = kwargs.get("num_classes") or _default_param(BUILDERS[arch], "num_classes")
+    if data is not None and classes is not None:
+        for part in ("y_train", "y_test"):
+            y = np.asarray(data[part])
+            bad = (y.ndim != 1 or y.dtype.kind not in "biuf"
+                   or not np.all(np.isfinite(y)) or np.any(y != np.round(y))
+                   or np.any((y < 0) | (y >= classes)))
+            if bad:
+                shown = y.reshape(-1)[:5].tolist() if y.dtype.kind in "biuf" else y.dtype
+                raise UsageError(f"--data: {part} must hold one class label per input, whole "
+                                 f"numbers in [0, {classes}) (the model has {classes} "
+                                 f"classes). Received: shape {y.shape}, first values {shown}, "
+                                 f"range [{y.min() if y.size and y.dtype.kind in 'biuf' else '-'}"
+                                 f", {y.max() if y.size and y.dtype.kind in 'biuf' else '-'}]")
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     with _cli.quiet_stderr():  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL here
