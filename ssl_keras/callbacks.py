@@ -27,6 +27,7 @@ backend (MirroredStrategy included) and the JAX backend (the callbacks sync the 
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import keras
@@ -129,6 +130,10 @@ class SparsityMonitor(keras.callbacks.Callback):
                 log_dir, "__fspath__"):
             raise ValueError(
                 f"`log_dir` must be a path or None. Received: log_dir={log_dir!r}")
+        if log_dir is not None and os.path.exists(log_dir) and not os.path.isdir(log_dir):
+            raise ValueError(
+                "`log_dir` must be a directory (TensorBoard writes event files into it), or a "
+                f"path where one can be created. Received: log_dir={log_dir!r}, a file")
         self.log_dir = log_dir
         self.groups = groups
         self.verbose = bool(verbose)
@@ -254,9 +259,10 @@ class ProximalGroupLasso(keras.callbacks.Callback):
     This is proximal gradient descent: for the length of the fit, the group Lasso stays in
     the reported loss but its gradient is switched off (the train function is rebuilt at
     the start and the end of training), so the optimizer follows the data loss only and this
-    step applies the penalty. Where one weight is in several groups (filters and channels of
-    one kernel, a channel and a residual branch), the shrinkages are applied one after the
-    other. With `compile(steps_per_execution=N)` Keras calls the callback once per N steps:
+    step applies the penalty. Within one set of groups the factors come from the norms before
+    the step; where one weight is in groups of several sets (filters and channels of one
+    kernel, a channel and a residual branch), the sets are applied one after the other.
+    With `compile(steps_per_execution=N)` Keras calls the callback once per N steps:
     the N shrinkages are applied together then (with each step's learning rate), and a
     warning says so.
 

@@ -150,6 +150,7 @@ def only_line(p):
     (["--out={tmp}/out", "--weights={tmp}"], "--weights: it is a directory"),
     (["--out={tmp}/out", "--weights="], "--weights is empty"),
     (["--out={tmp}/out", "--data="], "--data is empty"),
+    (["--out={tmp}/out", "--seed=-1"], "flag --seed=-1: -1 is not an integer in the range"),
     (["--out={tmp}/out", "extra"], "unexpected arguments"),
 ])
 def test_cli_checks_before_tensorflow(tmp_path, args, match):

@@ -60,6 +60,7 @@ def test_missing_examples_is_one_line_exit_2_and_creates_nothing(tmp_path):
     (["--out=OUT", "extra"], "unexpected arguments. Expected: python -m tflite_bench.demo "
                              "--out DIR [--seed 0] [--overwrite]. Received: ['extra']"),
     (["--out=OUT", "--seed=abc"], "flag --seed=abc: invalid literal for int()"),
+    (["--out=OUT", "--seed=-1"], "flag --seed=-1: -1 is not an integer in the range"),
     (["--out=OUT", "--nosuch"], "Unknown command line flag 'nosuch'"),
     (["--out=FILE"], "--out must be a folder (existing or to create). Received: --out=FILE, "
                      "which is a file"),

@@ -230,6 +230,15 @@ def test_zero_small_groups_counts_optimizer_steps(monkeypatch):
         assert len(calls) == expected + 1, (every, len(calls))
 
 
+def test_sparsity_monitor_refuses_a_file_as_log_dir(tmp_path):
+    """Was: accepted, then TensorFlow's FailedPreconditionError ("Not a directory") in fit."""
+    path = tmp_path / "events"
+    path.write_text("x")
+    with pytest.raises(ValueError, match=r"`log_dir` must be a directory .* a file"):
+        SparsityMonitor(log_dir=path)
+    SparsityMonitor(log_dir=tmp_path / "new")  # a folder to be created is fine
+
+
 def test_zero_small_groups():
     model = _mlp()
     k1, k2 = _kernels(model)

@@ -56,7 +56,8 @@ flags.DEFINE_integer("steps", 100, "Fine-tuning steps with --data.", lower_bound
                      flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 64, "Fine-tuning batch size.", lower_bound=1,
                      flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "Random seed.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Random seed.",
+                     lower_bound=0, upper_bound=2 ** 32 - 1, flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output folder.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace existing files in --out.", flag_values=FLAGS)
 

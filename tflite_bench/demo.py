@@ -30,7 +30,8 @@ from tflite_bench._cli import UsageError, normalize
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("out", None, "Output folder (created if missing).", flag_values=FLAGS)
-flags.DEFINE_integer("seed", 0, "Seed of the random weights.", flag_values=FLAGS)
+flags.DEFINE_integer("seed", 0, "Seed of the random weights.",
+                     lower_bound=0, upper_bound=2 ** 32 - 1, flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace existing files.", flag_values=FLAGS)
 
 MODELS = {"lenet_20_50.tflite": (20, 50), "lenet_3_12.tflite": (3, 12)}
