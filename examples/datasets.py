@@ -32,6 +32,7 @@ import pickle
 import numpy as np
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
+NUM_CLASSES = 10  # all three
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IDX_FILES = {
     "x_train": "train-images-idx3-ubyte",
@@ -75,7 +76,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return 10
+        return NUM_CLASSES
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -92,8 +93,14 @@ def read_idx(path: str) -> np.ndarray:
     (10000,)
     """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"Cannot read the IDX file ({type(e).__name__}: {e}). Expected an IDX file, "
+            f"gzip-compressed if its name ends in .gz. Received: path={path!r}"
+        ) from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(
             "Not an IDX file: expected the magic bytes 0x00 0x00 <type> <ndim>. "
@@ -102,6 +109,11 @@ def read_idx(path: str) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     ndim = data[3]
     header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(
+            f"IDX file is truncated: its header announces {ndim} dimensions ({header} header "
+            f"bytes) but the file has {len(data)} bytes. Received: path={path!r}"
+        )
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     count = int(np.prod(shape)) if shape else 1
     if len(data) - header != count * dtype.itemsize:
@@ -127,6 +139,12 @@ def _load_idx_dir(directory: str):
     if any(p is None for p in paths.values()):
         return None
     arrays = {key: read_idx(path) for key, path in paths.items()}
+    for key, ndim in (("x_train", 3), ("y_train", 1), ("x_test", 3), ("y_test", 1)):
+        if arrays[key].ndim != ndim:
+            raise ValueError(
+                f"{'Images' if ndim == 3 else 'Labels'} must be a {ndim}-D IDX array "
+                f"({'count, height, width' if ndim == 3 else 'count'}). Received: shape "
+                f"{arrays[key].shape} in {paths[key]!r}")
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
@@ -206,6 +224,24 @@ def _prepare_images(x: np.ndarray, pad_to: int | None, channels: int | None) -> 
     return x
 
 
+def _check_arrays(name, source, x_train, y_train, x_test, y_test) -> None:
+    """One label per image, labels in [0, 10), training and test images of one size."""
+    for part, x, y in (("training", x_train, y_train), ("test", x_test, y_test)):
+        y = np.asarray(y).reshape(-1)
+        if len(x) != len(y):
+            raise ValueError(
+                f"The {name} {part} set must have one label per image. Received: {len(x)} "
+                f"images and {len(y)} labels from {source}")
+        if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+            raise ValueError(
+                f"The {name} {part} labels must be class indices in [0, {NUM_CLASSES}). "
+                f"Received: labels in [{y.min()}, {y.max()}] from {source}")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(
+            f"The {name} training and test images must have one size. Received: "
+            f"{x_train.shape[1:]} and {x_test.shape[1:]} from {source}")
+
+
 def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_split: float = 0.1,
          seed: int = 0, max_train: int | None = None, max_test: int | None = None,
          standardize: bool = True, pad_to: int | None = None, channels: int | None = None,
@@ -253,6 +289,7 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
             f"Received: data_dir={data_dir!r}"
         )
     ((x_train, y_train), (x_test, y_test)), source = _load_raw(name, data_dir, allow_download)
+    _check_arrays(name, source, x_train, y_train, x_test, y_test)
     y_train = np.asarray(y_train, np.int64).reshape(-1)
     y_test = np.asarray(y_test, np.int64).reshape(-1)
 

@@ -150,10 +150,13 @@ class Pipeline(ReportMixin):
         cfg = self.cfg
 
         def load(name):
-            return datasets.load(
-                name, data_dir=cfg.data_dir, validation_split=cfg.validation_split,
-                seed=cfg.seed, max_train=cfg.max_train or None, max_test=cfg.max_test or None,
-                **self.recipe.dataset_kwargs.get(name, {}))
+            try:
+                return datasets.load(
+                    name, data_dir=cfg.data_dir, validation_split=cfg.validation_split,
+                    seed=cfg.seed, max_train=cfg.max_train or None,
+                    max_test=cfg.max_test or None, **self.recipe.dataset_kwargs.get(name, {}))
+            except ValueError as e:  # unreadable files, bad labels, an empty split: one line
+                raise UsageError(f"data: {' '.join(str(e).split())}") from None
 
         try:
             self.data = load(cfg.dataset)

@@ -185,3 +185,49 @@ def test_argument_errors(tmp_path, kwargs, match):
 def test_channels_of_rgb_images_cannot_change(tmp_path):
     with pytest.raises(ValueError, match="can only replicate a single-channel image"):
         datasets._prepare_images(np.zeros((1, 4, 4, 3), np.uint8), None, 1)
+
+
+def _idx_dir_with(tmp_path, **replace):
+    """_fake_idx_dir with some arrays replaced (uncompressed files)."""
+    arrays = _fake_idx_dir(tmp_path, compress=False)
+    for key, array in replace.items():
+        _write_idx(os.path.join(tmp_path, datasets.IDX_FILES[key]), array, compress=False)
+    return arrays
+
+
+@pytest.mark.parametrize("replace, match", [
+    ({"y_test": np.zeros(15, np.uint8)}, r"test set must have one label per image. "
+                                         r"Received: 20 images and 15 labels"),
+    ({"y_train": np.zeros(70, np.uint8)}, r"training set must have one label per image. "
+                                          r"Received: 50 images and 70 labels"),
+    ({"y_train": np.full(50, 197, np.uint8)}, r"labels must be class indices in \[0, 10\). "
+                                              r"Received: labels in \[197, 197\]"),
+    ({"x_test": np.zeros((20, 32, 32), np.uint8)}, r"training and test images must have one "
+                                                   r"size. Received: \(28, 28\) and \(32, 32\)"),
+    ({"x_train": np.zeros(50, np.uint8)}, r"Images must be a 3-D IDX array .* Received: shape "
+                                          r"\(50,\)"),
+])
+def test_inconsistent_files_are_refused_by_name(tmp_path, replace, match):
+    """Were: accepted (labels dropped or out of range, sizes mixed) or raw IndexError /
+    AxisError."""
+    _idx_dir_with(tmp_path, **replace)
+    with pytest.raises(ValueError, match=match):
+        datasets.load("fashion_mnist", data_dir=str(tmp_path))
+
+
+def test_unreadable_gzip_names_the_file(tmp_path):
+    """Were: EOFError / BadGzipFile without the path."""
+    path = tmp_path / "t.gz"
+    _write_idx(str(path), np.zeros((3, 2, 2), np.uint8), compress=True)
+    path.write_bytes(path.read_bytes()[:-6])  # truncated
+    with pytest.raises(ValueError, match=r"Cannot read the IDX file \(EOFError.*t\.gz'"):
+        datasets.read_idx(str(path))
+    plain = tmp_path / "p.gz"
+    _write_idx(str(plain), np.zeros((3, 2, 2), np.uint8), compress=False)  # not gzip
+    with pytest.raises(ValueError, match=r"Cannot read the IDX file \(BadGzipFile.*p\.gz'"):
+        datasets.read_idx(str(plain))
+    short = tmp_path / "s.idx"
+    short.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
+    with pytest.raises(ValueError, match=r"header announces 3 dimensions \(16 header bytes\) "
+                                         r"but the file has 6 bytes"):
+        datasets.read_idx(str(short))

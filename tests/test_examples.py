@@ -483,3 +483,24 @@ def test_a_diverged_phase_stops_with_the_learning_rate_named(tmp_path):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.set_weights([rng.normal(size=w.shape) for w in model.get_weights()])
     assert len(_fit(keras, model, data, cfg, 2, backup, "--x_lr=0.01").history["loss"]) == 2
+
+
+def test_unreadable_data_is_one_line_and_exit_2(tmp_path, capsys):
+    """datasets.load's ValueErrors (a truncated IDX file, an empty training split) reach the
+    command line as one line. Were: a traceback and exit 1."""
+    from tests.test_datasets import _fake_idx_dir
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _fake_idx_dir(str(data), compress=False)
+    images = data / datasets.IDX_FILES["x_train"]
+    images.write_bytes(images.read_bytes()[:-100])
+    code, err = _main([f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}"], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("lenet: error: data: IDX file is truncated or corrupt")
+    code, err = _main(["--validation_split=0.99", "--max_train=50",
+                       f"--out_dir={tmp_path / 'out2'}"], capsys)
+    assert code == 2 and len(err) == 1  # without the Debian package: the dataset is missing
+    if HAVE_FASHION:
+        assert err == ["lenet: error: data: The validation split leaves no training images. "
+                       "Received: validation_split=0.99 of 50 images"]
