@@ -257,6 +257,7 @@ def export_tflite(
         model = rebuild_float32(model)
     struct = _input_struct(model)
     _static_shapes(struct)  # dtypes and static shapes, checked before any work
+    _check_output_structure(model)
     limit = num_calibration_samples + num_verify_samples
     data = None if representative_data is None else _collect(representative_data, struct, limit)
     samples = want = None
@@ -304,6 +305,22 @@ def export_tflite(
         verified_on=verified_on,
         rebuilt_float32=rebuilt,
     )
+
+
+def _check_output_structure(model) -> None:
+    """A tensor, a flat list / tuple or a flat dict of them: what a TFLite signature holds."""
+    try:
+        outputs = model.output
+    except (AttributeError, ValueError):
+        return  # _input_struct has refused models without a graph already
+    items = outputs.values() if isinstance(outputs, dict) else (
+        outputs if isinstance(outputs, (list, tuple)) else [outputs])
+    if any(isinstance(o, (list, tuple, dict)) for o in items):
+        raise ValueError(
+            "export_tflite supports a model output that is one tensor, a flat list of tensors "
+            "or a flat dict of them (the .tflite signature's outputs); flatten nested outputs "
+            "first, e.g. keras.Model(model.inputs, model.outputs) (a flat list). Received: "
+            f"model={model.name!r} with nested outputs")
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -402,6 +402,12 @@ def test_argument_errors(model, tmp_path):
     masked = keras.Model(flags, keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"))(flags))
     with pytest.raises(ValueError, match="float and integer inputs.*'flags' of dtype bool"):
         export_tflite(masked, path)
+    i = keras.Input((3,))
+    nested = keras.Model(i, [keras.layers.Dense(2)(i), [keras.layers.Dense(1)(i)]])
+    for verify in (True, False):  # were: a NumPy error / a SavedModel trace error
+        with pytest.raises(ValueError, match=r"one tensor, a flat list of tensors or a flat "
+                                             r"dict.*with nested outputs"):
+            export_tflite(nested, path, verify=verify)
     dynamic = keras.Model(i := keras.Input((None, 3)), keras.layers.Dense(2)(i))
     with pytest.raises(ValueError, match=r"static input shapes.*\(None, None, 3\)"):
         export_tflite(dynamic, path)
