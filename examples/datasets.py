@@ -273,16 +273,21 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset. Expected one of {DATASETS}. Received: name={name!r}")
-    if not 0.0 <= float(validation_split) < 1.0:
+    if (isinstance(validation_split, (bool, np.bool_))
+            or not isinstance(validation_split, (int, float, np.integer, np.floating))
+            or not 0.0 <= float(validation_split) < 1.0):
         raise ValueError(
-            "`validation_split` must be in [0, 1). "
-            f"Received: validation_split={validation_split}"
+            "`validation_split` must be a number in [0, 1). "
+            f"Received: validation_split={validation_split!r}"
         )
     for arg, value in (("max_train", max_train), ("max_test", max_test)):
-        if value is not None and (not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, (bool, np.bool_))
+                                  or not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(
                 f"`{arg}` must be a positive integer or None. Received: {arg}={value!r}"
             )
+    max_train = None if max_train is None else int(max_train)
+    max_test = None if max_test is None else int(max_test)
     if data_dir is not None and not os.path.isdir(data_dir):
         raise DatasetNotFoundError(
             f"`data_dir` is not a directory. Expected a directory with the {name} files. "

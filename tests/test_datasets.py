@@ -169,8 +169,10 @@ def test_missing_data_dir(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"name": "svhn"}, "Unknown dataset"),
-    ({"validation_split": 1.0}, r"`validation_split` must be in \[0, 1\)"),
+    ({"validation_split": 1.0}, r"`validation_split` must be a number in \[0, 1\)"),
+    ({"validation_split": "0.5"}, r"Received: validation_split='0.5'"),
     ({"max_train": 0}, "`max_train` must be a positive integer"),
+    ({"max_train": True}, r"Received: max_train=True"),
     ({"max_test": 2.5}, "`max_test` must be a positive integer"),
     ({"pad_to": 20}, "`pad_to` must be at least the image size"),
     ({"max_train": 1, "validation_split": 0.9}, "leaves no training images"),
@@ -231,3 +233,11 @@ def test_unreadable_gzip_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"header announces 3 dimensions \(16 header bytes\) "
                                          r"but the file has 6 bytes"):
         datasets.read_idx(str(short))
+
+
+def test_numpy_integers_are_sizes(tmp_path):
+    """max_train=np.int64(5) was refused (isinstance int)."""
+    _fake_idx_dir(str(tmp_path))
+    data = datasets.load("fashion_mnist", data_dir=str(tmp_path), max_train=np.int64(20),
+                         max_test=np.int32(5), validation_split=np.float32(0.25))
+    assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (15, 5, 5)
