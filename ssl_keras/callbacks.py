@@ -224,20 +224,21 @@ class ZeroSmallGroups(keras.callbacks.Callback):
         self.groups = groups
         self.zeroed = 0
         self._sets = None
-        self._start = self._done = self._calls = 0
+        self._steps = self._done = self._begin = 0
 
     def on_train_begin(self, logs=None):
         self._sets = group_sets(self.model, self.groups)
-        self._start = _iterations(self.model, 0)
-        self._done = self._calls = 0
+        self._steps = self._done = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin = _iterations(self.model, 0)
 
     def on_train_batch_end(self, batch, logs=None):
-        # Steps of this fit, from the optimizer: with steps_per_execution=N this is called
-        # once per N steps, and runs when a multiple of every_n_steps has passed since.
-        self._calls += 1
-        steps = _iterations(self.model, self._start + self._calls) - self._start
-        if steps // self.every_n_steps > self._done:
-            self._done = steps // self.every_n_steps
+        # The optimizer steps of this call (steps_per_execution=N: N of them), read around the
+        # call, so that a BackupAndRestore that restores the step count later is no jump.
+        self._steps += max(_iterations(self.model, self._begin + 1) - self._begin, 0)
+        if self._steps // self.every_n_steps > self._done:
+            self._done = self._steps // self.every_n_steps
             _sync_jax(self.model)
             self.zeroed += _zero_below(self._sets, self.threshold)
 
@@ -305,7 +306,6 @@ class ProximalGroupLasso(keras.callbacks.Callback):
                 f"`coefficient` > 0 or non-zero coefficients to apply_ssl. Received: "
                 f"coefficient={self.coefficient!r}"
             )
-        self._last = _iterations(self.model, 0)
         every = int(getattr(self.model, "steps_per_execution", 1) or 1)
         if every > 1:
             warnings.warn(
@@ -323,16 +323,19 @@ class ProximalGroupLasso(keras.callbacks.Callback):
             self.model._ssl_proximal_switched = True
             self.model.make_train_function(force=True)
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._last = _iterations(self.model, 0)
+
     def on_train_batch_end(self, batch, logs=None):
         _sync_jax(self.model)
         now = _iterations(self.model, self._last + 1)
         if now <= self._last:
             return
-        # The steps taken since the last call: one, or steps_per_execution of them. Their
+        # The steps of this call: one, or steps_per_execution of them (read around the call,
+        # so a BackupAndRestore that restores the step count later is no jump). Their
         # shrinkages compose to one with the summed step sizes (exact when the data gradient
         # between them is left aside: a delayed proximal step, see on_train_begin).
         lr = _learning_rate_sum(self.model.optimizer, self._last, now)
-        self._last = now
         for s in self._sets:
             values = s.values()
             norms = s.norms(values)

@@ -210,6 +210,28 @@ def test_proximal_with_steps_per_execution_applies_every_step_and_warns():
         np.testing.assert_allclose(kernels[every][1], k2, atol=1e-6)
 
 
+def test_proximal_counts_only_this_calls_steps_when_the_step_count_is_restored():
+    """A callback after ProximalGroupLasso that sets the step count (BackupAndRestore
+    restoring a run) must not count as steps taken: 2 steps shrink twice, not 102 times."""
+
+    class Restore(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.model.optimizer.iterations.assign(100)
+
+    model = _mlp()
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.optimizer.build(model.trainable_variables)
+    k1, k2 = _kernels(model)
+    model.fit(np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"), batch_size=1,
+              epochs=1, verbose=0, shuffle=False,
+              callbacks=[ProximalGroupLasso(coefficient=1.0, groups=removable_groups(model)),
+                         Restore()])
+    for _ in range(2):
+        k1, k2 = _prox_oracle(k1, k2, 0.1, 1.0)
+    np.testing.assert_allclose(_kernels(model)[0], k1, atol=1e-6)
+    np.testing.assert_allclose(_kernels(model)[1], k2, atol=1e-6)
+
+
 def test_zero_small_groups_counts_optimizer_steps(monkeypatch):
     """every_n_steps counts optimizer steps, also when Keras runs several per callback call
     (steps_per_execution). Was: callback calls (every 4 steps with N = 4: never)."""
