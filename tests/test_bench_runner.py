@@ -291,3 +291,9 @@ def test_a_single_round_gives_no_speedup_interval(models):
     assert base["speedup_ci"] == [1.0, 1.0] and other["speedup_ci"] is None
     assert other["speedup_vs_first"] > 0
     assert "| small.tflite | 1 |" in to_markdown(r)
+
+
+def test_threads_may_be_a_generator(models):
+    r = benchmark([models["small"]], threads=(t for t in (1, 2)), runs=3, warmup=0,
+                  progress=False, resamples=10)
+    assert [e["threads"] for e in r["models"]] == [1, 2]

@@ -333,7 +333,7 @@ def benchmark(paths, threads=(1,), runs=200, warmup=20, round_size=10, kernels="
     >>> r["models"][1]["speedup_vs_first"], r["models"][1]["speedup_ci"]  # doctest: +SKIP
     (4.7, [4.5, 4.9])
     """
-    if not isinstance(threads, (str, bytes)) and hasattr(threads, "__iter__"):
+    if not isinstance(threads, (str, bytes, list, tuple)) and hasattr(threads, "__iter__"):
         threads = tuple(threads)  # a generator is read once
     _check_args(paths, threads, runs, warmup, round_size, kernels, cores, seed, resamples,
                 confidence)
