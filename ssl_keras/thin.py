@@ -282,6 +282,38 @@ def _check_plan(plan, graph, weights, model_name, fingerprint=True):
             f"The plan was made for another model, or for this one before its weights or "
             f"layers changed. Expected a plan from thinning_plan() of model '{model_name}' as "
             f"it is now. Received: a plan made for model '{made_for.get('name')}'")
+    _check_plan_indices(plan, weights)
+
+
+def _check_plan_indices(plan, weights) -> None:
+    """Every weight slice a plan keeps or zeroes names a weight of the model and positions
+    inside it (a hand-edited plan would otherwise fail with a bare IndexError)."""
+    def check(where, layer, weight, axis, index):
+        shape = np.shape(weights.get(layer, {}).get(weight)) if weight in weights.get(
+            layer, {}) else None
+        if shape is None:
+            raise ValueError(f"The plan's {where} names weight {weight!r} of layer {layer!r}, "
+                             "which the model does not have. Received: a plan that does not "
+                             "fit this model")
+        if axis is None:
+            return
+        ok_axis = isinstance(axis, (int, np.integer)) and -len(shape) <= int(axis) < len(shape)
+        size = shape[int(axis)] if ok_axis else 0
+        bad = [i for i in (index or []) if isinstance(i, bool) or not isinstance(
+            i, (int, np.integer)) or not 0 <= i < size]
+        if not ok_axis or bad:
+            raise ValueError(
+                f"The plan's {where} for {layer}/{weight} must list positions in [0, {size}) "
+                f"along an axis of shape {shape}. Received: axis={axis!r}, "
+                f"{'positions ' + str(bad[:5]) if bad else 'that axis'}")
+
+    for z in plan["zero"]:
+        check("zero list", z.get("layer"), z.get("weight"), z.get("axis"), z.get("index"))
+    for layer, entry in plan["layers"].items():
+        for weight, axes in (entry.get("keep") or {}).items():
+            for axis, index in axes.items():
+                check("keep list", layer, weight, int(axis) if str(axis).lstrip("-").isdigit()
+                      else axis, index)
 
 
 _PAD_CROP = {f"{kind}{r}D" for kind in ("ZeroPadding", "Cropping") for r in (1, 2, 3)}

@@ -985,6 +985,25 @@ def test_lambdas_reading_globals_and_named_functions_survive_every_copy():
         assert small.get_layer(name).function is model.get_layer(name).function
 
 
+def test_apply_plan_refuses_a_hand_edited_plan_that_does_not_fit():
+    """Positions outside a weight, or a weight the model lacks: a ValueError naming them
+    (was: a bare IndexError from NumPy)."""
+    model = randomize(lenet(filters=(6, 8), units=20))
+    zero_filters(model, "conv1", [2])
+    plan = json.loads(json.dumps(thinning_plan(model)))
+    del plan["model"]  # hand-edited: no fingerprint
+    edited = json.loads(json.dumps(plan))
+    edited["layers"]["conv1"]["keep"]["kernel"]["3"] = [0, 1, 99]
+    with pytest.raises(ValueError, match=r"keep list for conv1/kernel must list positions in "
+                                         r"\[0, 6\) .* Received: axis=3, positions \[99\]"):
+        apply_plan(model, edited)
+    edited = json.loads(json.dumps(plan))
+    edited["zero"][0]["weight"] = "kernal"
+    with pytest.raises(ValueError, match=r"zero list names weight 'kernal' of layer"):
+        apply_plan(model, edited)
+    apply_plan(model, plan)  # the unedited plan still applies
+
+
 def test_apply_plan_refuses_other_plans():
     model = randomize(lenet(filters=(6, 8), units=20))
     other = randomize(lenet(filters=(6, 8), units=20), seed=5)
