@@ -92,12 +92,14 @@ def _static_shapes(struct) -> list:
 
 
 def _graph(model):
-    """The functional graph behind a model, or None (subclassed)."""
+    """The functional graph behind a model, or None (subclassed, or not a model)."""
     import keras
 
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    return model if hasattr(model, "_nodes_by_depth") else None
+    from ssl_keras.graph import _is_graph_model
+
+    if not _is_graph_model(model):
+        return None
+    return getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
 
 
 def _id_bound(model, tensor):

@@ -34,16 +34,12 @@ def _shape(tensor_shape):
     return [int(d) if d is not None else None for d in tensor_shape]
 
 
-def _is_graph(op) -> bool:
-    return isinstance(op, keras.Sequential) or (
-        isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"))
-
-
 def _calls(model, prefix: str = ""):
     """(path, layer, input shape, output shape, nested) for every call of a layer in `model`'s
     graph; a nested functional / Sequential model is listed (nested=True) and so are its own
     layers, under `outer/inner` paths."""
     from ssl_keras._thin_model import _graph, _nodes
+    from ssl_keras.graph import _is_graph_model
 
     out = []
     for node in _nodes(_graph(model)):
@@ -51,7 +47,7 @@ def _calls(model, prefix: str = ""):
         if not isinstance(op, keras.layers.Layer) or not node.input_tensors:
             continue
         path = prefix + op.name
-        nested = _is_graph(op)
+        nested = _is_graph_model(op)
         out.append((path, op, _shape(node.input_tensors[0].shape),
                     _shape(node.outputs[0].shape), nested))
         if nested:
@@ -153,8 +149,9 @@ def count_macs(model: keras.Model, per_layer: bool = False):
             continue
         table[path] = table.get(path, 0) + layer_macs(layer, ins, outs)
     total = int(sum(table.values()))
+    leaves = dict(table)
     for path in dict.fromkeys(nested):  # a nested model: the sum of its layers' calls
-        table[path] = int(sum(v for k, v in table.items() if k.startswith(path + "/")))
+        table[path] = int(sum(v for k, v in leaves.items() if k.startswith(path + "/")))
     return (total, table) if per_layer else total
 
 

@@ -337,16 +337,14 @@ def run(argv):
     if data is not None and classes is not None:
         for part in ("y_train", "y_test"):
             y = np.asarray(data[part])
-            bad = (y.ndim != 1 or y.dtype.kind not in "biuf"
-                   or not np.all(np.isfinite(y)) or np.any(y != np.round(y))
-                   or np.any((y < 0) | (y >= classes)))
-            if bad:
-                shown = y.reshape(-1)[:5].tolist() if y.dtype.kind in "biuf" else y.dtype
+            numeric = y.dtype.kind in "biuf" and y.size
+            if (not numeric or y.ndim != 1 or not np.all(np.isfinite(y))
+                    or np.any(y != np.round(y)) or y.min() < 0 or y.max() >= classes):
+                got = (f"first values {y.reshape(-1)[:5].tolist()}, range [{y.min()}, "
+                       f"{y.max()}]" if numeric else f"dtype {y.dtype}, {y.size} values")
                 raise UsageError(f"--data: {part} must hold one class label per input, whole "
                                  f"numbers in [0, {classes}) (the model has {classes} "
-                                 f"classes). Received: shape {y.shape}, first values {shown}, "
-                                 f"range [{y.min() if y.size and y.dtype.kind in 'biuf' else '-'}"
-                                 f", {y.max() if y.size and y.dtype.kind in 'biuf' else '-'}]")
+                                 f"classes). Received: shape {y.shape}, {got}")
 
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     with _cli.quiet_stderr():  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL here
