@@ -1,4 +1,4 @@
-"""The examples' shared pipeline: dense -> SSL -> zero + fine-tune -> strip -> thin -> TFLite.
+"""The examples' shared pipeline: dense -> SSL -> zero -> strip -> thin -> fine-tune -> TFLite.
 
 Every example (lenet, mlp, convnet, resnet) is a `Recipe` (architecture, dataset, default
 coefficients and schedule) handed to `main`, which runs these steps:

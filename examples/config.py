@@ -158,7 +158,8 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                      "instead of resuming from them.", flag_values=fv)
     D.DEFINE_integer("verbose", d["verbose"], "Keras fit verbosity (1: progress bars).",
                      flag_values=fv)
-    D.DEFINE_boolean("quick", False, "A small run (few images, 1 epoch per phase) for CI.",
+    D.DEFINE_boolean("quick", False, "A small run for CI: fewer images and epochs (each example's "
+                     "docstring gives its settings).",
                      flag_values=fv)
     return fv
 

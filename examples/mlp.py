@@ -1,7 +1,7 @@
 """The method's MLP (784-500-300-10) with neuron-wise SSL, end to end.
 
 Neuron-wise group Lasso on the Dense layers (a unit's outgoing row and incoming column form
-one coupled group), zero + fine-tune, thin to fewer hidden units, TFLite, benchmark. The input
+one coupled group), zero, thin to fewer hidden units, fine-tune, TFLite, benchmark. The input
 pixels are the model's input and are not removed (the paper also drops input pixels).
 
 Example:

@@ -1,7 +1,9 @@
 """The steps of one examples' run: `Pipeline(recipe, cfg).run()`, from the data to the report.
 
-Data, dense training, SSL, zeroing and fine-tuning, thinning, TFLite export, the tfmot baseline
-(in its own process) and the benchmark, in that order (examples/common.py describes each step).
+Data, dense training, SSL, zeroing, thinning and fine-tuning of the thinned model (with
+`--nofinetune_thinned`: fine-tuning of the zeroed model, then thinning), TFLite export, the
+tfmot baseline (in its own process) and the benchmark, in that order (examples/common.py
+describes each step).
 Every phase saves its model to `<out_dir>/<name>_<dataset>/` and a run resumes from the last
 finished one. The report methods come from `examples.report.ReportMixin`.
 """

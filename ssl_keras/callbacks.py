@@ -115,7 +115,7 @@ class SparsityMonitor(keras.callbacks.Callback):
     >>> monitor = SparsityMonitor(threshold=1e-4)
     >>> history = ssl_model.fit(x, y, epochs=3, callbacks=[monitor])
     >>> history.history["ssl/zero_fraction"]
-    >>> monitor.history["ssl/conv1/filters/zero"]
+    >>> monitor.history["ssl/conv1/channel/zero"]   # an SSLModel's coupled groups of conv1
     """
 
     def __init__(self, threshold=1e-4, log_dir=None, groups=None, verbose=True,

@@ -341,7 +341,8 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
     """Builds the thinned model described by `plan` (see `thinning_plan`).
 
     The new model is functional, keeps every layer name of `model` (removed residual branches
-    are gone; layers a plan adds are named `<layer>_constant` / `<layer>_activation`) and
+    are gone; layers a plan adds are named `<layer>_constant` / `<layer>_activation`, and
+    `<layer>_pad` / `<layer>_crop` around a cropped kernel) and
     carries the zeroed model's weights, sliced. `model` is not modified.
 
     Args:
