@@ -244,7 +244,9 @@ def test_markdown_and_plot(result, tmp_path):
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
     with pytest.raises(FileExistsError, match="The output file exists; pass --overwrite"):
         write_outputs(result, json_path=out)
+    out.chmod(0o640)
     write_outputs(result, json_path=out, overwrite=True)
+    assert out.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
     with pytest.raises(FileNotFoundError, match="The output folder does not exist"):
         write_outputs(result, json_path=tmp_path / "no" / "r.json")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 
 
@@ -115,7 +116,7 @@ def _stage(path, data):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
+        os.chmod(tmp, _mode(path))  # mkstemp creates 0600
     except BaseException as e:
         _remove_quietly(tmp)
         if isinstance(e, OSError):
@@ -135,6 +136,14 @@ def _remove_quietly(path):
         os.remove(path)
     except OSError:
         pass
+
+
+def _mode(path):
+    """The mode `open(path, "w")` leaves: a replaced file's own, else 0o666 less the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def _umask():
