@@ -391,10 +391,13 @@ class FreezeZeroGroups(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.model is not None and self.model is not self._target:
+            same = self.model.name == self._target.name
             raise ValueError(
                 "This FreezeZeroGroups callback was made for model "
-                f"'{self._target.name}' but is used to train model '{self.model.name}'. "
-                "Call freeze_zero_groups() on the model you fit."
+                f"'{self._target.name}' but is used to train "
+                + (f"another model of the same name (id {id(self.model):#x}, not "
+                   f"{id(self._target):#x}). " if same else f"model '{self.model.name}'. ")
+                + "Call freeze_zero_groups() on the model you fit."
             )
         self._apply()
 

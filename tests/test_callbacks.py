@@ -473,7 +473,12 @@ def test_errors():
         model.fit(*data, verbose=0,
                   callbacks=[ProximalGroupLasso(groups=removable_groups(model))])
     other = _mlp()
-    with pytest.raises(ValueError, match="made for model 'mlp' but is used to train"):
+    with pytest.raises(ValueError, match="made for model 'mlp' but is used to train another "
+                                         "model of the same name"):
+        model.fit(*data, verbose=0, callbacks=[freeze_zero_groups(other)])
+    other.name = "other"
+    with pytest.raises(ValueError, match="made for model 'other' but is used to train model "
+                                         "'mlp'"):
         model.fit(*data, verbose=0, callbacks=[freeze_zero_groups(other)])
 
 
