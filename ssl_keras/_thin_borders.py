@@ -50,6 +50,8 @@ def _crop_kernel(layer, kernel, keep):
     cls = type(layer)
     if not _is_conv(cls) or len(layer._inbound_nodes) != 1:
         return None
+    if getattr(layer, "data_format", None) == "channels_first":
+        return None  # the explicit padding / cropping layers assume channels last
     shape = layer._inbound_nodes[0].input_tensors[0].shape
     rank = kernel.ndim - 2
     if layer.padding not in ("valid", "same", "causal") or any(d is None for d in shape[1:-1]):

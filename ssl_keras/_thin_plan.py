@@ -14,6 +14,7 @@ import numpy as np
 
 from ssl_keras._constant_add import ConstantAdd
 from ssl_keras._groups_check import validate_groups
+from ssl_keras._registry_spec import Kind
 from ssl_keras._thin_borders import _border_zeros
 from ssl_keras._thin_model import (
     KERNEL_NAMES,
@@ -31,6 +32,7 @@ from ssl_keras._thin_model import (
     _slice_norm,
     _zeroed_weights,
 )
+from ssl_keras.registry import lookup, undeclared_weights
 
 # ---------------------------------------------------------------------------------------------
 # Depth: residual operands that no longer depend on the input
@@ -42,14 +44,25 @@ def _independent_tensors(graph, weights):
     for node in _nodes(graph):
         op = node.operation
         inputs = _node_inputs(node)
-        if isinstance(op, keras.layers.Layer) and _is_kernel_layer(op) and op.name in weights:
+        if _kernel_is_the_only_path(op) and op.name in weights:
             kernels = [w for n, w in weights[op.name].items() if n in KERNEL_NAMES]
-            if any(not np.any(k) for k in kernels) and not isinstance(op, keras.Model):
+            if any(not np.any(k) for k in kernels):
                 independent.update(id(t) for t in node.outputs)
                 continue
         if inputs and all(id(t) in independent for t in inputs):
             independent.update(id(t) for t in node.outputs)
     return independent
+
+
+def _kernel_is_the_only_path(op) -> bool:
+    """A registered conv / Dense-like layer with nothing but its declared weights: its output
+    depends on its input only through its kernels, so zero kernels make it a constant. (An
+    unregistered layer with a `kernel`, or a LoRA / quantized one, may still read its input.)"""
+    if not isinstance(op, keras.layers.Layer) or isinstance(op, keras.Model):
+        return False
+    found = lookup(op)
+    return (found is not None and found[1].kind in (Kind.PRODUCER, Kind.TIED)
+            and _is_kernel_layer(op) and undeclared_weights(op, found[1]) is None)
 
 
 def _dropped_operands(graph, independent):
@@ -68,23 +81,30 @@ def _dropped_operands(graph, independent):
     return dropped
 
 
-def _alive_layers(graph, dropped):
-    """Names of the layers the outputs still need once the dropped operands are gone."""
+def _needed_nodes(graph, dropped) -> dict:
+    """{id(node): node} of the calls the outputs still need once the dropped operands are gone
+    (per call: a layer shared with a dropped branch keeps only its live calls)."""
     producer = {}
     for node in _nodes(graph):
         for t in node.outputs:
             producer[id(t)] = node
-    alive, stack, seen = set(), [id(t) for t in graph.outputs], set()
+    needed, stack, seen = {}, [id(t) for t in graph.outputs], set()
     while stack:
         tid = stack.pop()
         if tid in seen or tid not in producer:
             continue
         seen.add(tid)
         node = producer[tid]
-        alive.add(node.operation.name)
+        needed[id(node)] = node
         inputs = _node_inputs(node)
         skip = set(dropped.get(node.operation.name, []))
         stack.extend(id(t) for i, t in enumerate(inputs) if i not in skip)
+    return needed
+
+
+def _alive_layers(graph, dropped):
+    """Names of the layers the outputs still need once the dropped operands are gone."""
+    alive = {node.operation.name for node in _needed_nodes(graph, dropped).values()}
     for layer in _layers(graph):
         if isinstance(layer, keras.layers.InputLayer):
             alive.add(layer.name)

@@ -40,6 +40,7 @@ from ssl_keras.registry import (
     activation_reason,
     lookup,
     register_layer,
+    undeclared_weights,
     unregistered_message,
 )
 
@@ -234,6 +235,8 @@ class _Graph:
                 reason = (f"registered as {spec.kind.name} but owns per-channel weights "
                           f"{per_channel} (an axis of size {width}), which would not be sliced "
                           "with the channels: declare them as Kind.TIED slices")
+        if reason is None and spec.kind in (Kind.PRODUCER, Kind.TIED):
+            reason = undeclared_weights(layer, spec)
         if reason is not None:
             return self.block(ins, node, path,
                               f"reaches {type(layer).__name__} '{path}' ({reason})")

@@ -27,6 +27,8 @@ that reach it, or raises with `strict=True`.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers as L
 
@@ -94,6 +96,20 @@ def lookup(obj) -> tuple[type, LayerSpec] | None:
         if base in _REGISTRY:
             return base, _REGISTRY[base]
     return None
+
+
+def undeclared_weights(layer, spec: LayerSpec) -> str | None:
+    """Weights (not scalars) that the spec does not slice: LoRA factors, a quantized kernel's
+    scales, BatchNormalization(renorm=True)'s statistics. Removing a channel would leave them
+    whole, so the layer blocks."""
+    declared = {s.weight for s in spec.consumes + spec.produces + spec.bias + spec.tied}
+    extra = sorted({v.name for v in layer.weights
+                    if v.name not in declared and math.prod(v.shape) > 1})
+    if not extra:
+        return None
+    return (f"owns weights {extra} that its LayerSpec does not declare, so they would not be "
+            "sliced with the channels (LoRA, quantization, BatchNormalization renorm, or a "
+            "registered layer's spec that misses them)")
 
 
 def registered_classes() -> list[type]:
@@ -166,6 +182,9 @@ def _keeps_last_axis(what: str):
         if what == "reshape":
             target = tuple(layer.target_shape)
             last = shapes[0][-1] if shapes and shapes[0] is not None else None
+            if len(getattr(layer, "_inbound_nodes", ())) > 1:
+                # thin writes the kept channel count into target_shape: one count for all calls
+                return "a shared Reshape: its target_shape names one channel count for every call"
             if last is not None and target and target[-1] == last:
                 return None
             return f"reshapes the channel axis (target_shape={target})"

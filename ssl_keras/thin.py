@@ -76,7 +76,7 @@ from ssl_keras._thin_model import (
     rebuilds_own_layers,
     refresh_states,
 )
-from ssl_keras._thin_plan import _prepare, _removed_indices, _restore, _strength
+from ssl_keras._thin_plan import _needed_nodes, _prepare, _removed_indices, _restore, _strength
 from ssl_keras._thin_slice import (
     _cheap_init,
     _clone_op,
@@ -133,6 +133,9 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
     {'filters': 12}
     """
     round_to = _check_round_to(round_to)
+    if not isinstance(crop_kernels, (bool, np.bool_)):
+        raise ValueError("`crop_kernels` must be a bool (crop zero border rows / columns of "
+                         f"conv kernels or not). Received: crop_kernels={crop_kernels!r}")
     model = _plain(model)
     st = _prepare(model, threshold, groups)
     graph, groups, decisions = st["graph"], st["groups"], st["decisions"]
@@ -374,9 +377,10 @@ def _apply_plan(model, plan, fingerprint: bool) -> keras.Model:
         tensors[id(t)] = x
         new_inputs.append(x)
     clones = {}
+    needed = _needed_nodes(graph, dropped)
     for node in _nodes(graph):
         op = node.operation
-        if op.name in dead:
+        if op.name in dead or id(node) not in needed:
             continue
         if op.name in dropped:
             skip = set(dropped[op.name])

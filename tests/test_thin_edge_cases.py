@@ -1,0 +1,141 @@
+"""thin / zero_groups on layers and graphs found by probing: each case failed before its fix
+(wrong outputs without an error, a crash, or an error naming the wrong cause)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import layers as L  # noqa: E402
+from keras import ops  # noqa: E402
+
+import ssl_keras  # noqa: E402
+from ssl_keras.thin import thin, thinning_plan  # noqa: E402
+from tests.test_thin import assert_equivalent  # noqa: E402
+
+
+def _reasons(model):
+    return {g["id"]: g["blocked"] for g in ssl_keras.removable_groups(model)}
+
+
+def test_channels_first_conv_with_zero_border_columns_is_not_cropped():
+    """Was: the kernel cropped to 3x2 with a channels-last Cropping2D in front (it cropped the
+    height axis): outputs off by 0.3, no error; with 'same' padding a shape error."""
+    rng = np.random.default_rng(0)
+    for padding in ("valid", "same"):
+        inp = keras.Input((3, 10, 10))
+        x = L.Conv2D(4, 3, padding=padding, data_format="channels_first", name="c1")(inp)
+        model = keras.Model(inp, L.GlobalAveragePooling2D(data_format="channels_first")(x))
+        k = rng.normal(size=(3, 3, 3, 4)).astype("float32")
+        k[:, -1] = 0
+        model.get_layer("c1").set_weights([k, rng.normal(size=4).astype("float32")])
+        small = assert_equivalent(model)
+        assert tuple(small.get_layer("c1").kernel.shape) == (3, 3, 3, 4)
+        assert [type(layer).__name__ for layer in small.layers] == [
+            "InputLayer", "Conv2D", "GlobalAveragePooling2D"]
+
+
+def test_layer_shared_with_a_dropped_residual_branch_keeps_its_live_call():
+    """Was: KeyError from the call of the shared conv on the dropped branch's tensor."""
+    inp = keras.Input((8, 8, 4))
+    a = L.Conv2D(4, 3, padding="same", name="ca")(inp)
+    shared = L.Conv2D(4, 3, padding="same", name="sh")
+    z = L.Conv2D(4, 3, padding="same", name="z")(a)
+    x = L.Add(name="add")([shared(a), shared(z)])
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(L.Conv2D(3, 3, name="c2")(x))))
+    model.get_layer("z").set_weights([np.zeros((3, 3, 4, 4), "float32"),
+                                      np.full(4, 0.5, "float32")])
+    assert thinning_plan(model)["dropped"] == {"add": [1]}
+    small = assert_equivalent(model)
+    assert "z" not in [layer.name for layer in small.layers]
+
+
+@keras.saving.register_keras_serializable(package="ssl_keras_tests")
+class _Gate(L.Layer):
+    """y = x * sigmoid(x @ kernel): with a zero kernel, x / 2 (still the input's)."""
+
+    def build(self, shape):
+        self.kernel = self.add_weight(name="kernel", shape=(shape[-1], shape[-1]),
+                                      initializer="zeros")
+
+    def call(self, x):
+        return x * ops.sigmoid(ops.matmul(x, self.kernel))
+
+
+def test_unregistered_layer_with_a_zero_kernel_is_not_taken_for_a_constant():
+    """Was: its Add operand dropped as input-independent (then an 'Internal error')."""
+    inp = keras.Input((6,))
+    h = L.Dense(6, name="d1")(inp)
+    x = L.Add(name="add")([h, _Gate(name="gate")(h)])
+    model = keras.Model(inp, L.Dense(2, name="out")(x))
+    plan = thinning_plan(model)
+    assert plan["dropped"] == {} and plan["dead"] == []
+    small = assert_equivalent(model)
+    assert "gate" in [layer.name for layer in small.layers]
+
+
+def test_lora_dense_blocks_its_channels():
+    """Was: its units counted as removable while x @ lora_a @ lora_b still fed them; thin then
+    failed on the LoRA weights' shape."""
+    rng = np.random.default_rng(0)
+    inp = keras.Input((6,))
+    d1 = L.Dense(5, name="d1")
+    d2 = L.Dense(4, name="d2")
+    model = keras.Model(inp, L.Dense(2, name="out")(L.ReLU()(d2(L.ReLU()(d1(inp))))))
+    d2.enable_lora(2)
+    k = rng.normal(size=(5, 4)).astype("float32")
+    k[:, [1, 3]] = 0
+    d2._kernel.assign(k)
+    d2.lora_kernel_a.assign(rng.normal(size=(5, 2)).astype("float32"))
+    d2.lora_kernel_b.assign(rng.normal(size=(2, 4)).astype("float32"))
+    reasons = _reasons(model)
+    assert "d2:1" not in reasons  # its outputs are not analysed
+    assert "lora_kernel_a" in reasons["d1:0"] and "does not declare" in reasons["d1:0"]
+    small = assert_equivalent(model)
+    assert small.get_layer("d2").units == 4
+
+
+def test_batchnorm_renorm_blocks_its_channels():
+    """Was: 'The plan does not fit layer bn: weight moving_stddev ...'."""
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 3, name="c1")(inp)
+    x = L.BatchNormalization(renorm=True, name="bn")(x)
+    x = L.Conv2D(4, 3, name="c2")(L.ReLU()(x))
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
+    k, b = model.get_layer("c1").get_weights()
+    k[..., [0, 4]] = 0
+    model.get_layer("c1").set_weights([k, b])
+    reason = _reasons(model)["c1:0"]
+    assert "BatchNormalization 'bn'" in reason and "renorm_mean" in reason
+    small = assert_equivalent(model)
+    assert small.get_layer("c1").filters == 6
+
+
+def test_shared_reshape_blocks_its_channels():
+    """Was: its target_shape rewritten from the first call's channels and used for both."""
+    inp = keras.Input((8, 8, 3))
+    a = L.Conv2D(6, 3, padding="same", name="ca")(inp)
+    b = L.Conv2D(6, 3, padding="same", name="cb")(inp)
+    reshape = L.Reshape((-1, 6), name="R")
+    x = L.Concatenate()([L.Conv1D(3, 3, name="c1a")(reshape(a)),
+                         L.Conv1D(3, 3, name="c1b")(reshape(b))])
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
+    k, bias = model.get_layer("ca").get_weights()
+    k[..., [1, 2]] = 0
+    model.get_layer("ca").set_weights([k, bias])
+    assert "a shared Reshape" in _reasons(model)["ca:1"]
+    small = assert_equivalent(model)
+    assert small.get_layer("ca").filters == 6
+
+
+@pytest.mark.parametrize("value", ["no", "False", 0.5, None, [0]])
+def test_crop_kernels_must_be_a_bool(value):
+    """Was: any truthy value cropped."""
+    inp = keras.Input((8, 8, 3))
+    model = keras.Model(inp, L.Flatten()(L.Conv2D(4, 5, padding="same", name="c")(inp)))
+    with pytest.raises(ValueError, match=r"`crop_kernels` must be a bool.*Received: "
+                                         r"crop_kernels="):
+        thin(model, crop_kernels=value)
+
