@@ -1,0 +1,232 @@
+"""`python -m ssl_keras.thin_cli`: thin a saved Keras model from the command line.
+
+    python -m ssl_keras.thin_cli MODEL.keras OUT.keras [--threshold 1e-4] [--round_to 16]
+        [--round_down 16] [--nocrop_kernels] [--plan PLAN.json] [--overwrite] [--json]
+
+Loads MODEL (a model from `apply_ssl`, or any functional / Sequential model), zeroes its groups
+at or below --threshold (`zero_groups`, with --round_down), builds the thinned model (`thin`,
+with --round_to), checks that it reproduces the zeroed model on random inputs, prints the
+`summarize` table and the check (or, with --json, one JSON object) and saves OUT atomically.
+--round_to / --round_down take an integer or a JSON dict {layer name: integer}. --plan also
+writes the thinning plan (`thinning_plan`) as JSON. Bad input: one line on stderr, exit 2;
+nothing is written unless everything succeeded, and no file is replaced without --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+PROG = "ssl_keras.thin_cli"
+# The exactness contract: max |thin(x) - zeroed(x)| <= RTOL * (1 + max |zeroed(x)|).
+RTOL = 1e-5
+
+
+def _fail(message: str):
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _flag_values():
+    """The command line's absl flags, in a private FlagValues (no clash with global flags)."""
+    from absl import flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_float("threshold", 1e-4, "Groups whose L2 norm is at or below this are zeroed "
+                       "and removed.", flag_values=fv)
+    flags.DEFINE_string("round_to", "1", "Keep every thinned width a multiple of this (an "
+                        "integer, or a JSON dict {layer: integer}); keeps zeroed channels, "
+                        "exactly.", flag_values=fv)
+    flags.DEFINE_string("round_down", "1", "Before thinning, also zero the weakest live groups "
+                        "until every width is a multiple of this (an integer or a JSON dict); "
+                        "changes the outputs: fine-tune afterwards.", flag_values=fv)
+    flags.DEFINE_boolean("crop_kernels", True, "Crop zero border rows / columns of conv "
+                         "kernels.", flag_values=fv)
+    flags.DEFINE_string("plan", None, "Also write the thinning plan (JSON) to this file.",
+                        flag_values=fv)
+    flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", flag_values=fv)
+    flags.DEFINE_boolean("json", False, "Print the report as one JSON object.", flag_values=fv)
+    return fv
+
+
+def _multiple(flag: str, text: str):
+    """--round_to / --round_down: an integer, or a JSON object {layer name: integer}."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, bool) or not isinstance(value, (int, dict)):
+        _fail(f"--{flag} must be an integer >= 1 or a JSON object {{layer name: integer}}. "
+              f"Received: --{flag}={text!r}")
+    return value
+
+
+def _check_out(path: str, what: str, suffix: str, overwrite: bool, model_path: str):
+    if not path or os.path.isdir(path):
+        _fail(f"{what} must name a file to write, not a directory. Received: {what}={path!r}")
+    if not path.endswith(suffix):
+        _fail(f"{what} must end in {suffix}. Received: {what}={path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        _fail(f"{what} must be in an existing, writable directory. Received: {what}={path!r}")
+    if os.path.exists(path) and os.path.exists(model_path) and os.path.samefile(path,
+                                                                               model_path):
+        _fail(f"{what} is the input model itself; writing it would destroy the model. "
+              f"Expected another file name. Received: MODEL={model_path!r}, {what}={path!r}")
+    if os.path.exists(path) and not overwrite:
+        _fail(f"The output file already exists; pass --overwrite to replace it. "
+              f"Received: {what}={path!r}")
+
+
+def _load_model(path):
+    import zipfile
+
+    if not os.path.isfile(path):
+        _fail(f"No such model file. Received: MODEL={path!r}")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        _fail(f"The model must be a Keras .keras file (a zip archive). Received: MODEL={path!r}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:
+        _fail(f"Could not load the Keras model: {str(error).splitlines()[0].rstrip('.')}. "
+              f"Received: MODEL={path!r}")
+
+
+def _max_difference(model, small, zeroed) -> tuple[float, float, str]:
+    """max |small(x) - zeroed(x)|, max |zeroed(x)| on 8 random inputs, and what they were."""
+    from ssl_keras._export_inputs import _input_struct, _random_samples, _unflatten
+
+    struct = _input_struct(model)
+    samples, described = _random_samples(model, struct, 8, seed=0)
+    x = _unflatten(struct, samples)
+    want = [np.asarray(a, np.float64) for a in keras.tree.flatten(zeroed(x))]
+    got = [np.asarray(a, np.float64) for a in keras.tree.flatten(small(x))]
+    diff = max(float(np.max(np.abs(g - w))) for g, w in zip(got, want, strict=True))
+    scale = max(float(np.max(np.abs(w))) for w in want)
+    return diff, scale, described
+
+
+def _save_keras(model, path: str, overwrite: bool) -> str:
+    """Saves `model` to a temporary .keras file next to `path`; returns its name."""
+    from ssl_keras._tflite import file_mode
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix=f".{os.path.basename(path)}.", suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.chmod(tmp, file_mode(path))
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _publish(staged: list[tuple[str, str]], overwrite: bool) -> None:
+    """Moves every staged temporary file to its place (refusing to replace without
+    `overwrite`); on failure the temporary files are removed."""
+    try:
+        for tmp, path in staged:
+            if not overwrite and os.path.exists(path):
+                raise FileExistsError(f"The output file appeared while thinning; pass "
+                                      f"--overwrite to replace it. Received: {path!r}")
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _main(argv, FLAGS):
+    if len(argv) != 3:
+        _fail("usage: python -m ssl_keras.thin_cli MODEL.keras OUT.keras [--threshold T] "
+              f"[--round_to N] [--round_down N] [--plan PLAN.json] [--overwrite]. "
+              f"Received: {argv[1:]}")
+    model_path, out_path = argv[1], argv[2]
+    round_to, round_down = _multiple("round_to", FLAGS.round_to), _multiple(
+        "round_down", FLAGS.round_down)
+    _check_out(out_path, "OUT", ".keras", FLAGS.overwrite, model_path)
+    if FLAGS.plan is not None:
+        _check_out(FLAGS.plan, "--plan", ".json", FLAGS.overwrite, model_path)
+        if os.path.abspath(FLAGS.plan) == os.path.abspath(out_path):
+            _fail(f"--plan and OUT name the same file. Received: {out_path!r}")
+    from ssl_keras import report
+    from ssl_keras.thin import apply_plan, thinning_plan, zero_groups
+
+    model = _load_model(model_path)
+    try:
+        zeroed = zero_groups(model, FLAGS.threshold, round_down=round_down)
+        plan = thinning_plan(zeroed, FLAGS.threshold, round_to, crop_kernels=FLAGS.crop_kernels)
+        small = apply_plan(zeroed, plan)
+        diff, scale, described = _max_difference(model, small, zeroed)
+    except ValueError as error:
+        _fail(str(error))
+    if not diff <= RTOL * (1 + scale):  # NaN fails too
+        _fail(f"The thinned model does not reproduce the zeroed model: max |difference| "
+              f"{diff:.3g} on 8 random inputs ({described}), allowed {RTOL} * (1 + "
+              f"{scale:.3g}). Nothing was written; please report this model.")
+    table = report.summarize(model, small, print_fn=None)
+    staged = []
+    try:
+        staged.append((_save_keras(small, out_path, FLAGS.overwrite), out_path))
+        if FLAGS.plan is not None:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(FLAGS.plan)),
+                                       prefix=f".{os.path.basename(FLAGS.plan)}.")
+            with os.fdopen(fd, "w") as f:
+                json.dump(plan, f, indent=1)
+            from ssl_keras._tflite import file_mode
+
+            os.chmod(tmp, file_mode(FLAGS.plan))
+            staged.append((tmp, FLAGS.plan))
+        _publish(staged, FLAGS.overwrite)
+    except OSError as error:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        _fail(f"Cannot write the output: {error}")
+    if FLAGS.json:
+        print(json.dumps({
+            "model": model_path, "out": out_path, "plan": FLAGS.plan,
+            "threshold": FLAGS.threshold, "round_to": round_to, "round_down": round_down,
+            "params": [report.count_params(model), report.count_params(small)],
+            "macs": [report.count_macs(model), report.count_macs(small)],
+            "max_abs_difference": diff, "checked_on": described,
+        }))
+    else:
+        print(table)
+        print(f"thin reproduces the zeroed model: max |difference| {diff:.2e} on 8 random "
+              f"inputs ({described}); wrote {out_path}"
+              + (f" and {FLAGS.plan}" if FLAGS.plan else ""))
+
+
+def main(argv=None):
+    """Entry point of `python -m ssl_keras.thin_cli`; exits 0, or 2 with one line on stderr.
+
+    Args:
+        argv: the command line, program name first; `sys.argv` when None.
+    """
+    from absl import flags
+
+    argv = list(sys.argv if argv is None else argv)
+    fv = _flag_values()
+    if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+        print(__doc__.strip() + "\n\n" + fv.get_help())
+        sys.exit(0)
+    try:
+        rest = fv(argv)
+    except flags.Error as error:
+        _fail(str(error))
+    from ssl_keras._quiet import c_stderr_silenced
+
+    with c_stderr_silenced():  # TensorFlow's C++ lines (CUDA probing); ours still show
+        _main(rest, fv)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""`python -m ssl_keras.thin_cli`: thin a saved .keras model from the command line."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import ssl_keras  # noqa: E402
+from ssl_keras import thin_cli  # noqa: E402
+from tests.architectures import zero_filters  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _net():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((12, 12, 2), name="image")
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv1")(inp)
+    x = keras.layers.Conv2D(12, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(20, activation="relu", name="fc1")(x)
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc2")(x), name="net")
+    zero_filters(model, "conv1", [1, 4, 6])
+    zero_filters(model, "conv2", [0, 5])
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("thin_cli") / "net.keras"
+    _net().save(path)
+    return path
+
+
+def _cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["ssl_keras.thin_cli", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        thin_cli.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_thins_saves_and_writes_the_plan(saved, tmp_path, monkeypatch, capsys):
+    out, plan_path = tmp_path / "small.keras", tmp_path / "plan.json"
+    code, stdout, stderr = _cli(monkeypatch, capsys, saved, out, "--plan", plan_path)
+    assert code == 0, stderr
+    assert "conv1  Conv2D  2 -> 2      8 -> 5" in stdout
+    assert "thin reproduces the zeroed model: max |difference|" in stdout
+    model = keras.saving.load_model(saved)
+    small = keras.saving.load_model(out)
+    assert small.get_layer("conv1").filters == 5 and small.get_layer("conv2").filters == 10
+    x = np.random.default_rng(0).normal(size=(4, 12, 12, 2)).astype("float32")
+    want = np.asarray(ssl_keras.zero_groups(model)(x))
+    np.testing.assert_allclose(np.asarray(small(x)), want, atol=1e-5 * (1 + np.abs(want).max()))
+    plan = json.loads(plan_path.read_text())
+    again = ssl_keras.apply_plan(ssl_keras.zero_groups(model), plan)
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(small(x)), atol=1e-6)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "small.keras"]
+
+
+def test_round_down_round_to_and_json(saved, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "small.keras"
+    code, stdout, stderr = _cli(monkeypatch, capsys, saved, out, "--json",
+                                '--round_down={"conv2": 4}', "--round_to", "3")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["round_down"] == {"conv2": 4} and report["round_to"] == 3
+    assert report["params"][1] < report["params"][0] and report["max_abs_difference"] < 1e-5
+    small = keras.saving.load_model(out)
+    # conv2: 10 live filters cut to 8 (a multiple of 4), then 9 (a multiple of 3, one zeroed
+    # filter kept); conv1's 5 rounded up to 6
+    assert small.get_layer("conv2").filters == 9
+    assert small.get_layer("conv1").filters == 6
+
+
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(saved, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "o.keras"
+    existing = tmp_path / "exists.keras"
+    existing.write_bytes(b"x")
+    text = tmp_path / "notes.keras"
+    text.write_text("not a zip")
+    cases = {
+        "usage:": [saved],
+        "No such model file": [tmp_path / "missing.keras", out],
+        "must be a Keras .keras file": [text, out],
+        "already exists; pass --overwrite": [saved, existing],
+        "OUT must end in .keras": [saved, tmp_path / "o.h5"],
+        "OUT must be in an existing, writable directory": [saved, tmp_path / "no" / "o.keras"],
+        "OUT is the input model itself": [saved, saved, "--overwrite"],
+        "--plan must end in .json": [saved, out, "--plan", tmp_path / "p.txt"],
+        "--round_to must be an integer >= 1 or a JSON object": [saved, out, "--round_to=abc"],
+        "`round_to` must be an integer >= 1": [saved, out, "--round_to=0"],
+        "`round_down` names layers the model does not have": [saved, out,
+                                                              '--round_down={"nope": 2}'],
+        "`threshold` must be a finite number >= 0": [saved, out, "--threshold=-1"],
+        "Unknown command line flag 'bogus'": [saved, out, "--bogus"],
+    }
+    for message, args in cases.items():
+        code, stdout, stderr = _cli(monkeypatch, capsys, *args)
+        assert code == 2, (message, stderr)
+        assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr, (
+            message, stderr)
+        assert stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.keras", "notes.keras"]
+    assert existing.read_bytes() == b"x" and zipfile.is_zipfile(saved)
+    code, stdout, _ = _cli(monkeypatch, capsys, "--help")
+    assert code == 0 and "python -m ssl_keras.thin_cli MODEL.keras OUT.keras" in stdout
+
+
+def test_overwrite_replaces_and_keeps_the_mode(saved, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "small.keras"
+    out.write_bytes(b"old")
+    out.chmod(0o640)
+    code, _, stderr = _cli(monkeypatch, capsys, saved, out, "--overwrite")
+    assert code == 0, stderr
+    assert zipfile.is_zipfile(out) and out.stat().st_mode & 0o777 == 0o640
+
+
+def test_command_line_in_a_subprocess_is_quiet(saved, tmp_path):
+    """`python -m ssl_keras.thin_cli` prints its table and nothing of TensorFlow's start-up
+    (no runpy warning either: the module is not imported by the package)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["PYTHONPATH"] = REPO
+    out = tmp_path / "small.keras"
+    command = [sys.executable, "-m", "ssl_keras.thin_cli", str(saved), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert "parameters:" in done.stdout and out.exists()
