@@ -88,8 +88,8 @@ class _StructureSet:
         return np.sqrt(np.sum(np.square(x, dtype=np.float64), axis=self.axes)).reshape(-1)
 
     def scale(self, factors: np.ndarray, values=None) -> None:
-        if np.all(factors == 1.0):
-            return
+        if np.all(factors == 1.0) or not self.variable.trainable:
+            return  # a frozen layer's kernel stays as it is
         x = self.values() if values is None else values
         if self.bands is not None:
             x = x.copy()
@@ -145,6 +145,8 @@ class _CoupledSet:
             if factors[g] != 0.0:
                 continue
             for variable, axis, index in slices:
+                if not variable.trainable:
+                    continue
                 x = np.asarray(ops.convert_to_numpy(variable))
                 where = [slice(None)] * x.ndim
                 where[axis] = index

@@ -135,5 +135,6 @@ class CoupledTerms:
             old = multipliers[slot]
             multipliers[slot] = per_index if old is None else old * per_index
         for variable, x, multiplier in zip(self._variables, values, multipliers, strict=True):
-            if multiplier is not None:
+            # A frozen layer's weights stay as they are (Keras does not train them either).
+            if multiplier is not None and variable.trainable:
                 variable.assign((x * multiplier).astype(x.dtype))

@@ -79,10 +79,19 @@ def _iterations(model, fallback: int) -> int:
 
 def _learning_rate_sum(optimizer, first: int, end: int) -> float:
     """The sum of the learning rates of the steps `first` .. `end - 1` (a schedule evaluated
-    at each step, as the optimizer did)."""
+    at each step, as the optimizer did).
+
+    A LossScaleOptimizer (mixed_float16) holds the schedule in its inner optimizer. With
+    `gradient_accumulation_steps=N` the optimizer counts micro-steps: update k is taken at
+    micro-step (k + 1) * N - 1 and evaluates the schedule there.
+    """
+    while hasattr(optimizer, "inner_optimizer"):
+        optimizer = optimizer.inner_optimizer
     schedule = getattr(optimizer, "_learning_rate", None)
+    n = getattr(optimizer, "gradient_accumulation_steps", None) or 1
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(sum(ops.convert_to_numpy(schedule(step)) for step in range(first, end)))
+        return float(sum(ops.convert_to_numpy(schedule((step + 1) * n - 1))
+                         for step in range(first, end)))
     return float(ops.convert_to_numpy(optimizer.learning_rate)) * (end - first)
 
 
@@ -136,6 +145,9 @@ class SparsityMonitor(keras.callbacks.Callback):
                 f"path where one can be created. Received: log_dir={log_dir!r}, a file")
         self.log_dir = log_dir
         self.groups = groups
+        if not isinstance(verbose, (bool, int, np.bool_, np.integer)):
+            raise ValueError("`verbose` must be a bool (print the table at the end of "
+                             f"training). Received: verbose={verbose!r}")
         self.verbose = bool(verbose)
         self.summary = {}
         self.table = ""

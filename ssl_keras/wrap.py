@@ -75,9 +75,20 @@ class SSLModel(keras.Model):
             group and the slice, what was expected and what was received).
     """
 
+    _from_config_depth = 0  # > 0 while from_config rebuilds a model (it sets the groups after)
+
     def __init__(self, *args, ssl_groups=None, ssl_epsilon=1e-8, **kwargs):
         ssl_epsilon = _validate_epsilon(ssl_epsilon, "ssl_epsilon")
         super().__init__(*args, **kwargs)
+        if ssl_groups is None and not SSLModel._from_config_depth:
+            warnings.warn(
+                f"SSLModel '{self.name}' was built without `ssl_groups`, so its loss has no "
+                "coupled group Lasso. keras.models.clone_model builds a clone this way: set "
+                "`clone.ssl_groups = model.ssl_groups` after cloning (the layer names are "
+                "kept), or pass ssl_groups=[] for a model that has none on purpose.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.ssl_groups = ssl_groups
         self.ssl_epsilon = ssl_epsilon
         self.ssl_penalty_gradient = True
@@ -150,7 +161,11 @@ class SSLModel(keras.Model):
         # the SSL arguments are validated and set here, as the constructor would (the groups
         # once the model exists, since they are checked against its layers).
         epsilon = _validate_epsilon(config.pop("ssl_epsilon", 1e-8), "ssl_epsilon")
-        model = super().from_config(config, custom_objects=custom_objects)
+        SSLModel._from_config_depth += 1
+        try:
+            model = super().from_config(config, custom_objects=custom_objects)
+        finally:
+            SSLModel._from_config_depth -= 1
         model.ssl_groups = groups
         model.ssl_epsilon = epsilon
         model.ssl_penalty_gradient = True
@@ -376,13 +391,15 @@ def _warn_double_group_lasso(owner, by_name, overrides, stacklevel) -> None:
                for attribute, *_ in specs):
             twice.append(name)
     if twice:
+        remedy = ("wrap a copy of the layer without its regulariser" if owner == "the layer"
+                  else "build the model without those regularisers, or pass "
+                  f"layers={{{', '.join(f'{n!r}: None' for n in twice)}}} to leave these "
+                  "layers to their own")
         warnings.warn(
             f"Layers {twice} of {owner} already carry a GroupLasso regulariser; "
-            "apply_ssl adds its own groups on top, so their kernels are penalised twice (and "
-            "ProximalGroupLasso turns off the gradient of apply_ssl's groups only). Expected "
-            "one of the two: build the model without those regularisers, or pass "
-            f"layers={{{', '.join(f'{n!r}: None' for n in twice)}}} to leave these layers to "
-            "their own.",
+            "apply_ssl adds its own groups on top, so their kernels are penalised twice "
+            "(ProximalGroupLasso then shrinks them twice per step too). Expected one of the "
+            f"two: {remedy}.",
             UserWarning,
             stacklevel=stacklevel,
         )

@@ -460,6 +460,8 @@ def test_errors():
         SparsityMonitor(log_dir=3)
     with pytest.raises(ValueError, match="`per_layer_logs` must be a bool.*=1"):
         SparsityMonitor(per_layer_logs=1)
+    with pytest.raises(ValueError, match="`verbose` must be a bool.*Received: verbose='no'"):
+        SparsityMonitor(verbose="no")
     with pytest.raises(ValueError, match="`groups` must be a list of group dicts"):
         freeze_zero_groups(model, groups="all")
     with pytest.raises(ValueError, match="must be a dict with 'id' and 'slices'"):
@@ -862,3 +864,78 @@ def test_validators_take_numpy_scalars_and_still_refuse_bools_and_strings():
     for bad in (True, np.bool_(False), "0", np.float64(0.0)):
         with pytest.raises(ValueError, match=r"`in_axis` must be an integer\. Received"):
             ssl_keras.GroupLasso(in_axis=bad)
+
+
+def _lr_read_back(optimizer, steps_per_execution=1, policy=None, samples=4):
+    """The learning rate of each proximal step, read back from the norm shrinkage of a Dense
+    kernel group on zero inputs (the data gradient is 0, so only the shrinkage moves it)."""
+    keras.utils.set_random_seed(0)
+    lam = 0.1
+    inp = keras.Input((4,))
+    out = keras.layers.Dense(3, kernel_regularizer=ssl_keras.GroupLasso(filters=lam), name="d",
+                             dtype=policy)(inp)
+    model = keras.Model(inp, out)
+    model.compile(optimizer, "mse", steps_per_execution=steps_per_execution)
+    kernel = model.get_layer("d").kernel
+    norms = []
+
+    class Record(keras.callbacks.Callback):  # listed after ProximalGroupLasso
+        def on_train_begin(self, logs=None):
+            norms.append(float(np.linalg.norm(np.asarray(kernel.numpy(), np.float64)[:, 0])))
+
+        def on_train_batch_end(self, batch, logs=None):
+            norms.append(float(np.linalg.norm(np.asarray(kernel.numpy(), np.float64)[:, 0])))
+
+    model.fit(np.zeros((samples, 4), "float32"), np.ones((samples, 3), "float32"),
+              batch_size=1, verbose=0, shuffle=False,
+              callbacks=[ProximalGroupLasso(), Record()])
+    steps = np.diff(norms) / -lam
+    return [round(float(s), 5) for s in steps if s != 0]
+
+
+def test_proximal_learning_rate_under_loss_scaling_and_gradient_accumulation():
+    """Was: mixed_float16 (LossScaleOptimizer) used the schedule one step late; gradient
+    accumulation evaluated it at the update count, not at the micro-step Keras uses (up to
+    16x too strong)."""
+    def schedule():
+        return keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)  # 0.1 * 0.5**step
+
+    assert _lr_read_back(keras.optimizers.SGD(schedule())) == [0.1, 0.05, 0.025, 0.0125]
+    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(schedule()))
+    assert _lr_read_back(scaled, policy="mixed_float16") == [0.1, 0.05, 0.025, 0.0125]
+    scaled = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(schedule()))
+    assert _lr_read_back(scaled, steps_per_execution=2, policy="mixed_float16") == [0.15,
+                                                                                    0.0375]
+    # updates at micro-steps 1, 3, 5, 7: 0.1 * 0.5 ** (2k + 1)
+    accumulating = keras.optimizers.SGD(schedule(), gradient_accumulation_steps=2)
+    assert _lr_read_back(accumulating, samples=8) == [0.05, 0.0125, 0.00313, 0.00078]
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_proximal_and_zeroing_leave_frozen_layers_alone(coupled):
+    """Was: ProximalGroupLasso / ZeroSmallGroups shrank the kernels and BatchNorm gammas of
+    layers with trainable=False (an apply_ssl model's wrappers and coupled groups)."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv1")(inp)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="bn1")(x))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(6, 3, padding="same", name="conv2")(x))
+    model = keras.Model(inp, keras.layers.Dense(3, name="out")(x))
+    ssl = ssl_keras.apply_ssl(model, filters=0.05, channels=0.05, coupled=coupled)
+    ssl.get_layer("conv1").trainable = False
+    ssl.get_layer("bn1").trainable = False
+    ssl.compile(keras.optimizers.SGD(0.05), "sparse_categorical_crossentropy")
+    conv1 = ssl.get_layer("conv1")
+    conv1 = getattr(conv1, "ssl_inner_layer", conv1)
+    frozen = [conv1.kernel, ssl.get_layer("bn1").gamma]
+    before = [np.array(v.numpy()) for v in frozen]
+    conv2 = ssl.get_layer("conv2")
+    conv2_before = np.array(getattr(conv2, "ssl_inner_layer", conv2).kernel.numpy())
+    rng = np.random.default_rng(0)
+    ssl.fit(rng.normal(size=(16, 8, 8, 3)), rng.integers(0, 3, 16), batch_size=8, verbose=0,
+            callbacks=[ProximalGroupLasso(), ZeroSmallGroups(threshold=10.0, every_n_steps=1)])
+    for v, b in zip(frozen, before, strict=True):
+        np.testing.assert_array_equal(np.asarray(v.numpy()), b)
+    # the trainable layers' groups were zeroed (threshold 10 is above every norm)
+    assert not np.any(getattr(conv2, "ssl_inner_layer", conv2).kernel.numpy())
+    assert np.any(conv2_before)

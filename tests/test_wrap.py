@@ -829,6 +829,11 @@ def test_apply_ssl_warns_when_a_layer_carries_its_own_group_lasso():
     with pytest.warns(UserWarning, match=r"Layers \['c2'\] of the layer already carry") as caught:
         apply_ssl(model.get_layer("c2"), filters=1e-4)
     assert caught[0].filename == __file__
+    # a single layer: the remedy is not `layers=` (refused for a layer); ProximalGroupLasso
+    # shrinks both penalties (it switches off both gradients)
+    text = str(caught[0].message)
+    assert "layers=" not in text and "wrap a copy of the layer without its regulariser" in text
+    assert "shrinks them twice per step" in text and "apply_ssl's groups only" not in text
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an L2 regulariser, or c2 left out: no warning
         apply_ssl(model, filters=1e-4, channels=1e-4, layers={"c2": None})
@@ -847,3 +852,28 @@ def test_a_nested_model_is_refused_with_what_to_do():
     ssl = apply_ssl(model, filters=1e-3, layers={"inner": None})
     x = np.ones((2, 4), "float32")
     np.testing.assert_allclose(ssl(x), model(x), atol=1e-6)
+
+
+def test_clone_model_of_an_ssl_model_warns_that_its_groups_are_gone(tmp_path):
+    """keras.models.clone_model rebuilds an SSLModel from inputs and outputs only: its coupled
+    groups and penalty were lost without a word. Now a warning says so and how to keep them;
+    apply_ssl, loading, strip_ssl, zero_groups and thin build no such model."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(x)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        ssl = apply_ssl(model, filters=0.01, channels=0.01)
+        path = tmp_path / "s.keras"
+        ssl.save(path)
+        loaded = keras.saving.load_model(path)
+        for transform in (ssl_keras.strip_ssl, ssl_keras.zero_groups, ssl_keras.thin):
+            transform(loaded)
+        SSLModel(inputs, model.outputs, ssl_groups=[])  # none on purpose: no warning
+    with pytest.warns(UserWarning, match=r"built without `ssl_groups`.*clone_model.*"
+                                         r"clone.ssl_groups = model.ssl_groups"):
+        clone = keras.models.clone_model(ssl)
+    clone.ssl_groups = ssl.ssl_groups
+    clone.set_weights(ssl.get_weights())
+    penalty = float(sum(ssl.losses))
+    assert penalty > 0 and float(sum(clone.losses)) == pytest.approx(penalty)
