@@ -621,7 +621,7 @@ def test_ssl_model_epsilon_is_validated_in_constructor_and_from_config(epsilon, 
     message = rf"`ssl_epsilon` must be a finite float > 0\. Received: ssl_epsilon={shown}"
     with pytest.raises(ValueError, match=message):
         SSLModel(inputs, outputs, ssl_epsilon=epsilon)
-    config = SSLModel(inputs, outputs, ssl_epsilon=1e-6).get_config()
+    config = SSLModel(inputs, outputs, ssl_groups=[], ssl_epsilon=1e-6).get_config()
     config["ssl_epsilon"] = epsilon
     with pytest.raises(ValueError, match=message):
         SSLModel.from_config(config)
@@ -630,7 +630,7 @@ def test_ssl_model_epsilon_is_validated_in_constructor_and_from_config(epsilon, 
 def test_ssl_model_epsilon_round_trip():
     inputs = keras.Input((3,))
     outputs = keras.layers.Dense(2, name="d")(inputs)
-    model = SSLModel(inputs, outputs, ssl_epsilon=np.float32(0.5))
+    model = SSLModel(inputs, outputs, ssl_groups=[], ssl_epsilon=np.float32(0.5))
     assert model.ssl_epsilon == 0.5 and type(model.ssl_epsilon) is float
     config = model.get_config()
     assert SSLModel.from_config(config).get_config()["ssl_epsilon"] == 0.5 == config["ssl_epsilon"]
