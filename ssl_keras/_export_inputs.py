@@ -139,10 +139,13 @@ def _id_bound(model, tensor):
     return min(bounds), []
 
 
-def _random_samples(model, struct, count: int, seed: int) -> tuple:
+def _random_samples(model, struct, count: int, seed: int, unknown_ids: int | None = None
+                    ) -> tuple:
     """Random verification inputs: uniform [0, 1) floats, integer ids within the Embeddings'
     input_dim. Returns (samples, description); an integer input that is not only read by
-    Embedding layers has no known valid range: a ValueError asks for data."""
+    Embedding layers has no known valid range: ids in [0, unknown_ids) when given (thin's
+    check: 0 / 1 are valid for any lookup or encoding layer), else a ValueError asks for
+    data."""
     rng = np.random.default_rng(seed)
     names, shapes, dtypes = _input_names(struct), _static_shapes(struct), _input_dtypes(struct)
     samples, bounds = [], []
@@ -152,6 +155,7 @@ def _random_samples(model, struct, count: int, seed: int) -> tuple:
             samples.append(rng.random((count, *shape), dtype=np.float32))
             continue
         bound, readers = _id_bound(model, tensor)
+        bound = unknown_ids if bound is None else bound
         if bound is None:
             raise ValueError(
                 f"Cannot draw random verification inputs for the integer input {name!r}: its "
@@ -165,6 +169,21 @@ def _random_samples(model, struct, count: int, seed: int) -> tuple:
     if bounds:
         description += (" and " if description else "") + "random ids " + ", ".join(bounds)
     return samples, description
+
+
+def _check_ids(model, struct, data: list) -> None:
+    """Integer inputs read only by Embeddings hold ids in [0, input_dim): else a ValueError
+    (TensorFlow and LiteRT would fail in the middle of the conversion or the check)."""
+    for name, tensor, array in zip(_input_names(struct), _flat_inputs(struct), data,
+                                   strict=True):
+        if np.asarray(array).dtype.kind not in "iu":
+            continue
+        bound, _ = _id_bound(model, tensor)
+        if bound is not None and array.size and (array.min() < 0 or array.max() >= bound):
+            raise ValueError(
+                f"The representative data of the integer input {name!r} must be token ids in "
+                f"[0, {bound}) (the smallest input_dim of the Embeddings that read it). "
+                f"Received: ids from {int(array.min())} to {int(array.max())}")
 
 
 def _to_sample_arrays(element, names: list, shapes: list, dtypes: list) -> list:

@@ -27,11 +27,18 @@ def run_as_command_line() -> bool:
     return any(a == "-m" and b.startswith("ssl_keras.") for a, b in itertools.pairwise(argv))
 
 
-def _quiet_level() -> bool:
+def _log_level() -> int | None:
+    """TF_CPP_MIN_LOG_LEVEL as an integer; None when unset, empty or not a number (then
+    TensorFlow logs as it does without it)."""
     try:
-        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0")) >= 1
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", ""))
     except ValueError:
-        return False
+        return None
+
+
+def _quiet_level() -> bool:
+    level = _log_level()
+    return level is not None and level >= 1
 
 
 @contextlib.contextmanager
@@ -72,7 +79,7 @@ def import_tensorflow_quietly() -> None:
     """
     if "tensorflow" in sys.modules:
         return
-    if run_as_command_line():
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if run_as_command_line() and _log_level() is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     with c_stderr_silenced():
         import tensorflow  # noqa: F401

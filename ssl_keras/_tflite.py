@@ -101,12 +101,26 @@ def select_ops_from_error(message: str) -> list:
 
 
 def make_interpreter(model_path: str | None = None, model_content: bytes | None = None):
-    """An allocated ai_edge_litert Interpreter (one thread, default XNNPACK delegate)."""
+    """An allocated ai_edge_litert Interpreter (one thread, default XNNPACK delegate).
+
+    Raises:
+        ValueError: the interpreter cannot prepare the model (LiteRT's RuntimeError, e.g.
+            XNNPACK failing to build its runtime for an int8 model calibrated on constant
+            data), with LiteRT's reason.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
-    with c_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
-        interpreter = Interpreter(model_path=model_path, model_content=model_content)
-        interpreter.allocate_tensors()
+    try:
+        with c_stderr_silenced():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
+            interpreter = Interpreter(model_path=model_path, model_content=model_content)
+            interpreter.allocate_tensors()
+    except RuntimeError as error:
+        reason = " ".join(str(error).split()).rstrip(".")
+        raise ValueError(
+            f"The TFLite interpreter cannot prepare the model: {reason}. (One known cause: an "
+            "int8 model calibrated on constant data, whose ranges have zero width; calibrate "
+            f"on varied, real inputs.) Received: {model_path or 'the converted model'}"
+        ) from None
     return interpreter
 
 
@@ -251,7 +265,14 @@ def run(interpreter, inputs: dict) -> dict:
                 pad = np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
             feed[info.name] = quantize(chunk, info)
-        outputs = runner(**feed)
+        try:
+            outputs = runner(**feed)
+        except RuntimeError as error:  # e.g. a GATHER index outside an Embedding's table
+            reason = " ".join(str(error).split()).rstrip(".")
+            raise ValueError(
+                f"The TFLite interpreter failed on the inputs {start}..{min(start + batch, n) - 1}"
+                f": {reason}. Expected inputs the model accepts (token ids below each "
+                "Embedding's input_dim, say)") from None
         for info in out_infos:
             results[info.name].append(dequantize(outputs[info.name], info)[: n - start])
     return {name: np.concatenate(parts) for name, parts in results.items()}
@@ -278,8 +299,8 @@ def write_atomic(path: str, content: bytes, overwrite: bool) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path),
-                                   suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path)[:64],
+                                   suffix=".tmp")  # short: a long name stays within 255 bytes
     except OSError as e:  # name the file asked for, not the temporary one
         raise OSError(e.errno, f"Cannot write to the directory of {path!r}: "
                                f"{e.strerror or e}") from None

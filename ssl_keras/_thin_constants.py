@@ -43,7 +43,19 @@ def _probe_inputs(graph, seed=0):
                 f"Received: an input of shape {tuple(t.shape)}. Build the model with a fixed "
                 "input size."
             )
-        arrays.append(rng.normal(size=(2, *t.shape[1:])).astype(np.float32) * 3)
+        dtype = np.dtype(keras.backend.standardize_dtype(t.dtype))
+        shape = (2, *t.shape[1:])
+        if dtype.kind == "f":
+            arrays.append(rng.normal(size=shape).astype(np.float32) * 3)
+        elif dtype.kind in "iu":
+            # Token ids: below the Embeddings' input_dim when only Embeddings read them, else
+            # 0 / 1 (valid for any lookup or encoding layer; negative ids are not).
+            from ssl_keras._export_inputs import _id_bound
+
+            bound, _ = _id_bound(graph, t)
+            arrays.append(rng.integers(0, bound or 2, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.integers(0, 2, size=shape).astype(dtype))
     return arrays
 
 

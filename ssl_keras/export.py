@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from ssl_keras import _tflite
+from ssl_keras._cli import in_flag_terms, load_keras_file
 from ssl_keras._export_convert import (
     QUANTIZE_MODES,
     _convert,
@@ -34,6 +35,7 @@ from ssl_keras._export_convert import (
     rebuild_float32,
 )
 from ssl_keras._export_inputs import (
+    _check_ids,
     _collect,
     _input_struct,
     _random_samples,
@@ -260,6 +262,8 @@ def export_tflite(
     _check_output_structure(model)
     limit = num_calibration_samples + num_verify_samples
     data = None if representative_data is None else _collect(representative_data, struct, limit)
+    if data is not None:
+        _check_ids(model, struct, data)
     samples = want = None
     verified_on = ""
     if verify:  # the Keras side of the check first: NaN outputs fail before the conversion
@@ -289,8 +293,9 @@ def export_tflite(
             )
         diff, scale = _verify(model, struct, content, samples, quantize, atol, want)
         n_verified = len(samples[0])
-    _tflite.write_atomic(path, content, overwrite)
+    # prepared before the file is written: a model LiteRT cannot run is not left behind
     interpreter = None if flex else _tflite.make_interpreter(model_content=content)
+    _tflite.write_atomic(path, content, overwrite)
     inputs, outputs = ((), ()) if interpreter is None else _tflite.signature_details(interpreter)
     return ExportReport(
         path=path,
@@ -551,19 +556,10 @@ def _load_calibration(path):
 
 
 def _load_model(path):
-    if not os.path.isfile(path):
-        _fail(f"No such model file. Received: MODEL={path!r}")
-    import zipfile
-
-    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
-        _fail(f"The model must be a Keras .keras file (a zip archive). Received: MODEL={path!r}")
-    import ssl_keras  # noqa: F401  (registers the package's serialisable objects)
-
     try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:
-        _fail(f"Could not load the Keras model: {str(error).splitlines()[0].rstrip('.')}. "
-              f"Received: MODEL={path!r}")
+        return load_keras_file(path)
+    except ValueError as error:
+        _fail(str(error))
 
 
 def _flag_values():
@@ -622,7 +618,7 @@ def _main(argv, FLAGS):
             allow_select_ops=FLAGS.allow_select_ops,
         )
     except (ValueError, OSError) as error:
-        _fail(str(error))
+        _fail(in_flag_terms(str(error)))
     print(report.to_json() if FLAGS.json else report)
 
 

@@ -22,6 +22,8 @@ import tempfile
 import keras
 import numpy as np
 
+from ssl_keras._cli import in_flag_terms
+
 PROG = "ssl_keras.thin_cli"
 # The exactness contract: max |thin(x) - zeroed(x)| <= RTOL * (1 + max |zeroed(x)|).
 RTOL = 1e-5
@@ -84,17 +86,12 @@ def _check_out(path: str, what: str, suffix: str, overwrite: bool, model_path: s
 
 
 def _load_model(path):
-    import zipfile
+    from ssl_keras._cli import load_keras_file
 
-    if not os.path.isfile(path):
-        _fail(f"No such model file. Received: MODEL={path!r}")
-    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
-        _fail(f"The model must be a Keras .keras file (a zip archive). Received: MODEL={path!r}")
     try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:
-        _fail(f"Could not load the Keras model: {str(error).splitlines()[0].rstrip('.')}. "
-              f"Received: MODEL={path!r}")
+        return load_keras_file(path)
+    except ValueError as error:
+        _fail(str(error))
 
 
 def _max_difference(model, small, zeroed) -> tuple[float, float, str]:
@@ -102,7 +99,7 @@ def _max_difference(model, small, zeroed) -> tuple[float, float, str]:
     from ssl_keras._export_inputs import _input_struct, _random_samples, _unflatten
 
     struct = _input_struct(model)
-    samples, described = _random_samples(model, struct, 8, seed=0)
+    samples, described = _random_samples(model, struct, 8, seed=0, unknown_ids=2)
     x = _unflatten(struct, samples)
     want = [np.asarray(a, np.float64) for a in keras.tree.flatten(zeroed(x))]
     got = [np.asarray(a, np.float64) for a in keras.tree.flatten(small(x))]
@@ -111,35 +108,16 @@ def _max_difference(model, small, zeroed) -> tuple[float, float, str]:
     return diff, scale, described
 
 
-def _save_keras(model, path: str, overwrite: bool) -> str:
-    """Saves `model` to a temporary .keras file next to `path`; returns its name."""
-    from ssl_keras._tflite import file_mode
-
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=f".{os.path.basename(path)}.", suffix=".keras")
+def _keras_bytes(model, folder: str) -> bytes:
+    """The .keras archive of `model` (saved through a temporary file in `folder`)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".thin_cli-", suffix=".keras")
     os.close(fd)
     try:
         model.save(tmp)
-        os.chmod(tmp, file_mode(path))
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _publish(staged: list[tuple[str, str]], overwrite: bool) -> None:
-    """Moves every staged temporary file to its place (refusing to replace without
-    `overwrite`); on failure the temporary files are removed."""
-    try:
-        for tmp, path in staged:
-            if not overwrite and os.path.exists(path):
-                raise FileExistsError(f"The output file appeared while thinning; pass "
-                                      f"--overwrite to replace it. Received: {path!r}")
-            os.replace(tmp, path)
+        with open(tmp, "rb") as f:
+            return f.read()
     finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        os.unlink(tmp)
 
 
 def _main(argv, FLAGS):
@@ -165,30 +143,22 @@ def _main(argv, FLAGS):
         small = apply_plan(zeroed, plan)
         diff, scale, described = _max_difference(model, small, zeroed)
     except ValueError as error:
-        _fail(str(error))
+        _fail(in_flag_terms(str(error)))
     if not diff <= RTOL * (1 + scale):  # NaN fails too
         _fail(f"The thinned model does not reproduce the zeroed model: max |difference| "
               f"{diff:.3g} on 8 random inputs ({described}), allowed {RTOL} * (1 + "
               f"{scale:.3g}). Nothing was written; please report this model.")
     table = report.summarize(model, small, print_fn=None)
-    staged = []
-    try:
-        staged.append((_save_keras(small, out_path, FLAGS.overwrite), out_path))
-        if FLAGS.plan is not None:
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(FLAGS.plan)),
-                                       prefix=f".{os.path.basename(FLAGS.plan)}.")
-            with os.fdopen(fd, "w") as f:
-                json.dump(plan, f, indent=1)
-            from ssl_keras._tflite import file_mode
+    from tflite_bench.report import write_files  # all files or none, atomically
 
-            os.chmod(tmp, file_mode(FLAGS.plan))
-            staged.append((tmp, FLAGS.plan))
-        _publish(staged, FLAGS.overwrite)
-    except OSError as error:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        _fail(f"Cannot write the output: {error}")
+    contents = {out_path: None}
+    if FLAGS.plan is not None:
+        contents[FLAGS.plan] = json.dumps(plan, indent=1)
+    try:
+        contents[out_path] = _keras_bytes(small, os.path.dirname(os.path.abspath(out_path)))
+        write_files(contents, overwrite=FLAGS.overwrite)
+    except OSError as error:  # FileExistsError included: nothing of this run is left
+        _fail(in_flag_terms(str(error)))
     if FLAGS.json:
         print(json.dumps({
             "model": model_path, "out": out_path, "plan": FLAGS.plan,

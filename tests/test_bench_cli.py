@@ -230,14 +230,17 @@ def test_output_paths_checked_before_the_run(models, tmp_path, args, match):
 def test_failed_write_removes_what_the_run_wrote(models, tmp_path, monkeypatch, capsys):
     from tflite_bench import __main__ as bench
 
-    real_replace = os.replace
+    real_replace, real_link = os.replace, os.link
 
-    def replace(src, dst):  # the Markdown file cannot be moved into place
-        if str(dst).endswith(".md"):
-            raise PermissionError(13, "Permission denied")
-        return real_replace(src, dst)
+    def refusing(real):  # the Markdown file cannot be put into place (new: linked)
+        def publish(src, dst):
+            if str(dst).endswith(".md"):
+                raise PermissionError(13, "Permission denied")
+            return real(src, dst)
+        return publish
 
-    monkeypatch.setattr(report.os, "replace", replace)
+    monkeypatch.setattr(report.os, "replace", refusing(real_replace))
+    monkeypatch.setattr(report.os, "link", refusing(real_link))
     (tmp_path / "old.json").write_text("old")
     code = bench.main(["tflite_bench", str(models["small"]), "--runs=5", "--warmup=0",
                        "--noprogress", f"--json={tmp_path / 'o.json'}",

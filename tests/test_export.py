@@ -877,3 +877,70 @@ def test_conversion_and_interpreter_lines_follow_tf_cpp_min_log_level(model, tmp
     print("python stderr", file=sys.stderr)
     err = capfd.readouterr().err
     assert "fully_quantize" not in err and "python stderr" in err
+
+
+def test_bad_calibration_ids_and_unpreparable_models_are_value_errors(tmp_path):
+    """Found by probing. Was: ids at or above the Embedding's input_dim in the calibration data
+    gave a TensorFlow traceback; an int8 model calibrated on constant data gave LiteRT's
+    RuntimeError, and with verify=False after the file was written; predict_tflite raised
+    RuntimeError for ids outside the table."""
+    keras.utils.set_random_seed(3)
+    net = text_net()
+    big = np.full((4, 12), 50, np.int32)
+    with pytest.raises(ValueError, match=r"integer input 'tokens' must be token ids in "
+                                         r"\[0, 50\).*Received: ids from 50 to 50"):
+        export_tflite(net, tmp_path / "t.tflite", quantize="float16", representative_data=big)
+    with pytest.raises(ValueError, match=r"ids from -1 to"):
+        export_tflite(net, tmp_path / "t.tflite", representative_data=big * 0 - 1)
+    path = export_tflite(net, tmp_path / "ok.tflite").path
+    with pytest.raises(ValueError, match=r"TFLite interpreter failed on the inputs 0\.\.0.*"
+                                         r"below each Embedding's input_dim"):
+        predict_tflite(path, big[:1])
+    # half of each layer's filters zero (bias too): constant calibration data give
+    # zero-width ranges, and XNNPACK cannot build its int8 runtime
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(image)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="c2")(x)
+    x = keras.layers.Dense(6, activation="relu", name="d1")(keras.layers.Flatten()(x))
+    cnn = keras.Model(image, keras.layers.Dense(3, name="out")(x))
+    for name in ("c1", "c2", "d1"):
+        kernel, bias = cnn.get_layer(name).get_weights()
+        kernel[..., :kernel.shape[-1] // 2] = 0
+        bias[:bias.shape[-1] // 2] = 0
+        cnn.get_layer(name).set_weights([kernel, bias])
+    for verify in (True, False):
+        out = tmp_path / f"const_{verify}.tflite"
+        with pytest.raises(ValueError, match="TFLite interpreter cannot prepare the model.*"
+                                             "calibrated on constant data"):
+            export_tflite(cnn, out, quantize="int8", verify=verify,
+                          representative_data=np.ones((16, 8, 8, 3), np.float32))
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.tflite"]
+
+
+def test_cli_messages_name_flags_and_loading_errors_are_whole(saved_model, tmp_path,
+                                                              monkeypatch, capsys):
+    """Was: 'pass `representative_data` ... or verify=False' on the command line, and a
+    load failure cut at its first line ('Example error message for object ...:')."""
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    encoded = keras.layers.CategoryEncoding(8, output_mode="one_hot")(ids)
+    net = keras.Model(ids, keras.layers.Dense(2)(keras.layers.Flatten()(encoded)))
+    path = tmp_path / "enc.keras"
+    net.save(path)
+    code, _, stderr = _cli(monkeypatch, capsys, path, tmp_path / "o.tflite")
+    assert code == 2 and "Pass --calibration with real inputs, or --noverify" in stderr
+    assert "representative_data" not in stderr and "verify=False" not in stderr
+    # a .keras whose weights belong to another model: Keras's reason, whole, in one line
+    other = tmp_path / "other.keras"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save(other)
+    mixed = tmp_path / "mixed.keras"
+    with zipfile.ZipFile(saved_model) as a, zipfile.ZipFile(other) as b, \
+            zipfile.ZipFile(mixed, "w") as out:
+        for name in a.namelist():
+            source = b if name.endswith(".h5") else a
+            out.writestr(name, source.read(name))
+    code, stdout, stderr = _cli(monkeypatch, capsys, mixed, tmp_path / "m.tflite")
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert "Could not load the Keras model" in stderr and "expected" in stderr
+    assert not stderr.rstrip().endswith(":.") and "Warning" not in stderr

@@ -128,11 +128,61 @@ def test_overwrite_replaces_and_keeps_the_mode(saved, tmp_path, monkeypatch, cap
 
 def test_command_line_in_a_subprocess_is_quiet(saved, tmp_path):
     """`python -m ssl_keras.thin_cli` prints its table and nothing of TensorFlow's start-up
-    (no runpy warning either: the module is not imported by the package)."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    (no runpy warning either: the module is not imported by the package); an empty
+    TF_CPP_MIN_LOG_LEVEL counts as unset (was: TensorFlow's C++ lines came back)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="")
     env["PYTHONPATH"] = REPO
     out = tmp_path / "small.keras"
     command = [sys.executable, "-m", "ssl_keras.thin_cli", str(saved), str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
     assert "parameters:" in done.stdout and out.exists()
+
+
+def test_no_overwrite_even_when_the_file_appears_while_thinning(saved, tmp_path, monkeypatch,
+                                                                capsys):
+    """Found by probing. Was: OUT checked, then os.replace: a file another writer created in
+    between was replaced, a dangling symlink too; and a failed second file (--plan) left the
+    first one behind."""
+    out, plan = tmp_path / "small.keras", tmp_path / "plan.json"
+    real = thin_cli._keras_bytes
+
+    def racing(model, folder):
+        plan.write_text("another writer's")  # appears after the checks, before the writes
+        return real(model, folder)
+
+    monkeypatch.setattr(thin_cli, "_keras_bytes", racing)
+    code, stdout, stderr = _cli(monkeypatch, capsys, saved, out, "--plan", plan)
+    assert code == 2 and stdout == "" and "pass --overwrite to replace it" in stderr, stderr
+    assert plan.read_text() == "another writer's" and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json"]  # no temporary files
+    monkeypatch.setattr(thin_cli, "_keras_bytes", real)
+    dangling = tmp_path / "dangling.keras"
+    dangling.symlink_to(tmp_path / "nowhere.keras")
+    code, _, stderr = _cli(monkeypatch, capsys, saved, dangling)
+    assert code == 2 and "--overwrite" in stderr and dangling.is_symlink()
+
+
+def test_long_file_names_and_integer_inputs(tmp_path, monkeypatch, capsys):
+    """Found by probing. Was: a legal 246-byte name failed on the temporary name (plus a
+    prefix and suffix); integer inputs crashed thin (float probes fed to an Embedding /
+    CategoryEncoding)."""
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    tokens = keras.layers.Embedding(3, 4, name="embed")(ids)  # ids must stay below 3
+    encoded = keras.layers.CategoryEncoding(5, output_mode="one_hot")(ids)
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(tokens),
+                                    keras.layers.Flatten()(encoded)])
+    hidden = keras.layers.Dense(6, activation="relu", name="hidden")(x)
+    net = keras.Model(ids, keras.layers.Dense(2, name="out")(hidden))
+    zero_filters(net, "hidden", [0, 3])
+    model_path = tmp_path / "ids.keras"
+    net.save(model_path)
+    out = tmp_path / ("b" * 240 + ".keras")
+    code, stdout, stderr = _cli(monkeypatch, capsys, model_path, out)
+    assert code == 0, stderr
+    assert "random ids ids in [0, 2)" in stdout  # not only Embeddings read them: 0 / 1
+    assert keras.saving.load_model(out).get_layer("hidden").units == 4
+    small = ssl_keras.thin(net)  # the library call the command line makes
+    x = np.random.default_rng(0).integers(0, 3, (4, 6)).astype("int32")
+    np.testing.assert_allclose(np.asarray(small(x)), np.asarray(ssl_keras.zero_groups(net)(x)),
+                               atol=1e-6)

@@ -30,7 +30,9 @@ def atomic_write(path, data, overwrite=False):
 
 def write_files(contents, overwrite=False):
     """Writes several files atomically and all together: each through a temporary file in its
-    folder, all temporary files first, then one `os.replace` each.
+    folder, all temporary files first, then each put into place (a new file with a hard link,
+    which fails if another writer created the path meanwhile; a replaced one with
+    `os.replace`).
 
     If anything fails, the temporary files are removed, and so are the files this call created;
     files that existed before are only replaced once every new file is fully written, and get
@@ -61,10 +63,15 @@ def write_files(contents, overwrite=False):
                                       f"(--overwrite) to replace it. Received: path={path!r}")
             backup = _backup(path) if existed else None
             try:
-                os.replace(tmp, path)
+                if existed:
+                    os.replace(tmp, path)
+                else:
+                    _link_new(tmp, path)
             except OSError as e:
                 if backup is not None:
                     _remove_quietly(backup)
+                if isinstance(e, FileExistsError):
+                    raise
                 raise _named(e, path) from None
             done.append((path, backup))
     except BaseException:
@@ -84,10 +91,34 @@ def write_files(contents, overwrite=False):
             _remove_quietly(backup)
 
 
+def _link_new(tmp, path):
+    """Publishes `tmp` as the new file `path`: a hard link, which fails if `path` appeared
+    meanwhile (another writer's file is never replaced), else (no hard links here) a rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"The output file appeared while writing; pass overwrite=True "
+                              f"(--overwrite) to replace it. Received: path={path!r}") from None
+    except OSError:
+        if os.path.lexists(path):
+            raise FileExistsError(f"The output file appeared while writing; pass "
+                                  f"overwrite=True (--overwrite) to replace it. Received: "
+                                  f"path={path!r}") from None
+        os.replace(tmp, path)
+        return
+    _remove_quietly(tmp)
+
+
+def _temp_prefix(path, tag):
+    """A hidden temporary name next to `path`, short enough for any file name (a long name
+    plus a prefix and suffix would pass the file system's 255-byte limit)."""
+    return f".{os.path.basename(path)[:64]}.{tag}-"
+
+
 def _backup(path):
     """A second name for the existing file `path` (a hard link, else a copy), next to it."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, backup = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.old-")
+    fd, backup = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path, "old"))
     os.close(fd)
     os.remove(backup)
     try:
@@ -109,8 +140,7 @@ def _stage(path, data):
     if isinstance(data, str):
         data = data.encode("utf-8")
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-",
-                                   suffix=os.path.basename(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path, "tmp"))
     except OSError as e:
         raise _named(e, path) from None
     try:

@@ -1,0 +1,64 @@
+"""What the package's two command lines (`python -m ssl_keras.export`, `python -m
+ssl_keras.thin_cli`) share: loading a .keras file with a one-line reason, and the library's
+error messages in the terms of the command line's flags."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+import zipfile
+
+import keras
+
+# A library message names Python arguments; the command line's user needs its flags.
+_FLAG_NAMES = (
+    ("overwrite=True (--overwrite)", "--overwrite"),
+    ("overwrite=True", "--overwrite"),
+    ("verify=False", "--noverify"),
+    ("allow_select_ops=True", "--allow_select_ops"),
+    ("`representative_data`", "--calibration"),
+    ("representative_data", "--calibration"),
+)
+
+
+def in_flag_terms(message: str) -> str:
+    """A library error message with its Python argument names replaced by the flags."""
+    for python, flag in _FLAG_NAMES:
+        message = message.replace(python, flag)
+    return message
+
+
+def load_keras_file(path: str) -> keras.Model:
+    """Loads a .keras model (compile=False) after `import ssl_keras` (its serialisable objects).
+
+    Keras's loading warnings (weights it could not match, and so on) become part of the error
+    when loading fails and are otherwise left out of the command line's output.
+
+    Raises:
+        ValueError: no such file, not a .keras archive, or Keras could not load it (the reason
+            in one line).
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"No such model file. Received: MODEL={path!r}")
+    if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"The model must be a Keras .keras file (a zip archive). Received: MODEL={path!r}")
+    import ssl_keras  # noqa: F401  (registers the package's serialisable objects)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as error:
+            reason = " ".join(str(error).split()).rstrip(".")
+            reason = re.sub(r"\s*List of objects that could not be loaded:.*", "", reason)
+            if len(reason) > 400:
+                reason = reason[:400] + "..."
+            model = None
+    if model is None:  # the reason is in the error; Keras's warnings about it are not repeated
+        raise ValueError(f"Could not load the Keras model: {reason}. Received: MODEL={path!r}")
+    for w in caught:  # loaded: what Keras warned about (weights it skipped) still shows
+        if issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
