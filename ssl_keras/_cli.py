@@ -32,8 +32,9 @@ def in_flag_terms(message: str) -> str:
 def load_keras_file(path: str) -> keras.Model:
     """Loads a .keras model (compile=False) after `import ssl_keras` (its serialisable objects).
 
-    Keras's loading warnings (weights it could not match, and so on) become part of the error
-    when loading fails and are otherwise left out of the command line's output.
+    When loading fails, the error gives Keras's reason in one line and Keras's warnings about
+    the same failure are not repeated; when it succeeds, its warnings (weights it skipped, say)
+    are shown as usual.
 
     Raises:
         ValueError: no such file, not a .keras archive, or Keras could not load it (the reason

@@ -22,7 +22,7 @@ import tempfile
 import keras
 import numpy as np
 
-from ssl_keras._cli import in_flag_terms
+from ssl_keras._cli import in_flag_terms, load_keras_file
 
 PROG = "ssl_keras.thin_cli"
 # The exactness contract: max |thin(x) - zeroed(x)| <= RTOL * (1 + max |zeroed(x)|).
@@ -86,8 +86,6 @@ def _check_out(path: str, what: str, suffix: str, overwrite: bool, model_path: s
 
 
 def _load_model(path):
-    from ssl_keras._cli import load_keras_file
-
     try:
         return load_keras_file(path)
     except ValueError as error:
