@@ -1,11 +1,13 @@
 """What the package's two command lines (`python -m ssl_keras.export`, `python -m
-ssl_keras.thin_cli`) share: loading a .keras file with a one-line reason, and the library's
-error messages in the terms of the command line's flags."""
+ssl_keras.thin_cli`) share: the run itself (help, flags, quiet C++ lines, exit codes), loading
+a .keras file with a one-line reason, and the library's error messages in the terms of the
+command line's flags."""
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 import zipfile
 
@@ -63,3 +65,33 @@ def load_keras_file(path: str) -> keras.Model:
         if issubclass(w.category, UserWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model
+
+
+def run(doc: str, flag_values, body, fail, argv=None) -> None:
+    """Runs a command line: `--help` prints `doc` and the flags (exit 0); bad flags go to
+    `fail` (one line, exit 2); `body(positional arguments, flag_values)` runs with TensorFlow's
+    and LiteRT's C++ lines silenced (unless TF_CPP_MIN_LOG_LEVEL asks for them); exit 0.
+
+    Args:
+        doc: the module docstring (usage).
+        flag_values: an absl FlagValues with the command's flags.
+        body: the command, called as body(argv without the flags, flag_values).
+        fail: prints one error line and exits 2.
+        argv: the command line, program name first; `sys.argv` when None.
+    """
+    from absl import flags, logging
+
+    from ssl_keras._quiet import c_stderr_silenced
+
+    argv = list(sys.argv if argv is None else argv)
+    if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+        print(doc.strip() + "\n\n" + flag_values.get_help())
+        sys.exit(0)
+    try:
+        rest = flag_values(argv)
+    except flags.Error as error:
+        fail(str(error))
+    logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines on stderr
+    with c_stderr_silenced():
+        body(rest, flag_values)
+    sys.exit(0)

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from ssl_keras import _tflite
-from ssl_keras._cli import in_flag_terms, load_keras_file
+from ssl_keras._cli import in_flag_terms, load_keras_file, run
 from ssl_keras._export_convert import (
     QUANTIZE_MODES,
     _convert,
@@ -42,7 +42,6 @@ from ssl_keras._export_inputs import (
     _static_shapes,
     _typed_array,
 )
-from ssl_keras._quiet import c_stderr_silenced
 
 _FLOAT32_ATOL = 1e-4
 
@@ -628,21 +627,7 @@ def main(argv=None):
     Args:
         argv: the command line, program name first; `sys.argv` when None.
     """
-    from absl import flags, logging
-
-    argv = list(sys.argv if argv is None else argv)
-    fv = _flag_values()
-    if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
-        print(__doc__.strip() + "\n\n" + fv.get_help())
-        sys.exit(0)
-    try:
-        rest = fv(argv)
-    except flags.Error as error:
-        _fail(str(error))
-    logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines on stderr
-    with c_stderr_silenced():  # the converter's and LiteRT's C++ lines; ours still show
-        _main(rest, fv)
-    sys.exit(0)
+    run(__doc__, _flag_values(), _main, _fail, argv)
 
 
 if __name__ == "__main__":

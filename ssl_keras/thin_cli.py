@@ -22,7 +22,7 @@ import tempfile
 import keras
 import numpy as np
 
-from ssl_keras._cli import in_flag_terms, load_keras_file
+from ssl_keras._cli import in_flag_terms, load_keras_file, run
 
 PROG = "ssl_keras.thin_cli"
 # The exactness contract: max |thin(x) - zeroed(x)| <= RTOL * (1 + max |zeroed(x)|).
@@ -178,22 +178,7 @@ def main(argv=None):
     Args:
         argv: the command line, program name first; `sys.argv` when None.
     """
-    from absl import flags
-
-    argv = list(sys.argv if argv is None else argv)
-    fv = _flag_values()
-    if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
-        print(__doc__.strip() + "\n\n" + fv.get_help())
-        sys.exit(0)
-    try:
-        rest = fv(argv)
-    except flags.Error as error:
-        _fail(str(error))
-    from ssl_keras._quiet import c_stderr_silenced
-
-    with c_stderr_silenced():  # TensorFlow's C++ lines (CUDA probing); ours still show
-        _main(rest, fv)
-    sys.exit(0)
+    run(__doc__, _flag_values(), _main, _fail, argv)
 
 
 if __name__ == "__main__":
