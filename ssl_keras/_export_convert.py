@@ -243,10 +243,11 @@ def _verify(model, struct, content, samples, quantize, atol, want=None):
         )
     diff = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
     scale = max(float(np.max(np.abs(want[k]))) for k in want)
-    if quantize is None and not diff <= atol:
+    # relative to the outputs' size, as thin's contract: float32 rounding grows with it
+    if quantize is None and not diff <= atol * (1 + scale):
         raise ValueError(
             f"The float32 TFLite model disagrees with the Keras model: max |diff| = {diff:.3g} "
-            f"> atol = {atol:g} over {len(samples[0])} samples. Nothing was written. "
-            f"Received: model={model.name!r}"
+            f"> atol * (1 + max |Keras output|) = {atol:g} * (1 + {scale:.3g}) over "
+            f"{len(samples[0])} samples. Nothing was written. Received: model={model.name!r}"
         )
     return diff, scale

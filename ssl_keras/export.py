@@ -182,8 +182,9 @@ def export_tflite(
     [0, input_dim) when only Embedding layers read them; any other integer input needs
     `representative_data`). int8 inputs are quantised and outputs
     dequantised with the tensors' scale and zero point, and compared with `model(x)`. In
-    float32 the max absolute difference must be <= `atol` or a ValueError is raised and
-    nothing is written; the quantised modes report their difference.
+    float32 the max absolute difference must be <= `atol * (1 + max |Keras output|)` (float32
+    rounding grows with the outputs) or a ValueError is raised and nothing is written; the
+    quantised modes report their difference.
 
     Mixed-precision models (mixed_float16) are rebuilt in float32 first (`rebuild_float32`).
     Models with several inputs (list or dict) and several outputs are supported: the TFLite
@@ -211,7 +212,8 @@ def export_tflite(
         num_verify_samples: how many samples are compared.
         allow_select_ops: a bool: allow Select TF ops (Flex); such a model cannot be verified
             here.
-        atol: the float32 tolerance, a finite number >= 0.
+        atol: the float32 tolerance, relative to 1 + the largest Keras output, a finite
+            number >= 0.
         seed: the seed of the random verification inputs, an integer >= 0.
 
     Returns:

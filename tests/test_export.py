@@ -418,9 +418,25 @@ def test_float32_disagreement_raises_and_writes_nothing(model, tmp_path, monkeyp
     real = _export_convert._keras_outputs
     monkeypatch.setattr(_export_convert, "_keras_outputs",  # where _verify looks it up
                         lambda m, x: {k: v + 1e-3 for k, v in real(m, x).items()})
-    with pytest.raises(ValueError, match=r"disagrees.*> atol = 0.0001.*Nothing was written"):
+    with pytest.raises(ValueError, match=r"disagrees.*> atol \* \(1 \+ max \|Keras output\|\) "
+                                         r"= 0.0001 \* \(1 \+ .*Nothing was written"):
         export_tflite(model, tmp_path / "m.tflite")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float32_tolerance_is_relative_to_the_outputs(tmp_path):
+    """Found by probing. Was: an absolute 1e-4, so a model with outputs near 1e3 (a
+    regression head, unnormalised logits) was refused although TFLite agreed to ~1e-7
+    relative (float32's spacing at 1e3 is 6e-5)."""
+    keras.utils.set_random_seed(0)
+    image = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(32, 3, activation="relu")(image)
+    x = keras.layers.Flatten()(keras.layers.Conv2D(64, 3, activation="relu")(x))
+    big = keras.initializers.RandomNormal(stddev=30.0)
+    net = keras.Model(image, keras.layers.Dense(4, kernel_initializer=big)(x))
+    report = export_tflite(net, tmp_path / "big.tflite")
+    assert report.max_abs_output > 500
+    assert report.max_abs_diff <= 1e-4 * (1 + report.max_abs_output)
 
 
 @pytest.fixture(scope="module")
