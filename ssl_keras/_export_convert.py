@@ -132,10 +132,34 @@ def _validate_flags(verify, overwrite, allow_select_ops, atol, seed):
 
 
 def _convert(model, struct, batch_size, quantize, calibration, allow_select_ops) -> bytes:
+    """The .tflite bytes, converted with a static batch of `batch_size`. With batch 1, if the
+    converter fails, once more with an unknown batch (the file's inputs are then batch 1 by
+    default, with -1 in their shape signature): TensorFlow 2.21's converter fails on a static
+    batch of 1 for a 1-channel Conv1D feeding an Add ('tf.Transpose' rank mismatch), which
+    thin can produce."""
+    try:
+        return _convert_with(model, struct, batch_size, batch_size, quantize, calibration,
+                             allow_select_ops)
+    except _ConversionError as error:
+        if batch_size != 1:
+            raise ValueError(str(error)) from None
+        try:
+            return _convert_with(model, struct, None, batch_size, quantize, calibration,
+                                 allow_select_ops)
+        except _ConversionError:
+            raise ValueError(str(error)) from None
+
+
+class _ConversionError(Exception):
+    """The converter failed (other than for Select TF ops, which is a ValueError at once)."""
+
+
+def _convert_with(model, struct, spec_batch, batch_size, quantize, calibration,
+                  allow_select_ops) -> bytes:
     import tensorflow as tf
 
     names, shapes, dtypes = _input_names(struct), _static_shapes(struct), _input_dtypes(struct)
-    specs = [tf.TensorSpec((batch_size, *s), tf.as_dtype(d), name=n)
+    specs = [tf.TensorSpec((spec_batch, *s), tf.as_dtype(d), name=n)
              for n, s, d in zip(names, shapes, dtypes, strict=True)]
     with tempfile.TemporaryDirectory(prefix="ssl_keras_export_") as saved_model:
         model.export(saved_model, format="tf_saved_model",
@@ -183,7 +207,7 @@ def _convert(model, struct, batch_size, quantize, calibration, allow_select_ops)
                 ) from None
             first = next((line for line in message.splitlines() if "error" in line.lower()),
                          message.splitlines()[0] if message else type(error).__name__)
-            raise ValueError(
+            raise _ConversionError(
                 f"TFLite conversion failed: {first.strip()[:500]}. "
                 f"Received: model={model.name!r}, quantize={quantize!r}"
             ) from error

@@ -109,7 +109,9 @@ def residual_branches(model) -> list[dict]:
     """The operands of every Add of a functional model, with the layers on each branch.
 
     A branch is every layer between the tensors all operands share (the block's input) and
-    the operand. Returns a list of {"add": name, "operand": i, "layers": [names]}.
+    the operand. Returns a list of {"add": name, "operand": i, "layers": [names],
+    "operations": [names]}: "layers" are the branch's layers, "operations" also the plain
+    operations on it (`x + 3.0`, `keras.ops` calls; not layers of the model), in order.
     """
     out = []
     for layer in model.layers:
@@ -121,7 +123,7 @@ def residual_branches(model) -> list[dict]:
                 continue
             common = set.intersection(*[_ancestors(t) for t in operands])
             for i, operand in enumerate(operands):
-                names, seen, stack = [], set(), [operand]
+                names, layers, seen, stack = [], set(), set(), [operand]
                 while stack:
                     x = stack.pop()
                     if id(x) in common or id(x) in seen:
@@ -130,8 +132,12 @@ def residual_branches(model) -> list[dict]:
                     operation, parent = _history(x)
                     if operation.name not in names:
                         names.append(operation.name)
+                        if isinstance(operation, keras.layers.Layer):
+                            layers.add(operation.name)
                     stack.extend(keras.tree.flatten(parent.input_tensors))
-                out.append({"add": layer.name, "operand": i, "layers": names[::-1]})
+                out.append({"add": layer.name, "operand": i,
+                            "layers": [n for n in names[::-1] if n in layers],
+                            "operations": names[::-1]})
     return out
 
 
@@ -157,9 +163,13 @@ def _operand_batchnorm(model, branch):
     """The BatchNormalization whose output is the branch's Add operand, or None.
 
     Layers without weights (activations) between that BatchNorm and the Add are looked
-    through: with gamma = beta = 0 they receive 0.
+    through: with gamma = beta = 0 they receive 0. A plain operation there (`x + 3.0`) may
+    not map 0 to 0: then None.
     """
-    for name in reversed(branch["layers"]):
+    layers = set(branch["layers"])
+    for name in reversed(branch["operations"]):
+        if name not in layers:
+            return None
         layer = model.get_layer(name)
         if isinstance(layer, keras.layers.BatchNormalization):
             return layer if (layer.scale or layer.center) else None

@@ -960,3 +960,26 @@ def test_cli_messages_name_flags_and_loading_errors_are_whole(saved_model, tmp_p
     assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
     assert "Could not load the Keras model" in stderr and "expected" in stderr
     assert not stderr.rstrip().endswith(":.") and "Warning" not in stderr
+
+
+def test_thinned_one_channel_conv1d_into_add_exports(tmp_path):
+    """Found by probing. TensorFlow 2.21's converter fails on a static batch of 1 for a
+    1-channel Conv1D feeding an Add, which thin produces ('tf.Transpose' rank mismatch):
+    export_tflite converts such a model with an unknown batch instead (default batch 1)."""
+    keras.utils.set_random_seed(0)
+    series = keras.Input((16, 2))
+    a = keras.layers.Conv1D(4, 3, padding="causal", name="a")(series)
+    b = keras.layers.Conv1D(4, 1, name="b")(series)
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Add()([a, b]))
+    net = keras.Model(series, keras.layers.Dense(3, name="head")(x))
+    for name in ("a", "b"):
+        kernel, bias = net.get_layer(name).get_weights()
+        kernel[..., 1:] = 0
+        net.get_layer(name).set_weights([kernel, bias])
+    small = ssl_keras.thin(net)
+    assert small.get_layer("a").filters == 1 == small.get_layer("b").filters
+    report = export_tflite(small, tmp_path / "small.tflite")
+    assert report.inputs[0].shape == (1, 16, 2) and report.max_abs_diff <= 1e-5
+    x = np.random.default_rng(0).normal(size=(5, 16, 2)).astype(np.float32)
+    np.testing.assert_allclose(predict_tflite(report.path, x)["output_0"],
+                               small.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

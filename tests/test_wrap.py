@@ -877,3 +877,33 @@ def test_clone_model_of_an_ssl_model_warns_that_its_groups_are_gone(tmp_path):
     clone.set_weights(ssl.get_weights())
     penalty = float(sum(ssl.losses))
     assert penalty > 0 and float(sum(clone.losses)) == pytest.approx(penalty)
+
+
+def test_depth_groups_of_branches_with_plain_operations():
+    """Found by probing. Was: 'No such layer: add' from apply_ssl(depth=...) when a residual
+    branch holds a plain operation (hard-sigmoid as `relu6(x + 3) / 6`, as keras.applications'
+    MobileNetV3 writes it). A plain operation after the branch's last BatchNorm may not map 0
+    to 0, so the group then holds the kernels, not that BatchNorm."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((8, 8, 4))
+    y = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    y = keras.layers.ReLU(6.0, name="relu6")(y + 3.0) * (1.0 / 6.0)
+    y = keras.layers.BatchNormalization(name="bn")(
+        keras.layers.Conv2D(4, 3, padding="same", name="c2")(y))
+    ends_in_bn = keras.layers.Add(name="add_bn")([inputs, y])
+    z = keras.layers.Conv2D(4, 3, padding="same", name="c3")(ends_in_bn)
+    z = keras.layers.BatchNormalization(name="bn2")(z) + 1.0  # an operation after the BN
+    out = keras.layers.Add(name="add_op")([ends_in_bn, z])
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(
+        out)))
+    branch = next(b for b in residual_branches(model) if b["add"] == "add_bn" and b["layers"])
+    assert branch["layers"] == ["c1", "relu6", "c2", "bn"]
+    assert len(branch["operations"]) == 6  # with the add and multiply operations
+    ssl = apply_ssl(model, filters=1e-3, depth=0.1)
+    groups = {g["id"]: g for g in ssl.ssl_groups if g["id"].startswith("depth:")}
+    assert [(s["layer"], s["weight"]) for s in groups["depth:add_bn:1"]["slices"]] == [
+        ("bn", "gamma"), ("bn", "beta")]
+    assert [(s["layer"], s["weight"]) for s in groups["depth:add_op:1"]["slices"]] == [
+        ("c3", "kernel"), ("bn2", "gamma")]
+    np.testing.assert_allclose(_total_loss(ssl), _coupled_oracle(ssl, ssl.ssl_groups),
+                               rtol=1e-5)
