@@ -299,7 +299,8 @@ def write_atomic(path: str, content: bytes, overwrite: bool) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path)[:64],
+        short = os.fsencode(os.path.basename(path))[:64].decode(errors="ignore")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + short,
                                    suffix=".tmp")  # short: a long name stays within 255 bytes
     except OSError as e:  # name the file asked for, not the temporary one
         raise OSError(e.errno, f"Cannot write to the directory of {path!r}: "

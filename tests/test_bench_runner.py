@@ -299,3 +299,15 @@ def test_threads_may_be_a_generator(models):
     r = benchmark([models["small"]], threads=(t for t in (1, 2)), runs=3, warmup=0,
                   progress=False, resamples=10)
     assert [e["threads"] for e in r["models"]] == [1, 2]
+
+
+def test_write_files_takes_the_longest_names(tmp_path):
+    """A file name of 239-251 bytes (4-byte characters too) gets a temporary name within the file
+    system's 255-byte limit (was: the whole name, then its first 64 characters, plus a prefix
+    and suffix)."""
+    from tflite_bench.report import write_files
+
+    for name in ("b" * 236 + ".md", "\U0001F600" * 62 + ".md"):  # 4 bytes per character
+        write_files({tmp_path / name: "x"})
+        assert (tmp_path / name).read_text() == "x"
+    assert len(list(tmp_path.iterdir())) == 2

@@ -112,7 +112,8 @@ def _link_new(tmp, path):
 def _temp_prefix(path, tag):
     """A hidden temporary name next to `path`, short enough for any file name (a long name
     plus a prefix and suffix would pass the file system's 255-byte limit)."""
-    return f".{os.path.basename(path)[:64]}.{tag}-"
+    short = os.fsencode(os.path.basename(path))[:64].decode(errors="ignore")  # 64 bytes
+    return f".{short}.{tag}-"
 
 
 def _backup(path):
