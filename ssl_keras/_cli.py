@@ -31,6 +31,34 @@ def in_flag_terms(message: str) -> str:
     return message
 
 
+def check_output(path: str, what: str, model_path: str, overwrite: bool,
+                 file_kind: str = "a file", suffix: str | None = None) -> None:
+    """The checks on an output path before any work: a file (not a directory) ending in
+    `suffix`, in an existing writable directory, not the input model itself, and not an
+    existing file unless `overwrite`.
+
+    Raises:
+        ValueError: naming `what` (the flag or argument) and the path.
+    """
+    if not path or os.path.isdir(path):
+        raise ValueError(f"{what} must name {file_kind} to write, not a directory. "
+                         f"Received: {what}={path!r}")
+    if suffix is not None and not path.endswith(suffix):
+        raise ValueError(f"{what} must end in {suffix}. Received: {what}={path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} must be in an existing, writable directory. "
+                         f"Received: {what}={path!r}")
+    if os.path.exists(path) and os.path.exists(model_path) and os.path.samefile(path,
+                                                                               model_path):
+        raise ValueError(f"{what} is the input model itself; writing it would destroy the "
+                         f"model. Expected another file name. Received: MODEL={model_path!r}, "
+                         f"{what}={path!r}")
+    if os.path.exists(path) and not overwrite:
+        raise ValueError("The output file already exists; pass --overwrite to replace it. "
+                         f"Received: {what}={path!r}")
+
+
 def load_keras_file(path: str) -> keras.Model:
     """Loads a .keras model (compile=False) after `import ssl_keras` (its serialisable objects).
 

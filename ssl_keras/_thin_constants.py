@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ssl_keras._export_inputs import _id_bound
 from ssl_keras._thin_model import _is_conv, _is_separable, _is_transpose, _weight_keys
 from ssl_keras._thin_slice import _cheap_init
 
@@ -50,8 +51,6 @@ def _probe_inputs(graph, seed=0):
         elif dtype.kind in "iu":
             # Token ids: below the Embeddings' input_dim when only Embeddings read them, else
             # 0 / 1 (valid for any lookup or encoding layer; negative ids are not).
-            from ssl_keras._export_inputs import _id_bound
-
             bound, _ = _id_bound(graph, t)
             arrays.append(rng.integers(0, bound or 2, size=shape).astype(dtype))
         else:

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from ssl_keras import _tflite
-from ssl_keras._cli import in_flag_terms, load_keras_file, run
+from ssl_keras._cli import check_output, in_flag_terms, load_keras_file, run
 from ssl_keras._export_convert import (
     QUANTIZE_MODES,
     _convert,
@@ -596,19 +596,10 @@ def _main(argv, FLAGS):
         _fail(f"--quantize must be one of {modes}. Received: --quantize={FLAGS.quantize!r}")
     if quantize == "int8" and FLAGS.calibration is None:
         _fail("--quantize=int8 needs --calibration DATA.npy to calibrate activation ranges.")
-    if not out_path or os.path.isdir(out_path):
-        _fail(f"OUT must name the .tflite file to write, not a directory. "
-              f"Received: OUT={out_path!r}")
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK | os.X_OK):
-        _fail(f"OUT must be in an existing, writable directory. Received: OUT={out_path!r}")
-    if os.path.exists(out_path) and os.path.exists(model_path) and os.path.samefile(
-            out_path, model_path):
-        _fail(f"OUT is the input model itself; writing it would destroy the model. Expected "
-              f"another file name. Received: MODEL={model_path!r}, OUT={out_path!r}")
-    if os.path.exists(out_path) and not FLAGS.overwrite:
-        _fail(f"The output file already exists; pass --overwrite to replace it. "
-              f"Received: OUT={out_path!r}")
+    try:
+        check_output(out_path, "OUT", model_path, FLAGS.overwrite, "the .tflite file")
+    except ValueError as error:
+        _fail(str(error))
     calibration = None if FLAGS.calibration is None else _load_calibration(FLAGS.calibration)
     model = _load_model(model_path)
     try:

@@ -22,7 +22,7 @@ import tempfile
 import keras
 import numpy as np
 
-from ssl_keras._cli import in_flag_terms, load_keras_file, run
+from ssl_keras._cli import check_output, in_flag_terms, load_keras_file, run
 
 PROG = "ssl_keras.thin_cli"
 # The exactness contract: max |thin(x) - zeroed(x)| <= RTOL * (1 + max |zeroed(x)|).
@@ -69,20 +69,10 @@ def _multiple(flag: str, text: str):
 
 
 def _check_out(path: str, what: str, suffix: str, overwrite: bool, model_path: str):
-    if not path or os.path.isdir(path):
-        _fail(f"{what} must name a file to write, not a directory. Received: {what}={path!r}")
-    if not path.endswith(suffix):
-        _fail(f"{what} must end in {suffix}. Received: {what}={path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        _fail(f"{what} must be in an existing, writable directory. Received: {what}={path!r}")
-    if os.path.exists(path) and os.path.exists(model_path) and os.path.samefile(path,
-                                                                               model_path):
-        _fail(f"{what} is the input model itself; writing it would destroy the model. "
-              f"Expected another file name. Received: MODEL={model_path!r}, {what}={path!r}")
-    if os.path.exists(path) and not overwrite:
-        _fail(f"The output file already exists; pass --overwrite to replace it. "
-              f"Received: {what}={path!r}")
+    try:
+        check_output(path, what, model_path, overwrite, suffix=suffix)
+    except ValueError as error:
+        _fail(str(error))
 
 
 def _load_model(path):
@@ -173,11 +163,7 @@ def _main(argv, FLAGS):
 
 
 def main(argv=None):
-    """Entry point of `python -m ssl_keras.thin_cli`; exits 0, or 2 with one line on stderr.
-
-    Args:
-        argv: the command line, program name first; `sys.argv` when None.
-    """
+    """`python -m ssl_keras.thin_cli` (`argv`: as `ssl_keras.export.main`)."""
     run(__doc__, _flag_values(), _main, _fail, argv)
 
 
