@@ -260,7 +260,14 @@ def _layer_block_reason(layer):
 
 
 def _prepare(model, threshold, groups):
-    """Shared by thinning_plan and zero_groups: the zero list and the group decisions."""
+    """Shared by thinning_plan and zero_groups: the zero list and the group decisions.
+
+    Zeroing can take other groups below the threshold (the consumer rows of a removed channel
+    are part of the next layer's filters), so the classification is repeated on the zeroed
+    weights until it zeroes nothing new: the zero list is a fixed point, and
+    `zero_groups(zero_groups(m))` is `zero_groups(m)`, which `thin` of a zeroed model relies
+    on. The decisions are the last pass's; "weights" are the model's own (the fingerprint's).
+    """
     threshold = _check_threshold(threshold)
     graph = _graph(model)
     weights = _read_weights(graph)
@@ -270,6 +277,26 @@ def _prepare(model, threshold, groups):
         groups = removable_groups(model)
     else:
         groups = validate_groups(groups, model)
+    zero, current, seen = [], weights, set()
+    for _ in range(len(groups) + 2):  # each pass that goes on zeroes one more group at least
+        st = _classify_pass(graph, current, groups, threshold)
+        for z in st["zero"]:
+            key = (z["layer"], z["weight"], z["axis"],
+                   None if z["index"] is None else tuple(z["index"]))
+            if key not in seen:
+                seen.add(key)
+                zero.append(z)
+        following = _zeroed_weights(weights, zero)
+        if all(np.array_equal(following[n][w], current[n][w])
+               for n in current for w in current[n]):
+            break
+        current = following
+    st.update(weights=weights, zero=zero)
+    return st
+
+
+def _classify_pass(graph, weights, groups, threshold):
+    """One pass of `_prepare` on `weights`: the zero list and the decisions it implies."""
     zero = []
     for layer in _layers(graph):  # depth: whole kernels below threshold
         ws = weights.get(layer.name, {})

@@ -354,6 +354,31 @@ def test_unused_channel_is_removed():
     assert small.get_layer("conv1").filters == 5
 
 
+def test_zeroing_that_takes_other_groups_below_threshold_is_repeated():
+    # conv -> GAP and Flatten -> Dense, concatenated, then Dense(6) -> Dense(2), at a large
+    # threshold: removing the concat's dead channels zeroes rows of dh's kernel, which takes
+    # two dh filters below the threshold. One pass of zeroing stopped there, so thin of the
+    # zeroed model (the README's recipe) removed them too and changed the outputs by 1.3.
+    keras.utils.set_random_seed(0)
+    a = keras.Input((8, 8, 3))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, name="c1")(a))
+    y = L.Dense(8, name="db")(L.Flatten()(a))
+    h = L.Dense(6, activation="relu", name="dh")(L.Concatenate()([x, y]))
+    model = keras.Model(a, L.Dense(2, name="o1")(h))
+    threshold = 0.8
+    zeroed = zero_groups(model, threshold)
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("float32")
+    want = np.asarray(zeroed(x))
+    assert np.array_equal(np.asarray(zero_groups(zeroed, threshold)(x)), want)
+    for source in (model, zeroed):
+        got = np.asarray(thin(source, threshold)(x))
+        assert np.max(np.abs(got - want)) <= 1e-5 * (1 + np.max(np.abs(want)))
+    # the cascade did happen: a dh filter above the threshold in the model is zero after it
+    norms = ssl_keras.group_norms(model.get_layer("dh").kernel, "filters")
+    zero = ssl_keras.group_norms(zeroed.get_layer("dh").kernel, "filters") == 0
+    assert np.any(zero & (norms > threshold))
+
+
 def test_nothing_removable_gives_an_equivalent_copy():
     model = conv_bn_relu_conv("same")
     small = assert_equivalent(model)
