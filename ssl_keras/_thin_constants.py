@@ -96,7 +96,8 @@ def _fold(layer, weights, value, removed_in, kept_out):
 
     Returns ("bias", vector) when it is the same at every position, else ("map", array).
     """
-    x = np.zeros((1, *value.shape[1:]), np.float32)
+    kernel = weights[layer.name].get("kernel")  # a float64 conv refuses float32 inputs
+    x = np.zeros((1, *value.shape[1:]), np.float32 if kernel is None else kernel.dtype)
     x[..., removed_in] = value[:1][..., removed_in]
     m = _linear_part(layer, weights, x)[0][..., kept_out]
     flat = m.reshape(-1, m.shape[-1])

@@ -139,3 +139,23 @@ def test_crop_kernels_must_be_a_bool(value):
                                          r"crop_kernels="):
         thin(model, crop_kernels=value)
 
+
+
+def test_float64_conv_with_a_constant_channel_is_thinned():
+    # The fold of a removed constant channel probed a float64 conv with a float32 input:
+    # "expected to be a float tensor but is a double tensor" from thinning_plan.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3), dtype="float64")
+    x = L.Conv2D(4, 3, name="c1", dtype="float64")(inp)
+    x = L.Conv2D(4, 3, name="c2", dtype="float64")(x)
+    model = keras.Model(inp, L.Dense(2, name="d", dtype="float64")(L.Flatten(dtype="float64")(x)))
+    c1 = model.get_layer("c1")
+    c1.kernel.assign(np.concatenate([np.zeros((3, 3, 3, 2)), c1.kernel.numpy()[..., 2:]], -1))
+    c1.bias.assign(np.array([0.5, -0.25, 0.1, 0.2]))  # the removed filters are constants
+    small = thin(model)
+    assert small.get_layer("c1").filters == 2
+    assert small.get_layer("c2").dtype_policy.name == "float64"
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 3))
+    want = np.asarray(ssl_keras.zero_groups(model)(x))
+    # the documented 1e-5 (the plan keeps folded constants in float32)
+    assert np.max(np.abs(np.asarray(small(x)) - want)) <= 1e-5 * (1 + np.max(np.abs(want)))
