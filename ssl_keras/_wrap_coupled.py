@@ -88,12 +88,12 @@ class CoupledTerms:
                 self._variables.append(variable)
             self._slot.append(slot_of[id(variable)])
 
-    def square_sums(self, read=lambda v: v):
-        """Per-group square sums as a keras.ops tensor."""
+    def square_sums(self, read=lambda v: v, dtype="float32"):
+        """Per-group square sums as a keras.ops tensor of `dtype`."""
         total = None
         for (variable, axis, _), (groups, positions) in zip(self.terms, self._pairs,
                                                              strict=True):
-            x = ops.cast(read(variable), "float32")
+            x = ops.cast(read(variable), dtype)
             axes = tuple(a for a in range(len(x.shape)) if a != axis)
             per_index = ops.sum(ops.square(x), axis=axes) if axes else ops.square(x)
             part = ops.segment_sum(ops.take(per_index, positions), groups,

@@ -150,6 +150,9 @@ class StructuredSparsity(keras.layers.Wrapper):
                 f"regularizer by hand. Received: layer={type(layer).__name__}"
             )
         kwargs.setdefault("name", layer.name)
+        # The wrapped layer's policy, not the global one: a float32 head under mixed_float16
+        # (or a float64 layer) would otherwise get inputs cast by the wrapper first.
+        kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
         coefficients = _check_coefficients({"filters": filters, "channels": channels,
                                             "shapes": shapes, "borders": borders,

@@ -120,13 +120,18 @@ class SSLModel(keras.Model):
         return self._ssl_terms
 
     def ssl_coupled_loss(self):
-        """The coupled group-Lasso term (a scalar tensor), 0 without groups."""
+        """The coupled group-Lasso term (a scalar tensor of `keras.config.floatx()`, which
+        Keras adds the other losses in), 0 without groups. Computed in float32 (float64 when
+        floatx is float64), whatever the variables' dtypes."""
+        floatx = keras.config.floatx()
         terms = self.ssl_coupled_terms()
         if terms is None:
-            return ops.convert_to_tensor(0.0)
-        sums = terms.square_sums(read=_current_value)
+            return ops.zeros((), dtype=floatx)
+        dtype = "float64" if floatx == "float64" else "float32"
+        sums = terms.square_sums(read=_current_value, dtype=dtype)
         norms = ops.sqrt(sums + self.ssl_epsilon)
-        loss = ops.sum(ops.convert_to_tensor(terms.coefficients) * norms)
+        loss = ops.sum(ops.convert_to_tensor(terms.coefficients, dtype=dtype) * norms)
+        loss = ops.cast(loss, floatx)
         return loss if self.ssl_penalty_gradient else ops.stop_gradient(loss)
 
     def fit(self, *args, **kwargs):

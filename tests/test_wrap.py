@@ -907,3 +907,49 @@ def test_depth_groups_of_branches_with_plain_operations():
         ("c3", "kernel"), ("bn2", "gamma")]
     np.testing.assert_allclose(_total_loss(ssl), _coupled_oracle(ssl, ssl.ssl_groups),
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("coupled", [True, False])
+def test_wrappers_compute_in_the_wrapped_layers_dtype(coupled):
+    # The wrappers took the global policy: a float64 layer's inputs were cast to float32
+    # first (1e-12 came out as 0.0), and under mixed_float16 a float32 head's inputs were
+    # cast to float16.
+    inp = keras.Input((4,), dtype="float64")
+    h = keras.layers.Dense(4, name="d1", dtype="float64")(inp)
+    model = keras.Model(inp, keras.layers.Dense(1, name="d2", dtype="float64")(h))
+    model.get_layer("d1").set_weights([np.eye(4), np.zeros(4)])
+    model.get_layer("d2").set_weights([np.ones((4, 1)), np.zeros(1)])
+    x = np.array([[1.0 + 1e-12, 1.0, 1.0, -3.0]])
+    ssl = apply_ssl(model, filters=1e-3, coupled=coupled)
+    assert ssl.get_layer("d1").dtype_policy.name == "float64"
+    assert float(ssl(x)[0, 0]) == float(model(x)[0, 0]) != 0.0
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        inp = keras.Input((4,))
+        h = keras.layers.Dense(4, name="h", dtype="float32")(inp)
+        head = keras.Model(inp, keras.layers.Dense(1, name="o", dtype="float32")(h))
+        head.get_layer("h").set_weights([np.eye(4, dtype="float32"), np.zeros(4, "float32")])
+        head.get_layer("o").set_weights([np.ones((4, 1), "float32"), np.zeros(1, "float32")])
+        ssl = apply_ssl(head, filters=1e-3, coupled=coupled)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = np.array([[1.0001, 1000.0, 0.0, -1001.0]], dtype="float32")
+    assert ssl.get_layer("o").dtype_policy.name == "float32"
+    assert float(ssl(x)[0, 0]) == float(head(x)[0, 0]) != 0.0
+
+
+def test_coupled_model_trains_with_floatx_float64():
+    # The coupled penalty was always float32, and Keras sums the losses in floatx:
+    # "Cannot convert a list containing a tensor of dtype float32 to float64".
+    try:
+        keras.config.set_floatx("float64")
+        inp = keras.Input((4,))
+        h = keras.layers.Dense(3, name="d1")(inp)
+        model = keras.Model(inp, keras.layers.Dense(2, name="d2")(h))
+        ssl = apply_ssl(model, filters=1e-2)
+        ssl.compile("sgd", "mse")
+        history = ssl.fit(np.ones((4, 4)), np.ones((4, 2)), epochs=2, verbose=0)
+        assert ssl.ssl_coupled_loss().dtype == "float64"
+    finally:
+        keras.config.set_floatx("float32")
+    assert np.all(np.isfinite(history.history["loss"]))
