@@ -52,12 +52,19 @@ def _all_layers(model):
         yield from _all_layers(layer)
 
 
-def _needs_float32(model) -> bool:
-    return any(
-        layer.dtype_policy.compute_dtype != "float32"
-        for layer in _all_layers(model)
+def _reduced_precision_layers(model) -> list[str]:
+    """Names of the layers (InputLayer aside: it computes nothing) that compute in another
+    dtype than their float32 variables."""
+    return [
+        layer.name for layer in _all_layers(model)
         if hasattr(layer, "dtype_policy") and layer.dtype_policy.variable_dtype == "float32"
-    )
+        and layer.dtype_policy.compute_dtype != "float32"
+        and not isinstance(layer, keras.layers.InputLayer)
+    ]
+
+
+def _needs_float32(model) -> bool:
+    return bool(_reduced_precision_layers(model))
 
 
 def rebuild_float32(model):
@@ -77,7 +84,11 @@ def rebuild_float32(model):
     def clone(layer):
         return copy_layer(layer, _float32_config(layer_config(layer)))
 
+    # Under a global mixed policy, clone_model makes the InputLayers (and any layer it
+    # creates without a config) in that policy: clone under float32.
+    policy = keras.config.dtype_policy()
     try:
+        keras.config.set_dtype_policy("float32")
         copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     except Exception as error:
         raise ValueError(
@@ -85,12 +96,17 @@ def rebuild_float32(model):
             "yourself with keras.mixed_precision.set_global_policy('float32'). "
             f"Received: model={model.name!r}, error={str(error).splitlines()[0]!r}"
         ) from error
+    finally:
+        keras.config.set_dtype_policy(policy)
     copy.set_weights(model.get_weights())
     refresh_states(copy)
-    if _needs_float32(copy):
+    left = _reduced_precision_layers(copy)
+    if left:
         raise ValueError(
             "The model still has layers computing in reduced precision after the float32 "
-            f"rebuild. Received: model={model.name!r}"
+            "rebuild (their configs do not take a float32 dtype); rebuild the model under "
+            "keras.mixed_precision.set_global_policy('float32'). "
+            f"Received: model={model.name!r}, layers={left}"
         )
     return copy
 

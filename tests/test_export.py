@@ -292,6 +292,21 @@ def test_mixed_float16_model_is_rebuilt_in_float32(tmp_path):
                                atol=0.05, rtol=0)  # float16 compute vs float32
 
 
+def test_mixed_float16_model_exports_while_the_global_policy_is_still_mixed(tmp_path):
+    # The rebuild cloned the InputLayer under the global mixed policy and then refused its
+    # own copy ("still has layers computing in reduced precision"): export failed in the
+    # process that trained the model unless the global policy was reset first.
+    keras.utils.set_random_seed(6)
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        mixed = conv_bn_net(name="mixed")
+        report = export_tflite(mixed, tmp_path / "mixed.tflite")
+        assert keras.config.dtype_policy().name == "mixed_float16"  # restored after
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert report.rebuilt_float32 and report.max_abs_diff <= 1e-4
+
+
 def test_representative_data_forms_give_the_same_calibration(tmp_path):
     keras.utils.set_random_seed(7)
     model = conv_bn_net(filters=(2, 2))
