@@ -215,3 +215,48 @@ def test_cli_error_after_tensorflow_is_one_line(tmp_path):
                          f"--out={tmp_path / 'out'}"))
     assert "--weights: the shapes of layer 'conv1' do not fit the rebuilt architecture" in line
     assert sorted(os.listdir(tmp_path)) == ["m.keras"]  # no empty --out folder left behind
+
+
+def test_cli_weights_with_layers_the_architecture_lacks(tmp_path):
+    # a ResNet-32 file under --arch resnet20 built the 20 layers it found and dropped the
+    # rest without a word; here: a LeNet with one more Dense layer than --arch lenet has
+    script = (
+        "import keras, sys\n"
+        "from examples.models import lenet\n"
+        "m = lenet()\n"
+        "o = keras.layers.Dense(10, name='ip3')(m.output)\n"
+        "keras.Model(m.input, o).save(sys.argv[1])\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.keras")], check=True,
+                   capture_output=True, env=env, timeout=300)
+    line = only_line(cli("--arch=lenet", f"--weights={tmp_path / 'm.keras'}",
+                         f"--out={tmp_path / 'out'}"))
+    assert "layers with weights that the rebuilt 'lenet' does not have" in line
+    assert "['ip3']" in line
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]
+
+
+def test_cli_without_tfmot_names_the_extra(tmp_path):
+    script = ("import runpy, sys\n"
+              "sys.modules['tensorflow_model_optimization'] = None\n"
+              "sys.argv = ['tflite_bench.baselines'] + sys.argv[1:]\n"
+              "runpy.run_module('tflite_bench.baselines', run_name='__main__')\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    p = subprocess.run([sys.executable, "-c", script, "--arch=lenet",
+                        f"--out={tmp_path / 'out'}"], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=600)
+    line = only_line(p)
+    assert "need tensorflow-model-optimization and tf-keras" in line and ".[bench]" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_file_names_keep_the_sparsity_apart():
+    from tflite_bench.baselines import _file_names
+
+    assert _file_names("lenet", 0.75)["elementwise"] == "lenet_sparsity75.tflite"
+    assert _file_names("lenet", 0.115)["elementwise"] != _file_names("lenet", 0.125)[
+        "elementwise"]  # both were "sparsity12"
+    assert _file_names("lenet", 0.07)["elementwise_sparseflag"] == \
+        "lenet_sparsity7_sparseflag.tflite"

@@ -66,7 +66,7 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _file_names(arch, sparsity):
-    pct = round(sparsity * 100)
+    pct = f"{round(sparsity * 100, 4):g}"  # 11.5, not 12 (0.115 and 0.125 were one name)
     return {
         "dense": f"{arch}_dense.tflite",
         "elementwise": f"{arch}_sparsity{pct}.tflite",
@@ -125,10 +125,12 @@ def _builder_kwargs(arch, weights):
 
 
 def _set_weights(model, weights):
+    used = set()
     for layer in model.layers:
         n = len(layer.get_weights())
         if not n:
             continue
+        used.update(f"{layer.name}/{i}" for i in range(n))
         arrays = [weights.get(f"{layer.name}/{i}") for i in range(n)]
         if any(a is None for a in arrays):
             raise UsageError(f"--weights: no weights for layer {layer.name!r} in the .keras "
@@ -140,6 +142,14 @@ def _set_weights(model, weights):
                 f"architecture (a thinned model with per-layer widths the builder cannot "
                 f"express?). Expected: {expected}. Received: {[a.shape for a in arrays]}")
         layer.set_weights(arrays)
+    unused = sorted({key.rsplit("/", 1)[0] for key in weights
+                     if "/" in key and key not in used})
+    if unused:  # e.g. a ResNet-32 file under --arch resnet20: its extra blocks dropped
+        raise UsageError(
+            "--weights: the .keras model has layers with weights that the rebuilt "
+            f"{model.name!r} does not have (another architecture or depth?). Received: "
+            f"{unused[:8]}"
+            + (f" and {len(unused) - 8} more" if len(unused) > 8 else ""))
 
 
 def _kernel_sparsity(model):
@@ -351,8 +361,14 @@ def run(argv):
         import tensorflow as tf  # (not through ssl_keras: this process stays Keras-2 only)
 
         tf.config.list_physical_devices()  # "failed call to cuInit" on a machine without GPU
-        import tensorflow_model_optimization as tfmot
-        import tf_keras
+        try:
+            import tensorflow_model_optimization as tfmot
+            import tf_keras
+        except ImportError as error:
+            raise UsageError(
+                "the tfmot baselines need tensorflow-model-optimization and tf-keras (pip "
+                "install -e .[bench]). Received: "
+                f"{type(error).__name__}: {str(error).splitlines()[0]}") from error
 
     tf.random.set_seed(FLAGS.seed)
     np.random.seed(FLAGS.seed)
