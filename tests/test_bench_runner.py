@@ -10,7 +10,7 @@ import pytest
 from ai_edge_litert import schema_py_generated as fb
 
 from tests.bench_helpers import build_tflite, fc_model
-from tflite_bench import benchmark, summarize
+from tflite_bench import benchmark, model_info, summarize
 from tflite_bench.report import plot_png, to_markdown, write_outputs
 from tflite_bench.runner import (
     ENTRY_KEYS,
@@ -255,6 +255,49 @@ def test_markdown_shows_errors():
     r = {"machine": {}, "settings": {}, "models": [
         {"path": "x.tflite", "threads": 1, "error": "boom"}]}
     assert "| x.tflite | 1 | error: boom |" in to_markdown(r)
+
+
+def test_markdown_escapes_pipes_and_names_the_interval():
+    # a "|" in a file name or an error (a string input's dtype "|S0") shifted the columns;
+    # confidence 0.995 was labelled "100% CI"
+    r = {"machine": {}, "settings": {"confidence": 0.995}, "models": [
+        {"path": "a|b.tflite", "threads": 1, "error": "dtype=|S0"},
+        {"path": "c.tflite", "threads": 1, "median_us": 5.0}]}
+    lines = to_markdown(r).splitlines()
+    assert "speedup (99.5% CI)" in lines[2]
+    cells = [len(line.replace("\\|", "").split("|")) for line in lines[2:]]
+    assert len(set(cells)) == 1, lines
+    assert "| a\\|b.tflite | 1 | error: dtype=\\|S0 |" in lines[4]
+
+
+def test_corrupt_model_is_an_error_entry_not_an_exception(tmp_path):
+    # an operator input that names a tensor the file does not have: model_info raised
+    # IndexError, which benchmark() let through instead of reporting the model's error
+    good = fc_model(tmp_path / "good.tflite", 8, 4)
+    bad = build_tflite(
+        tmp_path / "bad.tflite",
+        [((1, 8), fb.TensorType.FLOAT32), ((1, 4), fb.TensorType.FLOAT32)],
+        [(fb.BuiltinOperator.FULLY_CONNECTED, [0, 7, -1], [1],
+          fb.BuiltinOptions.FullyConnectedOptions, fb.FullyConnectedOptionsT())], [0], [1])
+    with pytest.raises(ValueError, match="not a valid TFLite model .*IndexError"):
+        model_info(bad)
+    r = benchmark([good, bad], runs=4, warmup=1, round_size=2, progress=False, resamples=20)
+    assert r["models"][0]["error"] is None and r["models"][0]["median_us"] > 0
+    assert "not a valid TFLite model" in r["models"][1]["error"]
+    with pytest.raises(IsADirectoryError, match="not a directory"):
+        model_info(tmp_path)
+
+
+def test_inputs_with_dynamic_non_batch_dimensions_are_refused():
+    # allocate_tensors makes a (-1, -1, -1, 3) input (1, 1, 1, 3): timed on a 1x1 image
+    from tflite_bench._worker import _random_inputs
+
+    dynamic = {"name": "x", "shape": np.array([1, 1, 1, 3]), "dtype": np.float32,
+               "shape_signature": np.array([-1, -1, -1, 3])}
+    with pytest.raises(ValueError, match="dynamic dimension other than the batch"):
+        _random_inputs([dynamic], 0)
+    batch_only = dict(dynamic, shape_signature=np.array([-1, 1, 1, 3]))
+    assert _random_inputs([batch_only], 0)[0].shape == (1, 1, 1, 3)
 
 
 def test_import_is_light():

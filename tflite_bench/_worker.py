@@ -51,6 +51,12 @@ def _random_inputs(details, seed, index_bound=11):
     values = []
     for d in details:
         shape = [int(s) for s in d["shape"]]
+        signature = [int(s) for s in d.get("shape_signature", shape)]
+        if any(s < 0 for s in signature[1:]):  # allocate_tensors made them 1
+            raise ValueError(
+                f"Input {d.get('name')!r} has a dynamic dimension other than the batch, which "
+                "would be timed at size 1; export the model with a fixed input shape. "
+                f"Received: shape_signature={signature}")
         dtype = np.dtype(d["dtype"])
         if np.issubdtype(dtype, np.floating):
             v = rng.standard_normal(shape).astype(dtype)
@@ -64,7 +70,8 @@ def _random_inputs(details, seed, index_bound=11):
                 hi = index_bound - 1
             v = rng.integers(lo, hi + 1, shape).astype(dtype)
         else:
-            raise ValueError(f"Unsupported input dtype. Received: dtype={dtype}")
+            raise ValueError("Unsupported input dtype: inputs must be float, int or bool "
+                             f"tensors. Received: dtype={dtype}")
         values.append(v)
     return values
 

@@ -69,7 +69,7 @@ def read_model(path):
         An `ai_edge_litert.schema_py_generated.ModelT`.
 
     Raises:
-        FileNotFoundError: if the file does not exist.
+        FileNotFoundError: if the file does not exist (IsADirectoryError: a directory).
         ValueError: if the file is not a TFLite flatbuffer.
 
     Example:
@@ -79,6 +79,9 @@ def read_model(path):
     1
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"Expected a .tflite file, not a directory. Received: "
+                                f"path={path!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such .tflite file. Received: path={path!r}")
     with open(path, "rb") as f:
@@ -182,9 +185,9 @@ def model_info(path):
         all operators), `inputs` ([{"shape", "dtype"}] of subgraph 0).
 
     Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if the file is not a valid TFLite flatbuffer, or a counted operator has
-            no static shapes.
+        FileNotFoundError: if the file does not exist (IsADirectoryError: a directory).
+        ValueError: if the file is not a valid TFLite flatbuffer (a corrupt one included),
+            or a counted operator has no static shapes.
 
     Example:
 
@@ -193,6 +196,16 @@ def model_info(path):
     (2293000, {'CONV_2D': 1888000, 'FULLY_CONNECTED': 405000})
     """
     model = read_model(path)
+    try:
+        return _model_info(path, model)
+    except (IndexError, KeyError, AttributeError, TypeError) as error:  # a corrupt file
+        raise ValueError(
+            "The file is not a valid TFLite model (an operator or tensor refers to one that "
+            f"does not exist). Received: path={os.fspath(path)!r}, "
+            f"error={type(error).__name__}: {error}") from error
+
+
+def _model_info(path, model):
     macs_by_op, ops = {}, {}
     param_tensors = set()
     bias_inputs = set()

@@ -201,6 +201,11 @@ def _si(n):
     return str(n)
 
 
+def _cell(text) -> str:
+    """`text` for a markdown table cell: a "|" (a file name, an error's dtype) is escaped."""
+    return str(text).replace("|", "\\|")
+
+
 def to_markdown(result):
     """A Markdown table of a benchmark result: one row per model and thread count.
 
@@ -220,7 +225,7 @@ def to_markdown(result):
     """
     m, s = result.get("machine", {}), result.get("settings", {})
     conf = s.get("confidence")
-    ci_name = f"{round(conf * 100)}% CI" if conf else "CI"
+    ci_name = f"{round(conf * 100, 4):g}% CI" if conf else "CI"  # 99.5% is not "100%"
     lines = [
         f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, LiteRT {m.get('litert', '?')}; "
         f"kernels={s.get('kernels', '?')}, runs={s.get('runs', '?')}, "
@@ -231,9 +236,9 @@ def to_markdown(result):
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for e in result["models"]:
-        name = e.get("name") or os.path.basename(e["path"])
+        name = _cell(e.get("name") or os.path.basename(e["path"]))
         if e.get("error"):
-            lines.append(f"| {name} | {e['threads']} | error: {e['error']} "
+            lines.append(f"| {name} | {e['threads']} | error: {_cell(e['error'])} "
                          "| | | | | | | | | |")
             continue
         sp = _fmt(e.get("speedup_vs_first"), ".2f")
