@@ -153,10 +153,19 @@ def _load_cifar_dir(directory: str):
         if all(os.path.isfile(os.path.join(d, b)) for b in CIFAR_BATCHES):
             parts = []
             for b in CIFAR_BATCHES:
-                with open(os.path.join(d, b), "rb") as f:
-                    batch = pickle.load(f, encoding="bytes")
-                x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
-                parts.append((x.transpose(0, 2, 3, 1), np.asarray(batch[b"labels"])))
+                path = os.path.join(d, b)
+                try:
+                    with open(path, "rb") as f:
+                        batch = pickle.load(f, encoding="bytes")
+                    x = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+                    y = np.asarray(batch[b"labels"])
+                except Exception as e:  # truncated, not a pickle, other keys, other sizes
+                    raise ValueError(
+                        "A CIFAR-10 batch must be the pickled dict of the python version "
+                        "(b'data': N x 3072 uint8, b'labels': N ints). Received: "
+                        f"{type(e).__name__}: {' '.join(str(e).split())[:120]} reading "
+                        f"{path!r}") from None
+                parts.append((x.transpose(0, 2, 3, 1), y))
             x_train = np.concatenate([p[0] for p in parts[:5]])
             y_train = np.concatenate([p[1] for p in parts[:5]])
             return (x_train, y_train), parts[5]
@@ -225,9 +234,12 @@ def _prepare_images(x: np.ndarray, pad_to: int | None, channels: int | None) -> 
 
 
 def _check_arrays(name, source, x_train, y_train, x_test, y_test) -> None:
-    """One label per image, labels in [0, 10), training and test images of one size."""
+    """Images in both sets, one label per image, labels in [0, 10), one image size."""
     for part, x, y in (("training", x_train, y_train), ("test", x_test, y_test)):
         y = np.asarray(y).reshape(-1)
+        if not len(x):
+            raise ValueError(f"The {name} {part} set must have at least one image. Received: "
+                             f"0 images from {source}")
         if len(x) != len(y):
             raise ValueError(
                 f"The {name} {part} set must have one label per image. Received: {len(x)} "

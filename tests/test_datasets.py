@@ -241,3 +241,26 @@ def test_numpy_integers_are_sizes(tmp_path):
     data = datasets.load("fashion_mnist", data_dir=str(tmp_path), max_train=np.int64(20),
                          max_test=np.int32(5), validation_split=np.float32(0.25))
     assert (len(data.x_train), len(data.x_val), len(data.x_test)) == (15, 5, 5)
+
+
+@pytest.mark.parametrize("content", [b"garbage", None, "keys"])
+def test_unreadable_cifar_batches_are_a_value_error(tmp_path, content):
+    rng = np.random.default_rng(0)
+    for name in datasets.CIFAR_BATCHES:
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"labels": [1, 2, 3, 4]}, f)
+    bad = tmp_path / datasets.CIFAR_BATCHES[2]
+    if content == "keys":
+        bad.write_bytes(pickle.dumps({b"images": 1}))
+    else:
+        bad.write_bytes(content or bad.read_bytes()[:50])  # None: truncated
+    with pytest.raises(ValueError, match=r"A CIFAR-10 batch must be the pickled dict .*"
+                                         + datasets.CIFAR_BATCHES[2]):
+        datasets.load("cifar10", data_dir=str(tmp_path), allow_download=False)
+
+
+def test_an_empty_test_set_is_refused_at_load_time(tmp_path):
+    _fake_idx_dir(str(tmp_path), n_test=0)
+    with pytest.raises(ValueError, match="test set must have at least one image. Received: 0"):
+        datasets.load("fashion_mnist", data_dir=str(tmp_path), allow_download=False)
