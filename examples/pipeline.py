@@ -44,6 +44,28 @@ def _compile(keras, model, kind: str, lr, momentum: float = 0.9):
     )
 
 
+def _backup_and_restore(keras, backup: str):
+    """keras BackupAndRestore keeping the backup before the last (double_checkpoint: a
+    backup half-written when the run was killed falls back to it); a backup that still
+    cannot be read is a UsageError naming the folder to delete (was: a traceback on every
+    rerun, until --fresh deleted the finished phases too)."""
+    phase = os.path.basename(backup).replace("backup_", "")  # backup_ssl: the ssl phase
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        def on_train_begin(self, logs=None):
+            try:
+                super().on_train_begin(logs)
+            except (OSError, ValueError, KeyError) as e:
+                raise UsageError(
+                    f"The {phase} phase's backup in {backup} cannot be read (the run was "
+                    f"killed while writing it? {type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:100]}). Expected a readable backup or none: "
+                    f"delete {backup} to restart this phase; the finished phases are kept."
+                ) from None
+
+    return Backup(backup, double_checkpoint=True)
+
+
 def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, lr_flag: str,
          callbacks=(), targets=None):
     """model.fit on the training images; `targets` = (train, validation) replaces the labels.
@@ -53,7 +75,7 @@ def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, lr_flag: str
     diverged phase would otherwise train on for its remaining epochs and fail later, in the
     export's TFLite check, with a message about the conversion.
     """
-    callbacks = [keras.callbacks.BackupAndRestore(backup), keras.callbacks.TerminateOnNaN(),
+    callbacks = [_backup_and_restore(keras, backup), keras.callbacks.TerminateOnNaN(),
                  *callbacks]
     y_train, y_val = targets if targets is not None else (data.y_train, data.y_val)
     validation = (data.x_val, y_val) if len(data.x_val) else None
@@ -61,11 +83,16 @@ def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, lr_flag: str
                         validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
                         shuffle=True)
     losses = history.history.get("loss", [])
-    if losses and not np.isfinite(losses[-1]):
+    bad = [v.path for v in model.weights
+           if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+    if (losses and not np.isfinite(losses[-1])) or bad:
+        what = (f"the loss was {losses[-1]} in epoch {len(losses)} of {epochs}"
+                if losses and not np.isfinite(losses[-1]) else
+                f"the weights {bad[:3]} are not finite after epoch {len(losses)} of {epochs} "
+                f"(last logged loss {losses[-1] if losses else None})")
         raise UsageError(
-            f"Training diverged: the loss was {losses[-1]} in epoch {len(losses)} of {epochs}. "
-            f"Expected a finite loss; try a smaller learning rate than {lr_flag} (nothing of "
-            "this phase was saved)."
+            f"Training diverged: {what}. Expected finite values; try a smaller learning rate "
+            f"than {lr_flag} (nothing of this phase was saved)."
         )
     return history
 
@@ -120,10 +147,17 @@ class Pipeline(ReportMixin):
                              f"Expected a folder that can be created. Received: "
                              f"--out_dir={self.cfg.out_dir!r}") from None
         if os.path.exists(key_path):
-            with open(key_path, encoding="utf-8") as f:
-                old = {**_ADDED_SETTINGS, **json.load(f)}
+            try:
+                with open(key_path, encoding="utf-8") as f:
+                    old = {**_ADDED_SETTINGS, **json.load(f)}
+            except (OSError, ValueError, TypeError) as e:
+                raise UsageError(
+                    f"The settings file of the checkpoints, {key_path}, cannot be read "
+                    f"({' '.join(str(e).split())[:100]}). Expected the JSON this example "
+                    "wrote. Pass --fresh to retrain, or another --out_dir.") from None
             if old != json.loads(json.dumps(key)):
-                diff = {k: (old.get(k), v) for k, v in key.items() if old.get(k) != v}
+                diff = {k: (old.get(k), key.get(k)) for k in sorted({*key, *old})
+                        if old.get(k) != key.get(k)}
                 raise UsageError(
                     f"The checkpoints in {self.work} were trained with other settings "
                     f"(setting: (checkpoint, now)) {diff}. Expected the same settings to "
@@ -131,6 +165,15 @@ class Pipeline(ReportMixin):
                 )
         else:
             atomic_write_text(key_path, json.dumps(key, indent=1))
+        # what a killed run left: atomic writes' temporary files, the tfmot step's images
+        stale = [n for n in os.listdir(self.work)
+                 if n.startswith(".tmp_") or n == "tfmot_data.npz"]
+        for name in stale:
+            path = self.path(name)
+            if os.path.isfile(path):
+                os.remove(path)
+        if stale:
+            self.log(f"removed {len(stale)} file(s) an interrupted run left in {self.work}")
 
     def _phase(self, name: str, train: Callable):
         """Loads `<name>.keras` when an earlier run finished the phase, else trains it."""
@@ -174,6 +217,18 @@ class Pipeline(ReportMixin):
         self.log(f"data: {self.dataset} from {d.source}: train {len(d.x_train)}, "
                  f"validation {len(d.x_val)}, test {len(d.x_test)}, shape {d.input_shape}")
 
+    def _build(self):
+        """The recipe's architecture for the data; images it cannot take are a UsageError
+        (8x8 IDX images gave Keras's "output size would be zero or negative" traceback)."""
+        try:
+            return self.recipe.build(input_shape=self.data.input_shape,
+                                     num_classes=self.data.num_classes)
+        except ValueError as e:
+            raise UsageError(
+                f"data: {self.recipe.name} cannot take images of shape {self.data.input_shape}"
+                f" from {self.data.source} ({' '.join(str(e).split())[:160]}). Expected the "
+                "dataset's own image size.") from None
+
     def train_dense(self):
         import keras
 
@@ -182,8 +237,7 @@ class Pipeline(ReportMixin):
         def train():
             self.log(f"phase dense: {cfg.epochs} epochs, {cfg.optimizer} lr={cfg.lr} "
                      f"({cfg.lr_schedule})")
-            model = self.recipe.build(input_shape=self.data.input_shape,
-                                      num_classes=self.data.num_classes)
+            model = self._build()
             _compile(keras, model, cfg.optimizer, self._schedule(keras, cfg.lr, cfg.epochs))
             _fit(keras, model, self.data, cfg, cfg.epochs, self.path("backup_dense"),
                  f"--lr={cfg.lr}")
@@ -241,17 +295,20 @@ class Pipeline(ReportMixin):
             named["--ssl_layers"] = cfg.ssl_layers or {}
         if not any(named.values()):
             return
-        model = self.recipe.build(input_shape=self.data.input_shape,
-                                  num_classes=self.data.num_classes)
+        model = self._build()
         # That model drew its weights from the seeded generator: seed again, so that the
         # dense model starts from the same weights with and without the check.
         keras.utils.set_random_seed(cfg.seed)
-        layers = sorted(layer.name for layer in model.layers)
+        # layers with a kernel: a pool / flatten / input layer has no groups or width, and
+        # naming one in --ssl_layers silently dropped the recipe's own multipliers
+        layers = sorted(layer.name for layer in model.layers
+                        if getattr(layer, "kernel", None) is not None)
         for flag, names in named.items():
             unknown = sorted(set(names) - set(layers))
             if unknown:
-                raise UsageError(f"{flag} names layers that {self.recipe.name} does not have. "
-                                 f"Expected names among {layers}. Received: {unknown}")
+                raise UsageError(f"{flag} names layers that {self.recipe.name} does not have "
+                                 "or that have no kernel to prune. Expected names among "
+                                 f"{layers}. Received: {unknown}")
 
     def _schedule(self, keras, lr: float, epochs: int):
         """The learning rate of a phase: `lr`, or cosine decay from it over the phase."""
@@ -402,8 +459,10 @@ class Pipeline(ReportMixin):
                self.path("dense.keras"), "--data", npz, "--steps", str(steps), "--out", out,
                "--overwrite"]
         self.log("tfmot: python " + " ".join(cmd[1:]))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        os.remove(npz)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        finally:  # Ctrl-C too: the 35 MB of images are not left behind
+            os.remove(npz)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise StepUnavailableError(

@@ -413,10 +413,20 @@ def test_round_to_flag_takes_thins_two_forms(value, expected):
 def test_unknown_layer_names_fail_before_training(tmp_path, capsys, flag, shown):
     code, err = _main([flag, f"--out_dir={tmp_path}", "--max_train=500"], capsys)
     assert code == 2 and len(err) == 1
-    assert err[0] == (f"lenet: error: {shown} names layers that lenet does not have. Expected "
-                      "names among ['conv1', 'conv2', 'flatten', 'input', 'ip1', 'ip2', "
-                      "'pool1', 'pool2']. Received: ['conv3']")
+    assert err[0] == (f"lenet: error: {shown} names layers that lenet does not have or that "
+                      "have no kernel to prune. Expected names among ['conv1', 'conv2', "
+                      "'ip1', 'ip2']. Received: ['conv3']")
     assert not os.listdir(tmp_path)  # nothing trained, nothing written
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.parametrize("flag", ['--ssl_layers={"flatten": {"filters": 1}}',
+                                  '--round_to={"pool1": 8}', '--round_down={"input": 16}'])
+def test_layer_names_without_a_kernel_fail_before_training(tmp_path, capsys, flag):
+    # were accepted silently; --ssl_layers then trained without the recipe's multipliers
+    code, err = _main([flag, f"--out_dir={tmp_path}", "--max_train=500"], capsys)
+    assert code == 2 and len(err) == 1 and "have no kernel to prune" in err[0]
+    assert not os.listdir(tmp_path)
 
 
 @pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
@@ -504,3 +514,109 @@ def test_unreadable_data_is_one_line_and_exit_2(tmp_path, capsys):
     if HAVE_FASHION:
         assert err == ["lenet: error: data: The validation split leaves no training images. "
                        "Received: validation_split=0.99 of 50 images"]
+
+
+def test_non_finite_weights_after_a_finite_loss_stop_the_phase(tmp_path):
+    # --lr=1: the epoch's logged loss was finite (5e27) but the weights were NaN; the phase
+    # was saved and the next phase failed, naming its own learning rate
+    import keras
+
+    from examples.pipeline import _fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = rng.integers(0, 2, 32)
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:0], y_val=y[:0])
+    cfg = types.SimpleNamespace(batch_size=32, verbose=0)
+
+    class PoisonLastStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.model.layers[0].kernel.assign(np.full((4, 2), np.nan, "float32"))
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(UsageError, match=r"Training diverged: the weights \['[^']*/kernel'\] "
+                                         r"are not finite after epoch 1 of 1 .*--lr=1"):
+        _fit(keras, model, data, cfg, 1, str(tmp_path / "backup"), "--lr=1", [PoisonLastStep()])
+    assert not os.path.exists(tmp_path / "backup")  # nothing of the phase to resume from
+
+
+def test_an_unreadable_backup_names_the_folder_to_delete(tmp_path):
+    import keras
+
+    from examples.pipeline import _fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = rng.integers(0, 2, 32)
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:0], y_val=y[:0])
+    cfg = types.SimpleNamespace(batch_size=16, verbose=0)
+
+    def model():
+        m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        m.compile(keras.optimizers.SGD(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return m
+
+    class Stop(keras.callbacks.Callback):  # a kill after epoch 2's backup
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    backup = tmp_path / "backup_ssl"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(keras, model(), data, cfg, 4, str(backup), "--ssl_lr=0.01", [Stop()])
+    latest = backup / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:100])  # killed while writing the last backup
+    history = _fit(keras, model(), data, cfg, 4, str(backup), "--ssl_lr=0.01")
+    assert len(history.history["loss"]) == 3  # resumed from the backup before: epoch 2 of 4
+    # neither copy readable: one line naming the folder (was: a traceback on every rerun)
+    _fit_killed = pytest.raises(KeyboardInterrupt)
+    with _fit_killed:
+        _fit(keras, model(), data, cfg, 4, str(backup), "--ssl_lr=0.01", [Stop()])
+    for name in os.listdir(backup):
+        if name.endswith(".h5") or name.endswith(".bkp"):
+            (backup / name).write_bytes(b"broken")
+    with pytest.raises(UsageError, match=r"The ssl phase's backup in .*backup_ssl cannot be "
+                                         r"read .*delete .*backup_ssl to restart this phase"):
+        _fit(keras, model(), data, cfg, 4, str(backup), "--ssl_lr=0.01")
+
+
+def test_an_unreadable_settings_file_and_a_killed_runs_leftovers(tmp_path):
+    def pipeline():
+        fv = define_flags(lenet.RECIPE)
+        fv(["lenet", f"--out_dir={tmp_path}"])
+        return Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+
+    work = tmp_path / "lenet_fashion_mnist"
+    work.mkdir()
+    (work / "config.json").write_text("{not json")  # was: JSONDecodeError traceback
+    with pytest.raises(UsageError, match=r"The settings file of the checkpoints, .*config.json, "
+                                         r"cannot be read .*Pass --fresh"):
+        pipeline()._prepare_work_dir()
+    (work / "config.json").write_text(json.dumps({"unknown_setting": 1}))
+    with pytest.raises(UsageError, match=r"'unknown_setting': \(1, None\)"):  # was: {}
+        pipeline()._prepare_work_dir()
+    (work / "config.json").unlink()
+    (work / ".tmp_abc.keras").write_text("an atomic save a SIGKILL interrupted")
+    (work / "tfmot_data.npz").write_text("the tfmot step's images, Ctrl-C")
+    (work / "dense.keras").write_text("a finished phase")
+    pipeline()._prepare_work_dir()
+    assert sorted(os.listdir(work)) == ["config.json", "dense.keras"]
+
+
+def test_images_the_architecture_cannot_take_are_one_line(tmp_path, capsys):
+    from tests.test_datasets import _write_idx
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for key, name in datasets.IDX_FILES.items():
+        n = 40 if "train" in key else 10
+        array = (rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) if key.startswith("x")
+                 else rng.integers(0, 10, n, dtype=np.uint8))
+        _write_idx(str(data / name), array, False)
+    code, err = _main([f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}"], capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("lenet: error: data: lenet cannot take images of shape (8, 8, 1)")
