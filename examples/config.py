@@ -64,7 +64,7 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "ssl_momentum": 0.0,
         "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "borders": 0.0,
         "depth": 0.0, "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1,
-        "round_down": 1,
+        "round_down": 1, "max_channels": None,
         "seed": 0,
         "lr_schedule": "cosine", "finetune_thinned": True, "ssl_layers": None,
         "distill": 0.0, "distill_temperature": 4.0,
@@ -146,6 +146,11 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                     "channels until its width is a multiple of it (zero_groups(round_down=)); "
                     "fine-tuning follows. An integer, or per-layer JSON as --round_to.",
                     flag_values=fv)
+    D.DEFINE_string("max_channels", json.dumps(d["max_channels"]), "Before thinning, zero the "
+                    "weakest live groups of every layer that keeps more than this many channels "
+                    "until this many are left (zero_groups(max_channels=); before "
+                    "--round_down): a width budget. null (no cap), an integer, or per-layer "
+                    "JSON as --round_to, e.g. '{\"conv2\": 16}'.", flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
     D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
     D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
@@ -197,6 +202,7 @@ class Config:
     threshold: float
     round_to: int | dict
     round_down: int | dict
+    max_channels: int | dict | None
     seed: int
     out_dir: str
     threads: tuple
@@ -214,7 +220,7 @@ class Config:
                 "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers", "distill",
                 "distill_temperature",
                 "batch_size", "filters", "channels", "shapes", "borders", "depth", "proximal",
-                "zero_every", "threshold", "round_to", "round_down", "seed")
+                "zero_every", "threshold", "round_to", "round_down", "max_channels", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -239,6 +245,8 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     values["ssl_layers"] = _ssl_layers(values["ssl_layers"], recipe)
     values["round_to"] = _round_to(values["round_to"])
     values["round_down"] = _round_to(values["round_down"], "--round_down")
+    values["max_channels"] = (None if str(values["max_channels"]).strip() in ("", "null")
+                              else _round_to(values["max_channels"], "--max_channels"))
     for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every"):
         if values[name] < 1:
             raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
@@ -294,7 +302,8 @@ def _check_out_dir(out_dir: str) -> None:
 
 
 def _round_to(text, flag: str = "--round_to") -> int | dict:
-    """--round_to / --round_down: an integer >= 1, or JSON {layer name: integer >= 1}."""
+    """--round_to / --round_down / --max_channels: an integer >= 1, or JSON {layer name:
+    integer >= 1}."""
     text = str(text).strip()
     try:
         value = json.loads(text)

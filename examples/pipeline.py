@@ -106,7 +106,7 @@ def _pct(value) -> str:
 
 
 # Settings added to the training key after runs were saved without them: their default.
-_ADDED_SETTINGS = {"round_down": 1}
+_ADDED_SETTINGS = {"round_down": 1, "max_channels": None}
 
 
 class Pipeline(ReportMixin):
@@ -290,7 +290,8 @@ class Pipeline(ReportMixin):
         cfg = self.cfg
         named = {flag: value if isinstance(value, dict) else {}
                  for flag, value in (("--round_to", cfg.round_to),
-                                     ("--round_down", cfg.round_down))}
+                                     ("--round_down", cfg.round_down),
+                                     ("--max_channels", cfg.max_channels))}
         if cfg.ssl_layers is not self.recipe.ssl_layers:  # given on the command line
             named["--ssl_layers"] = cfg.ssl_layers or {}
         if not any(named.values()):
@@ -323,7 +324,11 @@ class Pipeline(ReportMixin):
         strip_ssl = need("ssl_keras.wrap", "strip_ssl", "finetune")
         # strip first: the zeroed groups are then exactly the groups thin() removes.
         self.zeroed = zero_groups(strip_ssl(self.ssl), self.cfg.threshold,
-                                  round_down=self.cfg.round_down)
+                                  round_down=self.cfg.round_down,
+                                  max_channels=self.cfg.max_channels)
+        if self.cfg.max_channels is not None:
+            self.log(f"zero: --max_channels={json.dumps(self.cfg.max_channels)}: the weakest "
+                     "live groups beyond it zeroed too")
         if self.cfg.round_down != 1:
             self.log(f"zero: --round_down={json.dumps(self.cfg.round_down)}: the weakest live "
                      "groups zeroed too, so that each width is a multiple")

@@ -135,11 +135,13 @@ def _check_round_to(round_to, name="round_to"):
             return {k: int(v) for k, v in round_to.items()}
     elif ok(round_to):
         return int(round_to)
-    what = ("every thinned width is kept a multiple of it" if name == "round_to" else
-            "every width above it is cut to a multiple of it")
+    what = {"round_to": "every thinned width is kept a multiple of it",
+            "max_channels": "no width is left above it"}.get(
+        name, "every width above it is cut to a multiple of it")
+    other = "no cap" if name == "max_channels" else "1"
     raise ValueError(
         f"`{name}` must be an integer >= 1 ({what}), "
-        "or a dict mapping layer names to such integers (other layers: 1). "
+        f"or a dict mapping layer names to such integers (other layers: {other}). "
         f"Received: {name}={round_to!r}"
     )
 

@@ -470,7 +470,8 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
 
 @rebuilds_own_layers
 def zero_groups(model: keras.Model, threshold: float = 1e-4,
-                groups: list[dict] | None = None, round_down: int | dict = 1) -> keras.Model:
+                groups: list[dict] | None = None, round_down: int | dict = 1,
+                max_channels: int | dict | None = None) -> keras.Model:
     """Returns a copy of `model` whose below-threshold groups are set exactly to zero.
 
     This is the reference `thin` is equivalent to: the producer slices of groups whose every
@@ -487,12 +488,19 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
     zeroed channels, exactly) this changes the model's outputs: fine-tune after it. A layer
     whose weak groups are blocked, or that keeps N or fewer channels, is left as it is.
 
+    `max_channels=M` (or {layer name: M}) zeroes, the same way, the weakest live groups of
+    every layer that keeps more than M channels until M are left (then `round_down` applies
+    to the M): a width budget, e.g. from `benchmarks.lenet_widths`, kept by the groups' norms
+    rather than by a threshold.
+
     Args:
         model: a functional or Sequential Keras model.
         threshold: as in `thin`.
         groups: the coupled groups (checked against the model); `removable_groups(model)` when
             None.
         round_down: an int >= 1, or a dict {layer name: int >= 1} (other layers: 1).
+        max_channels: None (no cap), an int >= 1, or a dict {layer name: int >= 1} (other
+            layers: no cap).
 
     Returns:
         A new model of the same architecture (`model` is not modified); a model from
@@ -501,16 +509,20 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
     Example:
     >>> zeroed = ssl_keras.zero_groups(model, 1e-4)
     >>> small = ssl_keras.thin(ssl_keras.zero_groups(model, 1e-4, round_down=16), 1e-4)
+    >>> capped = ssl_keras.zero_groups(model, 1e-4, max_channels={"conv2": 16})
     """
     round_down = _check_round_to(round_down, "round_down")
+    if max_channels is not None:
+        max_channels = _check_round_to(max_channels, "max_channels")
     model = _plain(model)
     st = _prepare(model, threshold, groups)
-    if isinstance(round_down, dict) and set(round_down) - set(st["by_name"]):
-        raise ValueError(
-            "`round_down` names layers the model does not have. Expected names among "
-            f"{sorted(st['by_name'])}. Received: {sorted(set(round_down) - set(st['by_name']))}")
+    for name, value in (("round_down", round_down), ("max_channels", max_channels)):
+        if isinstance(value, dict) and set(value) - set(st["by_name"]):
+            raise ValueError(
+                f"`{name}` names layers the model does not have. Expected names among "
+                f"{sorted(st['by_name'])}. Received: {sorted(set(value) - set(st['by_name']))}")
     weights = _zeroed_weights(st["weights"], st["zero"])
-    extra = _round_down_zero(st, weights, round_down)
+    extra = _round_down_zero(st, weights, round_down, max_channels)
     if extra:  # the weak groups' producers are zero now: classify everything again
         model = _copy_with_weights(model, _zeroed_weights(weights, extra))
         st = _prepare(model, threshold, groups)
@@ -518,14 +530,15 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
     return _copy_with_weights(model, weights)
 
 
-def _round_down_zero(st, weights, round_down) -> list:
-    """The producer slices to zero so that every width above `round_down` is a multiple."""
-    if round_down == 1:
+def _round_down_zero(st, weights, round_down, max_channels=None) -> list:
+    """The producer slices to zero so that no width is above `max_channels` and every width
+    above `round_down` is a multiple of it."""
+    if round_down == 1 and max_channels is None:
         return []
     groups, decisions, alive = st["groups"], st["decisions"], st["alive"]
     # One channel space per group source; coupled producers (a residual stage's convs, an Add
     # of several) share it, so a dict may name any of them.
-    kept, weak, multiples = {}, {}, {}
+    kept, weak, multiples, caps = {}, {}, {}, {}
     for g in groups:
         status, why = decisions[g["id"]]
         if status in ("constant", "unused", "dead") or g["source"] not in alive:
@@ -537,19 +550,26 @@ def _round_down_zero(st, weights, round_down) -> list:
             wanted = (round_down.get(s["layer"], 1) if isinstance(round_down, dict)
                       else round_down)
             multiples[space] = max(multiples.get(space, 1), wanted)
+            cap = (max_channels.get(s["layer"]) if isinstance(max_channels, dict)
+                   else max_channels)
+            if cap is not None:
+                caps[space] = min(caps.get(space, cap), cap)
         if g.get("blocked") is None and not str(why).startswith("blocked") and producers:
             weak.setdefault(space, []).append(g)
     zero = []
     for layer, count in sorted(kept.items()):
         multiple = multiples.get(layer, 1)
-        cut = count % multiple if count > multiple else 0
+        left = min(count, caps.get(layer, count))
+        left -= left % multiple if left > multiple else 0
+        cut = count - left
         candidates = weak.get(layer, [])
         if not cut or len(candidates) < cut:
             continue
         cache = {}
+        label = "max_channels" if caps.get(layer, count) < count else "round_down"
         candidates.sort(key=lambda g: (_strength(g, weights, alive, cache), g["id"]))
         for g in candidates[:cut]:
             zero.extend({"layer": s["layer"], "weight": s["weight"], "axis": s["axis"],
-                         "index": list(s["index"]), "why": f"round_down {g['id']}"}
+                         "index": list(s["index"]), "why": f"{label} {g['id']}"}
                         for s in g["slices"] if s["role"] == "producer" and s["layer"] in alive)
     return [z for z in zero if z["weight"] in weights.get(z["layer"], {})]

@@ -1,14 +1,15 @@
 """`python -m ssl_keras.thin_cli`: thin a saved Keras model from the command line.
 
     python -m ssl_keras.thin_cli MODEL.keras OUT.keras [--threshold 1e-4] [--round_to 16]
-        [--round_down 16] [--nocrop_kernels] [--plan PLAN.json] [--overwrite] [--json]
+        [--round_down 16] [--max_channels '{"conv2": 16}'] [--nocrop_kernels]
+        [--plan PLAN.json] [--overwrite] [--json]
 
 Loads MODEL (a model from `apply_ssl`, or any functional / Sequential model), zeroes its groups
-at or below --threshold (`zero_groups`, with --round_down), builds the thinned model (`thin`,
-with --round_to), checks that it reproduces the zeroed model on random inputs, prints the
-`summarize` table and the check (or, with --json, one JSON object) and saves OUT atomically.
---round_to / --round_down take an integer or a JSON dict {layer name: integer}. --plan also
-writes the thinning plan (`thinning_plan`) as JSON. Bad input: one line on stderr, exit 2;
+at or below --threshold (`zero_groups`, with --max_channels and --round_down), builds the
+thinned model (`thin`, with --round_to), checks that it reproduces the zeroed model on random
+inputs, prints the `summarize` table and the check (or, with --json, one JSON object) and saves
+OUT atomically. --round_to / --round_down / --max_channels take an integer or a JSON dict
+{layer name: integer}. --plan also writes the thinning plan (`thinning_plan`) as JSON. Bad input: one line on stderr, exit 2;
 nothing is written unless everything succeeded, and no file is replaced without --overwrite.
 """
 
@@ -47,6 +48,10 @@ def _flag_values():
     flags.DEFINE_string("round_down", "1", "Before thinning, also zero the weakest live groups "
                         "until every width is a multiple of this (an integer or a JSON dict); "
                         "changes the outputs: fine-tune afterwards.", flag_values=fv)
+    flags.DEFINE_string("max_channels", None, "Before thinning, also zero the weakest live "
+                        "groups of every layer above this many channels until this many are "
+                        "left (an integer or a JSON dict); changes the outputs: fine-tune "
+                        "afterwards.", flag_values=fv)
     flags.DEFINE_boolean("crop_kernels", True, "Crop zero border rows / columns of conv "
                          "kernels.", flag_values=fv)
     flags.DEFINE_string("plan", None, "Also write the thinning plan (JSON) to this file.",
@@ -57,7 +62,8 @@ def _flag_values():
 
 
 def _multiple(flag: str, text: str):
-    """--round_to / --round_down: an integer, or a JSON object {layer name: integer}."""
+    """--round_to / --round_down / --max_channels: an integer, or a JSON object {layer
+    name: integer}."""
     try:
         value = json.loads(text)
     except ValueError:
@@ -111,11 +117,14 @@ def _keras_bytes(model, folder: str) -> bytes:
 def _main(argv, FLAGS):
     if len(argv) != 3:
         _fail("usage: python -m ssl_keras.thin_cli MODEL.keras OUT.keras [--threshold T] "
-              f"[--round_to N] [--round_down N] [--plan PLAN.json] [--overwrite]. "
+              f"[--round_to N] [--round_down N] [--max_channels N] [--plan PLAN.json] "
+              "[--overwrite]. "
               f"Received: {argv[1:]}")
     model_path, out_path = argv[1], argv[2]
     round_to, round_down = _multiple("round_to", FLAGS.round_to), _multiple(
         "round_down", FLAGS.round_down)
+    max_channels = (None if FLAGS.max_channels is None
+                    else _multiple("max_channels", FLAGS.max_channels))
     _check_out(out_path, "OUT", ".keras", FLAGS.overwrite, model_path)
     if FLAGS.plan is not None:
         _check_out(FLAGS.plan, "--plan", ".json", FLAGS.overwrite, model_path)
@@ -126,7 +135,8 @@ def _main(argv, FLAGS):
 
     model = _load_model(model_path)
     try:
-        zeroed = zero_groups(model, FLAGS.threshold, round_down=round_down)
+        zeroed = zero_groups(model, FLAGS.threshold, round_down=round_down,
+                             max_channels=max_channels)
         plan = thinning_plan(zeroed, FLAGS.threshold, round_to, crop_kernels=FLAGS.crop_kernels)
         small = apply_plan(zeroed, plan)
         diff, scale, described = _max_difference(model, small, zeroed)
@@ -151,6 +161,7 @@ def _main(argv, FLAGS):
         print(json.dumps({
             "model": model_path, "out": out_path, "plan": FLAGS.plan,
             "threshold": FLAGS.threshold, "round_to": round_to, "round_down": round_down,
+            "max_channels": max_channels,
             "params": [report.count_params(model), report.count_params(small)],
             "macs": [report.count_macs(model), report.count_macs(small)],
             "max_abs_difference": diff, "checked_on": described,

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from examples import common, convnet, datasets, lenet, models, resnet
+from examples import common, convnet, datasets, lenet, mlp, models, resnet
 from examples.config import UsageError, config_from_flags, define_flags
 from examples.distill import distillation_loss
 from examples.pipeline import PHASES, Pipeline
@@ -168,7 +168,8 @@ def test_help_lists_the_flags_and_exits_0(capsys, tmp_path):
                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("LeNet-5 (Caffe")  # the example's docstring
-    assert "--filters: Filter-wise" in out.stdout and "(default: '0.017')" in out.stdout
+    assert "--filters: Filter-wise" in out.stdout and "(default: '0.015')" in out.stdout
+    assert '(default: \'{"conv2": 16, "ip1": 128}\')' in out.stdout
     assert "\nFlags:\n" in out.stdout and "examples." not in out.stdout.split("Flags:")[1]
     assert "--flagfile" not in out.stdout  # absl's own flags stay out
     assert os.listdir(tmp_path) == []  # nothing ran
@@ -305,6 +306,37 @@ def test_round_down_flag_reaches_zero_groups(tmp_path):
     assert small.get_layer("conv2").filters == 8 and small.get_layer("conv1").filters == 6
     x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(small(x), pipeline.zeroed(x), atol=1e-5)
+
+
+def test_max_channels_flag_reaches_zero_groups(tmp_path):
+    """--max_channels caps widths by group norm before thin (LeNet's default: conv2 16, ip1
+    128); other recipes: no cap; thin of the capped model stays exact."""
+    import keras
+
+    import ssl_keras
+
+    assert lenet.RECIPE.defaults["max_channels"] == {"conv2": 16, "ip1": 128}
+    fv = define_flags(mlp.RECIPE)
+    fv(["mlp"])
+    assert config_from_flags(fv, mlp.RECIPE).max_channels is None
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}", '--max_channels={"conv2": 7}'])
+    cfg = config_from_flags(fv, lenet.RECIPE)
+    assert cfg.training_key()["max_channels"] == {"conv2": 7}
+    pipeline = Pipeline(lenet.RECIPE, cfg)
+    keras.utils.set_random_seed(0)
+    pipeline.ssl = ssl_keras.apply_ssl(models.lenet(filters=(6, 10), units=20), filters=1e-3)
+    pipeline.cfg = dataclasses.replace(pipeline.cfg, threshold=1e-4)
+    pipeline.zero()
+    small = ssl_keras.thin(pipeline.zeroed, 1e-4)
+    assert small.get_layer("conv2").filters == 7 and small.get_layer("conv1").filters == 6
+    x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(small(x), pipeline.zeroed(x), atol=1e-5)
+    for bad in ("0", '{"conv2": 0}', "[16]"):
+        fv = define_flags(lenet.RECIPE)
+        fv(["lenet", f"--max_channels={bad}"])
+        with pytest.raises(UsageError, match="--max_channels must be an integer >= 1"):
+            config_from_flags(fv, lenet.RECIPE)
 
 
 def test_ssl_layers_flag_replaces_the_recipes_multipliers():

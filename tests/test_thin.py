@@ -487,6 +487,39 @@ def test_round_down_zeroes_the_weakest_groups_to_a_multiple():
                    strict=True))
 
 
+def test_max_channels_keeps_the_strongest_groups_up_to_a_cap():
+    model = randomize(lenet(filters=(6, 40), units=20))
+    k2 = model.get_layer("conv2").kernel
+    b = np.array(k2.numpy())
+    strong = [3, 7, 11, 19, 23, 31, 37]
+    b[..., strong] *= 50.0  # the 7 strongest conv2 filters, by far
+    k2.assign(b)
+    before = [w.copy() for w in model.get_weights()]
+    zeroed = zero_groups(model, 1e-4, max_channels={"conv2": 7})
+    live = np.flatnonzero(np.abs(zeroed.get_layer("conv2").kernel.numpy()).sum((0, 1, 2)))
+    assert live.tolist() == strong
+    small = thin(zeroed, 1e-4)
+    assert widths(small) == {"conv1": 6, "conv2": 7, "ip1": 20, "ip2": 10}
+    x = np.random.default_rng(0).normal(size=(3, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(small(x), zeroed(x), rtol=1e-5, atol=1e-5)
+    assert all(np.array_equal(u, v) for u, v in zip(before, model.get_weights(), strict=True))
+    # an int caps every layer (ip2's outputs are the model's: kept); with round_down, the
+    # cap first, then the multiple; a cap at or above the width changes nothing
+    assert widths(thin(zero_groups(model, 1e-4, max_channels=5), 1e-4)) == {
+        "conv1": 5, "conv2": 5, "ip1": 5, "ip2": 10}
+    assert widths(thin(zero_groups(model, 1e-4, max_channels={"conv2": 30}, round_down=8),
+                       1e-4))["conv2"] == 24
+    plain = zero_groups(model, 1e-4)
+    assert all(np.array_equal(u, v) for u, v in zip(
+        plain.get_weights(), zero_groups(model, 1e-4, max_channels=64).get_weights(),
+        strict=True))
+    with pytest.raises(ValueError, match=r"`max_channels` must be an integer >= 1 \(no width "
+                                         r"is left above it\).*other layers: no cap"):
+        zero_groups(model, 1e-4, max_channels=0)
+    with pytest.raises(ValueError, match="`max_channels` names layers the model does not have"):
+        zero_groups(model, 1e-4, max_channels={"conv9": 4})
+
+
 @pytest.mark.parametrize("name", ["stage2_block1_proj", "stage2_block1_conv2"])
 def test_round_down_names_any_producer_of_a_residual_channel_space(name):
     """A residual stage's convs share one channel space: naming any of them rounds it (was:

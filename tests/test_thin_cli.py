@@ -68,6 +68,20 @@ def test_thins_saves_and_writes_the_plan(saved, tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.json", "small.keras"]
 
 
+def test_max_channels(saved, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "small.keras"
+    code, stdout, stderr = _cli(monkeypatch, capsys, saved, out, "--json",
+                                '--max_channels={"conv2": 5}', "--round_down=2")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["max_channels"] == {"conv2": 5} and report["max_abs_difference"] < 1e-5
+    # conv2: 10 live filters capped at 5, then cut to 4 (a multiple of 2); conv1's 5 -> 4
+    assert keras.saving.load_model(out).get_layer("conv2").filters == 4
+    code, _, stderr = _cli(monkeypatch, capsys, saved, tmp_path / "x.keras",
+                           "--max_channels=many")
+    assert code == 2 and "--max_channels must be an integer >= 1" in stderr
+
+
 def test_round_down_round_to_and_json(saved, tmp_path, monkeypatch, capsys):
     out = tmp_path / "small.keras"
     code, stdout, stderr = _cli(monkeypatch, capsys, saved, out, "--json",
