@@ -9,8 +9,9 @@ at or below --threshold (`zero_groups`, with --max_channels and --round_down), b
 thinned model (`thin`, with --round_to), checks that it reproduces the zeroed model on random
 inputs, prints the `summarize` table and the check (or, with --json, one JSON object) and saves
 OUT atomically. --round_to / --round_down / --max_channels take an integer or a JSON dict
-{layer name: integer}. --plan also writes the thinning plan (`thinning_plan`) as JSON. Bad input: one line on stderr, exit 2;
-nothing is written unless everything succeeded, and no file is replaced without --overwrite.
+{layer name: integer}. --plan also writes the thinning plan (`thinning_plan`) as JSON. Bad
+input: one line on stderr, exit 2; nothing is written unless everything succeeded, and no file
+is replaced without --overwrite.
 """
 
 from __future__ import annotations
