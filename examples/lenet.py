@@ -1,7 +1,8 @@
 """LeNet-5 (Caffe: conv 20, conv 50, fc 500, fc 10) with filter + channel SSL, end to end.
 
 Dense baseline -> SSL (filter + channel group Lasso; shape-wise with --shapes) -> zero the
-removed groups -> thin -> fine-tune the thinned model, distilling the dense one (the paper's
+removed groups, and cap conv2 / ip1 at 16 / 128 channels by group norm (--max_channels) ->
+thin -> fine-tune the thinned model, distilling the dense one (the paper's
 order, frozen fine-tuning of the zeroed model before thin, with --nofinetune_thinned) ->
 TFLite float32 / int8 -> latency benchmark beside the tfmot element-wise pruned model at the
 same parameter sparsity. Writes results/lenet_<dataset>.json / .md / *.png and prints one
@@ -44,7 +45,7 @@ RECIPE = Recipe(
     # --quick: 10,000 images, 3 / 5 / 6 epochs, about a minute: 705 SSL steps instead of
     # 5,064, so the coefficients are ~6x larger (lr * coefficient * steps about the same), and
     # conv1's multiplier is 1 (2.5 left it 1 filter in so few steps): a rough result
-    # (2026-11-26: 85.4% -> 82.4%, 7-29-113, about 4x), not the recipe's.
+    # (2026-11-26, with the caps: 85.4% -> 82.5%, 7-16-113, 5.1x), not the recipe's.
     quick={"max_train": 10000, "max_test": 2000, "epochs": 3, "ssl_epochs": 5,
            "finetune_epochs": 6, "filters": 0.1, "channels": 0.1, "runs": 50, "warmup": 5,
            "verbose": 2, "ssl_layers": json.dumps({**SSL_LAYERS, "conv1": {"filters": 1.0}})},
