@@ -300,11 +300,14 @@ class Pipeline(ReportMixin):
         # That model drew its weights from the seeded generator: seed again, so that the
         # dense model starts from the same weights with and without the check.
         keras.utils.set_random_seed(cfg.seed)
-        # layers with a kernel: a pool / flatten / input layer has no groups or width, and
-        # naming one in --ssl_layers silently dropped the recipe's own multipliers
-        layers = sorted(layer.name for layer in model.layers
-                        if getattr(layer, "kernel", None) is not None)
+        # layers with a kernel (and, for --ssl_layers, the Add layers whose name keys a
+        # residual branch's depth coefficient): a pool / flatten / input layer has no groups
+        # or width, and naming one in --ssl_layers silently dropped the recipe's multipliers
+        kernels = {layer.name for layer in model.layers
+                   if getattr(layer, "kernel", None) is not None}
+        adds = {layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)}
         for flag, names in named.items():
+            layers = sorted(kernels | adds if flag == "--ssl_layers" else kernels)
             unknown = sorted(set(names) - set(layers))
             if unknown:
                 raise UsageError(f"{flag} names layers that {self.recipe.name} does not have "

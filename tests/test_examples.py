@@ -548,6 +548,25 @@ def test_unreadable_data_is_one_line_and_exit_2(tmp_path, capsys):
                        "Received: validation_split=0.99 of 50 images"]
 
 
+def test_ssl_layers_may_name_the_add_layers_of_depth_groups(tmp_path):
+    # a residual branch's depth coefficient is keyed by its Add layer's name; the check of
+    # layer names must let those through (and nothing else without a kernel)
+    import keras
+
+    rec = resnet.recipe(8)
+    for ssl_layers, ok in (('{"stage1_block1_add": {"depth": 2.0}}', True),
+                           ('{"stage1_block1_relu2": {"depth": 2.0}}', False)):
+        fv = define_flags(rec)
+        fv(["resnet8", f"--out_dir={tmp_path}", f"--ssl_layers={ssl_layers}"])
+        pipeline = Pipeline(rec, config_from_flags(fv, rec))
+        pipeline.data = types.SimpleNamespace(input_shape=(16, 16, 1), num_classes=10)
+        if ok:
+            pipeline._check_layer_names(keras)
+        else:
+            with pytest.raises(UsageError, match="have no kernel to prune"):
+                pipeline._check_layer_names(keras)
+
+
 def test_non_finite_weights_after_a_finite_loss_stop_the_phase(tmp_path):
     # --lr=1: the epoch's logged loss was finite (5e27) but the weights were NaN; the phase
     # was saved and the next phase failed, naming its own learning rate
