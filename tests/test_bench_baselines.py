@@ -196,6 +196,17 @@ def test_cli_labels_must_be_class_indices(tmp_path, labels, shown):
     assert not (tmp_path / "out").exists()
 
 
+def _cli_on_saved_model(tmp_path, script):
+    """Runs `script` (Keras 3; saves a model to sys.argv[1]) in its own process, then the CLI
+    with --arch=lenet --weights=<that file>; returns the CLI's one error line."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    env.pop("TF_USE_LEGACY_KERAS", None)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.keras")], check=True,
+                   capture_output=True, env=env, timeout=300)
+    return only_line(cli("--arch=lenet", f"--weights={tmp_path / 'm.keras'}",
+                         f"--out={tmp_path / 'out'}"))
+
+
 def test_cli_error_after_tensorflow_is_one_line(tmp_path):
     # a LeNet-like model whose conv1 is 3x3: the widths fit, the shapes only fail once the
     # tf_keras model is built, after the TensorFlow import
@@ -207,12 +218,7 @@ def test_cli_error_after_tensorflow_is_one_line(tmp_path):
         "x = L.MaxPooling2D(2, name='pool2')(L.Conv2D(3, 5, name='conv2')(x))\n"
         "o = L.Dense(10, name='ip2')(L.Dense(8, name='ip1')(L.Flatten(name='flatten')(x)))\n"
         "keras.Model(i, o).save(sys.argv[1])\n")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.keras")], check=True,
-                   capture_output=True, env=env, timeout=300)
-    line = only_line(cli("--arch=lenet", f"--weights={tmp_path / 'm.keras'}",
-                         f"--out={tmp_path / 'out'}"))
+    line = _cli_on_saved_model(tmp_path, script)
     assert "--weights: the shapes of layer 'conv1' do not fit the rebuilt architecture" in line
     assert sorted(os.listdir(tmp_path)) == ["m.keras"]  # no empty --out folder left behind
 
@@ -226,12 +232,7 @@ def test_cli_weights_with_layers_the_architecture_lacks(tmp_path):
         "m = lenet()\n"
         "o = keras.layers.Dense(10, name='ip3')(m.output)\n"
         "keras.Model(m.input, o).save(sys.argv[1])\n")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    env.pop("TF_USE_LEGACY_KERAS", None)
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.keras")], check=True,
-                   capture_output=True, env=env, timeout=300)
-    line = only_line(cli("--arch=lenet", f"--weights={tmp_path / 'm.keras'}",
-                         f"--out={tmp_path / 'out'}"))
+    line = _cli_on_saved_model(tmp_path, script)
     assert "layers with weights that the rebuilt 'lenet' does not have" in line
     assert "['ip3']" in line
     assert sorted(os.listdir(tmp_path)) == ["m.keras"]

@@ -287,34 +287,37 @@ def test_pipeline_reestimates_batchnorm_and_logs_validation_accuracy(tmp_path, c
     assert capsys.readouterr().out == ""
 
 
-def test_round_down_flag_reaches_zero_groups(tmp_path):
-    """--round_down cuts the zeroed model's widths to multiples before thin (ConvNet's
-    default: 16); thin of that model stays exact."""
+def _zero_and_thin_a_small_lenet(cfg):
+    """Pipeline.zero() on an apply_ssl LeNet 6-10-20 (threshold 1e-4), then thin; checks
+    that thin reproduces the zeroed model and returns the thinned model."""
     import keras
 
     import ssl_keras
 
-    assert convnet.RECIPE.defaults["round_down"] == 16
-    fv = define_flags(lenet.RECIPE)
-    fv(["lenet", f"--out_dir={tmp_path}", '--round_down={"conv2": 4}'])
-    pipeline = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+    pipeline = Pipeline(lenet.RECIPE, cfg)
     keras.utils.set_random_seed(0)
     pipeline.ssl = ssl_keras.apply_ssl(models.lenet(filters=(6, 10), units=20), filters=1e-3)
     pipeline.cfg = dataclasses.replace(pipeline.cfg, threshold=1e-4)
     pipeline.zero()
     small = ssl_keras.thin(pipeline.zeroed, 1e-4)
-    assert small.get_layer("conv2").filters == 8 and small.get_layer("conv1").filters == 6
     x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
     np.testing.assert_allclose(small(x), pipeline.zeroed(x), atol=1e-5)
+    return small
+
+
+def test_round_down_flag_reaches_zero_groups(tmp_path):
+    """--round_down cuts the zeroed model's widths to multiples before thin (ConvNet's
+    default: 16); thin of that model stays exact."""
+    assert convnet.RECIPE.defaults["round_down"] == 16
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}", '--round_down={"conv2": 4}'])
+    small = _zero_and_thin_a_small_lenet(config_from_flags(fv, lenet.RECIPE))
+    assert small.get_layer("conv2").filters == 8 and small.get_layer("conv1").filters == 6
 
 
 def test_max_channels_flag_reaches_zero_groups(tmp_path):
     """--max_channels caps widths by group norm before thin (LeNet's default: conv2 16, ip1
     128); other recipes: no cap; thin of the capped model stays exact."""
-    import keras
-
-    import ssl_keras
-
     assert lenet.RECIPE.defaults["max_channels"] == {"conv2": 16, "ip1": 128}
     fv = define_flags(mlp.RECIPE)
     fv(["mlp"])
@@ -323,15 +326,8 @@ def test_max_channels_flag_reaches_zero_groups(tmp_path):
     fv(["lenet", f"--out_dir={tmp_path}", '--max_channels={"conv2": 7}'])
     cfg = config_from_flags(fv, lenet.RECIPE)
     assert cfg.training_key()["max_channels"] == {"conv2": 7}
-    pipeline = Pipeline(lenet.RECIPE, cfg)
-    keras.utils.set_random_seed(0)
-    pipeline.ssl = ssl_keras.apply_ssl(models.lenet(filters=(6, 10), units=20), filters=1e-3)
-    pipeline.cfg = dataclasses.replace(pipeline.cfg, threshold=1e-4)
-    pipeline.zero()
-    small = ssl_keras.thin(pipeline.zeroed, 1e-4)
+    small = _zero_and_thin_a_small_lenet(cfg)
     assert small.get_layer("conv2").filters == 7 and small.get_layer("conv1").filters == 6
-    x = np.random.default_rng(0).normal(size=(2, 28, 28, 1)).astype("float32")
-    np.testing.assert_allclose(small(x), pipeline.zeroed(x), atol=1e-5)
     for bad in ("0", '{"conv2": 0}', "[16]"):
         fv = define_flags(lenet.RECIPE)
         fv(["lenet", f"--max_channels={bad}"])
@@ -500,16 +496,23 @@ def test_accuracy_change_ci_is_the_paired_bootstrap():
         accuracy_change_ci(np.ones(3, bool), np.ones(2, bool))
 
 
+def _fit_data(n, batch_size, validation=0):
+    """(data, cfg) for examples.pipeline._fit: n seeded 4-feature images, 2 classes."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = rng.integers(0, 2, n)
+    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:validation],
+                                 y_val=y[:validation])
+    return data, types.SimpleNamespace(batch_size=batch_size, verbose=0)
+
+
 def test_a_diverged_phase_stops_with_the_learning_rate_named(tmp_path):
     import keras
 
     from examples.pipeline import _fit
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 4)).astype("float32")
-    y = rng.integers(0, 2, 64)
-    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:8], y_val=y[:8])
-    cfg = types.SimpleNamespace(batch_size=16, verbose=0)
+    data, cfg = _fit_data(64, 16, validation=8)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dense(2)])
@@ -574,11 +577,7 @@ def test_non_finite_weights_after_a_finite_loss_stop_the_phase(tmp_path):
 
     from examples.pipeline import _fit
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 4)).astype("float32")
-    y = rng.integers(0, 2, 32)
-    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:0], y_val=y[:0])
-    cfg = types.SimpleNamespace(batch_size=32, verbose=0)
+    data, cfg = _fit_data(32, 32)
 
     class PoisonLastStep(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -598,11 +597,7 @@ def test_an_unreadable_backup_names_the_folder_to_delete(tmp_path):
 
     from examples.pipeline import _fit
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 4)).astype("float32")
-    y = rng.integers(0, 2, 32)
-    data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:0], y_val=y[:0])
-    cfg = types.SimpleNamespace(batch_size=16, verbose=0)
+    data, cfg = _fit_data(32, 16)
 
     def model():
         m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
