@@ -217,7 +217,9 @@ class ZeroSmallGroups(keras.callbacks.Callback):
     """Sets every group whose L2 norm is at or below `threshold` to exactly zero.
 
     The reference recipe of the method (after the updates, small groups are treated as
-    removed). Runs every `every_n_steps` training steps and at the end of training.
+    removed). Runs when the optimizer's step count reaches a multiple of `every_n_steps`, and
+    at the end of training: a fit resumed by BackupAndRestore (or a second fit) zeroes at the
+    same steps as one uninterrupted fit.
 
     Args:
         threshold: groups with `||w_g|| <= threshold` are set to zero, >= 0.
@@ -240,15 +242,18 @@ class ZeroSmallGroups(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._sets = group_sets(self.model, self.groups)
-        self._steps = self._done = 0
+        self._steps, self._done = 0, None
 
     def on_train_batch_begin(self, batch, logs=None):
-        self._begin = _iterations(self.model, 0)
+        self._begin = _iterations(self.model, self._steps)
+        if self._done is None:  # the first batch: after every on_train_begin (a restore)
+            self._done = self._begin // self.every_n_steps
 
     def on_train_batch_end(self, batch, logs=None):
-        # The optimizer steps of this call (steps_per_execution=N: N of them), read around the
-        # call, so that a BackupAndRestore that restores the step count later is no jump.
-        self._steps += max(_iterations(self.model, self._begin + 1) - self._begin, 0)
+        # The step count after this call (steps_per_execution=N: N steps further); zeroing
+        # at its multiples of every_n_steps (was: counted from the start of each fit, so a
+        # resumed SSL phase zeroed at other steps than an uninterrupted one).
+        self._steps = max(_iterations(self.model, self._begin + 1), self._begin)
         if self._steps // self.every_n_steps > self._done:
             self._done = self._steps // self.every_n_steps
             _sync_jax(self.model)

@@ -252,6 +252,36 @@ def test_zero_small_groups_counts_optimizer_steps(monkeypatch):
         assert len(calls) == expected + 1, (every, len(calls))
 
 
+def test_zero_small_groups_zeroes_at_the_same_steps_after_a_resume(monkeypatch):
+    """A fit resumed at step 6 (BackupAndRestore restores the optimizer's step count; here a
+    second fit continues it) zeroes at step 8 as one 10-step fit does. Was: counted from the
+    start of each fit, so the resumed one zeroed at step 10 (its own 4th) instead."""
+    import ssl_keras.callbacks as module
+
+    at = []
+    real = module._zero_below
+    models = []
+    monkeypatch.setattr(module, "_zero_below", lambda *a: at.append(
+        int(models[-1].optimizer.iterations.numpy())) or real(*a))
+
+    def fit(model, steps):
+        model.fit(np.ones((steps, 3), "float32"), np.zeros((steps, 2), "float32"),
+                  batch_size=1, verbose=0, shuffle=False, callbacks=[ZeroSmallGroups(
+                      threshold=0.1, every_n_steps=4, groups=removable_groups(model))])
+
+    models.append(_mlp())
+    models[-1].compile(keras.optimizers.SGD(0.0), "mse")
+    fit(models[-1], 10)
+    whole = list(at)
+    at.clear()
+    models.append(_mlp())
+    models[-1].compile(keras.optimizers.SGD(0.0), "mse")
+    fit(models[-1], 6)
+    fit(models[-1], 4)  # the same optimizer: its step count goes on from 6
+    assert whole == [4, 8, 10]  # steps 4 and 8, and the end of training
+    assert at == [4, 6, 8, 10]  # the same steps, plus the end of the first fit
+
+
 def test_sparsity_monitor_refuses_a_file_as_log_dir(tmp_path):
     """Was: accepted, then TensorFlow's FailedPreconditionError ("Not a directory") in fit."""
     path = tmp_path / "events"
