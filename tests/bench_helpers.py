@@ -21,7 +21,7 @@ OPS = fb.BuiltinOperator
 T = fb.TensorType
 
 
-def build_tflite(path, tensors, operators, inputs, outputs):
+def build_tflite(path, tensors, operators, inputs, outputs, sparse=()):
     """Writes a one-subgraph .tflite file without TensorFlow.
 
     Args:
@@ -31,6 +31,8 @@ def build_tflite(path, tensors, operators, inputs, outputs):
         operators: list of (BuiltinOperator code, input ids, output ids, options type,
             options object or None).
         inputs, outputs: subgraph input / output tensor ids.
+        sparse: ids of constant tensors marked sparse-encoded (their buffer holds only the
+            values; the index metadata here is a placeholder, enough for model_info).
     """
     model = fb.ModelT()
     model.version = 3
@@ -48,6 +50,9 @@ def build_tflite(path, tensors, operators, inputs, outputs):
             b.data = np.frombuffer(np.ascontiguousarray(spec[2]).tobytes(), np.uint8)
         model.buffers.append(b)
         t.buffer = len(model.buffers) - 1
+        if i in sparse:
+            t.sparsity = fb.SparsityParametersT()
+            t.sparsity.traversalOrder = np.arange(len(spec[0]), dtype=np.int32)
         sub.tensors.append(t)
     sub.operators = []
     for code, ins, outs, opt_type, opts in operators:

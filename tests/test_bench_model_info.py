@@ -129,6 +129,19 @@ def test_uncounted_ops_add_no_macs(tmp_path):
     assert info["size_bytes"] == os.path.getsize(p)
 
 
+def test_sparse_encoded_weights_count_the_values_stored(tmp_path):
+    # EXPERIMENTAL_SPARSITY files store only the non-zero values: 5 of a (3, 6) kernel. The
+    # dense shape was counted (the tfmot 90% file showed the dense model's parameters).
+    p = build_tflite(
+        tmp_path / "s.tflite",
+        [((1, 6), T.FLOAT32), ((3, 6), T.FLOAT32, _const(5)), ((3,), T.FLOAT32, _const(3)),
+         ((1, 3), T.FLOAT32)],
+        [(OPS.FULLY_CONNECTED, [0, 1, 2], [3], fb.BuiltinOptions.FullyConnectedOptions,
+          fb.FullyConnectedOptionsT())], [0], [3], sparse=(1,))
+    assert count_params(p) == 5 + 3
+    assert count_macs(p) == 3 * 6  # the kernels' work is counted as before
+
+
 def test_missing_static_shape_is_an_error(tmp_path):
     p = build_tflite(
         tmp_path / "dyn.tflite",

@@ -25,7 +25,8 @@ pruning) are counted like any other weight: the kernels still multiply them.
 
 Parameters are the elements of the constant tensors (tensors backed by a non-empty buffer),
 each counted once, except integer index/shape constants (int32/int64 tensors that are not the
-bias of a counted operator).
+bias of a counted operator). A sparse-encoded constant (the converter's EXPERIMENTAL_SPARSITY)
+counts the values its buffer stores, not its dense shape.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ _TYPE_NAMES = {
     v: k.lower() for k, v in vars(_TYPES).items() if not k.startswith("_") and isinstance(v, int)
 }
 _INDEX_TYPES = (_TYPES.INT32, _TYPES.INT64)
+_ITEM_BYTES = {_TYPES.FLOAT32: 4, _TYPES.FLOAT16: 2, _TYPES.FLOAT64: 8, _TYPES.INT8: 1,
+               _TYPES.UINT8: 1, _TYPES.INT16: 2, _TYPES.INT32: 4, _TYPES.INT64: 8}
 # Input position of the bias for the counted operators (int32 biases of int8 models count).
 _BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3,
                "CONV_3D": 2, "CONV_3D_TRANSPOSE": 3}
@@ -232,6 +235,10 @@ def _model_info(path, model):
         if tensor.buffer in seen_buffers:  # one buffer shared by several tensors
             continue
         seen_buffers.add(tensor.buffer)
+        data = model.buffers[tensor.buffer].data
+        if tensor.sparsity is not None and data is not None and tensor.type in _ITEM_BYTES:
+            params += len(data) // _ITEM_BYTES[tensor.type]  # the values it stores
+            continue
         params += _prod(_shape(tensor))
     inputs = []
     if model.subgraphs:
