@@ -32,7 +32,7 @@ from ssl_keras._thin_model import (
     _slice_norm,
     _zeroed_weights,
 )
-from ssl_keras.registry import lookup, undeclared_weights
+from ssl_keras.registry import lookup, overridden_call, undeclared_weights
 
 # ---------------------------------------------------------------------------------------------
 # Depth: residual operands that no longer depend on the input
@@ -62,7 +62,8 @@ def _kernel_is_the_only_path(op) -> bool:
         return False
     found = lookup(op)
     return (found is not None and found[1].kind in (Kind.PRODUCER, Kind.TIED)
-            and _is_kernel_layer(op) and undeclared_weights(op, found[1]) is None)
+            and _is_kernel_layer(op) and undeclared_weights(op, found[1]) is None
+            and overridden_call(op, found[0]) is None)
 
 
 def _dropped_operands(graph, independent):

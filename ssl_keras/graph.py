@@ -39,6 +39,7 @@ from ssl_keras.registry import (
     WeightSlice,
     activation_reason,
     lookup,
+    overridden_call,
     register_layer,
     undeclared_weights,
     unregistered_message,
@@ -219,9 +220,11 @@ class _Graph:
             return self.block(ins, node, path, (
                 f"reaches unregistered layer '{path}' (class {type(layer).__name__}): register "
                 "it with ssl_keras.register_layer, or pass strict=True for the full message"))
-        _, spec = found
+        registered, spec = found
         shapes = [t.shape for t in node.input_tensors]
-        reason = spec.check(layer, shapes) if spec.check is not None else None
+        reason = overridden_call(layer, registered)
+        if reason is None and spec.check is not None:
+            reason = spec.check(layer, shapes)
         if reason is None and spec.kind is Kind.BLOCK:
             reason = spec.reason
         if reason is None and not isinstance(op, keras.layers.Layer):

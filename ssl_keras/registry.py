@@ -98,6 +98,22 @@ def lookup(obj) -> tuple[type, LayerSpec] | None:
     return None
 
 
+def overridden_call(layer, registered: type) -> str | None:
+    """The reason a layer blocks when its class reaches `registered` (its spec) through
+    inheritance but redefines `call` on the way: the spec describes `registered`'s channels,
+    not what the subclass computes (a Dense subclass that mixes its units, Keras's
+    ReversibleEmbedding). None when no class between them defines `call`."""
+    cls = type(layer)
+    mro = cls.__mro__
+    between = mro[:mro.index(registered)] if registered in mro else ()
+    own = [c.__name__ for c in between if "call" in vars(c)]
+    if not own:
+        return None
+    return (f"class {cls.__name__} inherits the {registered.__name__} spec but overrides "
+            f"call() (in {', '.join(own)}), so the spec need not describe its channels: "
+            f"register {cls.__name__} with ssl_keras.register_layer")
+
+
 def undeclared_weights(layer, spec: LayerSpec) -> str | None:
     """Weights (not scalars) that the spec does not slice: LoRA factors, a quantized kernel's
     scales, BatchNormalization(renorm=True)'s statistics. Removing a channel would leave them
