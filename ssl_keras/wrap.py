@@ -257,10 +257,12 @@ def hand_placed_group_lassos(model) -> list[GroupLasso]:
 
 def hand_placed_weights(model) -> list[tuple]:
     """`(layer name, variable, GroupLasso)` for every weight of `model` that carries a
-    hand-placed GroupLasso (see hand_placed_group_lassos), in layer order."""
+    hand-placed GroupLasso (see hand_placed_group_lassos), in layer order; frozen layers'
+    too (was: trainable weights only, so a frozen layer vanished from the callbacks' groups;
+    the callbacks leave frozen variables as they are)."""
     found = {}  # id(variable) -> entry; layers come outer first, so the owner's name wins
     for layer in model._flatten_layers(include_self=False):
-        for variable in layer.trainable_weights:
+        for variable in layer.weights:
             regularizer = getattr(variable, "regularizer", None)
             if isinstance(regularizer, _Penalty):
                 regularizer = regularizer.own

@@ -970,3 +970,25 @@ def test_proximal_and_zeroing_leave_frozen_layers_alone(coupled):
     # the trainable layers' groups were zeroed (threshold 10 is above every norm)
     assert not np.any(getattr(conv2, "ssl_inner_layer", conv2).kernel.numpy())
     assert np.any(conv2_before)
+
+
+def test_a_frozen_layers_hand_placed_group_lasso_stays_in_the_groups():
+    """Was: hand_placed_weights read trainable weights only, so a frozen layer's GroupLasso
+    vanished from SparsityMonitor's table, and with no other GroupLasso the monitor fell
+    back to the whole-model analysis and ProximalGroupLasso said the model carries none."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c1",
+                            kernel_regularizer=ssl_keras.GroupLasso(filters=1e-3))(inp)
+    model = keras.Model(inp, keras.layers.Dense(2, name="out")(keras.layers.Flatten()(x)))
+    kernel = model.get_layer("c1").kernel
+    kernel.assign(np.concatenate([np.zeros((3, 3, 3, 1)), kernel.numpy()[..., 1:]], -1))
+    model.get_layer("c1").trainable = False
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    before = np.array(kernel.numpy())
+    monitor = SparsityMonitor(1e-4, verbose=False)
+    data = np.random.default_rng(0).random((4, 8, 8, 3)), np.zeros((4, 2))
+    model.fit(*data, verbose=0, callbacks=[monitor, ProximalGroupLasso()])
+    assert "c1/filters             4        1" in monitor.table
+    assert "out/" not in monitor.table  # not the whole-model fallback
+    np.testing.assert_array_equal(kernel.numpy(), before)  # frozen: left as it is
