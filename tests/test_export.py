@@ -307,6 +307,33 @@ def test_mixed_float16_model_exports_while_the_global_policy_is_still_mixed(tmp_
     assert report.rebuilt_float32 and report.max_abs_diff <= 1e-4
 
 
+def test_each_output_is_checked_against_its_own_scale(tmp_path, monkeypatch):
+    # a softmax head beside a head of values ~1e5: the tolerance was 1e-4 * (1 + 1e5) for
+    # both, so a converter that broke the softmax head (here: another model's file) passed
+    import ssl_keras.export as export_module
+
+    def build(scale_cls):
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((4,), name="x")
+        h = keras.layers.Dense(8, activation="relu", name="h")(inp)
+        cls = keras.layers.Dense(3, activation="softmax", name="cls")(h)
+        price = keras.layers.Dense(1, name="price",
+                                   bias_initializer=keras.initializers.Constant(1e5))(h)
+        model = keras.Model(inp, [cls, price])
+        w = model.get_layer("cls").get_weights()
+        model.get_layer("cls").set_weights([scale_cls * w[0], w[1] + [3.0, -3.0, 0.0]])
+        return model
+
+    good, broken = build(1.0), build(-5.0)
+    real = export_module._convert
+    monkeypatch.setattr(export_module, "_convert", lambda model, *a, **k: real(broken, *a, **k))
+    with pytest.raises(ValueError, match=r"output '[^']*' max \|diff\| = .* outputs off="):
+        export_tflite(good, tmp_path / "m.tflite")
+    assert not (tmp_path / "m.tflite").exists()
+    monkeypatch.setattr(export_module, "_convert", real)
+    assert export_tflite(good, tmp_path / "m.tflite").max_abs_output > 9e4
+
+
 def test_representative_data_forms_give_the_same_calibration(tmp_path):
     keras.utils.set_random_seed(7)
     model = conv_bn_net(filters=(2, 2))
