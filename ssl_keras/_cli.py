@@ -24,11 +24,19 @@ _FLAG_NAMES = (
 )
 
 
+# Arguments whose flag has the same name: `name` and name= become --name (not in prose).
+_SAME_NAMES = ("batch_size", "num_calibration_samples", "threshold", "round_to", "round_down",
+               "max_channels", "crop_kernels")
+_NAMES = "|".join(_SAME_NAMES)
+_SAME_NAME = re.compile(rf"`({_NAMES})`|(?<![-\w])({_NAMES})=")
+
+
 def in_flag_terms(message: str) -> str:
     """A library error message with its Python argument names replaced by the flags."""
     for python, flag in _FLAG_NAMES:
         message = message.replace(python, flag)
-    return message
+    return _SAME_NAME.sub(lambda m: f"--{m.group(1)}" if m.group(1) else f"--{m.group(2)}=",
+                          message)
 
 
 def check_output(path: str, what: str, model_path: str, overwrite: bool,

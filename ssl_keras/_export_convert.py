@@ -230,7 +230,16 @@ def _convert_with(model, struct, spec_batch, batch_size, quantize, calibration,
 
 
 def _keras_outputs(model, x) -> dict:
-    y = model(x, training=False)
+    try:
+        y = model(x, training=False)
+    except ValueError:
+        raise
+    except Exception as error:  # TensorFlow's InvalidArgumentError (an id out of range) ...
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            "The Keras model failed on the verification inputs (an id outside an Embedding's "
+            "[0, input_dim), or data of another kind than the model reads?). Received: "
+            f"model={model.name!r}, error={type(error).__name__}: {first[:300]}") from None
     if isinstance(y, dict):
         return {k: np.asarray(keras.ops.convert_to_numpy(v), np.float32) for k, v in y.items()}
     ys = y if isinstance(y, (list, tuple)) else [y]

@@ -151,10 +151,12 @@ def _random_samples(model, struct, count: int, seed: int, unknown_ids: int | Non
     samples, bounds = [], []
     for name, shape, dtype, tensor in zip(names, shapes, dtypes, _flat_inputs(struct),
                                           strict=True):
-        if dtype.kind == "f":
+        bound, readers = _id_bound(model, tensor)
+        if dtype.kind == "f" and bound is None:
             samples.append(rng.random((count, *shape), dtype=np.float32))
             continue
-        bound, readers = _id_bound(model, tensor)
+        # an integer input, or a float one that only Embeddings read (Keras's default Input
+        # dtype): ids (uniform [0, 1) floats would all be id 0)
         bound = unknown_ids if bound is None else bound
         if bound is None:
             raise ValueError(
@@ -176,12 +178,12 @@ def _check_ids(model, struct, data: list) -> None:
     (TensorFlow and LiteRT would fail in the middle of the conversion or the check)."""
     for name, tensor, array in zip(_input_names(struct), _flat_inputs(struct), data,
                                    strict=True):
-        if np.asarray(array).dtype.kind not in "iu":
+        if np.asarray(array).dtype.kind not in "iuf":  # float ids: read by an Embedding too
             continue
         bound, _ = _id_bound(model, tensor)
         if bound is not None and array.size and (array.min() < 0 or array.max() >= bound):
             raise ValueError(
-                f"The representative data of the integer input {name!r} must be token ids in "
+                f"The representative data of the input {name!r} must be token ids in "
                 f"[0, {bound}) (the smallest input_dim of the Embeddings that read it). "
                 f"Received: ids from {int(array.min())} to {int(array.max())}")
 

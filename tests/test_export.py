@@ -334,6 +334,30 @@ def test_each_output_is_checked_against_its_own_scale(tmp_path, monkeypatch):
     assert export_tflite(good, tmp_path / "m.tflite").max_abs_output > 9e4
 
 
+def test_token_ids_in_float_inputs_and_out_of_range_ids(tmp_path):
+    # An Embedding behind a float Input (Keras's default dtype): the check fed uniform [0, 1)
+    # floats, i.e. id 0 only, and called that verified; ids out of range raised TensorFlow's
+    # InvalidArgumentError (the command line: a traceback) instead of a ValueError.
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,), name="tok")
+    emb = keras.layers.Embedding(100, 4)(inp)
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(emb)))
+    report = export_tflite(model, tmp_path / "f.tflite")
+    assert "random ids tok in [0, 100)" in report.verified_on
+    with pytest.raises(ValueError, match=r"input 'tok' must be token ids in \[0, 100\).*"
+                                         r"from 500 to 500"):
+        export_tflite(model, tmp_path / "g.tflite", representative_data=np.full((4, 6), 500.0))
+    ints = keras.Input((6,), dtype="int32", name="ids")  # also read by a non-Embedding op
+    mask = keras.ops.cast(keras.ops.not_equal(ints, 0), "float32")[..., None]
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 4)(ints) * mask)
+    mixed = keras.Model(ints, keras.layers.Dense(2)(pooled))
+    with pytest.raises(ValueError, match=r"The Keras model failed on the verification inputs "
+                                         r"\(an id outside an Embedding's"):
+        export_tflite(mixed, tmp_path / "h.tflite",
+                      representative_data=np.full((4, 6), 50, "int32"))
+    assert sorted(os.listdir(tmp_path)) == ["f.tflite"]
+
+
 def test_representative_data_forms_give_the_same_calibration(tmp_path):
     keras.utils.set_random_seed(7)
     model = conv_bn_net(filters=(2, 2))
@@ -764,7 +788,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch
         "Could not load the Keras model": [not_keras, out],
         "usage:": [saved_model],
         "Unknown command line flag 'bogus'": [saved_model, out, "--bogus"],
-        "`batch_size` must be an integer >= 1": [saved_model, out, "--batch_size=0"],
+        # in the flags' terms (was: "`batch_size` ... Received: batch_size=0")
+        "--batch_size must be an integer >= 1. Received: --batch_size=0": [
+            saved_model, out, "--batch_size=0"],
         "OUT must name the .tflite file to write, not a directory": [saved_model, tmp_path,
                                                                      "--overwrite"],
         "OUT must be in an existing, writable directory": [saved_model,
@@ -945,7 +971,7 @@ def test_bad_calibration_ids_and_unpreparable_models_are_value_errors(tmp_path):
     keras.utils.set_random_seed(3)
     net = text_net()
     big = np.full((4, 12), 50, np.int32)
-    with pytest.raises(ValueError, match=r"integer input 'tokens' must be token ids in "
+    with pytest.raises(ValueError, match=r"input 'tokens' must be token ids in "
                                          r"\[0, 50\).*Received: ids from 50 to 50"):
         export_tflite(net, tmp_path / "t.tflite", quantize="float16", representative_data=big)
     with pytest.raises(ValueError, match=r"ids from -1 to"):

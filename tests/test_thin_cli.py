@@ -113,10 +113,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(saved, tmp_path, monkey
         "OUT is the input model itself": [saved, saved, "--overwrite"],
         "--plan must end in .json": [saved, out, "--plan", tmp_path / "p.txt"],
         "--round_to must be an integer >= 1 or a JSON object": [saved, out, "--round_to=abc"],
-        "`round_to` must be an integer >= 1": [saved, out, "--round_to=0"],
-        "`round_down` names layers the model does not have": [saved, out,
+        # the library's messages in the flags' terms
+        "--round_to must be an integer >= 1": [saved, out, "--round_to=0"],
+        "--round_down names layers the model does not have": [saved, out,
                                                               '--round_down={"nope": 2}'],
-        "`threshold` must be a finite number >= 0": [saved, out, "--threshold=-1"],
+        "--max_channels must be an integer >= 1 (no width is left above it)": [
+            saved, out, "--max_channels=0"],
+        "--threshold must be a finite number >= 0": [saved, out, "--threshold=-1"],
         "Unknown command line flag 'bogus'": [saved, out, "--bogus"],
     }
     for message, args in cases.items():
