@@ -257,6 +257,12 @@ def _layer_block_reason(layer):
         return (f"thin cannot rebuild layer {layer.name!r} of class {cls.__name__} with fewer "
                 "channels (supported: Dense, Conv1D/2D/3D, Conv*Transpose, DepthwiseConv, "
                 "SeparableConv, BatchNormalization, PReLU, ConstantAdd)")
+    key = ("units" if isinstance(layer, keras.layers.Dense) else
+           "filters" if _is_conv(cls) or _is_transpose(cls) or _is_separable(cls) else None)
+    if key is not None and key not in layer.get_config():
+        return (f"the config of {layer.name!r} (class {cls.__name__}) has no {key!r} to set "
+                "the new width in (a subclass that renames it?), so thin cannot rebuild it "
+                "with fewer channels")
     return None
 
 

@@ -183,3 +183,30 @@ def test_subclass_that_overrides_call_blocks_with_the_reason():
         "why"]
     small = assert_equivalent(model, threshold=1e-6)
     assert small.get_layer("mid").units == 4 and small.get_layer("d0").units == 5
+
+
+def test_a_config_without_the_width_key_blocks_with_the_reason():
+    # a Dense subclass whose config names its width "width": thin wrote "units" into a config
+    # the class ignores and failed with "The plan does not fit layer 'mid'"
+    class WidthDense(L.Dense):
+        def __init__(self, width, **kwargs):
+            kwargs.pop("units", None)
+            super().__init__(units=width, **kwargs)
+            self.width = width
+
+        def get_config(self):
+            config = super().get_config()
+            config.pop("units")
+            return {**config, "width": self.width}
+
+    keras.utils.set_random_seed(0)
+    i = keras.Input((6,))
+    model = keras.Model(i, L.Dense(3, name="b")(WidthDense(5, name="mid", activation="relu")(i)))
+    w = model.get_layer("mid").get_weights()
+    w[0][:, 1] = 0
+    w[1][1] = 0
+    model.get_layer("mid").set_weights(w)
+    plan = thinning_plan(model, 1e-6)
+    assert plan["groups"]["mid:1"]["status"] == "kept"
+    assert "has no 'units' to set the new width in" in plan["groups"]["mid:1"]["why"]
+    assert assert_equivalent(model, threshold=1e-6).get_layer("mid").units == 5
