@@ -1,7 +1,7 @@
 """Training callbacks of Structured Sparsity Learning.
 
-- `SparsityMonitor`: per layer, how many removable groups are at or below a threshold (thin's
-  rule), every epoch (the totals in the logs, every figure in `monitor.history` and as
+- `SparsityMonitor`: per layer, how many removable groups are at or below a threshold (the
+  norm over all of a group's penalised slices, what ZeroSmallGroups zeroes), every epoch (the totals in the logs, every figure in `monitor.history` and as
   TensorBoard scalars), and as a table at the end of training.
 - `ZeroSmallGroups`: sets groups whose norm is at or below a threshold to exactly zero (the
   method's reference recipe).
@@ -113,7 +113,10 @@ class SparsityMonitor(keras.callbacks.Callback):
     `self.table`).
 
     Args:
-        threshold: a group whose L2 norm is at or below it counts as zero (as in `thin`), >= 0.
+        threshold: a group whose L2 norm (over all its penalised slices) is at or below it
+            counts as zero, >= 0. `thin` removes these and also a coupled group whose
+            producer slices alone (or consumer slices alone) are at or below it, so a model
+            zeroed by hand can thin further than the count says.
         log_dir: a directory for TensorBoard scalars, or None.
         groups: plain-data groups for a plain model (see the module doc), or None.
         verbose: print the table at the end of training.
