@@ -1,8 +1,9 @@
 """Training callbacks of Structured Sparsity Learning.
 
 - `SparsityMonitor`: per layer, how many removable groups are at or below a threshold (the
-  norm over all of a group's penalised slices, what ZeroSmallGroups zeroes), every epoch (the totals in the logs, every figure in `monitor.history` and as
-  TensorBoard scalars), and as a table at the end of training.
+  norm over all of a group's penalised slices, what ZeroSmallGroups zeroes), every epoch (the
+  totals in the logs, every figure in `monitor.history` and as TensorBoard scalars), and as a
+  table at the end of training.
 - `ZeroSmallGroups`: sets groups whose norm is at or below a threshold to exactly zero (the
   method's reference recipe).
 - `ProximalGroupLasso`: group soft-thresholding after each optimizer step,
