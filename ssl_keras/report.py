@@ -142,6 +142,9 @@ def count_macs(model: keras.Model, per_layer: bool = False):
     >>> count_macs(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
     12
     """
+    if not isinstance(per_layer, (bool, np.bool_)):
+        raise ValueError("`per_layer` must be a bool (also return the per-layer MACs). "
+                         f"Received: per_layer={per_layer!r}")
     table, nested = {}, []
     for path, layer, ins, outs, is_model in _calls(model):
         if is_model:
@@ -198,6 +201,13 @@ def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> st
     Example:
     >>> text = summarize(model, ssl_keras.thin(model))
     """
+    if print_fn is not None and not callable(print_fn):
+        raise ValueError("`print_fn` must be callable (e.g. print, or a logger's info) or None. "
+                         f"Received: print_fn={print_fn!r}")
+    for name, value in (("original", original), ("thinned", thinned)):
+        if not isinstance(value, keras.Model):
+            raise ValueError(f"`{name}` must be a keras.Model. Received: {name}={value!r} (of "
+                             f"type {type(value).__name__})")
     macs0, per0 = count_macs(original, per_layer=True)
     macs1, per1 = count_macs(thinned, per_layer=True)
     (in0, out0), (in1, out1) = _io_widths(original), _io_widths(thinned)

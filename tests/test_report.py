@@ -188,3 +188,17 @@ def test_count_macs_refuses_unknown_sizes_only_where_they_count():
     inputs = keras.Input((None,))  # a sequence of unknown length, pooled before the Dense
     x = L.GlobalAveragePooling1D()(L.Embedding(10, 8)(inputs))
     assert count_macs(keras.Model(inputs, L.Dense(4)(x))) == 8 * 4
+
+
+def test_bad_arguments_are_keras_style_errors():
+    # were: a raw TypeError after all the counting ('int' object is not callable), an error
+    # naming `model` for the second model, and per_layer unchecked
+    model = keras.Sequential([keras.Input((4,)), L.Dense(3)])
+    with pytest.raises(ValueError, match=r"`print_fn` must be callable .* Received: print_fn=1"):
+        summarize(model, model, print_fn=1)
+    with pytest.raises(ValueError, match=r"`thinned` must be a keras.Model. Received: "
+                                         r"thinned=None"):
+        summarize(model, None)
+    with pytest.raises(ValueError, match=r"`per_layer` must be a bool"):
+        count_macs(model, per_layer="yes")
+    assert summarize(model, model, print_fn=None).startswith("layer")
