@@ -174,3 +174,9 @@ def test_thin_keeps_outputs_of_random_architectures(spec):
     err = float(np.max(np.abs(got - want)))
     assert err <= 1e-5 * (1 + float(np.max(np.abs(want)))), (err, spec)
     assert ssl_keras.count_macs(small) <= ssl_keras.count_macs(model)
+    # zero_groups is a fixed point: zeroing again changes nothing (thin of a zeroed model,
+    # the README's recipe, relies on it)
+    zeroed = ssl_keras.zero_groups(model, 1e-4, groups=groups)
+    again = ssl_keras.zero_groups(zeroed, 1e-4, groups=groups)
+    assert all(np.array_equal(a, b) for a, b in zip(zeroed.get_weights(), again.get_weights(),
+                                                    strict=True)), spec
