@@ -75,6 +75,9 @@ def _dropped_operands(graph, independent):
             continue
         inputs = _node_inputs(node)
         const = [i for i, t in enumerate(inputs) if id(t) in independent]
+        shape = tuple(node.outputs[0].shape)
+        if any(tuple(t.shape) != shape for t in inputs):
+            continue  # a broadcast operand (1 channel into 4): not a droppable branch
         if const and len(const) < len(inputs):
             if len(op._inbound_nodes) > 1:
                 continue  # a shared Add: keep it whole

@@ -98,6 +98,11 @@ def lookup(obj) -> tuple[type, LayerSpec] | None:
     return None
 
 
+# What a subclass overrides to compute something else: call(), and the hook Keras's conv
+# layers document for a custom convolution (a weight-standardised conv, say).
+_COMPUTE_HOOKS = ("call", "convolution_op")
+
+
 def overridden_call(layer, registered: type) -> str | None:
     """The reason a layer blocks when its class reaches `registered` (its spec) through
     inheritance but redefines `call` on the way: the spec describes `registered`'s channels,
@@ -106,11 +111,12 @@ def overridden_call(layer, registered: type) -> str | None:
     cls = type(layer)
     mro = cls.__mro__
     between = mro[:mro.index(registered)] if registered in mro else ()
-    own = [c.__name__ for c in between if "call" in vars(c)]
+    own = [f"{name}() in {c.__name__}" for c in between for name in _COMPUTE_HOOKS
+           if name in vars(c)]
     if not own:
         return None
     return (f"class {cls.__name__} inherits the {registered.__name__} spec but overrides "
-            f"call() (in {', '.join(own)}), so the spec need not describe its channels: "
+            f"{', '.join(own)}, so the spec need not describe its channels: "
             f"register {cls.__name__} with ssl_keras.register_layer")
 
 

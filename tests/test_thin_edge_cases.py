@@ -210,3 +210,43 @@ def test_a_config_without_the_width_key_blocks_with_the_reason():
     assert plan["groups"]["mid:1"]["status"] == "kept"
     assert "has no 'units' to set the new width in" in plan["groups"]["mid:1"]["why"]
     assert assert_equivalent(model, threshold=1e-6).get_layer("mid").units == 5
+
+
+@pytest.mark.parametrize("dead", ["one", "a"])
+@pytest.mark.parametrize("one_first", [True, False])
+def test_add_with_an_operand_broadcast_over_channels(dead, one_first):
+    # Add(Conv2D(1), Conv2D(4)): the 1-channel operand is broadcast over the 4 channels. A
+    # dead operand was dropped as a residual branch: IndexError (the 1-channel one) or "The
+    # plan does not fit" (the 4-channel one)
+    i = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a")(i)
+    one = L.Conv2D(1, 1, name="one")(i)
+    x = L.Add(name="ad")([one, a] if one_first else [a, one])
+    model = keras.Model(i, L.Conv2D(5, 1, name="c")(x))
+    rng = np.random.default_rng(0)
+    for v in model.weights:
+        v.assign(rng.normal(0, 0.5, v.shape).astype("float32"))
+    kernel = model.get_layer(dead).kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+    assert_equivalent(model)
+
+
+def test_a_subclass_that_overrides_convolution_op_blocks():
+    # a weight-standardised conv (Keras's documented convolution_op hook): slicing its input
+    # channels changes the standardised kernel; it was treated as a plain Conv2D (0.24 off)
+    class WSConv2D(L.Conv2D):
+        def convolution_op(self, inputs, kernel):
+            mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+            var = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+            return super().convolution_op(inputs, (kernel - mean) / ops.sqrt(var + 1e-5))
+
+    i = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a")(i)
+    model = keras.Model(i, L.Conv2D(2, 1)(WSConv2D(5, 3, padding="same", name="c")(a)))
+    kernel = model.get_layer("a").kernel
+    kernel.assign(np.concatenate([kernel.numpy()[..., :1], np.zeros((3, 3, 3, 2)),
+                                  kernel.numpy()[..., 3:]], -1))
+    plan = thinning_plan(model)
+    assert plan["groups"]["a:1"]["status"] == "kept"
+    assert "overrides convolution_op() in WSConv2D" in plan["groups"]["a:1"]["why"]
+    assert assert_equivalent(model).get_layer("a").filters == 4
