@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: the end-to-end LeNet example on Fashion-MNIST (train dense, SSL, fine-tune,
-# thin, export to TFLite, benchmark), after installing what it needs. Extra arguments go to
+# The main job: the end-to-end LeNet example on Fashion-MNIST (train dense, SSL, thin,
+# fine-tune the thinned model, export to TFLite, benchmark), after installing what it needs. Extra arguments go to
 # the example (e.g. --quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -178,8 +178,8 @@ def export_tflite(
     Verification (`verify=True`) runs the .tflite bytes with ai_edge_litert's Interpreter on
     `num_verify_samples` inputs: from `representative_data` when given (the samples after the
     `num_calibration_samples` used for calibration when there are enough, else the first
-    ones), seeded uniform [0, 1) inputs otherwise (integer inputs: seeded ids in
-    [0, input_dim) when only Embedding layers read them; any other integer input needs
+    ones), seeded uniform [0, 1) inputs otherwise (an input that only Embedding layers read,
+    integer or float: seeded ids in [0, input_dim); any other integer input needs
     `representative_data`). int8 inputs are quantised and outputs
     dequantised with the tensors' scale and zero point, and compared with `model(x)`. In
     float32 the max absolute difference must be <= `atol * (1 + max |Keras output|)` (float32

@@ -34,9 +34,10 @@ for every kept filter and channel are cropped, and the padding is made explicit
 (ZeroPadding / Cropping before a 'valid' conv) so that every output reads the same inputs.
 Other zero positions inside a kernel (shape sparsity) stay as zeros in the dense kernel.
 
-`round_to=N` restores the strongest removed groups until every Dense / Conv width is a
-multiple of N; restored channels keep their zero or constant weights (nothing is folded for
-them), so outputs stay exact.
+`round_to=N` restores the strongest removed groups until the width of every Dense / Conv layer
+that loses channels is a multiple of N (a layer that loses none keeps its width); restored
+channels keep their zero or constant weights (nothing is folded for them), so outputs stay
+exact.
 """
 
 from __future__ import annotations
