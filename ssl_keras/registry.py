@@ -105,9 +105,10 @@ _COMPUTE_HOOKS = ("call", "convolution_op")
 
 def overridden_call(layer, registered: type) -> str | None:
     """The reason a layer blocks when its class reaches `registered` (its spec) through
-    inheritance but redefines `call` on the way: the spec describes `registered`'s channels,
-    not what the subclass computes (a Dense subclass that mixes its units, Keras's
-    ReversibleEmbedding). None when no class between them defines `call`."""
+    inheritance but redefines `call` (or a conv's `convolution_op`) on the way: the spec
+    describes `registered`'s channels, not what the subclass computes (a Dense subclass that
+    mixes its units, a weight-standardised conv, Keras's ReversibleEmbedding). None when no
+    class between them defines one of them."""
     cls = type(layer)
     mro = cls.__mro__
     between = mro[:mro.index(registered)] if registered in mro else ()
