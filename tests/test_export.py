@@ -15,6 +15,7 @@ import tensorflow as tf
 import ssl_keras
 from ssl_keras import _export_convert, _export_inputs, _tflite, export
 from ssl_keras.export import ExportReport, evaluate_tflite, export_tflite, predict_tflite
+from tests.cli_helpers import run_main
 
 MODES = [None, "float16", "dynamic", "int8"]
 SHAPE = (10, 10, 2)
@@ -752,11 +753,7 @@ def test_op_counts_and_select_op_parsing_helpers(exported):
 
 
 def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["ssl_keras.export", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        export.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return run_main(monkeypatch, capsys, "ssl_keras.export", export.main, *args)
 
 
 @pytest.fixture(scope="module")

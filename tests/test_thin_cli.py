@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 import ssl_keras  # noqa: E402
 from ssl_keras import thin_cli  # noqa: E402
 from tests.architectures import zero_filters  # noqa: E402
+from tests.cli_helpers import run_main  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,11 +41,7 @@ def saved(tmp_path_factory):
 
 
 def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["ssl_keras.thin_cli", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        thin_cli.main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return run_main(monkeypatch, capsys, "ssl_keras.thin_cli", thin_cli.main, *args)
 
 
 def test_thins_saves_and_writes_the_plan(saved, tmp_path, monkeypatch, capsys):
