@@ -88,6 +88,21 @@ def test_existing_output_is_refused_and_kept(tmp_path):
     assert (tmp_path / "lenet_3_12.tflite").read_bytes() == b"keep"
 
 
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_in_place_of_a_model_is_refused_before_converting(tmp_path, monkeypatch,
+                                                                   capsys, overwrite):
+    from tflite_bench import demo
+
+    monkeypatch.setattr(demo, "to_float32_tflite", lambda model: pytest.fail("converted"))
+    (tmp_path / "lenet_3_12.tflite").mkdir()
+    assert demo.main([PROG, f"--out={tmp_path}", *overwrite]) == 2
+    assert capsys.readouterr().err == (
+        f"{PROG}: error: a model file would replace a folder. Expected: --out without "
+        f"lenet_20_50.tflite, lenet_3_12.tflite folders in it. Received: "
+        f"{tmp_path / 'lenet_3_12.tflite'}\n")
+    assert os.listdir(tmp_path) == ["lenet_3_12.tflite"]
+
+
 def test_a_failed_conversion_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
     from tflite_bench import demo
 

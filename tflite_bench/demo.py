@@ -115,6 +115,10 @@ def run(argv):
         raise UsageError(f"--out is required. Expected: {USAGE}")
     _check_out(FLAGS.out)
     paths = {n: os.path.join(FLAGS.out, n) for n in MODELS}
+    folders = [p for p in paths.values() if os.path.isdir(p)]
+    if folders:
+        raise UsageError(f"a model file would replace a folder. Expected: --out without "
+                         f"{', '.join(MODELS)} folders in it. Received: {folders[0]}")
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not FLAGS.overwrite:
         raise UsageError(f"the output exists; pass --overwrite. Received: {existing[0]}")
