@@ -73,11 +73,14 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "verbose": 1,
     }
     d.update(recipe.defaults)
+    quick = " ".join(f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}"
+                     for k, v in recipe.quick.items())
     fv = flags.FlagValues()
     D = flags
     D.DEFINE_enum("dataset", d["dataset"], list(datasets.DATASETS), "The dataset.", flag_values=fv)
     D.DEFINE_string("data_dir", d["data_dir"], "A directory with the dataset's files (IDX or "
-                    "CIFAR-10 batches); tried before the Debian package and keras.datasets.",
+                    "CIFAR-10 batches); when given, the only source. Default: the Debian package "
+                    "dataset-fashion-mnist (Fashion-MNIST), then keras.datasets.",
                     flag_values=fv)
     D.DEFINE_integer("max_train", d["max_train"], "Use at most this many training images "
                      "(0: all).", flag_values=fv)
@@ -98,8 +101,10 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                    flag_values=fv)
     D.DEFINE_float("finetune_lr", d["finetune_lr"], "Learning rate of fine-tuning.",
                    flag_values=fv)
-    D.DEFINE_enum("optimizer", d["optimizer"], ["sgd", "adam"], "sgd: SGD with momentum 0.9 "
-                  "(the method's recipe); adam: Adam.", flag_values=fv)
+    D.DEFINE_enum("optimizer", d["optimizer"], ["sgd", "adam"], "Optimizer of dense training "
+                  "and fine-tuning. sgd: SGD with momentum 0.9 (the method's recipe); adam: "
+                  "Adam. The SSL phase: SGD with --ssl_momentum, or Adam with adam.",
+                  flag_values=fv)
     D.DEFINE_enum("lr_schedule", d["lr_schedule"], ["cosine", "constant"], "Learning rate of "
                   "dense training and fine-tuning: cosine decay to 0 over the phase, or "
                   "constant. The SSL phase always has a constant rate.", flag_values=fv)
@@ -126,7 +131,10 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
     D.DEFINE_float("borders", d["borders"], "Group Lasso coefficient of the conv kernels' nested "
                    "border bands: thin() crops zero border rows / columns (5x5 -> 3x3).",
                    flag_values=fv)
-    D.DEFINE_float("depth", d["depth"], "Depth-wise (whole kernel) group Lasso coefficient.",
+    D.DEFINE_float("depth", d["depth"], "Depth-wise group Lasso "
+                   "coefficient: one group per residual branch (each operand of an Add but the "
+                   "shortcut), so that SSL can switch whole residual blocks off. For "
+                   "architectures with residual branches (examples.resnet); elsewhere an error.",
                    flag_values=fv)
     D.DEFINE_boolean("proximal", d["proximal"], "Proximal group soft-thresholding after each "
                      "step of the SSL phase (exact zeros; a Python step per batch, several "
@@ -163,8 +171,8 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                      "instead of resuming from them.", flag_values=fv)
     D.DEFINE_integer("verbose", d["verbose"], "Keras fit verbosity (1: progress bars).",
                      flag_values=fv)
-    D.DEFINE_boolean("quick", False, "A small run for CI: fewer images and epochs (each example's "
-                     "docstring gives its settings).",
+    D.DEFINE_boolean("quick", False, "A small run for CI: fewer images and epochs (the flags "
+                     "not given take " + quick + ").",
                      flag_values=fv)
     return fv
 

@@ -285,8 +285,9 @@ class Pipeline(ReportMixin):
         self.ssl = self._phase("ssl", train)
 
     def _check_layer_names(self, keras) -> None:
-        """--ssl_layers and a per-layer --round_to must name layers of the architecture:
-        checked before any training (apply_ssl and thin would say so only after it)."""
+        """--ssl_layers and a per-layer --round_to / --round_down / --max_channels must name
+        layers of the architecture, and --depth needs residual branches: checked before any
+        training (apply_ssl and thin would say so only after it)."""
         cfg = self.cfg
         named = {flag: value if isinstance(value, dict) else {}
                  for flag, value in (("--round_to", cfg.round_to),
@@ -294,7 +295,7 @@ class Pipeline(ReportMixin):
                                      ("--max_channels", cfg.max_channels))}
         if cfg.ssl_layers is not self.recipe.ssl_layers:  # given on the command line
             named["--ssl_layers"] = cfg.ssl_layers or {}
-        if not any(named.values()):
+        if not any(named.values()) and not cfg.depth:
             return
         model = self._build()
         # That model drew its weights from the seeded generator: seed again, so that the
@@ -313,6 +314,19 @@ class Pipeline(ReportMixin):
                 raise UsageError(f"{flag} names layers that {self.recipe.name} does not have "
                                  "or that have no kernel to prune. Expected names among "
                                  f"{layers}. Received: {unknown}")
+        # depth groups are residual branches, keyed by their Add (apply_ssl would refuse a
+        # depth that penalises nothing, but only after dense training)
+        misplaced = sorted(name for name, mult in (named.get("--ssl_layers") or {}).items()
+                           if mult and mult.get("depth") and name not in adds)
+        if misplaced:
+            raise UsageError(f"--ssl_layers gives a depth multiplier to layers that are not "
+                             f"Add layers: depth groups are residual branches, keyed by their "
+                             f"Add. Expected depth on names among {sorted(adds) or '(none)'}. "
+                             f"Received: {misplaced}")
+        if cfg.depth and not adds:
+            raise UsageError(f"--depth penalises residual branches, and {self.recipe.name} has "
+                             "no Add layer. Expected --depth=0 (or an architecture with "
+                             f"residual blocks: examples.resnet). Received: --depth={cfg.depth}")
 
     def _schedule(self, keras, lr: float, epochs: int):
         """The learning rate of a phase: `lr`, or cosine decay from it over the phase."""

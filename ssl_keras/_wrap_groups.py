@@ -178,6 +178,29 @@ def _operand_batchnorm(model, branch):
     return None
 
 
+def _check_depth_applies(model, layers, defaults, overrides, depth_groups) -> None:
+    """coupled=True: `depth` penalises residual branches, keyed by the Add joining them. A depth
+    that would penalise nothing (on a layer that is not an Add, or in a model without residual
+    branches) is refused instead of silently doing nothing."""
+    adds = sorted(layer.name for layer in model.layers if isinstance(layer, keras.layers.Add))
+    named = sorted(name for name, value in (layers or {}).items()
+                   if isinstance(value, dict) and value.get("depth") and name not in adds)
+    if named:
+        raise ValueError(
+            "With coupled=True, `depth` is the coefficient of residual branches, keyed by the "
+            f"Add layer that joins them; {named} are not Add layers, so a depth there penalises "
+            f"nothing. Expected depth keys on Add layers ({adds or 'the model has none'}), or "
+            "coupled=False for the per-layer whole-kernel depth groups. Received: "
+            f"layers={ {name: layers[name] for name in named} }")
+    if defaults["depth"] and not depth_groups and not set(adds) & set(overrides):
+        raise ValueError(
+            f"depth={defaults['depth']} penalises residual branches (the operands of an Add, "
+            f"other than the shortcut, that hold weights), and model '{model.name}' has none, "
+            "so it would penalise nothing. Expected depth=0 for this model, or coupled=False "
+            f"for the per-layer whole-kernel depth groups. Received: depth={defaults['depth']}"
+            f" with {len(adds)} Add layers")
+
+
 def _depth_groups(wrapped, defaults, overrides) -> list[dict]:
     """One group per residual branch (every Add operand but the shortcut).
 

@@ -32,6 +32,7 @@ from ssl_keras._thin_model import (
 )
 from ssl_keras._wrap_coupled import CoupledTerms, _current_value
 from ssl_keras._wrap_groups import (
+    _check_depth_applies,
     _coefficients_for,
     _coupled_groups,
     _depth_groups,
@@ -331,8 +332,8 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
     - `coupled=True`: returns an `SSLModel`. Every non-blocked group of
       `ssl_keras.removable_groups(model)` (one channel: the producer's filter, its BatchNorm
       gamma, every consumer's input channel, across layers) is penalised with ONE norm over
-      all its penalised slices, with coefficient `filters` (of the group's source layer)
-      `+ channels` (the largest among its consumer layers). `shapes` and `borders` stay per
+      all its penalised slices, with coefficient `filters` (the largest among its producer
+      layers) `+ channels` (the largest among its consumer layers). `shapes` and `borders` stay per
       layer (shape and border groups are not coupled). `depth` adds one norm per residual
       branch (each operand of an Add except the one with the fewest weight layers, the
       shortcut), so that training
@@ -346,7 +347,9 @@ def apply_ssl(to_wrap, filters=0.0, channels=0.0, shapes=0.0, depth=0.0, coupled
         filters: coefficient of the filter-wise groups, >= 0.
         channels: coefficient of the channel-wise groups, >= 0.
         shapes: coefficient of the shape-wise groups, >= 0.
-        depth: coefficient of the depth groups (whole kernel; residual branch when coupled).
+        depth: coefficient of the depth groups (whole kernel; residual branch when coupled:
+            then a depth that penalises nothing, in a model without residual branches
+            or in `layers` on a layer that is not an Add, raises).
         coupled: one norm per coupled group across layers (models only).
         layers: a dict from layer name to a dict of coefficients that overrides the global
             ones for that layer (missing keys take the global values), or to None to leave
@@ -477,7 +480,9 @@ def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, bo
     if not coupled:
         return wrapped
     groups = _coupled_groups(model, defaults, overrides)
-    groups += _depth_groups(wrapped, defaults, overrides)
+    depth_groups = _depth_groups(wrapped, defaults, overrides)
+    _check_depth_applies(model, layers, defaults, overrides, depth_groups)
+    groups += depth_groups
     if isinstance(wrapped, keras.Sequential):
         inputs, outputs = wrapped.inputs[0], wrapped.outputs[0]
     else:

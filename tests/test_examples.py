@@ -458,6 +458,24 @@ def test_layer_names_without_a_kernel_fail_before_training(tmp_path, capsys, fla
 
 
 @pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.parametrize("flags_, message", [
+    (["--depth=0.5"], "lenet: error: --depth penalises residual branches, and lenet has no Add "
+                      "layer. Expected --depth=0 (or an architecture with residual blocks: "
+                      "examples.resnet). Received: --depth=0.5"),
+    (["--ssl_layers={\"conv2\": {\"filters\": 1, \"depth\": 1}}"],
+     "lenet: error: --ssl_layers gives a depth multiplier to layers that are not Add layers: "
+     "depth groups are residual branches, keyed by their Add. Expected depth on names among "
+     "(none). Received: ['conv2']")])
+def test_a_depth_that_penalises_nothing_fails_before_training(tmp_path, capsys, flags_,
+                                                              message):
+    # Found by a docs audit: --depth as the only coefficient on LeNet (no Add) passed the
+    # "at least one coefficient" check and trained the SSL phase with no penalty at all
+    code, err = _main([*flags_, f"--out_dir={tmp_path}", "--max_train=500"], capsys)
+    assert (code, err) == (2, [message])
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
 def test_the_layer_name_check_does_not_change_the_dense_models_initial_weights(tmp_path):
     import keras
 

@@ -468,6 +468,35 @@ class _Subclassed(keras.Model):
         return self.dense(x)
 
 
+def test_coupled_depth_that_penalises_nothing_is_refused():
+    """Found by a docs audit: the examples' --depth on LeNet (no Add) trained the SSL phase
+    with no penalty at all, and a depth key on a conv was dropped without a word."""
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, name="c1")(inputs)
+    plain = keras.Model(inputs, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(x)))
+    for kwargs in (dict(depth=0.5), dict(filters=0.1, depth=0.5)):
+        with pytest.raises(ValueError, match=r"^depth=0.5 penalises residual branches .*model "
+                           r"'.*' has none.*Expected depth=0 for this model, or coupled=False"
+                           r".*Received: depth=0.5 with 0 Add layers$"):
+            apply_ssl(plain, **kwargs)
+    assert len(apply_ssl(plain, depth=0.5, coupled=False).layers) == len(plain.layers)
+    model = _tiny_resnet()
+    with pytest.raises(ValueError, match=r"\['conv0'\] are not Add layers.*Expected depth keys "
+                       r"on Add layers \(\['stage1_block1_add'.*Received: layers=\{'conv0': "
+                       r"\{'depth': 0.3\}\}$"):
+        apply_ssl(model, filters=0.1, layers={"conv0": {"depth": 0.3}})
+    with pytest.raises(ValueError, match=r"\['c1'\] are not Add layers.*\(the model has none\)"):
+        apply_ssl(plain, filters=0.1, layers={"c1": {"depth": 0.3}})
+    # what stays allowed: depth on a residual model, on its Add layers, or switched off there
+    adds = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert any(g["kind"] == "depth" for g in apply_ssl(model, depth=0.5).ssl_groups)
+    only = apply_ssl(model, filters=0.1, layers={adds[0]: {"depth": 0.3}})
+    assert {g["layer"] for g in only.ssl_groups if g["kind"] == "depth"} == {adds[0]}
+    off = apply_ssl(model, depth=0.5, layers={name: {"depth": 0.0} for name in adds})
+    assert not any(g["kind"] == "depth" for g in off.ssl_groups)
+    assert apply_ssl(plain, filters=0.1, layers={"c1": {"depth": 0.0}}).ssl_groups
+
+
 def test_errors():
     model = _tiny_resnet()
     with pytest.raises(ValueError, match="subclassed model .*GroupLasso"):
