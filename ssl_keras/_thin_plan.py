@@ -146,9 +146,18 @@ def _classify(groups, weights, alive, threshold, cache):
     return decisions
 
 
-def _strength(g, weights, alive, cache=None):
+def _strength(g, weights, alive, cache=None, normalized=False):
+    """The L2 norm of a group's producer and consumer slices. `normalized`: when a BatchNorm
+    follows the producer (a "tied" gamma slice), its gamma stands for the producer kernel,
+    whose scale BatchNorm divides out (a strong kernel under a tiny gamma is a weak channel)."""
+    roles = ("producer", "consumer")
+    if normalized and any(s["role"] == "tied" and s["weight"] == "gamma" and s["layer"] in alive
+                          for s in g["slices"]):
+        roles = ("tied", "consumer")
     norms = [_slice_norm(weights, s, cache) for s in g["slices"]
-             if s["layer"] in alive and s["role"] in ("producer", "consumer")]
+             if s["layer"] in alive and s["role"] in roles
+             and (s["role"] != "tied" or s["weight"] == "gamma")
+             and s["weight"] in weights.get(s["layer"], {})]
     return float(np.sqrt(np.sum(np.square(norms)))) if norms else 0.0
 
 
@@ -287,6 +296,11 @@ def _prepare(model, threshold, groups):
         groups = removable_groups(model)
     else:
         groups = validate_groups(groups, model)
+    return _settle(graph, weights, groups, threshold)
+
+
+def _settle(graph, weights, groups, threshold):
+    """`_prepare`'s fixed point on given weights (the graph and groups already made)."""
     zero, current, seen = [], weights, set()
     for _ in range(len(groups) + 2):  # each pass that goes on zeroes one more group at least
         st = _classify_pass(graph, current, groups, threshold)

@@ -77,7 +77,14 @@ from ssl_keras._thin_model import (
     rebuilds_own_layers,
     refresh_states,
 )
-from ssl_keras._thin_plan import _needed_nodes, _prepare, _removed_indices, _restore, _strength
+from ssl_keras._thin_plan import (
+    _needed_nodes,
+    _prepare,
+    _removed_indices,
+    _restore,
+    _settle,
+    _strength,
+)
 from ssl_keras._thin_slice import (
     _cheap_init,
     _clone_op,
@@ -141,10 +148,7 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
     st = _prepare(model, threshold, groups)
     graph, groups, decisions = st["graph"], st["groups"], st["decisions"]
     alive, dropped, by_name = st["alive"], st["dropped"], st["by_name"]
-    if isinstance(round_to, dict) and set(round_to) - set(by_name):
-        raise ValueError(
-            "`round_to` names layers the model does not have. Expected names among "
-            f"{sorted(by_name)}. Received: {sorted(set(round_to) - set(by_name))}")
+    _check_width_names("round_to", round_to, st)
     zw = _zeroed_weights(st["weights"], st["zero"])
     probes = _probe_inputs(graph)
     layer_cls = {n: type(layer) for n, layer in by_name.items() if n in alive}
@@ -517,60 +521,83 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
         max_channels = _check_round_to(max_channels, "max_channels")
     model = _plain(model)
     st = _prepare(model, threshold, groups)
-    for name, value in (("round_down", round_down), ("max_channels", max_channels)):
-        if isinstance(value, dict) and set(value) - set(st["by_name"]):
-            raise ValueError(
-                f"`{name}` names layers the model does not have. Expected names among "
-                f"{sorted(st['by_name'])}. Received: {sorted(set(value) - set(st['by_name']))}")
+    _check_width_names("round_down", round_down, st)
+    _check_width_names("max_channels", max_channels, st)
     weights = _zeroed_weights(st["weights"], st["zero"])
-    extra = _round_down_zero(st, weights, round_down, max_channels)
-    if extra:  # the weak groups' producers are zero now: classify everything again
-        model = _copy_with_weights(model, _zeroed_weights(weights, extra))
-        st = _prepare(model, threshold, groups)
-        weights = _zeroed_weights(st["weights"], st["zero"])
+    # One layer's cut at a time, the last layer first, each followed by the classification of
+    # the zeroed weights: a cut can leave channels of an earlier layer unread (its consumer
+    # rows were the cut filters' only weights), and those must be counted before that layer
+    # is cut, or it ends below its cap / multiple.
+    for _ in range(len(st["groups"]) + 1):  # every round zeroes one group at least
+        cut = _width_cut(st, weights, round_down, max_channels)
+        if not cut:
+            break
+        weights = _zeroed_weights(weights, cut)
+        st = _settle(st["graph"], weights, st["groups"], st["threshold"])
+        weights = _zeroed_weights(weights, st["zero"])
     return _copy_with_weights(model, weights)
 
 
-def _round_down_zero(st, weights, round_down, max_channels=None) -> list:
-    """The producer slices to zero so that no width is above `max_channels` and every width
-    above `round_down` is a multiple of it."""
+def _check_width_names(argument, value, st) -> None:
+    """A per-layer width setting must name layers whose output channels are groups (a layer
+    without any, a BatchNormalization, Flatten or pooling layer, has no width to set)."""
+    if not isinstance(value, dict):
+        return
+    by_name = st["by_name"]
+    unknown = sorted(set(value) - set(by_name))
+    if unknown:
+        raise ValueError(
+            f"`{argument}` names layers the model does not have. Expected names among "
+            f"{sorted(by_name)}. Received: {unknown}")
+    producers = {s["layer"] for g in st["groups"] for s in g["slices"] if s["role"] == "producer"}
+    without = sorted(set(value) - producers)
+    if without:
+        raise ValueError(
+            f"`{argument}` names layers without output channels of their own (a width is set "
+            "on a Dense / Conv layer, not on BatchNormalization, Flatten, pooling or an Add). "
+            f"Expected names among {sorted(producers & set(by_name))}. Received: {without}")
+
+
+def _width_cut(st, weights, round_down, max_channels=None) -> list:
+    """The producer slices to zero, in the last layer (in graph order) whose width is above
+    its `max_channels` or above `round_down` and not a multiple of it: the weakest of its live
+    groups (norm of their producer and consumer slices; a following BatchNorm's gamma
+    instead of the producer kernel). A layer's width counts every live group with a producer
+    slice in it, whatever channel space the group is in (a Concatenate's inputs, the branches
+    of an Add); a layer without enough unblocked groups to cut is left as it is."""
     if round_down == 1 and max_channels is None:
         return []
     groups, decisions, alive = st["groups"], st["decisions"], st["alive"]
-    # One channel space per group source; coupled producers (a residual stage's convs, an Add
-    # of several) share it, so a dict may name any of them.
-    kept, weak, multiples, caps = {}, {}, {}, {}
+    kept, weak = {}, {}
     for g in groups:
         status, why = decisions[g["id"]]
-        if status in ("constant", "unused", "dead") or g["source"] not in alive:
+        if status in ("constant", "unused", "dead"):
             continue
-        space = g["source"]
-        kept[space] = kept.get(space, 0) + 1
-        producers = [s for s in g["slices"] if s["role"] == "producer" and s["layer"] in alive]
-        for s in producers:
-            wanted = (round_down.get(s["layer"], 1) if isinstance(round_down, dict)
-                      else round_down)
-            multiples[space] = max(multiples.get(space, 1), wanted)
-            cap = (max_channels.get(s["layer"]) if isinstance(max_channels, dict)
-                   else max_channels)
-            if cap is not None:
-                caps[space] = min(caps.get(space, cap), cap)
-        if g.get("blocked") is None and not str(why).startswith("blocked") and producers:
-            weak.setdefault(space, []).append(g)
-    zero = []
-    for layer, count in sorted(kept.items()):
-        multiple = multiples.get(layer, 1)
-        left = min(count, caps.get(layer, count))
+        layers = {s["layer"] for s in g["slices"] if s["role"] == "producer"
+                  and s["layer"] in alive and s["weight"] in weights.get(s["layer"], {})}
+        cuttable = g.get("blocked") is None and not str(why).startswith("blocked")
+        for layer in layers:
+            kept[layer] = kept.get(layer, 0) + 1
+            if cuttable:
+                weak.setdefault(layer, []).append(g)
+    rank = {name: i for i, name in enumerate(st["by_name"])}
+    for layer in sorted(kept, key=lambda name: (rank.get(name, -1), name), reverse=True):
+        count = kept[layer]
+        multiple = round_down.get(layer, 1) if isinstance(round_down, dict) else round_down
+        cap = max_channels.get(layer) if isinstance(max_channels, dict) else max_channels
+        left = count if cap is None else min(count, cap)
         left -= left % multiple if left > multiple else 0
         cut = count - left
         candidates = weak.get(layer, [])
         if not cut or len(candidates) < cut:
             continue
+        label = "max_channels" if cap is not None and cap < count else "round_down"
         cache = {}
-        label = "max_channels" if caps.get(layer, count) < count else "round_down"
-        candidates.sort(key=lambda g: (_strength(g, weights, alive, cache), g["id"]))
-        for g in candidates[:cut]:
-            zero.extend({"layer": s["layer"], "weight": s["weight"], "axis": s["axis"],
-                         "index": list(s["index"]), "why": f"{label} {g['id']}"}
-                        for s in g["slices"] if s["role"] == "producer" and s["layer"] in alive)
-    return [z for z in zero if z["weight"] in weights.get(z["layer"], {})]
+        candidates.sort(key=lambda g: (_strength(g, weights, alive, cache, normalized=True),
+                                       g["id"]))
+        return [{"layer": s["layer"], "weight": s["weight"], "axis": s["axis"],
+                 "index": list(s["index"]), "why": f"{label} {g['id']}"}
+                for g in candidates[:cut] for s in g["slices"]
+                if s["role"] == "producer" and s["layer"] in alive
+                and s["weight"] in weights.get(s["layer"], {})]
+    return []

@@ -520,6 +520,106 @@ def test_max_channels_keeps_the_strongest_groups_up_to_a_cap():
         zero_groups(model, 1e-4, max_channels={"conv9": 4})
 
 
+def _capped(model, **kwargs):
+    """thin(zero_groups(model, **kwargs)), checked against the zeroed model; its widths."""
+    zeroed = zero_groups(model, 1e-4, **kwargs)
+    small = thin(zeroed, 1e-4)
+    x = np.random.default_rng(0).normal(size=(2, *model.inputs[0].shape[1:])).astype("float32")
+    want = np.asarray(zeroed(x))
+    np.testing.assert_allclose(small(x), want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    return widths(small)
+
+
+@pytest.mark.parametrize("kwargs, width", [(dict(max_channels=4), 4),
+                                           (dict(max_channels={"conv_c": 4}), 4),
+                                           (dict(round_down={"conv_c": 5}), 5)])
+def test_width_settings_count_a_layer_across_channel_spaces(kwargs, width):
+    """Found by probing: conv_c's 8 channels are two channel spaces (the Concatenate of conv_a
+    and conv_b it is added to), and the cap was applied to each half (4 each): conv_c kept 8."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="conv_a")(inp)
+    b = L.Conv2D(4, 3, padding="same", name="conv_b")(inp)
+    c = L.Conv2D(8, 3, padding="same", name="conv_c")(inp)
+    s = L.Add(name="add")([L.Concatenate(name="cat")([a, b]), c])
+    model = randomize(keras.Model(inp, L.Conv2D(2, 1, name="head")(L.ReLU()(s))))
+    assert _capped(model, **kwargs)["conv_c"] == width
+
+
+def test_width_settings_apply_when_the_channel_spaces_first_branch_is_dropped():
+    """Found by probing: a channel space was skipped when its source (the first producer in
+    graph order) sat in a dropped branch, so the surviving conv_b was never capped."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    a = L.Conv2D(8, 1, name="conv_a")(inp)
+    b = L.Conv2D(8, 1, name="conv_b")(inp)
+    model = randomize(keras.Model(inp, L.Conv2D(2, 1, name="head")(
+        L.ReLU()(L.Add(name="add")([a, b])))))
+    zero_filters(model, "conv_a", list(range(8)))  # the branch is switched off
+    assert _capped(model, max_channels=4)["conv_b"] == 4
+    assert _capped(model, max_channels={"conv_b": 4})["conv_b"] == 4
+    assert _capped(model, round_down=3)["conv_b"] == 6
+
+
+@pytest.mark.parametrize("kwargs", [dict(round_down=4), dict(max_channels=4)])
+def test_width_cuts_count_the_channels_a_later_cut_leaves_unread(kwargs):
+    """Found by probing: the cuts were chosen from counts taken before any cut, and cutting
+    conv2's filter 0 also removed conv1's channel 5 (read by that filter only): conv1 ended at
+    3, neither the cap nor a multiple of 4. Later layers are cut first now."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    h1 = L.Conv2D(6, 1, name="conv1")(inp)
+    h2 = L.Conv2D(6, 1, name="conv2")(h1)
+    model = randomize(keras.Model(inp, L.Conv2D(2, 1, name="head")(h2)))
+    k1 = model.get_layer("conv1").kernel
+    k2 = model.get_layer("conv2").kernel
+    a, b = np.array(k1.numpy()), np.array(k2.numpy())
+    a[..., 0] *= 0.01
+    a[..., 1] *= 0.02
+    b[..., 0] *= 0.01
+    b[..., 1] *= 0.02
+    b[..., 5, 1:] = 0  # conv1's channel 5 is read by conv2's filter 0 only
+    k1.assign(a)
+    k2.assign(b)
+    got = _capped(model, **kwargs)
+    assert (got["conv1"], got["conv2"]) == (4, 4)
+
+
+def test_max_channels_ranks_a_channel_under_batchnorm_by_its_gamma():
+    """Found by probing: BatchNorm divides the kernel's scale out, so a strong kernel under a
+    gamma of 1e-3 is the weak channel; the ranking looked at the kernel only."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv1")(inp))
+    model = randomize(keras.Model(inp, L.Dense(2, name="out")(L.Flatten()(L.ReLU()(x)))))
+    kernel = model.get_layer("conv1").kernel
+    k = np.array(kernel.numpy())
+    k[..., 0] *= 0.01  # the smallest kernel, at full gamma
+    kernel.assign(k)
+    gamma = np.array(model.get_layer("bn").gamma.numpy())
+    gamma[1] = 1e-3  # a large kernel, but its output scaled by 1e-3
+    model.get_layer("bn").gamma.assign(gamma)
+    zeroed = zero_groups(model, 1e-4, max_channels={"conv1": 3})
+    live = np.flatnonzero(np.abs(zeroed.get_layer("conv1").kernel.numpy()).sum((0, 1, 2)))
+    assert live.tolist() == [0, 2, 3]
+
+
+@pytest.mark.parametrize("argument", ["round_down", "max_channels", "round_to"])
+def test_width_settings_refuse_layers_without_channels(argument):
+    """Found by probing: a BatchNormalization or Flatten name was accepted and did nothing."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(4, 3, name="conv1")(inp))
+    model = keras.Model(inp, L.Dense(2, name="out")(L.Flatten(name="flat")(x)))
+    call = (lambda v: thin(model, round_to=v)) if argument == "round_to" else (
+        lambda v: zero_groups(model, 1e-4, **{argument: v}))
+    with pytest.raises(ValueError, match=rf"^`{argument}` names layers without output channels "
+                       r"of their own .*Expected names among \['conv1', 'out'\]\. "
+                       r"Received: \['bn', 'flat'\]$"):
+        call({"bn": 2, "flat": 2, "conv1": 2})
+    call({"conv1": 2})
+
+
 @pytest.mark.parametrize("name", ["stage2_block1_proj", "stage2_block1_conv2"])
 def test_round_down_names_any_producer_of_a_residual_channel_space(name):
     """A residual stage's convs share one channel space: naming any of them rounds it (was:
