@@ -48,8 +48,10 @@ __all__ = ["HELP_FLAGS", "Recipe", "main"]
 
 
 
-def main(recipe: Recipe, argv=None) -> int:
-    """Parses flags, runs the pipeline; bad input prints one line and returns 2."""
+def main(recipe: Recipe, argv=None, command=None) -> int:
+    """Parses flags, runs the pipeline; bad input prints one line and returns 2. `command`:
+    the argv to record in the report, when it is not `argv` (an entry point that takes some
+    flags out first, as examples.resnet does with --resnet_depth)."""
     argv = list(sys.argv if argv is None else argv)
     fv = define_flags(recipe)
     args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
@@ -78,7 +80,9 @@ def main(recipe: Recipe, argv=None) -> int:
 
         tf.config.list_physical_devices()
     try:
-        Pipeline(recipe, cfg).run()
+        pipeline = Pipeline(recipe, cfg)
+        pipeline.argv = list(argv if command is None else command)  # the report's
+        pipeline.run()
     except (UsageError, datasets.DatasetNotFoundError) as e:
         print(f"{recipe.name}: error: {e}", file=sys.stderr)
         return 2

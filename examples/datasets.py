@@ -4,7 +4,8 @@ Where the images come from, in order:
 
 1. `data_dir`, when given, and then only there (a `data_dir` without the files is an error,
    not a reason to use other data): IDX files (`train-images-idx3-ubyte[.gz]`, ...; MNIST and
-   Fashion-MNIST) or the CIFAR-10 Python batches (`data_batch_1` ... `test_batch`, directly in
+   Fashion-MNIST; when both copies of a file are there, the .gz one, and the other if it
+   cannot be read) or the CIFAR-10 Python batches (`data_batch_1` ... `test_batch`, directly in
    `data_dir` or in `data_dir/cifar-10-batches-py`).
 2. Fashion-MNIST only: the Debian package `dataset-fashion-mnist`
    (`/usr/share/datasets/fashion-mnist`), which is how the examples run without internet.
@@ -26,8 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import pickle
+import warnings
 
 import numpy as np
 
@@ -41,6 +44,7 @@ IDX_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+_GZIP_MAGIC = b"\x1f\x8b"
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -101,6 +105,15 @@ def read_idx(path: str) -> np.ndarray:
             f"Cannot read the IDX file ({type(e).__name__}: {e}). Expected an IDX file, "
             f"gzip-compressed if its name ends in .gz. Received: path={path!r}"
         ) from None
+    if data[:2] == _GZIP_MAGIC:
+        what = ("its decompressed content starts with the gzip magic bytes 1f 8b, so it "
+                "looks compressed twice" if path.endswith(".gz") else
+                "it starts with the gzip magic bytes 1f 8b, so it looks gzip-compressed")
+        raise ValueError(
+            f"Not an IDX file: {what}. Expected an uncompressed IDX file, or a "
+            "gzip-compressed one whose name ends in .gz (rename it, or gunzip it). "
+            f"Received: path={path!r}"
+        )
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise ValueError(
             "Not an IDX file: expected the magic bytes 0x00 0x00 <type> <ndim>. "
@@ -115,36 +128,65 @@ def read_idx(path: str) -> np.ndarray:
             f"bytes) but the file has {len(data)} bytes. Received: path={path!r}"
         )
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape)) if shape else 1
-    if len(data) - header != count * dtype.itemsize:
+    size = math.prod(shape) * dtype.itemsize  # Python ints: np.prod overflows int64
+    if len(data) - header != size:
         raise ValueError(
-            f"IDX file is truncated or corrupt: its header announces shape {shape} "
-            f"({count * dtype.itemsize} bytes) but it holds {len(data) - header} bytes. "
-            f"Received: path={path!r}"
+            f"IDX file is truncated or corrupt: its header says shape {shape}, i.e. {size:,} "
+            f"bytes of data, but the file has {len(data) - header:,} bytes after the "
+            f"{header}-byte header. Received: path={path!r}"
         )
     array = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="))
 
 
-def _find(directory: str, name: str) -> str | None:
-    for candidate in (name + ".gz", name):
-        path = os.path.join(directory, candidate)
-        if os.path.isfile(path):
-            return path
-    return None
+def _candidates(directory: str, name: str) -> list[str]:
+    """The copies of one IDX file in `directory`: `name`.gz first, then `name`."""
+    paths = [os.path.join(directory, c) for c in (name + ".gz", name)]
+    return [p for p in paths if os.path.isfile(p)]
+
+
+def _read_idx_copies(paths: list[str], ndim: int) -> np.ndarray:
+    """The first of `paths` that reads as an `ndim`-D IDX array; a copy that fails is only
+    an error when no other copy reads (a good raw file beside a corrupt .gz is used, with a
+    warning naming the bad one); when none reads, the error names every copy's problem."""
+    errors = []
+    for path in paths:
+        try:
+            array = read_idx(path)
+            if array.ndim != ndim:
+                raise ValueError(
+                    f"{'Images' if ndim == 3 else 'Labels'} must be a {ndim}-D IDX array "
+                    f"({'count, height, width' if ndim == 3 else 'count'}). Received: shape "
+                    f"{array.shape} in {path!r}")
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        if errors:
+            warnings.warn(f"Using {path!r}: the other copy cannot be used. {errors[0]}",
+                          stacklevel=5)
+        return array
+    if len(errors) == 1:
+        raise ValueError(errors[0])
+    raise ValueError(f"None of the {len(paths)} copies of {os.path.basename(paths[-1])} can "
+                     "be used: " + " / ".join(f"({i + 1}) {e}" for i, e in enumerate(errors)))
+
+
+def _missing_files(name: str, directory: str) -> list[str]:
+    """The files of `name` that `directory` lacks (CIFAR-10: in the more complete of
+    `directory` and its cifar-10-batches-py)."""
+    if name == "cifar10":
+        missing = [[b for b in CIFAR_BATCHES if not os.path.isfile(os.path.join(d, b))]
+                   for d in (directory, os.path.join(directory, "cifar-10-batches-py"))]
+        return min(missing, key=len)
+    return [f + "[.gz]" for f in IDX_FILES.values() if not _candidates(directory, f)]
 
 
 def _load_idx_dir(directory: str):
-    paths = {key: _find(directory, name) for key, name in IDX_FILES.items()}
-    if any(p is None for p in paths.values()):
+    paths = {key: _candidates(directory, name) for key, name in IDX_FILES.items()}
+    if not all(paths.values()):
         return None
-    arrays = {key: read_idx(path) for key, path in paths.items()}
-    for key, ndim in (("x_train", 3), ("y_train", 1), ("x_test", 3), ("y_test", 1)):
-        if arrays[key].ndim != ndim:
-            raise ValueError(
-                f"{'Images' if ndim == 3 else 'Labels'} must be a {ndim}-D IDX array "
-                f"({'count, height, width' if ndim == 3 else 'count'}). Received: shape "
-                f"{arrays[key].shape} in {paths[key]!r}")
+    ndims = {"x_train": 3, "y_train": 1, "x_test": 3, "y_test": 1}
+    arrays = {key: _read_idx_copies(p, ndims[key]) for key, p in paths.items()}
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
@@ -180,8 +222,13 @@ def _load_raw(name: str, data_dir: str | None, allow_download: bool):
     if data_dir:  # asked for by name: only there (no silent fall-back to other data)
         raw = _load_cifar_dir(data_dir) if name == "cifar10" else _load_idx_dir(data_dir)
         if raw is None:
+            missing = _missing_files(name, data_dir)
+            total = len(CIFAR_BATCHES) if name == "cifar10" else len(IDX_FILES)
+            what = (f"no {name} files" if len(missing) == total else
+                    f"{total - len(missing)} of the {total} {name} files, missing "
+                    + ", ".join(missing))
             raise DatasetNotFoundError(
-                f"`data_dir` has no {name} files. Expected {files} in it. Received: "
+                f"`data_dir` has {what}. Expected {files} in it. Received: "
                 f"data_dir={data_dir!r}, which holds {sorted(os.listdir(data_dir))[:8]}"
             )
         return raw, data_dir

@@ -3,14 +3,22 @@
 `ReportMixin` holds the report methods of `examples.pipeline.Pipeline` (`run()` ends with
 `results()` and `write()`); they read what the pipeline and its steps set: `cfg`, `recipe`,
 `dataset`, `data`, `dense`, `zeroed`, `thinned`, `tflite`, `tfmot`, `bench_result`,
-`thin_max_abs_diff`, `tflite_max_abs_diff`, `timings`, `stem` and `log()`.
+`thin_max_abs_diff`, `tflite_max_abs_diff`, `timings`, `stem`, `log()` and `argv` (the
+command line `examples.common.main` parsed; None: sys.argv).
+
+Non-finite numbers (a NaN latency, say) are None in the results, null in the JSON and "-" in
+the table; layer names are drawn literally in the plots (no matplotlib math text for `$`) and
+long ones shortened there, never in the JSON / Markdown.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
+import shlex
 import sys
 
 import numpy as np
@@ -75,13 +83,86 @@ def units_per_layer(model) -> dict:
     return out
 
 
+def finite_or_none(value):
+    """`value` with every NaN / infinite float (in dicts, lists, tuples) replaced by None:
+    what the JSON holds (strict parsers reject the bare NaN / Infinity tokens).
+
+    Example:
+    >>> finite_or_none({"a": float("nan"), "b": [1.5, float("inf")], "c": (2, None)})
+    {'a': None, 'b': [1.5, None], 'c': (2, None)}
+    """
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(finite_or_none(v) for v in value)
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _finite(value) -> bool:
+    """Whether `value` is a number to show: not None, NaN or infinite."""
+    return value is not None and math.isfinite(value)
+
+
+def _number(value, fmt: str) -> str:
+    """`value` formatted with `fmt`, or "-" when it is None, NaN or infinite."""
+    return format(value, fmt) if _finite(value) else "-"
+
+
+def markdown_code(text: str) -> str:
+    """`text` as Markdown code that stays valid: a code span whose fence is one backtick
+    longer than the longest run of backticks in `text` (CommonMark), or, for text over
+    several lines (which could start a heading inside a span), a fenced code block.
+
+    Example:
+    >>> markdown_code("a `b` c")
+    '`` a `b` c ``'
+    """
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    if "\n" in text or "\r" in text:
+        fence = "`" * max(3, longest + 1)
+        return f"\n\n{fence}\n{text}\n{fence}"
+    if not longest:
+        return f"`{text}`"
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}"  # the spaces: text may start or end with a backtick
+
+
+def plot_label(name: str, limit: int = 24) -> str:
+    """A layer name for a plot: at most `limit` characters (an ellipsis in the middle)."""
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return name[:head] + "\u2026" + name[len(name) - (limit - 1 - head):]
+
+
+def command_line(argv) -> str:
+    """The command that ran, from the argv main() parsed: `python -m examples.<module> ...`,
+    the arguments quoted for a shell.
+
+    Example:
+    >>> command_line(["/src/examples/lenet.py", "--quick", "--out_dir=my results"])
+    "python -m examples.lenet --quick '--out_dir=my results'"
+    """
+    argv = list(argv)
+    module = os.path.splitext(os.path.basename(argv[0]))[0]
+    return " ".join([f"python -m examples.{module}", *map(shlex.quote, argv[1:])])
+
+
 class ReportMixin:
     """The report steps of `Pipeline` (results, table, write, plots)."""
+
+    argv = None  # set by examples.common.main: the command line it parsed; None: sys.argv
 
     def _entries(self, path: str) -> dict:
         """The benchmark entries of one .tflite file, by thread count."""
         return {int(m["threads"]): m for m in self.bench_result["models"]
                 if os.path.abspath(m["path"]) == os.path.abspath(path)}
+
+    def command(self) -> str:
+        """The command of this run (`argv`, or sys.argv when not set), for the report."""
+        return command_line(sys.argv if self.argv is None else self.argv)
 
     def results(self) -> dict:
         predict_tflite = need("ssl_keras.export", "predict_tflite", "report")
@@ -125,14 +206,12 @@ class ReportMixin:
             tfmot = row(self.tfmot["tflite"])
             tfmot.update(self.tfmot)
         cfg = dataclasses.asdict(self.cfg)
-        return {
+        return finite_or_none({
             "example": self.recipe.name,
             "dataset": self.dataset,
             "requested_dataset": self.cfg.dataset,
             "data_source": data.source,
-            "command": " ".join(
-                [f"python -m examples.{os.path.splitext(os.path.basename(sys.argv[0]))[0]}",
-                 *sys.argv[1:]]),
+            "command": self.command(),
             "config": cfg,
             "baseline": rows["baseline"],
             "ssl": rows["ssl"],
@@ -147,7 +226,7 @@ class ReportMixin:
             "thin_max_abs_diff": self.thin_max_abs_diff,
             "tflite_max_abs_diff": self.tflite_max_abs_diff,
             "phase_seconds": self.timings,
-        }
+        })
 
     def _accuracy_change(self, base, other) -> dict:
         """The thinned float32 file's test accuracy minus the dense one's (`base` / `other`:
@@ -172,11 +251,11 @@ class ReportMixin:
                 lines.append(f"| {label} | not run | | |" + " |" * (len(threads) + 2))
                 continue
             lat = r["latency_us_by_threads"]
-            cells = [label, f"{100 * r['accuracy']:.2f}%",
-                     f"{r['params']:,}" if r["params"] is not None else "-",
-                     f"{r['macs']:,}" if r["macs"] is not None else "-"]
-            cells += [f"{lat[t]:.1f}" if t in lat else "-" for t in threads]
-            cells.append(f"{base[1] / lat[1]:.2f}x" if 1 in lat and 1 in base else "-")
+            cells = [label, f"{100 * r['accuracy']:.2f}%" if _finite(r["accuracy"]) else "-",
+                     _number(r["params"], ","), _number(r["macs"], ",")]
+            cells += [_number(lat.get(t), ".1f") for t in threads]
+            cells.append(f"{base[1] / lat[1]:.2f}x" if _finite(base.get(1))
+                         and _finite(lat.get(1)) and lat[1] else "-")
             cells.append(f"{r['file_bytes'] / 1024:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -201,31 +280,51 @@ class ReportMixin:
         out = self.cfg.out_dir
         json_path = os.path.join(out, f"{self.stem}.json")
         md_path = os.path.join(out, f"{self.stem}.md")
-        for path in (json_path, md_path):
-            if os.path.exists(path):
-                self.log(f"replacing {path} (written by an earlier run)")
-        atomic_write_text(json_path, json.dumps(results, indent=1, default=str))
+        self._note_replacing([json_path, md_path])
+        atomic_write_text(json_path, json.dumps(finite_or_none(results), indent=1, default=str,
+                                                allow_nan=False))
         md = [f"# {self.recipe.name} on {self.dataset}", "",
-              f"Command: `{results['command']}`", "", table, "",
+              f"Command: {markdown_code(results['command'])}", "", table, "",
               f"Filters/units per layer: dense {results['baseline']['filters_per_layer']}"
               f" -> SSL {results['ssl']['filters_per_layer']}", ""]
         for line in (val_line, change_line):
             if line:
                 md += [line, ""]
         atomic_write_text(md_path, "\n".join(md))
+        written = [json_path, md_path]
         try:
-            self.plots(results)
+            written += self.plots(results)
         except ImportError as e:
             self.log(f"plots skipped: matplotlib missing ({e}); install the plot extra")
-        self.log(f"wrote {json_path} and {md_path}")
+        self.log(f"wrote {self._paths_text(written)}")
 
-    def plots(self, results: dict) -> None:
+    def _paths_text(self, paths: list[str]) -> str:
+        """`paths` in one short line: the first in full, the others after the report's
+        common prefix (`out_dir/stem`): "results/lenet.json, .md, _filters.png"."""
+        prefix = os.path.join(self.cfg.out_dir, self.stem)
+        return ", ".join(p[len(prefix):] if i and p.startswith(prefix) else p
+                         for i, p in enumerate(paths))
+
+    def _note_replacing(self, paths: list[str]) -> None:
+        """Logs which of `paths` exist already (and are about to be replaced)."""
+        existing = [p for p in paths if os.path.exists(p)]
+        if existing:
+            self.log(f"replacing {self._paths_text(existing)} (written by an earlier run)")
+
+    def plots(self, results: dict) -> list[str]:
+        """Writes the filters, latency and (with a Conv2D) first-layer plots; returns their
+        paths. Layer names are drawn literally and shortened (`plot_label`)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         out = self.cfg.out_dir
+        first = _first_conv(self.dense)
+        paths = [os.path.join(out, f"{self.stem}_{kind}.png")
+                 for kind in ("filters", "latency", "conv1")[:3 if first is not None else 2]]
+        self._note_replacing(paths)
+        text = {"parse_math": False}  # "$" in a layer name is not math text
         before = results["baseline"]["filters_per_layer"]
         after = results["ssl"]["filters_per_layer"]
         names = list(before)
@@ -233,11 +332,12 @@ class ReportMixin:
         idx = np.arange(len(names))
         ax.bar(idx - 0.2, [before[n] for n in names], 0.4, label="dense")
         ax.bar(idx + 0.2, [after.get(n, 0) for n in names], 0.4, label="SSL thinned")
-        ax.set_xticks(idx, names, rotation=30)
+        ax.set_xticks(idx, [plot_label(n) for n in names], rotation=30, ha="right",
+                      rotation_mode="anchor", **text)
         ax.set_ylabel("filters / units")
         ax.legend()
         fig.tight_layout()
-        _save_fig(fig, os.path.join(out, f"{self.stem}_filters.png"))
+        _save_fig(fig, paths[0])
         plt.close(fig)
 
         labels, values = [], []
@@ -246,17 +346,16 @@ class ReportMixin:
             if r is None:
                 continue
             for t, v in sorted(r["latency_us_by_threads"].items()):
-                labels.append(f"{key}\n{t}T")
-                values.append(v)
+                labels.append(f"{key}\n{t}T" + ("" if _finite(v) else "\nn/a"))
+                values.append(v if _finite(v) else 0.0)
         fig, ax = plt.subplots(figsize=(0.8 * len(labels) + 2, 3))
         ax.bar(range(len(values)), values)
         ax.set_xticks(range(len(values)), labels, fontsize=7)
         ax.set_ylabel("median latency (us), batch 1")
         fig.tight_layout()
-        _save_fig(fig, os.path.join(out, f"{self.stem}_latency.png"))
+        _save_fig(fig, paths[1])
         plt.close(fig)
 
-        first = _first_conv(self.dense)
         if first is not None:
             fig, axes = plt.subplots(2, 1, figsize=(8, 2.2))
             for ax, model, title in ((axes[0], self.dense, "dense"),
@@ -267,11 +366,13 @@ class ReportMixin:
                 pad = np.full((k.shape[0], 1), np.nan)
                 row_img = np.concatenate([np.concatenate([t, pad], axis=1) for t in tiles], 1)
                 ax.imshow(row_img, cmap="bwr", vmin=-vmax, vmax=vmax)
-                ax.set_title(f"{_first_conv(model).name} filters, {title}", fontsize=8)
+                ax.set_title(f"{plot_label(_first_conv(model).name, 60)} filters, {title}",
+                             fontsize=8, **text)
                 ax.axis("off")
             fig.tight_layout()
-            _save_fig(fig, os.path.join(out, f"{self.stem}_conv1.png"))
+            _save_fig(fig, paths[2])
             plt.close(fig)
+        return paths
 
 
 def _first_conv(model):

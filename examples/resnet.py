@@ -75,7 +75,7 @@ def _split_depth_flag(argv):
 
 def _run(argv) -> int:
     depth, rest = _split_depth_flag(argv)
-    code = main(recipe(depth), rest)
+    code = main(recipe(depth), rest, command=argv)
     if code == 0 and any(a in HELP_FLAGS for a in argv[1:]):  # main printed the common flags
         text = _depth_flag().get_help(include_special_flags=False)  # "<module>:" + the flag
         print("\n".join(line for line in text.splitlines() if line.startswith("  ")))

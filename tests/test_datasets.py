@@ -1,5 +1,6 @@
 """Tests of examples/datasets.py: IDX reading, local sources, normalisation, splits, errors."""
 
+import contextlib
 import gzip
 import os
 import pickle
@@ -264,3 +265,65 @@ def test_an_empty_test_set_is_refused_at_load_time(tmp_path):
     _fake_idx_dir(str(tmp_path), n_test=0)
     with pytest.raises(ValueError, match="test set must have at least one image. Received: 0"):
         datasets.load("fashion_mnist", data_dir=str(tmp_path), allow_download=False)
+
+
+def test_a_data_dir_with_some_of_the_files_names_the_missing_ones(tmp_path):
+    """Was: "`data_dir` has no fashion_mnist files" with 2 of the 4 there, none named."""
+    _fake_idx_dir(str(tmp_path))
+    for key in ("x_test", "y_test"):
+        os.remove(tmp_path / (datasets.IDX_FILES[key] + ".gz"))
+    with pytest.raises(datasets.DatasetNotFoundError,
+                       match=r"`data_dir` has 2 of the 4 fashion_mnist files, missing "
+                             r"t10k-images-idx3-ubyte\[\.gz\], t10k-labels-idx1-ubyte\[\.gz\]\. "
+                             r"Expected "):
+        datasets.load("fashion_mnist", data_dir=str(tmp_path), allow_download=False)
+    (tmp_path / datasets.CIFAR_BATCHES[0]).write_bytes(b"")
+    with pytest.raises(datasets.DatasetNotFoundError,
+                       match=r"has 1 of the 6 cifar10 files, missing data_batch_2, "):
+        datasets.load("cifar10", data_dir=str(tmp_path), allow_download=False)
+
+
+def test_gzip_data_without_the_gz_suffix_is_named(tmp_path):
+    """Was: "Not an IDX file ... starting with b'\\x1f\\x8b\\x08\\x00'", no hint."""
+    path = tmp_path / "train-images-idx3-ubyte"
+    _write_idx(str(path), np.zeros((2, 3, 3), np.uint8), compress=True)
+    with pytest.raises(ValueError, match=r"Not an IDX file: it starts with the gzip magic bytes "
+                                         r"1f 8b, so it looks gzip-compressed\. Expected .*\.gz"):
+        datasets.read_idx(str(path))
+
+
+@pytest.mark.parametrize("bad", [".gz", ""])
+def test_a_good_copy_beside_a_corrupt_one_is_used(tmp_path, bad):
+    """Was: the .gz was always read, so a good raw file beside a corrupt .gz never was."""
+    raw = _fake_idx_dir(str(tmp_path), compress=True)
+    _fake_idx_dir(str(tmp_path), compress=False)
+    corrupt = tmp_path / (datasets.IDX_FILES["x_train"] + bad)
+    corrupt.write_bytes(corrupt.read_bytes()[:40])
+    warned = (pytest.warns(UserWarning, match=r"the other copy cannot be used\. .*"
+                                              + os.path.basename(corrupt))
+              if bad == ".gz" else contextlib.nullcontext())  # a good .gz is read first
+    with warned:
+        data = datasets.load("mnist", data_dir=str(tmp_path), validation_split=0.0,
+                             standardize=False, allow_download=False)
+    order = np.random.default_rng(0).permutation(len(raw["x_train"]))
+    np.testing.assert_allclose(data.x_train[..., 0], raw["x_train"][order] / 255.0, atol=1e-6)
+    other = tmp_path / (datasets.IDX_FILES["x_train"] + (".gz" if not bad else ""))
+    other.write_bytes(b"\x00\x00\x08")  # both copies unusable: both problems are named
+    with pytest.raises(ValueError, match=r"None of the 2 copies of train-images-idx3-ubyte "
+                                         r"can be used: \(1\) .*\(2\) "):
+        datasets.load("mnist", data_dir=str(tmp_path), allow_download=False)
+
+
+@pytest.mark.parametrize("shape", [(2 ** 31, 2 ** 31, 4), (2 ** 32 - 1, 2 ** 32 - 1)])
+def test_huge_header_dimensions_are_a_size_error(tmp_path, shape):
+    """np.prod overflowed: the first passed the size check (2**64 wrapped to 0) and failed in
+    numpy's reshape, the second printed a negative byte count."""
+    path = tmp_path / "huge.idx"
+    path.write_bytes(bytes([0, 0, 8, len(shape)])
+                     + b"".join(n.to_bytes(4, "big") for n in shape) + b"\x00")
+    size = 1
+    for n in shape:
+        size *= n
+    with pytest.raises(ValueError, match=rf"header says shape \({shape[0]}, .*, i\.e\. "
+                                         rf"{size:,} bytes of data, but the file has 1 bytes "):
+        datasets.read_idx(str(path))
