@@ -487,8 +487,15 @@ def zero_groups(model: keras.Model, threshold: float = 1e-4,
 
     `round_down=N` also zeroes, in every layer that keeps more than N channels (filters /
     units) and not a multiple of N, the producer slices of its weakest live groups (smallest
-    norm of their slices) until the count is a multiple of N; `thin` of the result then has
-    such widths. CPU kernels compute channels in blocks (16 float32 channels with XNNPACK on
+    norm of their producer and consumer slices; under a BatchNorm, its gamma instead of the
+    producer kernel, whose scale BatchNorm divides out) until the count is a multiple of N;
+    `thin` of the result then has such widths. A layer's count is every live channel it
+    produces, whatever channel space it is in (the inputs of a Concatenate it is added to).
+    Layers are cut one at a time, the last in the graph first, and the groups a cut leaves
+    unread are counted before earlier layers are cut; a cut that leaves a later layer's
+    filter with no input at all can still take that layer below its multiple.
+
+    CPU kernels compute channels in blocks (16 float32 channels with XNNPACK on
     AVX-512): 21 filters cost what 32 cost, 16 half of it. Unlike `round_to` (which keeps
     zeroed channels, exactly) this changes the model's outputs: fine-tune after it. A layer
     whose weak groups are blocked, or that keeps N or fewer channels, is left as it is.
