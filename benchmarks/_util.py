@@ -5,7 +5,9 @@ writing JSON results."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import math
 import os
 import shutil
 import sys
@@ -19,6 +21,59 @@ def fail(command: str, message: str) -> None:
     """Prints one line to stderr and exits with code 2 (bad input: no traceback)."""
     sys.stderr.write(f"{command}: error: {message}\n")
     sys.exit(2)
+
+
+def interruptible(command: str):
+    """Decorates a command's `main`: Ctrl-C (KeyboardInterrupt) prints one line,
+    `command: interrupted`, and exits with code 130 instead of a traceback. Cleanup done on the
+    way out (run_and_report's) happens before."""
+    def decorate(main):
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                sys.stdout.flush()
+                # on a terminal, a progress bar may hold the line
+                start = "\n" if sys.stderr.isatty() else ""
+                sys.stderr.write(f"{start}{command}: interrupted\n")
+                sys.exit(130)
+        return wrapper
+    return decorate
+
+
+def quiet_tensorflow() -> None:
+    """Imports TensorFlow and Keras with file descriptor 2 silenced (tflite_bench's
+    quiet_stderr, when TF_CPP_MIN_LOG_LEVEL >= 1) and lets TensorFlow look for devices there:
+    its C++ start-up lines and CUDA's "failed call to cuInit" on a machine without a GPU
+    ignore the log level. Call it once the flags are checked, before the work."""
+    from tflite_bench._cli import quiet_stderr
+
+    with quiet_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+        import keras  # noqa: F401
+
+        import ssl_keras  # noqa: F401
+
+
+def step(command: str, message: str) -> None:
+    """A progress line on stderr (stdout holds the results): `command: message`."""
+    sys.stderr.write(f"{command}: {message}\n")
+    sys.stderr.flush()
+
+
+def check_within(command: str, what: str, diff, tolerance: float) -> None:
+    """After the results are out: a `diff` that is missing, not finite or above `tolerance`
+    fails the run in one line with exit code 1 (a failed check, not bad input)."""
+    if diff is not None and math.isfinite(diff) and diff <= tolerance:
+        return
+    sys.stdout.flush()
+    sys.stderr.write(f"{command}: error: {what} must be <= {tolerance:.3g} (the allowed "
+                     f"difference). Received: {diff if diff is None else format(diff, '.3g')}; "
+                     "the figures are printed above.\n")
+    sys.exit(1)
 
 
 def parse_flags(command: str, flag_values, argv, doc: str | None, positionals: int = 0,

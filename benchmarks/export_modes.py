@@ -16,6 +16,7 @@ No timings: see tflite_bench for latency.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -28,8 +29,11 @@ from benchmarks._util import (  # noqa: E402
     check_outputs,
     check_seed,
     fail,
+    interruptible,
     parse_flags,
+    quiet_tensorflow,
     run_and_report,
+    step,
 )
 
 COMMAND = "benchmarks.export_modes"
@@ -101,14 +105,17 @@ def run(out_dir: str, data) -> dict:
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    model.fit(data.x_train, data.y_train, batch_size=64, epochs=FLAGS.epochs, verbose=0)
+    step(COMMAND, f"training LeNet-5 on {len(data.x_train)} images, {FLAGS.epochs} epoch(s)")
+    with contextlib.redirect_stdout(sys.stderr):  # Keras' progress bar; stdout has the table
+        model.fit(data.x_train, data.y_train, batch_size=64, epochs=FLAGS.epochs, verbose=1)
     keras_logits = model.predict(data.x_test, batch_size=256, verbose=0)
     keras_accuracy = float(np.mean(keras_logits.argmax(-1) == data.y_test))
     # The 8 images after the calibration ones are the held-out inputs of the built-in check.
     calibration = data.x_train[: FLAGS.calibration + VERIFY]
     rows = []
-    for mode in MODES:
+    for k, mode in enumerate(MODES):
         path = os.path.join(out_dir, f"lenet_{mode or 'float32'}.tflite")
+        step(COMMAND, f"exporting and scoring {k + 1}/{len(MODES)}: {mode or 'float32'}")
         report = export_tflite(model, path, quantize=mode, representative_data=calibration,
                                num_calibration_samples=FLAGS.calibration, overwrite=True)
         tflite_logits = predict_tflite(path, data.x_test)["output_0"]
@@ -149,8 +156,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+@interruptible(COMMAND)
 def main(argv=None):
     _parse(sys.argv if argv is None else argv)
+    quiet_tensorflow()
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines under absl

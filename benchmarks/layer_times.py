@@ -7,17 +7,21 @@ For a Keras model whose layers form a chain (Sequential, or a functional model i
 every layer has one input and feeds the next one, such as the examples' LeNet and MLP), the
 model cut after each layer (its layers up to that one, same weights) is exported to .tflite
 (ssl_keras.export_tflite, float32 outputs verified; `--quantize` as export_tflite's
-`quantize`, full-integer int8 calibrated on 64 seeded uniform [0, 1) inputs, which set the
-scales but not the work) and all the cuts are timed interleaved with tflite_bench.benchmark
-(LiteRT, XNNPACK, batch 1). A layer's cost is its cut's median
+`quantize`, full-integer int8 calibrated on 64 seeded inputs, which set the scales but not the
+work: uniform [0, 1) for a float input, ids in [0, input_dim) for an input an Embedding reads,
+0 or 1 for another integer input) and all the cuts are timed interleaved with
+tflite_bench.benchmark (LiteRT, XNNPACK, batch 1). A layer's cost is its cut's median
 minus the previous cut's: differences of medians, so a layer that costs less than the noise
 can show a small negative figure. The first cut's figure includes the interpreter's fixed
-cost of an invoke. Not a test: timings depend on the machine and its load.
+cost of an invoke. A cut that could not be timed shows "-" for itself and the next layer, and
+its error under the table. The input must have a static shape apart from the batch. Not a
+test: timings depend on the machine and its load.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zipfile
 
@@ -30,8 +34,11 @@ from benchmarks._util import (  # noqa: E402
     define_latency_flags,
     fail,
     fmt,
+    interruptible,
     parse_flags,
+    quiet_tensorflow,
     run_and_report,
+    step,
 )
 
 FLAGS = flags.FlagValues()
@@ -76,12 +83,7 @@ def check_model_file(path: str) -> None:
 def load_chain(path: str):
     """The model at `path` and its chain of layers (chain_layers), before any work: a model
     that does not load, or is not a chain, is one line (exit 2)."""
-    from tflite_bench._cli import quiet_stderr
-
-    with quiet_stderr():  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL here
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()  # "failed call to cuInit" on a machine without GPU
+    quiet_tensorflow()  # TensorFlow's C++ lines ignore TF_CPP_MIN_LOG_LEVEL
     import keras
     from absl import logging
 
@@ -95,9 +97,39 @@ def load_chain(path: str):
         fail(COMMAND, f"could not load the model {path!r} ({type(e).__name__}: {first}); "
                       "expected a .keras model file that keras.saving.load_model reads.")
     try:
-        return model, chain_layers(model)
+        layers = chain_layers(model)
+        check_exportable(model, layers)
     except ValueError as e:
         fail(COMMAND, str(e))
+    return model, layers
+
+
+# TensorFlow's rule for the name scopes the export opens with the layers' names.
+_SCOPE_NAME = re.compile(r"[A-Za-z0-9_.\\/>-]*")
+
+
+def check_exportable(model, layers) -> None:
+    """What export_tflite needs of every cut, checked before any work.
+
+    Raises:
+        ValueError: if the input's shape is not static apart from the batch, its dtype is not
+            a float or integer one, or a layer's name is not a valid TensorFlow name scope.
+    """
+    tensor = model.inputs[0]
+    shape, dtype = tuple(tensor.shape), str(tensor.dtype)
+    if any(d is None for d in shape[1:]):
+        raise ValueError(
+            "layer_times needs an input of static shape apart from the batch (the cuts are "
+            f"exported with a fixed input shape). Received: input shape {shape}")
+    if not dtype.startswith(("float", "bfloat", "int", "uint")):
+        raise ValueError("layer_times needs a float or integer input. Received: input dtype "
+                         f"{dtype}")
+    for layer in layers:
+        if not _SCOPE_NAME.fullmatch(layer.name):
+            raise ValueError(
+                "layer_times exports every cut with TensorFlow, whose name scopes allow only "
+                "letters, digits and _ . \\ / > - in a layer's name. Received: layer "
+                f"{layer.name!r} ({type(layer).__name__})")
 
 
 def chain_layers(model) -> list:
@@ -114,6 +146,9 @@ def chain_layers(model) -> list:
     import keras
 
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not layers:
+        raise ValueError("layer_times needs at least one layer after the model's input. "
+                         "Received: a model whose output is its input")
     if isinstance(model, keras.Sequential):  # a chain by construction
         return layers
     previous, before = model.inputs[0], "the model's input"
@@ -138,6 +173,31 @@ def chain_layers(model) -> list:
     return layers
 
 
+def calibration_data(model, layers, count: int = 64, seed: int = 0):
+    """`count` seeded inputs for int8 calibration (and the export's check), suited to the
+    input: token ids in [0, input_dim) when the first layer is an Embedding (in the input's
+    dtype), 0 or 1 for another integer input (valid for any lookup or encoding layer), else
+    uniform [0, 1) floats."""
+    import keras
+    import numpy as np
+
+    tensor = model.inputs[0]
+    shape, dtype = (count, *tuple(tensor.shape[1:])), str(tensor.dtype)
+    rng = np.random.default_rng(seed)
+    if isinstance(layers[0], keras.layers.Embedding):
+        return rng.integers(0, int(layers[0].input_dim), shape).astype(dtype)
+    if dtype.startswith(("int", "uint")):
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.uniform(size=shape).astype("float32")
+
+
+def cut_file_name(k: int, name: str) -> str:
+    """The file of the cut after layer `name`, the `k`-th: a bounded, portable name (other
+    characters than letters, digits, _ . - become _, at most 40 of them kept); the index
+    keeps the names distinct."""
+    return f"cut_{k:02d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:40]}.tflite"
+
+
 def run(out_dir, path, model, layers, threads):
     import keras
 
@@ -151,52 +211,69 @@ def run(out_dir, path, model, layers, threads):
         x = layer(x)
         outputs.append(x)
     quantize = None if FLAGS.quantize == "float32" else FLAGS.quantize
-    calibration = None
-    if quantize == "int8":
-        import numpy as np
-
-        shape = tuple(model.inputs[0].shape[1:])
-        calibration = np.random.default_rng(0).uniform(size=(64, *shape)).astype("float32")
-    paths, names = [], {}
+    samples = None  # calibration, and the check's inputs for an integer input in any mode
+    if quantize == "int8" or not str(inputs.dtype).startswith(("float", "bfloat")):
+        samples = calibration_data(model, layers)
+    paths, cuts = [], {}
     for k, (layer, output) in enumerate(zip(layers, outputs, strict=True)):
+        step(COMMAND, f"exporting cut {k + 1}/{len(layers)} (up to layer '{layer.name}')")
         cut = keras.Model(inputs, output)
-        target = os.path.join(out_dir, f"cut_{k:02d}_{layer.name}.tflite")
-        report = ssl_keras.export_tflite(cut, target, quantize=quantize,
-                                         representative_data=calibration)
+        target = os.path.join(out_dir, cut_file_name(k, layer.name))
+        try:
+            ssl_keras.export_tflite(cut, target, quantize=quantize,
+                                    representative_data=samples)
+        except Exception as e:  # whatever the conversion raises: name the cut, one line
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            fail(COMMAND, f"could not export the cut up to the {type(layer).__name__} layer "
+                          f"'{layer.name}' ({type(e).__name__}: {first}); expected a chain "
+                          "whose prefixes export_tflite converts.")
         paths.append(target)
-        names[report.path] = (layer.name, type(layer).__name__)
+        cuts[target] = k
     result = tflite_bench.benchmark(paths, threads=threads, runs=FLAGS.runs, progress=True)
-    rows, previous = [], {}
+    medians = {}
     for e in result["models"]:
-        name, kind = names.get(e["path"], (e["name"], ""))
-        before = previous.get(e["threads"])
-        rows.append({"layer": name, "class": kind, "threads": e["threads"],
-                     "cut_macs": e["macs"], "cut_median_us": e["median_us"],
+        medians[cuts[e["path"]], e["threads"]] = e["median_us"]
+    rows = []
+    for e in result["models"]:
+        k, t = cuts[e["path"]], e["threads"]
+        layer = layers[k]
+        before = None if k == 0 else medians[k - 1, t]
+        rows.append({"layer": layer.name, "class": type(layer).__name__, "cut": k,
+                     "threads": t, "cut_macs": e["macs"], "cut_median_us": e["median_us"],
                      "layer_us": None if before is None or e["median_us"] is None
                      else e["median_us"] - before,
                      "error": e["error"]})
-        previous[e["threads"]] = e["median_us"]
-    total = {r["threads"]: r["cut_median_us"] for r in rows}
+    rows.sort(key=lambda r: (r["threads"], r["cut"]))
+    total = {t: medians.get((len(layers) - 1, t)) for t in threads}
     for r in rows:  # the first cut's share includes the fixed cost of an invoke
-        own = r["cut_median_us"] if r["layer_us"] is None else r["layer_us"]
+        own = r["cut_median_us"] if r["cut"] == 0 else r["layer_us"]
         r["share"] = None if own is None or not total[r["threads"]] else own / total[r["threads"]]
     return {"model": path, "runs": FLAGS.runs, "quantize": FLAGS.quantize,
             "machine": result.get("machine"), "rows": rows}
 
 
 def table(result) -> str:
+    """The Markdown table; a cut that could not be timed shows "-" (and the next layer, whose
+    cost is unknown too), with its error in a note under the table."""
     lines = ["| layer | class | threads | MACs so far | cut median us | layer us | share |",
              "|---|---|---|---|---|---|---|"]
+    notes = []
     for r in result["rows"]:
-        first = r["layer_us"] is None
+        own = r["cut_median_us"] if r["cut"] == 0 else r["layer_us"]
+        fixed = " (with the fixed cost)" if r["cut"] == 0 and own is not None else ""
         lines.append(
             f"| {r['layer']} | {r['class']} | {r['threads']} | {fmt(r['cut_macs'], ',')} | "
-            f"{fmt(r['cut_median_us'], '.1f')} | "
-            f"{fmt(r['cut_median_us'] if first else r['layer_us'], '.1f')}"
-            f"{' (with the fixed cost)' if first else ''} | {fmt(r['share'], '.0%')} |")
+            f"{fmt(r['cut_median_us'], '.1f')} | {fmt(own, '.1f')}{fixed} | "
+            f"{fmt(r['share'], '.0%')} |")
+        if r["error"]:
+            notes.append(f"- the cut up to '{r['layer']}' ({r['threads']} thread(s)) was not "
+                         f"timed: {' '.join(str(r['error']).split())}")
+    if notes:
+        lines += ["", "Cuts that failed (\"-\": unknown):", *notes]
     return "\n".join(lines)
 
 
+@interruptible(COMMAND)
 def main(argv=None):
     path, threads = _parse(sys.argv if argv is None else argv)
     model, layers = load_chain(path)

@@ -27,9 +27,12 @@ from benchmarks._util import (  # noqa: E402
     check_latency_flags,
     define_latency_flags,
     fail,
+    interruptible,
     markdown_table,
     parse_flags,
+    quiet_tensorflow,
     run_and_report,
+    step,
 )
 
 DEFAULT_WIDTHS = ["20-50-500", "4-16-64", "8-16-64", "16-16-64", "4-32-64", "8-32-64",
@@ -83,12 +86,13 @@ def run(out_dir, widths, threads):
 
     logging.set_verbosity(logging.WARNING)
     paths, names = [], {}
-    for c1, c2, units in widths:
+    for k, (c1, c2, units) in enumerate(widths):
         name = f"{c1}-{c2}-{units}"
         path = os.path.join(out_dir, f"lenet_{c1}_{c2}_{units}.tflite")
-        report = ssl_keras.export_tflite(lenet(filters=(c1, c2), units=units), path)
+        step(COMMAND, f"exporting {k + 1}/{len(widths)}: LeNet {name}")
+        ssl_keras.export_tflite(lenet(filters=(c1, c2), units=units), path)
         paths.append(path)
-        names[report.path] = name
+        names[path] = name
     result = tflite_bench.benchmark(paths, threads=threads, runs=FLAGS.runs, progress=True)
     rows = [{"widths": names.get(e["path"], e["name"]), "threads": e["threads"],
              "macs": e["macs"], "median_us": e["median_us"], "speedup": e["speedup_vs_first"],
@@ -102,8 +106,10 @@ def table(result):
                                            *LATENCY_COLUMNS])
 
 
+@interruptible(COMMAND)
 def main(argv=None):
     widths, threads = _parse(sys.argv if argv is None else argv)
+    quiet_tensorflow()
     run_and_report(COMMAND, lambda out_dir: run(out_dir, widths, threads), table, FLAGS.out_dir,
                    FLAGS.json)
 

@@ -11,6 +11,7 @@ vary with the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -24,7 +25,10 @@ from benchmarks._util import (  # noqa: E402
     check_json_path,
     check_list,
     fail,
+    interruptible,
     parse_flags,
+    quiet_tensorflow,
+    step,
     write_json,
 )
 
@@ -67,6 +71,7 @@ def measure(name: str) -> dict:
 
     from examples import models
 
+    step(COMMAND, f"{name}: building, compiling and warming up both copies")
     keras.utils.set_random_seed(0)
     plain = SETUPS[name](models)
     regularised = _with_group_lasso(plain)
@@ -80,7 +85,9 @@ def measure(name: str) -> dict:
         for _ in range(FLAGS.warmup):
             m.train_on_batch(x, y)
     times = {"plain": [], "group_lasso": []}
-    progress = keras.utils.Progbar(FLAGS.rounds, unit_name="round")
+    step(COMMAND, f"{name}: timing {FLAGS.rounds} interleaved rounds")
+    with contextlib.redirect_stdout(sys.stderr):  # the bar on stderr, the table on stdout
+        progress = keras.utils.Progbar(FLAGS.rounds, unit_name="round")
     for r in range(FLAGS.rounds):
         order = [("plain", plain), ("group_lasso", regularised)]
         if r % 2:
@@ -89,7 +96,8 @@ def measure(name: str) -> dict:
             start = time.perf_counter()
             m.train_on_batch(x, y)
             times[key].append(time.perf_counter() - start)
-        progress.update(r + 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            progress.update(r + 1)
     med = {k: float(np.median(v)) for k, v in times.items()}
     ratios = np.array(times["group_lasso"]) / np.array(times["plain"])
     return {
@@ -119,10 +127,12 @@ def _parse(argv) -> None:
     check_json_path(COMMAND, FLAGS.json)
 
 
+@interruptible(COMMAND)
 def main(argv=None):
     _parse(sys.argv if argv is None else argv)
+    quiet_tensorflow()
     rows = [measure(name) for name in FLAGS.models]
-    print("\n| model | layers with GroupLasso | step, plain (ms) | step, GroupLasso (ms) "
+    print("| model | layers with GroupLasso | step, plain (ms) | step, GroupLasso (ms) "
           "| overhead | round-wise ratio p10-p90 |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -469,3 +469,456 @@ def test_layer_times_loads_a_thinned_model_with_ssl_keras_layers(tmp_path):
     p = _run(str(path), "--runs=10", command=_TIMES)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "| add | ConstantAdd |" in p.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Stubbed work: what the commands do around the export and the timing, without either.
+
+
+def _fake_benchmark(calls, errors=()):
+    """A stand-in for tflite_bench.benchmark: records its arguments in `calls`; the models at
+    the indices in `errors` fail ("worker died"), model k's median is 10 * (k + 1) us."""
+    def benchmark(paths, threads=(1,), runs=200, progress=True, **kwargs):
+        calls.append({"paths": list(paths), "threads": list(threads), "runs": runs,
+                      "progress": progress})
+        models = []
+        for k, p in enumerate(paths):
+            for t in threads:
+                error = "worker died" if k in errors else None
+                models.append({"path": p, "name": os.path.basename(p), "threads": t,
+                               "macs": 10 * (k + 1), "median_us": None if error
+                               else 10.0 * (k + 1), "error": error, "speedup_vs_first": None,
+                               "speedup_ci": None, "mac_ratio_vs_first": None,
+                               "efficiency": None})
+        return {"models": models, "machine": {}}
+    return benchmark
+
+
+def _fake_export(model, path, **kwargs):
+    """A stand-in for ssl_keras.export_tflite: an empty file, no conversion."""
+    import types
+
+    with open(path, "wb"):
+        pass
+    return types.SimpleNamespace(path=os.path.abspath(path), max_abs_diff=0.0)
+
+
+def _main(command, args, monkeypatch, capsys, **stubs):
+    """Runs `command`'s main([command, *args]) in this process with `stubs` (name -> object)
+    set on its module and TensorFlow's quiet import skipped. Returns (exit code or None,
+    stdout, stderr lines)."""
+    module = importlib.import_module(command)
+    monkeypatch.setattr(module, "quiet_tensorflow", lambda: None, raising=False)
+    for name, value in stubs.items():
+        monkeypatch.setattr(module, name, value)
+    module.FLAGS.unparse_flags()
+    code = None
+    try:
+        module.main([command, *args])
+    except SystemExit as e:
+        code = e.code
+    except KeyboardInterrupt:  # a test failure, not the end of the test session
+        code = "KeyboardInterrupt"
+    finally:
+        module.FLAGS.unparse_flags()
+    out, err = capsys.readouterr()
+    return code, out, err.strip().splitlines()
+
+
+def _save(model, path):
+    model.save(path)
+    return str(path)
+
+
+def _varlen_model():
+    import keras
+
+    inputs = keras.Input((None, 4))
+    return keras.Model(inputs, keras.layers.Dense(3)(inputs))
+
+
+def _identity_model():
+    import keras
+
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, inputs)
+
+
+def _bad_scope_model():
+    import keras
+
+    inputs = keras.Input((4,))
+    return keras.Model(inputs, keras.layers.Dense(3, name="a|b")(inputs))
+
+
+@pytest.mark.parametrize("build, message", [
+    (_varlen_model, "layer_times needs an input of static shape apart from the batch (the "
+                    "cuts are exported with a fixed input shape). Received: input shape "
+                    "(None, None, 4)"),
+    (_identity_model, "layer_times needs at least one layer after the model's input. "
+                      "Received: a model whose output is its input"),
+    (_bad_scope_model, "whose name scopes allow only letters, digits and _ . \\ / > - in a "
+                       "layer's name. Received: layer 'a|b' (Dense)"),
+])
+def test_layer_times_refuses_a_model_it_cannot_export_before_the_work(build, message, tmp_path,
+                                                                      monkeypatch, capsys):
+    """A variable-length input, no layer after the input, a layer name TensorFlow refuses
+    as a scope: one line, exit 2, --out_dir not created (were: tracebacks in the work)."""
+    path = _save(build(), tmp_path / "m.keras")
+    code, _, lines = _main(_TIMES, [path, "--runs=10", f"--out_dir={tmp_path}/new"],
+                           monkeypatch, capsys, run=_work)
+    _assert_one_line(code, lines, _TIMES, message)
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]
+
+
+def _embedding_model():
+    import keras
+
+    inputs = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(10, 4, name="embed")(inputs)
+    x = keras.layers.Flatten(name="flat")(x)
+    return keras.Model(inputs, keras.layers.Dense(3, name="fc")(x))
+
+
+def test_layer_times_calibration_data_suits_the_input():
+    import keras
+    import numpy as np
+
+    from benchmarks.layer_times import calibration_data
+
+    model = _embedding_model()
+    ids = calibration_data(model, model.layers[1:])
+    assert ids.shape == (64, 5) and ids.dtype == np.int32
+    assert ids.min() >= 0 and ids.max() < 10 and len(np.unique(ids)) > 1
+    inputs = keras.Input((3,), dtype="int64")
+    other = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    small = calibration_data(other, other.layers[1:])
+    assert small.dtype == np.int64 and set(np.unique(small)) == {0, 1}
+    chain = _chain_model()
+    floats = calibration_data(chain, chain.layers)
+    assert floats.dtype == np.float32 and floats.shape == (64, 12, 12, 1)
+    assert 0 <= floats.min() and floats.max() < 1
+
+
+def test_layer_times_int8_on_an_integer_input(tmp_path, monkeypatch, capsys):
+    """Embedding ids as int8 calibration data (was: uniform [0, 1) floats for an int32
+    input, a traceback). The cuts are really exported; the timing is stubbed."""
+    import tflite_bench
+
+    calls = []
+    monkeypatch.setattr(tflite_bench, "benchmark", _fake_benchmark(calls))
+    path = _save(_embedding_model(), tmp_path / "embed.keras")
+    code, out, _ = _main(_TIMES, [path, "--runs=10", "--quantize=int8",
+                                  f"--out_dir={tmp_path}/cuts"], monkeypatch, capsys)
+    assert code is None
+    assert sorted(os.listdir(tmp_path / "cuts")) == ["cut_00_embed.tflite", "cut_01_flat.tflite",
+                                                     "cut_02_fc.tflite"]
+    assert "| fc | Dense | 1 |" in out
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tmp_path / "cuts" / "cut_02_fc.tflite"))
+    (detail,) = interpreter.get_input_details()
+    assert detail["dtype"].__name__ == "int32"  # the ids stay integers
+    (detail,) = interpreter.get_output_details()
+    assert detail["dtype"].__name__ == "int8"  # full-integer cut
+
+
+def test_layer_times_cut_file_names_are_bounded(tmp_path, monkeypatch, capsys):
+    """A 260-character layer name (was: OSError File name too long)."""
+    import keras
+
+    import ssl_keras
+    import tflite_bench
+
+    monkeypatch.setattr(ssl_keras, "export_tflite", _fake_export)
+    monkeypatch.setattr(tflite_bench, "benchmark", _fake_benchmark([]))
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name="L" * 260)(inputs)
+    path = _save(keras.Model(inputs, keras.layers.Dense(2, name="d2")(x)), tmp_path / "m.keras")
+    code, out, _ = _main(_TIMES, [path, "--runs=10", f"--out_dir={tmp_path}/cuts"],
+                         monkeypatch, capsys)
+    assert code is None
+    assert sorted(os.listdir(tmp_path / "cuts")) == [f"cut_00_{'L' * 40}.tflite",
+                                                     "cut_01_d2.tflite"]
+    assert f"| {'L' * 260} | Dense | 1 |" in out
+
+    from benchmarks.layer_times import cut_file_name
+
+    assert cut_file_name(3, "a b/c>d") == "cut_03_a_b_c_d.tflite"
+
+
+def test_layer_times_table_after_a_failed_cut(tmp_path, monkeypatch, capsys):
+    """A cut that was not timed: its row and the next layer's cost are "-", the error is
+    under the table; only the first cut carries the fixed cost (was: the next layer shown
+    as a first cut, with its whole median)."""
+    import ssl_keras
+    import tflite_bench
+
+    monkeypatch.setattr(ssl_keras, "export_tflite", _fake_export)
+    monkeypatch.setattr(tflite_bench, "benchmark", _fake_benchmark([], errors=(1,)))
+    path = _save(_chain_model(), tmp_path / "chain.keras")
+    out_json = tmp_path / "r.json"
+    code, out, _ = _main(_TIMES, [path, "--runs=10", f"--json={out_json}"], monkeypatch, capsys)
+    assert code is None
+    lines = out.splitlines()
+    assert lines[2] == "| conv | Conv2D | 1 | 10 | 10.0 | 10.0 (with the fixed cost) | 25% |"
+    assert lines[3] == "| pool | MaxPooling2D | 1 | 20 | - | - | - |"
+    assert lines[4] == "| flat | Flatten | 1 | 30 | 30.0 | - | - |"
+    assert lines[5] == "| fc | Dense | 1 | 40 | 40.0 | 10.0 | 25% |"
+    assert out.count("with the fixed cost") == 1
+    assert "- the cut up to 'pool' (1 thread(s)) was not timed: worker died" in lines
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["layer_us"] for r in rows] == [None, None, None, 10.0]
+    assert [r["error"] for r in rows] == [None, "worker died", None, None]
+    assert [r["cut"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_layer_times_names_the_layer_of_a_cut_that_does_not_export(tmp_path, monkeypatch,
+                                                                   capsys):
+    import ssl_keras
+
+    def refuse(model, path, **kwargs):
+        raise ValueError("no such op\nmore")
+
+    monkeypatch.setattr(ssl_keras, "export_tflite", refuse)
+    path = _save(_chain_model(), tmp_path / "chain.keras")
+    code, _, lines = _main(_TIMES, [path, "--runs=10", f"--out_dir={tmp_path}/new"],
+                           monkeypatch, capsys)
+    assert code == 2
+    assert lines[-1] == ("benchmarks.layer_times: error: could not export the cut up to the "
+                         "Conv2D layer 'conv' (ValueError: no such op); expected a chain whose "
+                         "prefixes export_tflite converts.")
+    assert sorted(os.listdir(tmp_path)) == ["chain.keras"]
+
+
+def _tiny_resnet50(weights=None, input_shape=None):
+    """A stand-in for keras.applications.ResNet50: conv-BN-ReLU-conv-BN, Add, pool, dense."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    y = keras.layers.BatchNormalization(name="bn2")(y)
+    x = keras.layers.Add()([x, y])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="fc")(x))
+
+
+def _thin_time(monkeypatch, capsys, tmp_path, thin=None):
+    import keras
+
+    import ssl_keras
+
+    monkeypatch.setattr(keras.applications, "ResNet50", _tiny_resnet50)
+    if thin is not None:
+        monkeypatch.setattr(ssl_keras, "thin", thin)
+    return _main(_THIN, ["--input_size=32", f"--json={tmp_path}/r.json"], monkeypatch, capsys)
+
+
+def test_thin_time_prints_progress_and_passes_its_check(tmp_path, monkeypatch, capsys):
+    code, out, lines = _thin_time(monkeypatch, capsys, tmp_path)
+    assert code is None
+    assert lines == [f"benchmarks.thin_time: {s}" for s in (
+        "building ResNet50 (32x32) and zeroing groups", "timing removable_groups",
+        "timing thinning_plan", "timing apply_plan", "timing thin (1/1)",
+        "checking thin against zero_groups")]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["max_abs_diff"] <= result["tolerance"]
+    assert "max |thin - zeroed|" in out
+
+
+def test_thin_time_fails_when_thin_differs_from_zeroed(tmp_path, monkeypatch, capsys):
+    """Exceeding the allowed difference is exit code 1 with one error line, after the
+    figures and the JSON (was: printed next to "allowed", exit 0)."""
+    import ssl_keras
+
+    real_thin = ssl_keras.thin
+
+    def wrong_thin(model, **kwargs):
+        small = real_thin(model, **kwargs)
+        kernel = small.get_layer("fc").kernel
+        kernel.assign(kernel.numpy() + 1.0)
+        return small
+
+    code, out, lines = _thin_time(monkeypatch, capsys, tmp_path, thin=wrong_thin)
+    assert code == 1
+    assert lines[-1].startswith("benchmarks.thin_time: error: max |thin - zeroed| must be <= ")
+    assert lines[-1].endswith("; the figures are printed above.")
+    assert not any(line.startswith("benchmarks.thin_time: error") for line in lines[:-1])
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["max_abs_diff"] > result["tolerance"]
+    assert f"max |thin - zeroed| = {result['max_abs_diff']:.3g}" in out
+
+
+def _round_to(monkeypatch, capsys, tmp_path, thin=None):
+    import ssl_keras
+    import tflite_bench
+
+    calls = []
+    monkeypatch.setattr(ssl_keras, "export_tflite", _fake_export)
+    monkeypatch.setattr(tflite_bench, "benchmark", _fake_benchmark(calls))
+    if thin is not None:
+        monkeypatch.setattr(ssl_keras, "thin", thin)
+    code, out, lines = _main(_ROUND, ["--round_to=4", "--runs=10", f"--json={tmp_path}/r.json"],
+                             monkeypatch, capsys)
+    return code, out, lines, calls
+
+
+def test_round_to_reports_keras_macs_and_checks_thin(tmp_path, monkeypatch, capsys):
+    """keras_macs and the differences are in the rows (were: computed, never output); the
+    thinned model must match the dense one; progress on stderr (was: silent)."""
+    code, out, lines, calls = _round_to(monkeypatch, capsys, tmp_path)
+    assert code is None
+    assert [c["progress"] for c in calls] == [True]
+    assert lines == ["benchmarks.round_to: building ResNet-20 and zeroing groups",
+                     "benchmarks.round_to: thinning with round_to=4",
+                     "benchmarks.round_to: exporting 1/2: resnet20_dense.tflite",
+                     "benchmarks.round_to: exporting 2/2: resnet20_round_to_4.tflite"]
+    result = json.loads((tmp_path / "r.json").read_text())
+    dense, thinned = result["rows"]
+    assert dense["thin_max_abs_diff"] is None
+    assert 0 <= thinned["thin_max_abs_diff"] <= result["tolerance"]
+    assert thinned["keras_macs"] < dense["keras_macs"]
+    assert dense["export_max_abs_diff"] == 0.0
+    assert "| model | threads | conv widths | max abs diff vs dense | MACs |" in out
+
+
+def test_round_to_fails_when_thin_changes_the_function(tmp_path, monkeypatch, capsys):
+    """max |thinned - dense| above the allowed difference: exit code 1, one error line, once
+    the table and the JSON are out."""
+    import keras
+
+    import ssl_keras
+
+    real_thin = ssl_keras.thin
+
+    def wrong_thin(model, **kwargs):
+        small = real_thin(model, **kwargs)
+        dense = [layer for layer in small.layers if isinstance(layer, keras.layers.Dense)][-1]
+        dense.kernel.assign(dense.kernel.numpy() + 1.0)
+        return small
+
+    code, out, lines, _ = _round_to(monkeypatch, capsys, tmp_path, thin=wrong_thin)
+    assert code == 1
+    assert lines[-1].startswith("benchmarks.round_to: error: max |round_to_4 - dense| (Keras "
+                                "outputs) must be <= ")
+    assert (tmp_path / "r.json").exists() and "| round_to_4 | 1 |" in out
+
+
+def test_export_modes_shows_training_and_export_progress_on_stderr(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Keras' progress bar and a line per mode on stderr (was: verbose=0, silent); stdout
+    holds only the table."""
+    import types
+
+    import numpy as np
+
+    import ssl_keras
+
+    rng = np.random.default_rng(0)
+    data = types.SimpleNamespace(
+        x_train=rng.random((16, 28, 28, 1), dtype=np.float32), y_train=rng.integers(0, 10, 16),
+        x_test=rng.random((4, 28, 28, 1), dtype=np.float32), y_test=rng.integers(0, 10, 4),
+        source="stub")
+    monkeypatch.setattr(ssl_keras, "export_tflite", lambda model, path, quantize=None, **k:
+                        types.SimpleNamespace(quantize=quantize or "float32", size_bytes=1,
+                                              max_abs_diff=0.0, op_counts={}))
+    monkeypatch.setattr(ssl_keras, "predict_tflite",
+                        lambda path, x: {"output_0": np.zeros((len(x), 10), np.float32)})
+    monkeypatch.setattr(ssl_keras, "evaluate_tflite", lambda path, x, y: 0.5)
+    code, out, lines = _main(_MODES, ["--train=16", "--calibration=4", "--test=4"],
+                             monkeypatch, capsys, load_data=lambda: data)
+    assert code is None, lines
+    assert lines[0] == "benchmarks.export_modes: training LeNet-5 on 16 images, 1 epoch(s)"
+    assert any("loss" in line for line in lines[1:-4])  # Keras' progress bar
+    assert lines[-4:] == [f"benchmarks.export_modes: exporting and scoring {k}/4: {m}"
+                          for k, m in enumerate(["float32", "float16", "dynamic", "int8"], 1)]
+    assert out.startswith("LeNet-5 on Fashion-MNIST") and "loss" not in out
+
+
+def test_regularizer_overhead_progress_is_on_stderr(monkeypatch, capsys):
+    code, out, lines = _main(_OVERHEAD, ["--models=lenet", "--rounds=2", "--warmup=0",
+                                         "--batch_size=2"], monkeypatch, capsys)
+    assert code is None
+    assert lines[0] == "benchmarks.regularizer_overhead: lenet: building, compiling and " \
+                       "warming up both copies"
+    assert lines[1] == "benchmarks.regularizer_overhead: lenet: timing 2 interleaved rounds"
+    assert "2/2" in "\n".join(lines[2:])  # Keras' progress bar
+    assert out.startswith("| model | layers with GroupLasso |") and "2/2" not in out
+
+
+def test_lenet_widths_prints_a_line_per_export(monkeypatch, capsys):
+    import ssl_keras
+    import tflite_bench
+
+    monkeypatch.setattr(ssl_keras, "export_tflite", _fake_export)
+    monkeypatch.setattr(tflite_bench, "benchmark", _fake_benchmark([]))
+    code, out, lines = _main(_WIDTHS, ["--widths=4-16-64,8-16-64", "--runs=10"], monkeypatch,
+                             capsys)
+    assert code is None
+    assert lines == ["benchmarks.lenet_widths: exporting 1/2: LeNet 4-16-64",
+                     "benchmarks.lenet_widths: exporting 2/2: LeNet 8-16-64"]
+    assert "| 8-16-64 | 1 |" in out
+
+
+_STUB_WORK = """
+import sys
+sys.argv = [{command!r}, *{args!r}]
+module = __import__({command!r}, fromlist=["main"])
+
+def work(*args, **kwargs):  # the work's first TensorFlow call, as in a real run
+    import tensorflow as tf
+    tf.config.list_physical_devices()
+    raise SystemExit(0)
+
+for name in ("run", "measure", "load_data"):
+    if hasattr(module, name):
+        setattr(module, name, work)
+module.main()
+"""
+
+
+@pytest.mark.parametrize("command", _ALL)
+def test_no_tensorflow_lines_on_stderr_before_the_work(command, tmp_path):
+    """TensorFlow's C++ lines ("failed call to cuInit") ignore TF_CPP_MIN_LOG_LEVEL: every
+    command imports TensorFlow quietly before its work (was: only layer_times)."""
+    args = []
+    if command == _TIMES:
+        args = [_save(_chain_model(), tmp_path / "chain.keras")]
+    script = _STUB_WORK.format(command=command, args=args)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line for line in proc.stderr.splitlines()
+            if not line.startswith(f"{command}: ")] == []
+
+
+def _interrupt(*args, **kwargs):
+    """The work, interrupted (Ctrl-C) after writing a file in its directory, if it has one."""
+    out_dir = args[0] if args else None
+    if isinstance(out_dir, str) and os.path.isdir(out_dir):
+        with open(os.path.join(out_dir, "half.tflite"), "w") as f:
+            f.write("x")
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command", _ALL)
+def test_ctrl_c_is_one_line_and_exit_130(command, tmp_path, model_file, monkeypatch, capsys):
+    """Ctrl-C in the work: `command: interrupted`, exit code 130, what the run wrote in
+    --out_dir removed (was: a traceback)."""
+    stubs = {name: _interrupt for name in ("run", "measure")
+             if hasattr(importlib.import_module(command), name)}
+    if command == _MODES:
+        stubs["load_data"] = lambda: None
+    if command == _TIMES:
+        stubs["load_chain"] = lambda path: (None, [])
+    args = _args(command, model_file)
+    if command in _WITH_OUT_DIR:
+        args.append(f"--out_dir={tmp_path}/new")
+    code, _, lines = _main(command, args, monkeypatch, capsys, **stubs)
+    assert code == 130
+    assert lines == [f"{command}: interrupted"]
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]
