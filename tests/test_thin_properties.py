@@ -8,7 +8,9 @@ axis, PReLU, Activation, adaptive pooling, Flatten / GlobalAveragePooling2D -> D
 zeros the producer (or consumer) slices of random coupled groups exactly, sometimes a whole
 residual branch, and sometimes zeroes border rows / columns of 3x3 Conv2D kernels (which thin
 crops), and checks the contract against the model itself (its zeroed groups are exactly zero):
-max |thin(model)(x) - model(x)| <= 1e-5 * (1 + max |model(x)|).
+max |thin(model)(x) - model(x)| <= 1e-5 * (1 + max |model(x)|). A second property does the
+same for zero_groups' width settings (max_channels, round_down), which cut in about a third
+of its examples.
 """
 
 import os
@@ -180,3 +182,30 @@ def test_thin_keeps_outputs_of_random_architectures(spec):
     again = ssl_keras.zero_groups(zeroed, 1e-4, groups=groups)
     assert all(np.array_equal(a, b) for a, b in zip(zeroed.get_weights(), again.get_weights(),
                                                     strict=True)), spec
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(spec=architecture, cap=st.integers(1, 4), multiple=st.sampled_from([1, 2, 3]))
+def test_width_settings_keep_thin_exact_on_random_architectures(spec, cap, multiple):
+    """zero_groups(max_channels=, round_down=) on random architectures: thin of the result
+    reproduces it, the input model is untouched, the cut removes at least what the plain
+    zero_groups removes, and a cap alone is a fixed point (capping again cuts nothing)."""
+    model = build(spec)
+    groups, _ = randomize_and_zero(model, spec)
+    before = [w.copy() for w in model.get_weights()]
+    capped = ssl_keras.zero_groups(model, 1e-4, groups=groups, max_channels=cap,
+                                   round_down=multiple)
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    small = thin(capped, threshold=1e-4, groups=groups)
+    x = np.random.default_rng(spec["seed"] + 2).normal(size=(2, 8, 8, spec["channels"]))
+    x = x.astype("float32")
+    want = np.asarray(capped(x))
+    err = float(np.max(np.abs(np.asarray(small(x)) - want)))
+    assert err <= 1e-5 * (1 + float(np.max(np.abs(want)))), (err, spec, cap, multiple)
+    plain = thin(model, threshold=1e-4, groups=groups)
+    assert ssl_keras.count_macs(small) <= ssl_keras.count_macs(plain), (spec, cap, multiple)
+    if multiple == 1:
+        again = ssl_keras.zero_groups(capped, 1e-4, groups=groups, max_channels=cap)
+        assert all(np.array_equal(a, b) for a, b in zip(
+            capped.get_weights(), again.get_weights(), strict=True)), (spec, cap)
