@@ -86,6 +86,10 @@ def rebuild_float32(model):
 
     # Under a global mixed policy, clone_model makes the InputLayers (and any layer it
     # creates without a config) in that policy: clone under float32.
+    from ssl_keras.wrap import SSLModel
+
+    if isinstance(model, SSLModel):  # a plain view: a cloned SSLModel lacks its ssl_groups
+        model = keras.Model(model.input, model.output, name=model.name)
     policy = keras.config.dtype_policy()
     try:
         keras.config.set_dtype_policy("float32")

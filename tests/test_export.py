@@ -308,6 +308,25 @@ def test_mixed_float16_model_exports_while_the_global_policy_is_still_mixed(tmp_
     assert report.rebuilt_float32 and report.max_abs_diff <= 1e-4
 
 
+def test_a_mixed_float16_ssl_model_exports_without_a_warning(tmp_path):
+    """Found by probing: the float32 rebuild cloned the SSLModel class without its groups and
+    warned the user to repair a clone they never made."""
+    import warnings
+
+    import ssl_keras
+
+    keras.utils.set_random_seed(6)
+    try:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        ssl = ssl_keras.apply_ssl(conv_bn_net(name="mixed"), filters=1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = export_tflite(ssl, tmp_path / "ssl.tflite")
+    assert report.rebuilt_float32 and report.max_abs_diff <= 1e-4
+
+
 def test_each_output_is_checked_against_its_own_scale(tmp_path, monkeypatch):
     # a softmax head beside a head of values ~1e5: the tolerance was 1e-4 * (1 + 1e5) for
     # both, so a converter that broke the softmax head (here: another model's file) passed
