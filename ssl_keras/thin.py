@@ -551,12 +551,13 @@ def _check_width_names(argument, value, st) -> None:
     if not isinstance(value, dict):
         return
     by_name = st["by_name"]
+    producers = {s["layer"] for g in st["groups"] for s in g["slices"] if s["role"] == "producer"}
     unknown = sorted(set(value) - set(by_name))
     if unknown:
         raise ValueError(
             f"`{argument}` names layers the model does not have. Expected names among "
-            f"{sorted(by_name)}. Received: {unknown}")
-    producers = {s["layer"] for g in st["groups"] for s in g["slices"] if s["role"] == "producer"}
+            f"{sorted(producers & set(by_name))} (its layers with output channels). "
+            f"Received: {unknown}")
     without = sorted(set(value) - producers)
     if without:
         raise ValueError(
