@@ -96,6 +96,15 @@ def load_keras_file(path: str) -> keras.Model:
                 reason = reason[:400] + "..."
             model = None
     if model is None:  # the reason is in the error; Keras's warnings about it are not repeated
+        if "safe_mode" in reason:  # a Lambda layer: its code is only loaded when asked for
+            reason = ("it holds Python code (a Lambda layer), which the command lines do not "
+                      "load (Keras's safe_mode). Expected a model without Lambda layers, or "
+                      "the library from Python: keras.saving.load_model(path, safe_mode=False) "
+                      "and then ssl_keras.thin / export_tflite")
+        elif "could not be deserialized" in reason or "Could not locate class" in reason:
+            reason += (". A custom layer must be importable to load: from Python, import its "
+                       "module (and register it with ssl_keras.register_layer) before "
+                       "keras.saving.load_model, then call the library")
         raise ValueError(f"Could not load the Keras model: {reason}. Received: MODEL={path!r}")
     for w in caught:  # loaded: what Keras warned about (weights it skipped) still shows
         if issubclass(w.category, UserWarning):

@@ -200,3 +200,31 @@ def test_long_file_names_and_integer_inputs(tmp_path, monkeypatch, capsys):
     x = np.random.default_rng(0).integers(0, 3, (4, 6)).astype("int32")
     np.testing.assert_allclose(np.asarray(small(x)), np.asarray(ssl_keras.zero_groups(net)(x)),
                                atol=1e-6)
+
+
+def test_models_the_command_cannot_load_say_what_to_do(tmp_path, monkeypatch, capsys):
+    """Found by probing: a Lambda model got Keras's advice to pass safe_mode=False "to the
+    loading function", which no flag allows; a custom class got a bare deserialisation error."""
+
+    inp = keras.Input((4,))
+    lam = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Lambda(lambda t: t * 2.0)(inp)))
+    lam.save(tmp_path / "lambda.keras")
+    code, stdout, stderr = _cli(monkeypatch, capsys, tmp_path / "lambda.keras",
+                                tmp_path / "o.keras")
+    assert (code, stdout, stderr.count("\n")) == (2, "", 1), stderr
+    assert "holds Python code (a Lambda layer)" in stderr
+    assert "keras.saving.load_model(path, safe_mode=False)" in stderr
+
+    @keras.saving.register_keras_serializable(package="probe_only")
+    class Scale(keras.layers.Layer):
+        def call(self, x):
+            return x * 3.0
+
+    custom = keras.Model(inp, keras.layers.Dense(2)(Scale()(inp)))
+    custom.save(tmp_path / "custom.keras")
+    keras.saving.get_custom_objects().pop("probe_only>Scale")
+    code, stdout, stderr = _cli(monkeypatch, capsys, tmp_path / "custom.keras",
+                                tmp_path / "o.keras")
+    assert (code, stdout, stderr.count("\n")) == (2, "", 1), stderr
+    assert "A custom layer must be importable to load" in stderr
+    assert not (tmp_path / "o.keras").exists()
