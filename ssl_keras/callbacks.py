@@ -222,8 +222,9 @@ class ZeroSmallGroups(keras.callbacks.Callback):
 
     The reference recipe of the method (after the updates, small groups are treated as
     removed). Runs when the optimizer's step count reaches a multiple of `every_n_steps`, and
-    at the end of training: a fit resumed by BackupAndRestore (or a second fit) zeroes at the
-    same steps as one uninterrupted fit.
+    at the end of every fit: a fit resumed by BackupAndRestore (or a second fit) zeroes at the
+    same steps as one uninterrupted fit, plus once where the first fit ended (so the two agree
+    exactly when it ended on a multiple of `every_n_steps`).
 
     Args:
         threshold: groups with `||w_g|| <= threshold` are set to zero, >= 0.
