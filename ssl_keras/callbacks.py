@@ -269,6 +269,26 @@ class ZeroSmallGroups(keras.callbacks.Callback):
         self.zeroed += _zero_below(self._sets, self.threshold)
 
 
+def _warn_unless_plain_sgd(optimizer) -> None:
+    """The proximal step is plain SGD's (w <- prox(w - lr * gradient)); other optimizers get a
+    warning: the shrinkage lr * lambda does not match their step, and momentum carries
+    weights off the zeros the step sets, so groups do not settle at zero."""
+    if optimizer is None:
+        return
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's
+    momentum = float(getattr(inner, "momentum", 0.0) or 0.0)
+    if isinstance(inner, keras.optimizers.SGD) and momentum == 0.0:
+        return
+    what = (f"SGD with momentum={momentum:g}" if isinstance(inner, keras.optimizers.SGD)
+            else type(inner).__name__)
+    warnings.warn(
+        f"ProximalGroupLasso after {what}: the proximal step is plain SGD's (it shrinks by "
+        "lr * lambda after a step of lr * gradient); with this optimizer the shrinkage does "
+        "not match its steps, and momentum moves weights off the zeros it sets, so groups "
+        "oscillate around zero instead of staying there. Compile the SSL phase with "
+        "keras.optimizers.SGD(lr) (momentum 0), or use ZeroSmallGroups.", stacklevel=3)
+
+
 class ProximalGroupLasso(keras.callbacks.Callback):
     """Group soft-thresholding after every optimizer step: exact zeros during training.
 
@@ -338,6 +358,7 @@ class ProximalGroupLasso(keras.callbacks.Callback):
                 "steps_per_execution=1 for a proximal step after every optimizer step.",
                 stacklevel=2,
             )
+        _warn_unless_plain_sgd(self.model.optimizer)
         self._switched = set_penalty_gradient(self.model, False)
         if self._switched:
             # SSLModel.fit switches the gradient back on if the fit raises before

@@ -75,6 +75,29 @@ def test_proximal_coupled_groups_match_oracle_with_schedule():
     assert np.all(got1[:, ~zero] != 0.0)
 
 
+@pytest.mark.parametrize("optimizer, warned", [
+    (lambda: keras.optimizers.SGD(0.1), None),
+    (lambda: keras.optimizers.SGD(0.1, momentum=0.9), "SGD with momentum=0.9"),
+    (lambda: keras.optimizers.Adam(0.1), "Adam"),
+])
+def test_proximal_warns_unless_the_optimizer_is_plain_sgd(optimizer, warned):
+    """Found by probing: the README says the proximal phase needs plain SGD, and nothing
+    said so when a user compiled with Adam or momentum."""
+    model = _mlp()
+    model.compile(optimizer(), "mse")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(np.zeros((2, 3), "float32"), np.zeros((2, 2), "float32"), batch_size=1,
+                  epochs=1, verbose=0, callbacks=[ProximalGroupLasso(
+                      coefficient=1.0, groups=removable_groups(model))])
+    found = [str(w.message) for w in caught if "ProximalGroupLasso after" in str(w.message)]
+    if warned is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and found[0].startswith(f"ProximalGroupLasso after {warned}:")
+        assert "keras.optimizers.SGD(lr) (momentum 0)" in found[0]
+
+
 def test_proximal_kernel_in_two_groups_of_different_axes():
     keras.utils.set_random_seed(4)
     inputs = keras.Input((3,))
