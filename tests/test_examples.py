@@ -316,9 +316,9 @@ def test_round_down_flag_reaches_zero_groups(tmp_path):
 
 
 def test_max_channels_flag_reaches_zero_groups(tmp_path):
-    """--max_channels caps widths by group norm before thin (LeNet's default: conv2 16, ip1
-    128); other recipes: no cap; thin of the capped model stays exact."""
-    assert lenet.RECIPE.defaults["max_channels"] == {"conv2": 16, "ip1": 128}
+    """--max_channels caps widths by group norm before thin (LeNet's default: conv1 7, conv2
+    16, ip1 128); other recipes: no cap; thin of the capped model stays exact."""
+    assert lenet.RECIPE.defaults["max_channels"] == {"conv1": 7, "conv2": 16, "ip1": 128}
     fv = define_flags(mlp.RECIPE)
     fv(["mlp"])
     assert config_from_flags(fv, mlp.RECIPE).max_channels is None
