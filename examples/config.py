@@ -321,9 +321,9 @@ def _round_to(text, flag: str = "--round_to") -> int | dict:
     def positive_int(v):
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
-    if positive_int(value) or (isinstance(value, dict) and value and all(
+    if positive_int(value) or (isinstance(value, dict) and all(
             isinstance(k, str) and positive_int(v) for k, v in value.items())):
-        return value
+        return value  # {} names no layer, as in the library and thin_cli
     raise UsageError(
         f"{flag} must be an integer >= 1 or JSON mapping layer names to integers >= 1, "
         f"e.g. 8 or '{{\"conv2\": 16}}'. Received: {flag}={text!r}")

@@ -53,6 +53,9 @@ def check_output(path: str, what: str, model_path: str, overwrite: bool,
                          f"Received: {what}={path!r}")
     if suffix is not None and not path.endswith(suffix):
         raise ValueError(f"{what} must end in {suffix}. Received: {what}={path!r}")
+    if suffix is not None and os.path.basename(path) == suffix:
+        raise ValueError(f"{what} must name a file before its {suffix} suffix (a bare "
+                         f"{suffix!r} is a hidden file). Received: {what}={path!r}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{what} must be in an existing, writable directory. "

@@ -51,11 +51,13 @@ def _flag_values():
                         "changes the outputs: fine-tune afterwards.", flag_values=fv)
     flags.DEFINE_string("max_channels", None, "Before thinning, also zero the weakest live "
                         "groups of every layer above this many channels until this many are "
-                        "left (an integer or a JSON dict); changes the outputs: fine-tune "
-                        "afterwards.", flag_values=fv)
+                        "left (an integer or a JSON dict; null: no cap, the default); changes the "
+                        "outputs: fine-tune afterwards.", flag_values=fv)
     flags.DEFINE_boolean("crop_kernels", True, "Crop zero border rows / columns of conv "
                          "kernels.", flag_values=fv)
-    flags.DEFINE_string("plan", None, "Also write the thinning plan (JSON) to this file.",
+    flags.DEFINE_string("plan", None, "Also write the thinning plan (JSON) to this file: the "
+                        "plan of the zeroed model (zero_groups(MODEL, --threshold, "
+                        "--round_down, --max_channels)), which apply_plan takes.",
                         flag_values=fv)
     flags.DEFINE_boolean("overwrite", False, "Replace existing output files.", flag_values=fv)
     flags.DEFINE_boolean("json", False, "Print the report as one JSON object.", flag_values=fv)
@@ -125,6 +127,7 @@ def _main(argv, FLAGS):
     round_to, round_down = _multiple("round_to", FLAGS.round_to), _multiple(
         "round_down", FLAGS.round_down)
     max_channels = (None if FLAGS.max_channels is None
+                    or FLAGS.max_channels.strip() in ("", "null")
                     else _multiple("max_channels", FLAGS.max_channels))
     _check_out(out_path, "OUT", ".keras", FLAGS.overwrite, model_path)
     if FLAGS.plan is not None:

@@ -328,6 +328,10 @@ def test_max_channels_flag_reaches_zero_groups(tmp_path):
     assert cfg.training_key()["max_channels"] == {"conv2": 7}
     small = _zero_and_thin_a_small_lenet(cfg)
     assert small.get_layer("conv2").filters == 7 and small.get_layer("conv1").filters == 6
+    for flag in ("max_channels", "round_to", "round_down"):  # {} names no layer, as in the
+        fv = define_flags(lenet.RECIPE)  # library and thin_cli (was refused here)
+        fv(["lenet", f"--{flag}={{}}"])
+        assert getattr(config_from_flags(fv, lenet.RECIPE), flag) == {}
     for bad in ("0", '{"conv2": 0}', "[16]"):
         fv = define_flags(lenet.RECIPE)
         fv(["lenet", f"--max_channels={bad}"])

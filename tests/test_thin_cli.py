@@ -77,6 +77,13 @@ def test_max_channels(saved, tmp_path, monkeypatch, capsys):
     code, _, stderr = _cli(monkeypatch, capsys, saved, tmp_path / "x.keras",
                            "--max_channels=many")
     assert code == 2 and "--max_channels must be an integer >= 1" in stderr
+    # null is "no cap" as in the examples, and {} names no layer (was: null refused here and
+    # {} refused by the examples; found by probing)
+    for value in ("null", "{}"):
+        code, stdout, stderr = _cli(monkeypatch, capsys, saved, tmp_path / "n.keras", "--json",
+                                    f"--max_channels={value}", "--overwrite")
+        assert code == 0, stderr
+        assert keras.saving.load_model(tmp_path / "n.keras").get_layer("conv2").filters == 10
 
 
 def test_round_down_round_to_and_json(saved, tmp_path, monkeypatch, capsys):
@@ -106,6 +113,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(saved, tmp_path, monkey
         "must be a Keras .keras file": [text, out],
         "already exists; pass --overwrite": [saved, existing],
         "OUT must end in .keras": [saved, tmp_path / "o.h5"],
+        "OUT must name a file before its .keras suffix": [saved, tmp_path / ".keras"],
+        "--plan must name a file before its .json suffix": [saved, out, "--plan",
+                                                           tmp_path / ".json"],
         "OUT must be in an existing, writable directory": [saved, tmp_path / "no" / "o.keras"],
         "OUT is the input model itself": [saved, saved, "--overwrite"],
         "--plan must end in .json": [saved, out, "--plan", tmp_path / "p.txt"],
