@@ -354,3 +354,25 @@ def test_write_files_takes_the_longest_names(tmp_path):
         write_files({tmp_path / name: "x"})
         assert (tmp_path / name).read_text() == "x"
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_progress_redraws_on_a_terminal_and_writes_lines_elsewhere():
+    """Found by probing: the bar's carriage returns went into log files too."""
+    import io
+
+    from tflite_bench.runner import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    log, tty = io.StringIO(), Terminal()
+    for stream in (log, tty):
+        bar = _Progress(40, True, stream)
+        for i in range(40):
+            bar.step(1, f"model {i}")
+    assert "\r" not in log.getvalue()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and lines[0].startswith("[") and "  0%" not in lines[0]
+    assert lines[-1].startswith("[" + "#" * 30 + "] 100% model 39")
+    assert tty.getvalue().count("\r") == 40 and tty.getvalue().endswith("\n")

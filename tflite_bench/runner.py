@@ -182,9 +182,14 @@ class _Worker:
 
 
 class _Progress:
+    """A bar redrawn in place (carriage returns) on a terminal; elsewhere (a log file, a
+    pipe) a line at every 10%, so that logs hold no carriage-return debris."""
+
     def __init__(self, total, enabled, stream=None):
         self.total, self.done, self.enabled = max(total, 1), 0, enabled
         self.stream = stream or sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
         self._last = -1
 
     def step(self, n, label):
@@ -192,13 +197,17 @@ class _Progress:
         if not self.enabled:
             return
         pct = int(100 * self.done / self.total)
-        if pct == self._last and self.done < self.total:
+        shown = pct if self.tty else pct // 10 * 10
+        if shown == self._last and self.done < self.total:
             return
-        self._last = pct
+        self._last = shown
         bar = "#" * (pct * 30 // 100)
-        self.stream.write(f"\r[{bar:<30}] {pct:3d}% {label[:40]:<40}")
-        if self.done >= self.total:
-            self.stream.write("\n")
+        if self.tty:
+            self.stream.write(f"\r[{bar:<30}] {pct:3d}% {label[:40]:<40}")
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(f"[{bar:<30}] {pct:3d}% {label[:40]}\n")
         self.stream.flush()
 
 
