@@ -45,7 +45,8 @@ def _flag_values():
                        "and removed.", flag_values=fv)
     flags.DEFINE_string("round_to", "1", "Keep every thinned width a multiple of this (an "
                         "integer, or a JSON dict {layer: integer}); keeps zeroed channels, "
-                        "exactly.", flag_values=fv)
+                        "exactly. It rounds up after --max_channels / --round_down, so it can "
+                        "keep a width above --max_channels.", flag_values=fv)
     flags.DEFINE_string("round_down", "1", "Before thinning, also zero the weakest live groups "
                         "until every width is a multiple of this (an integer or a JSON dict); "
                         "changes the outputs: fine-tune afterwards.", flag_values=fv)
