@@ -48,12 +48,13 @@ def _flag_values():
                         "exactly. It rounds up after --max_channels / --round_down, so it can "
                         "keep a width above --max_channels.", flag_values=fv)
     flags.DEFINE_string("round_down", "1", "Before thinning, also zero the weakest live groups "
-                        "until every width is a multiple of this (an integer or a JSON dict); "
-                        "changes the outputs: fine-tune afterwards.", flag_values=fv)
+                        "of every layer with more than this many channels until its width is a "
+                        "multiple of it (an integer or a JSON dict); changes the outputs: "
+                        "fine-tune afterwards.", flag_values=fv)
     flags.DEFINE_string("max_channels", None, "Before thinning, also zero the weakest live "
                         "groups of every layer above this many channels until this many are "
-                        "left (an integer or a JSON dict; null: no cap, the default); changes the "
-                        "outputs: fine-tune afterwards.", flag_values=fv)
+                        "left (an integer or a JSON dict; null: no cap, the default); changes "
+                        "the outputs: fine-tune afterwards.", flag_values=fv)
     flags.DEFINE_boolean("crop_kernels", True, "Crop zero border rows / columns of conv "
                          "kernels.", flag_values=fv)
     flags.DEFINE_string("plan", None, "Also write the thinning plan (JSON) to this file: the "
