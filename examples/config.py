@@ -134,7 +134,7 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
     D.DEFINE_float("depth", d["depth"], "Depth-wise group Lasso "
                    "coefficient: one group per residual branch (each operand of an Add but the "
                    "shortcut), so that SSL can switch whole residual blocks off. For "
-                   "architectures with residual branches (examples.resnet); elsewhere an error.",
+                   "architectures with residual branches (the ResNet example); elsewhere an error.",
                    flag_values=fv)
     D.DEFINE_boolean("proximal", d["proximal"], "Proximal group soft-thresholding after each "
                      "step of the SSL phase (exact zeros; a Python step per batch, several "

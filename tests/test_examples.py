@@ -135,7 +135,7 @@ def test_lenet_quick_end_to_end(tmp_path):
     (["--round_to=2.5"], r"Received: --round_to='2\.5'"),
     (['--round_to={"conv2": 0}'], r"Received: --round_to='\{\"conv2\": 0\}'"),
     (['--round_to={"conv2": true}'], r"Received: --round_to="),
-    (["--round_to={}"], r"Received: --round_to='\{\}'"),
+    (["--round_to=[]"], r"Received: --round_to='\[\]'"),
     (["stray"], r"unexpected arguments \(every setting is a --flag; see --help\)\. "
                 r"Received: \['stray'\]"),
     (["--out_dir="], r"--out_dir must not be empty .* Received: --out_dir=''"),
@@ -169,7 +169,7 @@ def test_help_lists_the_flags_and_exits_0(capsys, tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("LeNet-5 (Caffe")  # the example's docstring
     assert "--filters: Filter-wise" in out.stdout and "(default: '0.015')" in out.stdout
-    assert '(default: \'{"conv2": 16, "ip1": 128}\')' in out.stdout
+    assert '(default: \'{"conv1": 7, "conv2": 16, "ip1": 128}\')' in out.stdout
     assert "\nFlags:\n" in out.stdout and "examples." not in out.stdout.split("Flags:")[1]
     assert "--flagfile" not in out.stdout  # absl's own flags stay out
     assert os.listdir(tmp_path) == []  # nothing ran
