@@ -98,6 +98,37 @@ def test_proximal_warns_unless_the_optimizer_is_plain_sgd(optimizer, warned):
         assert "keras.optimizers.SGD(lr) (momentum 0)" in found[0]
 
 
+def test_proximal_with_a_constant_rate_and_steps_per_execution_matches_the_oracle():
+    """Found by mutation testing: with a constant rate, the N steps of one execution were
+    shrunk by lr once instead of N times and no test noticed (the schedule test takes
+    another path)."""
+    model = _mlp()
+    model.compile(keras.optimizers.SGD(0.1), "mse", steps_per_execution=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the steps_per_execution warning
+        model.fit(np.zeros((8, 3), "float32"), np.zeros((8, 2), "float32"), batch_size=1,
+                  epochs=1, verbose=0, shuffle=False,
+                  callbacks=[ProximalGroupLasso(coefficient=1.0, groups=removable_groups(model))])
+    k1, k2 = _kernels(_mlp())
+    for _ in range(8):
+        k1, k2 = _prox_oracle(k1, k2, 0.1, 1.0)
+    np.testing.assert_allclose(_kernels(model)[0], k1, atol=1e-6)
+    np.testing.assert_allclose(_kernels(model)[1], k2, atol=1e-6)
+
+
+def test_zero_small_groups_zeroes_a_group_exactly_at_the_threshold():
+    """Found by mutation testing: "at or below" was untested (< passed every test)."""
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
+    model.get_layer("d").kernel.assign(np.array([[3, 10], [4, 10], [0, 10]], "float32"))
+    callback = ZeroSmallGroups(threshold=5.0)  # filter 0 has norm exactly 5
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_train_end()
+    kernel = model.get_layer("d").kernel.numpy()
+    assert not kernel[:, 0].any() and kernel[:, 1].all()
+
+
 def test_proximal_kernel_in_two_groups_of_different_axes():
     keras.utils.set_random_seed(4)
     inputs = keras.Input((3,))

@@ -166,6 +166,18 @@ def test_docstring_examples(clean_registry):
         assert result.attempted > 0 and result.failed == 0, (module.__name__, result)
 
 
+@pytest.mark.parametrize("name", ["tflite_bench.runner", "examples.report", "examples.datasets",
+                                  "ssl_keras.structures", "ssl_keras.regularizers"])
+def test_self_contained_docstring_examples_of_other_modules(name):
+    """The modules whose docstring examples run on their own (found by mutation testing: the
+    speedup interval's example was never run)."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, (name, result)
+
+
 def test_numpy_bools_are_bools():
     import numpy as np
 

@@ -731,6 +731,48 @@ def test_round_to_per_layer_rounds_only_the_named_layers():
     assert thinning_plan(model, round_to={"conv2": 4})["round_to"] == {"conv2": 4}
 
 
+def test_round_to_restores_the_strongest_removed_group():
+    """Found by mutation testing: restoring the weakest removed groups instead passed every
+    test (widths and exactness are the same whichever channel comes back)."""
+    inputs = keras.Input((8,))
+    h = L.Dense(4, name="d1")(inputs)
+    model = keras.Model(inputs, L.Dense(2, name="d2")(h))
+    rng = np.random.default_rng(0)
+    k1 = rng.normal(size=(8, 4)).astype("float32")
+    k1[:, 0] *= 1e-6  # channels 0 and 1 removed; 0 has by far the larger consumer row
+    k1[:, 1] *= 1e-7
+    k2 = rng.normal(size=(4, 2)).astype("float32")
+    k2[0] *= 10.0 / np.linalg.norm(k2[0])
+    k2[1] *= 0.1 / np.linalg.norm(k2[1])
+    model.get_layer("d1").kernel.assign(k1)
+    model.get_layer("d2").kernel.assign(k2)
+    plan = thinning_plan(model, 1e-4, round_to=3)
+    assert plan["layers"]["d1"]["keep"]["kernel"]["1"] == [0, 2, 3]
+
+
+def test_a_residual_channel_with_one_zero_producer_is_kept_against_the_original_model():
+    """Found by mutation testing: zero_groups and thin share the classification, so a channel
+    wrongly judged constant when only ONE of its producers is zero passed the thin-vs-zeroed
+    checks. Here the zeroed model must equal the original one (nothing is below threshold
+    but a's column, which b's live column keeps)."""
+    inputs = keras.Input((4,))
+    a = L.Dense(3, name="a")(inputs)
+    b = L.Dense(3, name="b")(inputs)
+    model = keras.Model(inputs, L.Dense(2, name="out")(L.Add(name="add")([a, b])))
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "out"):
+        layer = model.get_layer(name)
+        layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    ka = model.get_layer("a").kernel.numpy()
+    ka[:, 0] = 0.0
+    model.get_layer("a").kernel.assign(ka)
+    x = rng.normal(size=(5, 4)).astype("float32")
+    np.testing.assert_allclose(zero_groups(model, 1e-4)(x), model(x), atol=1e-5)
+    small = thin(model, 1e-4)
+    assert small.get_layer("b").units == 3
+    np.testing.assert_allclose(small(x), model(x), atol=1e-5)
+
+
 def test_round_to_naming_a_missing_layer_is_an_error():
     # the names offered are those accepted (found by probing: it listed the pooling and
     # flatten layers, which are then refused for having no channels)
