@@ -4,13 +4,13 @@ Each example builds a fresh model from the supported layers (Conv2D with 'valid'
 padding, BatchNormalization with non-zero beta and statistics, ReLU, pooling, zero padding,
 DepthwiseConv2D, SeparableConv2D, residual Add blocks with identity or projection shortcuts,
 Concatenate branches, UpSampling2D, Cropping2D, Conv2DTranspose, Reshape keeping the channel
-axis, PReLU, Activation, adaptive pooling, Flatten / GlobalAveragePooling2D -> Dense),
-zeros the producer (or consumer) slices of random coupled groups exactly (sometimes only the
-first of them, which leaves the channel live), sometimes a whole residual branch, and sometimes zeroes border rows / columns of 3x3 Conv2D kernels (which thin
-crops), and checks the contract against the model itself (its zeroed groups are exactly zero):
-max |thin(model)(x) - model(x)| <= 1e-5 * (1 + max |model(x)|). A second property does the
-same for zero_groups' width settings (max_channels, round_down), which cut in about a third
-of its examples.
+axis, PReLU, Activation, adaptive pooling, Flatten / GlobalAveragePooling2D -> Dense), zeros
+the producer (or consumer) slices of random coupled groups exactly (sometimes only the first of
+them, which leaves the channel live), sometimes a whole residual branch, and sometimes zeroes
+border rows / columns of 3x3 Conv2D kernels (which thin crops), and checks the contract against
+the model itself (its zeroed groups are exactly zero): max |thin(model)(x) - model(x)| <= 1e-5
+* (1 + max |model(x)|). A second property does the same for zero_groups' width settings
+(max_channels, round_down), which cut in about a third of its examples.
 """
 
 import os
