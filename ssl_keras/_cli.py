@@ -116,7 +116,8 @@ def load_keras_file(path: str) -> keras.Model:
 
 
 def run(doc: str, flag_values, body, fail, argv=None) -> None:
-    """Runs a command line: `--help` prints `doc` and the flags (exit 0); bad flags go to
+    """Runs a command line: `--help` prints `doc` and the flags (exit 0); flags may be spelled
+    with dashes, as tflite_bench's (`--round-to`, `--no-verify`); bad flags go to
     `fail` (one line, exit 2); `body(positional arguments, flag_values)` runs with TensorFlow's
     and LiteRT's C++ lines silenced (unless TF_CPP_MIN_LOG_LEVEL asks for them); exit 0.
 
@@ -135,8 +136,10 @@ def run(doc: str, flag_values, body, fail, argv=None) -> None:
     if any(arg in ("-h", "-?", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
         print(doc.strip() + "\n\n" + flag_values.get_help())
         sys.exit(0)
+    from tflite_bench._cli import normalize  # the same spelling rules as tflite_bench's
+
     try:
-        rest = flag_values(argv)
+        rest = flag_values(normalize(argv, flag_values=flag_values))
     except flags.Error as error:
         fail(str(error))
     logging.set_verbosity(logging.WARNING)  # no SavedModel INFO lines on stderr

@@ -782,6 +782,21 @@ def saved_model(model, tmp_path_factory):
     return path
 
 
+def test_cli_takes_dashed_flags_as_tflite_bench_does(saved_model, tmp_path, monkeypatch,
+                                                     capsys):
+    """Found by probing: tflite_bench took --round-size and --no-progress, these command lines
+    refused --batch-size and --no-verify as unknown flags."""
+    out = tmp_path / "o.tflite"
+    code, stdout, stderr = _cli(monkeypatch, capsys, saved_model, out, "--batch-size=2",
+                                "--no-verify", "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["max_abs_diff"] is None  # not verified
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert Interpreter(model_path=str(out)).get_input_details()[0]["shape"][0] == 2
+
+
 def test_cli_bad_input_is_one_line_and_exit_2(saved_model, tmp_path, monkeypatch, capsys):
     out = tmp_path / "o.tflite"
     text = tmp_path / "notes.keras"

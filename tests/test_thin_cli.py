@@ -79,6 +79,11 @@ def test_max_channels(saved, tmp_path, monkeypatch, capsys):
     assert code == 2 and "--max_channels must be an integer >= 1" in stderr
     # null is "no cap" as in the examples, and {} names no layer (was: null refused here and
     # {} refused by the examples; found by probing)
+    # dashed flag names, as tflite_bench takes them
+    code, _, stderr = _cli(monkeypatch, capsys, saved, tmp_path / "d.keras",
+                           '--max-channels={"conv2": 5}', "--round-down=2", "--no-crop-kernels")
+    assert code == 0, stderr
+    assert keras.saving.load_model(tmp_path / "d.keras").get_layer("conv2").filters == 4
     for value in ("null", "{}"):
         code, stdout, stderr = _cli(monkeypatch, capsys, saved, tmp_path / "n.keras", "--json",
                                     f"--max_channels={value}", "--overwrite")
