@@ -89,8 +89,10 @@ def parse_flags(command: str, flag_values, argv, doc: str | None, positionals: i
         print_help((doc or "").strip() + "\n\nFlags:\n"
                    + flag_values.get_help(include_special_flags=False))
         sys.exit(0)
+    from tflite_bench._cli import normalize
+
     try:
-        rest = flag_values(argv)
+        rest = flag_values(normalize(argv, flag_values=flag_values))  # --flag-name too
     except flags.Error as e:
         fail(command, str(e).splitlines()[0])
     if len(rest) - 1 != positionals:

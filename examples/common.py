@@ -43,6 +43,7 @@ from examples import datasets
 from examples.config import Recipe, UsageError, config_from_flags, define_flags
 from examples.pipeline import Pipeline
 from examples.util import HELP_FLAGS, StepUnavailableError, print_help
+from tflite_bench._cli import normalize
 
 __all__ = ["HELP_FLAGS", "Recipe", "main"]
 
@@ -64,7 +65,7 @@ def main(recipe: Recipe, argv=None, command=None) -> int:
         print_help(text)
         return 0
     try:
-        rest = fv(argv)
+        rest = fv(normalize(argv, flag_values=fv))  # --flag-name as --flag_name
         if len(rest) > 1:
             raise UsageError(f"unexpected arguments (every setting is a --flag; see --help). "
                              f"Received: {rest[1:]}")

@@ -18,6 +18,7 @@ from absl import flags
 
 from examples import models
 from examples.common import HELP_FLAGS, Recipe, main
+from tflite_bench._cli import normalize
 
 
 def recipe(depth: int = 20) -> Recipe:
@@ -61,7 +62,7 @@ def _split_depth_flag(argv):
     """Parses --resnet_depth (20, 32, ...) out of argv; returns (depth, the other args)."""
     fv = _depth_flag()
     try:
-        rest = fv(list(argv), known_only=True)
+        rest = fv(normalize(list(argv)), known_only=True)  # --resnet-depth too
         depth = fv.resnet_depth
         if depth < 8 or (depth - 2) % 6:
             raise flags.IllegalFlagValueError(

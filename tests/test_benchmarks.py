@@ -922,3 +922,10 @@ def test_ctrl_c_is_one_line_and_exit_130(command, tmp_path, model_file, monkeypa
     assert code == 130
     assert lines == [f"{command}: interrupted"]
     assert sorted(os.listdir(tmp_path)) == ["m.keras"]
+
+
+def test_flags_may_be_spelled_with_dashes(monkeypatch, capsys):
+    """As tflite_bench's commands take them (found by probing)."""
+    code, lines = _in_process("benchmarks.round_to", ["--round-to=1,0"], monkeypatch, capsys)
+    assert (code, lines) == (2, ["benchmarks.round_to: error: --round_to values must be >= 1. "
+                                 "Received: ['1', '0']"])

@@ -701,3 +701,13 @@ def test_images_the_architecture_cannot_take_are_one_line(tmp_path, capsys):
     code, err = _main([f"--data_dir={data}", f"--out_dir={tmp_path / 'out'}"], capsys)
     assert code == 2 and len(err) == 1
     assert err[0].startswith("lenet: error: data: lenet cannot take images of shape (8, 8, 1)")
+
+
+def test_flags_may_be_spelled_with_dashes(tmp_path, capsys):
+    """As tflite_bench's commands take them (found by probing: --finetune-epochs was an
+    unknown flag here, --round-size a known one there)."""
+    code, err = _main(["--finetune-epochs=-1", "--no-tfmot", f"--out_dir={tmp_path}"], capsys)
+    assert (code, err) == (2, ["lenet: error: --finetune_epochs must be >= 1. Received: "
+                               "--finetune_epochs=-1"])
+    depth, rest = resnet._split_depth_flag(["resnet", "--resnet-depth=32", "--quick"])
+    assert depth == 32 and rest == ["resnet", "--quick"]
