@@ -47,15 +47,9 @@ def quiet_tensorflow() -> None:
     quiet_stderr, when TF_CPP_MIN_LOG_LEVEL >= 1) and lets TensorFlow look for devices there:
     its C++ start-up lines and CUDA's "failed call to cuInit" on a machine without a GPU
     ignore the log level. Call it once the flags are checked, before the work."""
-    from tflite_bench._cli import quiet_stderr
+    from tflite_bench._cli import import_tensorflow
 
-    with quiet_stderr():
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
-        import keras  # noqa: F401
-
-        import ssl_keras  # noqa: F401
+    import_tensorflow("keras", "ssl_keras")
 
 
 def step(command: str, message: str) -> None:

@@ -115,15 +115,9 @@ def check_exportable(model, layers) -> None:
         ValueError: if the input's shape is not static apart from the batch, its dtype is not
             a float or integer one, or a layer's name is not a valid TensorFlow name scope.
     """
-    tensor = model.inputs[0]
-    shape, dtype = tuple(tensor.shape), str(tensor.dtype)
-    if any(d is None for d in shape[1:]):
-        raise ValueError(
-            "layer_times needs an input of static shape apart from the batch (the cuts are "
-            f"exported with a fixed input shape). Received: input shape {shape}")
-    if not dtype.startswith(("float", "bfloat", "int", "uint")):
-        raise ValueError("layer_times needs a float or integer input. Received: input dtype "
-                         f"{dtype}")
+    from ssl_keras._export_inputs import _input_struct, _static_shapes
+
+    _static_shapes(_input_struct(model))  # export_tflite's own: static shapes, dtypes
     for layer in layers:
         if not _SCOPE_NAME.fullmatch(layer.name):
             raise ValueError(

@@ -43,7 +43,7 @@ from examples import datasets
 from examples.config import Recipe, UsageError, config_from_flags, define_flags
 from examples.pipeline import Pipeline
 from examples.util import HELP_FLAGS, StepUnavailableError, print_help
-from tflite_bench._cli import normalize
+from tflite_bench._cli import import_tensorflow, normalize
 
 __all__ = ["HELP_FLAGS", "Recipe", "main"]
 
@@ -74,12 +74,7 @@ def main(recipe: Recipe, argv=None, command=None) -> int:
         print(f"{recipe.name}: error: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from tflite_bench._cli import quiet_stderr
-
-    with quiet_stderr():  # TensorFlow's start-up and cuInit lines ignore the log level
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()
+    import_tensorflow()  # TensorFlow's start-up and cuInit lines ignore the log level
     try:
         pipeline = Pipeline(recipe, cfg)
         pipeline.argv = list(argv if command is None else command)  # the report's

@@ -533,7 +533,7 @@ def _save(model, path):
 def _varlen_model():
     import keras
 
-    inputs = keras.Input((None, 4))
+    inputs = keras.Input((None, 4), name="tokens")
     return keras.Model(inputs, keras.layers.Dense(3)(inputs))
 
 
@@ -552,9 +552,8 @@ def _bad_scope_model():
 
 
 @pytest.mark.parametrize("build, message", [
-    (_varlen_model, "layer_times needs an input of static shape apart from the batch (the "
-                    "cuts are exported with a fixed input shape). Received: input shape "
-                    "(None, None, 4)"),
+    (_varlen_model, "export_tflite needs static input shapes (only the batch may be None). "
+                    "Received: input 'tokens' with shape (None, None, 4)"),
     (_identity_model, "layer_times needs at least one layer after the model's input. "
                       "Received: a model whose output is its input"),
     (_bad_scope_model, "whose name scopes allow only letters, digits and _ . \\ / > - in a "

@@ -81,6 +81,20 @@ def quiet_stderr():
         os.close(saved)
 
 
+def import_tensorflow(*modules: str) -> None:
+    """Imports TensorFlow, then `modules`, inside `quiet_stderr()`, and lets TensorFlow look
+    for devices there: its C++ start-up lines and CUDA's "failed call to cuInit" on a machine
+    without a GPU ignore the log level. Call it once the command line is checked."""
+    import importlib
+
+    with quiet_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+        for name in modules:
+            importlib.import_module(name)
+
+
 def one_line(error) -> str:
     """An exception's message on one line."""
     return " ".join(str(error).split())

@@ -126,10 +126,7 @@ def run(argv):
     created = _make_folder(FLAGS.out)  # before TensorFlow: a bad --out fails in one line, fast
     written = []
     try:
-        with _cli.quiet_stderr():  # TensorFlow's start-up and cuInit lines ignore the level
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
+        _cli.import_tensorflow()  # its start-up and cuInit lines ignore the log level
         import keras
 
         from tflite_bench.report import atomic_write
