@@ -61,6 +61,9 @@ class Dataset:
         source: where the images were read from (a directory or "keras.datasets").
         x_train, y_train, x_val, y_val, x_test, y_test: the splits.
         mean, std: the per-channel statistics used to standardise (0 and 1 when not).
+        x_unused, y_unused: training images that `max_train` left out (the next ones in the
+            seeded order, up to `max_unused`), standardised as the others: a second held-out
+            sample that no phase trains on or selects with. Empty without `max_train`.
     """
 
     name: str
@@ -73,6 +76,13 @@ class Dataset:
     y_test: np.ndarray
     mean: np.ndarray
     std: np.ndarray
+    x_unused: np.ndarray | None = None
+    y_unused: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.x_unused is None:  # frozen: set the empty split through object.__setattr__
+            object.__setattr__(self, "x_unused", self.x_train[:0])
+            object.__setattr__(self, "y_unused", self.y_train[:0])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -304,7 +314,7 @@ def _check_arrays(name, source, x_train, y_train, x_test, y_test) -> None:
 def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_split: float = 0.1,
          seed: int = 0, max_train: int | None = None, max_test: int | None = None,
          standardize: bool = True, pad_to: int | None = None, channels: int | None = None,
-         allow_download: bool = True) -> Dataset:
+         allow_download: bool = True, max_unused: int = 10000) -> Dataset:
     """Loads, normalises and splits a dataset.
 
     Args:
@@ -321,6 +331,9 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
         pad_to: zero-pad the images to `pad_to` x `pad_to` (Fashion-MNIST for the CIFAR nets).
         channels: replicate single-channel images to this many channels.
         allow_download: try keras.datasets when no local files are found.
+        max_unused: keep up to this many of the training images that `max_train` leaves out
+            (`x_unused`, the next ones in the seeded order; 0: none). They change nothing else:
+            the splits and the statistics are the same with any value.
 
     Returns:
         A `Dataset` with float32 NHWC images and int64 labels.
@@ -339,6 +352,10 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
             "`validation_split` must be a number in [0, 1). "
             f"Received: validation_split={validation_split!r}"
         )
+    if (isinstance(max_unused, (bool, np.bool_)) or not isinstance(max_unused, (int, np.integer))
+            or max_unused < 0):
+        raise ValueError(f"`max_unused` must be an integer >= 0. Received: "
+                         f"max_unused={max_unused!r}")
     for arg, value in (("max_train", max_train), ("max_test", max_test)):
         if value is not None and (isinstance(value, (bool, np.bool_))
                                   or not isinstance(value, (int, np.integer)) or value < 1):
@@ -358,8 +375,10 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
     y_test = np.asarray(y_test, np.int64).reshape(-1)
 
     order = np.random.default_rng(seed).permutation(len(x_train))
+    unused = order[len(order):]
     if max_train is not None:
-        order = order[:max_train]
+        order, unused = order[:max_train], order[max_train:max_train + int(max_unused)]
+    x_unused, y_unused = x_train[unused], y_train[unused]
     x_train, y_train = x_train[order], y_train[order]
     if max_test is not None:
         x_test, y_test = x_test[:max_test], y_test[:max_test]
@@ -373,6 +392,7 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
 
     x_train = _prepare_images(x_train, pad_to, channels)
     x_test = _prepare_images(x_test, pad_to, channels)
+    x_unused = _prepare_images(x_unused, pad_to, channels)
     x_fit, x_val = x_train[:n_fit], x_train[n_fit:]
     y_fit, y_val = y_train[:n_fit], y_train[n_fit:]
     channels_n = x_fit.shape[-1]
@@ -389,4 +409,4 @@ def load(name: str = "fashion_mnist", data_dir: str | None = None, validation_sp
 
     return Dataset(name=name, source=source, x_train=norm(x_fit), y_train=y_fit,
                    x_val=norm(x_val), y_val=y_val, x_test=norm(x_test), y_test=y_test,
-                   mean=mean, std=std)
+                   mean=mean, std=std, x_unused=norm(x_unused), y_unused=y_unused)

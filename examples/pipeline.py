@@ -199,7 +199,10 @@ class Pipeline(ReportMixin):
                 return datasets.load(
                     name, data_dir=cfg.data_dir, validation_split=cfg.validation_split,
                     seed=cfg.seed, max_train=cfg.max_train or None,
-                    max_test=cfg.max_test or None, **self.recipe.dataset_kwargs.get(name, {}))
+                    max_test=cfg.max_test or None,
+                    # a second held-out sample, as large as the test set (--max_test)
+                    max_unused=cfg.max_test or 10000,
+                    **self.recipe.dataset_kwargs.get(name, {}))
             except ValueError as e:  # unreadable files, bad labels, an empty split: one line
                 raise UsageError(f"data: {' '.join(str(e).split())}") from None
 
@@ -214,8 +217,10 @@ class Pipeline(ReportMixin):
             self.dataset = fallback
             self.data = load(fallback)
         d = self.data
+        unused = f", unused training images {len(d.x_unused)}" if len(d.x_unused) else ""
         self.log(f"data: {self.dataset} from {d.source}: train {len(d.x_train)}, "
-                 f"validation {len(d.x_val)}, test {len(d.x_test)}, shape {d.input_shape}")
+                 f"validation {len(d.x_val)}, test {len(d.x_test)}{unused}, "
+                 f"shape {d.input_shape}")
 
     def _build(self):
         """The recipe's architecture for the data; images it cannot take are a UsageError

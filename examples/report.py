@@ -196,6 +196,14 @@ class ReportMixin:
         rows["ssl"] = row(self.tflite["ssl"], self.thinned)
         change = self._accuracy_change(correct[self.tflite["dense"]],
                                        correct[self.tflite["ssl"]])
+        unused_change = None
+        if len(data.x_unused):  # --max_train left training images that no phase used
+            right = {}
+            for key in ("baseline", "ssl"):
+                (logits,) = predict_tflite(rows[key]["tflite"], data.x_unused).values()
+                right[key] = np.argmax(logits, axis=-1) == data.y_unused
+                rows[key]["unused_accuracy"] = float(np.mean(right[key]))
+            unused_change = self._accuracy_change(right["baseline"], right["ssl"])
         rows["ssl"]["filters_per_layer"] = units_per_layer(self.thinned)
         rows["baseline"]["filters_per_layer"] = units_per_layer(self.dense)
         rows["ssl_int8"] = row(self.tflite["ssl_int8"])
@@ -221,6 +229,7 @@ class ReportMixin:
             "speedup_by_threads": speedup,
             "mac_ratio": rows["baseline"]["macs"] / rows["ssl"]["macs"],
             "accuracy_change": change,
+            "unused_accuracy_change": unused_change,
             "speedup_ci_1thread": self._entries(self.tflite["ssl"]).get(1, {}).get("speedup_ci"),
             "machine": self.bench_result.get("machine"),
             "thin_max_abs_diff": self.thin_max_abs_diff,
@@ -229,9 +238,9 @@ class ReportMixin:
         })
 
     def _accuracy_change(self, base, other) -> dict:
-        """The thinned float32 file's test accuracy minus the dense one's (`base` / `other`:
-        per test image, is the file's top-1 right), with a paired bootstrap 95% interval: how
-        far the change is resolved by this test set."""
+        """The thinned float32 file's accuracy minus the dense one's (`base` / `other`: per
+        image, is the file's top-1 right), with a paired bootstrap 95% interval: how far the
+        change is resolved by these images (the test set, or the unused training images)."""
         low, high = accuracy_change_ci(base, other, seed=self.cfg.seed)
         return {"change": float(other.mean() - base.mean()), "ci95": [low, high],
                 "images": len(base), "only_dense_right": int(np.sum(base & ~other)),
@@ -277,6 +286,16 @@ class ReportMixin:
             f"{change['only_thinned_right']} only for thinned)")
         if change_line:
             print(change_line, flush=True)
+        unused = results.get("unused_accuracy_change")
+        unused_line = None if unused is None else (
+            f"Accuracy change on {unused['images']:,} training images that --max_train left "
+            f"unused (no phase trained on them; float32 TFLite): "
+            f"{100 * unused['change']:+.2f} points, 95% interval [{100 * unused['ci95'][0]:+.2f},"
+            f" {100 * unused['ci95'][1]:+.2f}] (dense "
+            f"{100 * results['baseline']['unused_accuracy']:.2f}%, SSL thinned "
+            f"{100 * results['ssl']['unused_accuracy']:.2f}%)")
+        if unused_line:
+            print(unused_line, flush=True)
         out = self.cfg.out_dir
         json_path = os.path.join(out, f"{self.stem}.json")
         md_path = os.path.join(out, f"{self.stem}.md")
@@ -287,7 +306,7 @@ class ReportMixin:
               f"Command: {markdown_code(results['command'])}", "", table, "",
               f"Filters/units per layer: dense {results['baseline']['filters_per_layer']}"
               f" -> SSL {results['ssl']['filters_per_layer']}", ""]
-        for line in (val_line, change_line):
+        for line in (val_line, change_line, unused_line):
             if line:
                 md += [line, ""]
         atomic_write_text(md_path, "\n".join(md))

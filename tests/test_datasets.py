@@ -94,6 +94,32 @@ def test_load_from_data_dir_normalises_and_splits(tmp_path):
     assert abs(float(data.x_train.std()) - 1.0) < 1e-3
 
 
+def test_unused_training_images_are_the_next_in_the_seeded_order(tmp_path):
+    """x_unused: the training images max_train left out, the next ones in the seeded order,
+    prepared and standardised as the others; the other splits do not depend on it."""
+    raw = _fake_idx_dir(str(tmp_path), n_train=50, n_test=20)
+    kw = dict(data_dir=str(tmp_path), validation_split=0.2, seed=3, max_train=30,
+              pad_to=32, allow_download=False)
+    data = datasets.load("mnist", max_unused=12, **kw)
+    order = np.random.default_rng(3).permutation(50)
+    x = raw["x_train"][order].astype(np.float32)[..., None] / 255.0
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    mean, std = x[:24].mean(), x[:24].std()
+    np.testing.assert_allclose(data.x_unused, (x[30:42] - mean) / std, atol=1e-5)
+    np.testing.assert_array_equal(data.y_unused, raw["y_train"][order][30:42])
+    assert data.y_unused.dtype == np.int64
+    for max_unused, n in ((0, 0), (100, 20)):  # 0: none; more than are left: all 20
+        other = datasets.load("mnist", max_unused=max_unused, **kw)
+        assert other.x_unused.shape == (n, 32, 32, 1) and len(other.y_unused) == n
+        for split in ("x_train", "y_train", "x_val", "y_val", "x_test"):
+            np.testing.assert_array_equal(getattr(other, split), getattr(data, split))
+    everything = datasets.load("mnist", max_unused=12, **{**kw, "max_train": None})
+    assert everything.x_unused.shape == (0, 32, 32, 1) and everything.y_unused.shape == (0,)
+    with pytest.raises(ValueError, match=r"`max_unused` must be an integer >= 0. "
+                                         r"Received: max_unused=-1"):
+        datasets.load("mnist", max_unused=-1, **kw)
+
+
 def test_load_uncompressed_truncated_padded_rgb(tmp_path):
     _fake_idx_dir(str(tmp_path), compress=False)
     data = datasets.load("fashion_mnist", data_dir=str(tmp_path), max_train=30, max_test=5,

@@ -130,7 +130,8 @@ def test_results_have_none_where_the_json_has_null(tmp_path, monkeypatch):
     pipeline.dense = pipeline.thinned = model
     pipeline.cfg = dataclasses.make_dataclass("Cfg", ["seed", "dataset"])(0, "fashion_mnist")
     x = np.zeros((4, 2))
-    pipeline.data = types.SimpleNamespace(x_test=x, y_test=y, x_val=x, y_val=y, source="here")
+    pipeline.data = types.SimpleNamespace(x_test=x, y_test=y, x_val=x, y_val=y, source="here",
+                                          x_unused=x[:0], y_unused=y[:0])
     pipeline.tflite, pipeline.tfmot, pipeline.timings = paths, None, {}
     pipeline.thin_max_abs_diff = pipeline.tflite_max_abs_diff = 0.0
     pipeline.bench_result = {"models": [
@@ -142,6 +143,7 @@ def test_results_have_none_where_the_json_has_null(tmp_path, monkeypatch):
     assert results["ssl"]["latency_us"] is None and results["speedup"] is None
     assert results["ssl"]["latency_p10_p90_us"] == {1: (1.0, None)}
     assert results["command"] == "python -m examples.lenet --quick '--out_dir=a b'"
+    assert results["unused_accuracy_change"] is None  # all training images were used
 
 
 @pytest.mark.parametrize("command, expected", [
