@@ -28,7 +28,7 @@ def _main(argv, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_FASHION, reason="needs the Debian package dataset-fashion-mnist")
-def test_lenet_quick_end_to_end(tmp_path):
+def test_lenet_quick_end_to_end(tmp_path, capsys):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, "-m", "examples.lenet", "--quick", f"--out_dir={tmp_path}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -95,6 +95,27 @@ def test_lenet_quick_end_to_end(tmp_path):
         (change["only_thinned_right"] - change["only_dense_right"]) / images)
     assert change["ci95"][0] <= change["change"] <= change["ci95"][1]
     assert "Test accuracy change (SSL thinned - dense, float32 TFLite): " in proc.stdout
+    # --max_train left training images unused: the same change on as many of them as there
+    # are test images, a second sample that no phase trained on.
+    unused = result["unused_accuracy_change"]
+    assert unused["images"] == images == len(test.x_unused)
+    for key, name in (("baseline", "dense_float32"), ("ssl", "ssl_thinned_float32")):
+        assert result[key]["unused_accuracy"] == pytest.approx(evaluate_tflite(
+            str(work / f"{name}.tflite"), test.x_unused, test.y_unused))
+    assert unused["change"] == pytest.approx(result["ssl"]["unused_accuracy"]
+                                             - result["baseline"]["unused_accuracy"], abs=1e-9)
+    assert f"Accuracy change on {images:,} training images that --max_train left unused" \
+        in proc.stdout
+    # examples.summary reads the run's folder: one run, its figures as the JSON has them.
+    from examples import summary
+
+    capsys.readouterr()
+    assert summary.main(["summary", str(tmp_path), "--format=json"]) == 0
+    (one,) = json.loads(capsys.readouterr().out)
+    assert (one["example"], one["runs"], one["rows"][0]["seed"]) == ("lenet", 1, 0)
+    assert one["mean"]["change"] == change["change"]
+    assert one["mean"]["unused_change"] == unused["change"]
+    assert one["rows"][0]["widths"] == "-".join(str(v) for v in thin.values())
 
     for suffix in ("_filters.png", "_latency.png", "_conv1.png", ".md"):
         assert (tmp_path / f"lenet_fashion_mnist_quick{suffix}").stat().st_size > 0

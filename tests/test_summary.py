@@ -1,0 +1,101 @@
+"""examples.summary: one table for several runs (seeds) of an example."""
+
+import json
+
+import pytest
+
+from examples import summary
+
+
+def _result(seed, dense, ssl, change_ci=(-0.01, 0.0), unused=None, macs=2.0, speedup=5.0,
+            example="lenet", dataset="fashion_mnist", **config):
+    widths = {"conv1": 20, "conv2": 50, "ip1": 500, "ip2": 10}
+    return {
+        "example": example, "dataset": dataset,
+        "config": {"seed": seed, "out_dir": f"runs/s{seed}", "filters": 0.015, **config},
+        "baseline": {"accuracy": dense, "filters_per_layer": widths},
+        "ssl": {"accuracy": ssl, "filters_per_layer": {**widths, "conv1": 7, "conv2": 16}},
+        "accuracy_change": {"change": ssl - dense, "ci95": list(change_ci), "images": 10000},
+        "unused_accuracy_change": None if unused is None else {
+            "change": unused, "ci95": [unused - 0.004, unused + 0.004], "images": 10000},
+        "mac_ratio": macs, "speedup": speedup, "speedup_ci_1thread": [speedup - 0.1, speedup],
+    }
+
+
+def _write(tmp_path, name, value):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+    return str(path)
+
+
+def test_table_rows_means_and_counts(tmp_path, capsys):
+    # seeds written out of order; a folder and a file; the folder's checkpoint config.json
+    # (no example keys) is not a result
+    a = _write(tmp_path, "s1/lenet_fashion_mnist.json", _result(1, 0.9101, 0.9070, unused=0.002))
+    _write(tmp_path, "s1/lenet_fashion_mnist/config.json", {"seed": 1})
+    b = _write(tmp_path, "s0/lenet_fashion_mnist.json", _result(0, 0.9089, 0.9042, unused=-0.001,
+                                                               macs=4.0, speedup=6.0))
+    assert summary.main(["summary", str(tmp_path / "s1"), b, a, "--within=0.4"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "lenet on fashion_mnist, 2 run(s):"  # a given twice: one run
+    assert lines[4] == ("| 0 | 90.89% | 90.42% | -0.47 [-1.00, +0.00] | -0.10 [-0.50, +0.30] "
+                        "| 7-16-500-10 | 4.00x | 6.00x [5.90, 6.00] |")
+    assert lines[5].startswith("| 1 | 91.01% | 90.70% | -0.31 [-1.00, +0.00] | +0.20 ")
+    assert lines[6] == "| mean | 90.95% | 90.56% | -0.39 | +0.05 |  | 3.00x | 5.50x |"
+    assert "Test change from -0.47 to -0.31 points." in out
+    assert "Within 0.4 points of the dense baseline (test set): 1 of 2 runs." in out
+    assert "Settings that differ" not in out
+
+
+def test_json_groups_by_example_and_lists_differing_settings(tmp_path, capsys):
+    files = [_write(tmp_path, f"{i}.json", r) for i, r in enumerate([
+        _result(0, 0.9, 0.9, filters=0.015), _result(1, 0.9, 0.89, filters=0.02),
+        _result(0, 0.8, 0.81, example="mlp", widths=None)])]
+    assert summary.main(["summary", *files, "--format=json", "--within=0.5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(s["example"], s["runs"]) for s in out] == [("lenet", 2), ("mlp", 1)]
+    assert out[0]["differing_settings"] == {"filters": [0.015, 0.02]}
+    assert out[0]["runs_within"] == 1 and out[1]["runs_within"] == 1  # -1.0 misses 0.5
+    assert out[0]["mean"]["change"] == pytest.approx(-0.005)
+    assert out[0]["mean"]["unused_change"] is None
+    assert summary.main(["summary", files[0], files[1]]) == 0
+    assert ("Settings that differ between the runs (besides the seed): filters: 0.015, 0.02."
+            in capsys.readouterr().out)
+
+
+def test_deep_models_show_the_layers_kept():
+    r = _result(0, 0.9, 0.9)
+    r["baseline"]["filters_per_layer"] = {f"c{i}": 16 for i in range(20)}
+    r["ssl"]["filters_per_layer"] = {f"c{i}": 16 for i in range(14)}
+    assert summary.row(r, "x")["widths"] == "14 of 20 layers"
+
+
+@pytest.mark.parametrize("args, match", [
+    ([], "Expected one or more results JSON files"),
+    (["nothere.json"], "No such file or folder"),
+    (["{dir}"], "No example results in the folder"),
+    (["{bad}"], "Cannot read"),
+    (["{other}"], "is not an example's results JSON"),
+    (["{ok}", "--within=-1"], "flag --within=-1"),
+    (["{ok}", "--format=csv"], "flag --format=csv"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, match):
+    (tmp_path / "empty").mkdir()
+    names = {"dir": str(tmp_path / "empty"), "bad": str(tmp_path / "bad.json"),
+             "other": _write(tmp_path, "other.json", {"seed": 0}),
+             "ok": _write(tmp_path, "ok.json", _result(0, 0.9, 0.9))}
+    (tmp_path / "bad.json").write_text("{not json")
+    args = [a.format(**names) for a in args]
+    assert summary.main(["summary", *args]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("summary: error: ") and match in err[0], err
+    assert captured.out == ""
+
+
+def test_help(capsys):
+    assert summary.main(["summary", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "python -m examples.summary" in out and "--within" in out
