@@ -65,10 +65,26 @@ def c_stderr_silenced():
     finally:
         sys.stderr.flush()
         if on_fd2:
-            sys.stderr.close()
-            sys.stderr = python_stderr
+            temporary, sys.stderr = sys.stderr, python_stderr
+            # a logging handler made in the block (TensorFlow's, on its import) holds the
+            # temporary stream: it writes to the real stderr from now on, not to a closed file
+            _retarget_stream_handlers(temporary, python_stderr)
+            temporary.close()
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def _retarget_stream_handlers(old, new) -> None:
+    """Points every logging.StreamHandler that writes to `old` to `new` (absl's handler keeps
+    its StreamHandler in `_python_handler`)."""
+    import logging
+
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            for h in (handler, getattr(handler, "_python_handler", None)):
+                if isinstance(h, logging.StreamHandler) and h.stream is old:
+                    h.setStream(new)
 
 
 def import_tensorflow_quietly() -> None:

@@ -994,6 +994,20 @@ def test_conversion_and_interpreter_lines_follow_tf_cpp_min_log_level(model, tmp
     assert "fully_quantize" not in err and "python stderr" in err
 
 
+def test_tensorflow_logs_after_a_quiet_import(tmp_path):
+    """Found by probing. Was: with TF_CPP_MIN_LOG_LEVEL >= 1, `import ssl_keras` before
+    TensorFlow left TensorFlow's logging handler on the closed temporary stream of the quiet
+    import: every TensorFlow warning became a "--- Logging error ---" traceback."""
+    code = ("import ssl_keras, tensorflow as tf; tf.get_logger().warning('hello %d', 7); "
+            "import logging; logging.getLogger('x').addHandler(logging.StreamHandler())")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WARNING:tensorflow:hello 7" in proc.stderr
+    assert "Logging error" not in proc.stderr and "closed file" not in proc.stderr
+
+
 def test_bad_calibration_ids_and_unpreparable_models_are_value_errors(tmp_path):
     """Found by probing. Was: ids at or above the Embedding's input_dim in the calibration data
     gave a TensorFlow traceback; an int8 model calibrated on constant data gave LiteRT's
