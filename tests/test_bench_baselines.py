@@ -261,3 +261,27 @@ def test_file_names_keep_the_sparsity_apart():
         "elementwise"]  # both were "sparsity12"
     assert _file_names("lenet", 0.07)["elementwise_sparseflag"] == \
         "lenet_sparsity7_sparseflag.tflite"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_that_appears_while_converting_is_kept_without_overwrite(tmp_path, overwrite):
+    """Found by probing. Was: the outputs were checked before the (long) tfmot run, then
+    written with overwrite forced on, so a file created meanwhile was silently replaced."""
+    from tflite_bench import baselines
+
+    baselines.FLAGS.unparse_flags()
+    baselines.FLAGS(["baselines", "--arch=lenet", f"--out={tmp_path}"]
+                    + (["--overwrite"] if overwrite else []))
+    try:
+        (tmp_path / "baselines.json").write_text("precious")  # appeared during the run
+        contents = {str(tmp_path / "a.tflite"): b"new", str(tmp_path / "baselines.json"): b"{}"}
+        if overwrite:
+            baselines._write_all(str(tmp_path), False, contents)
+            assert (tmp_path / "baselines.json").read_bytes() == b"{}"
+        else:
+            with pytest.raises(FileExistsError, match="The output file exists"):
+                baselines._write_all(str(tmp_path), False, contents)
+            assert os.listdir(tmp_path) == ["baselines.json"]  # all or none
+            assert (tmp_path / "baselines.json").read_text() == "precious"
+    finally:
+        baselines.FLAGS.unparse_flags()

@@ -122,6 +122,31 @@ def test_a_failed_conversion_leaves_no_folder_behind(tmp_path, monkeypatch, caps
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_that_appears_while_converting_is_kept_without_overwrite(
+        tmp_path, monkeypatch, capsys, overwrite):
+    """Found by probing. Was: the files were checked before converting, then written with
+    overwrite forced on, so one created meanwhile was silently replaced."""
+    from tflite_bench import demo
+
+    def convert(model):
+        (tmp_path / "lenet_3_12.tflite").write_bytes(b"precious")
+        return b"tflite"
+
+    monkeypatch.setattr(demo, "to_float32_tflite", convert)
+    code = demo.main([PROG, f"--out={tmp_path}", *(["--overwrite"] if overwrite else [])])
+    err = capsys.readouterr().err
+    if overwrite:
+        assert code == 0 and err == ""
+        assert (tmp_path / "lenet_3_12.tflite").read_bytes() == b"tflite"
+        assert (tmp_path / "lenet_20_50.tflite").read_bytes() == b"tflite"
+    else:
+        assert code == 2 and err.startswith(f"{PROG}: error: The output file exists")
+        assert err.count("\n") == 1
+        assert os.listdir(tmp_path) == ["lenet_3_12.tflite"]  # both or neither
+        assert (tmp_path / "lenet_3_12.tflite").read_bytes() == b"precious"
+
+
 def test_writes_the_two_lenets_quietly(tmp_path):
     from tflite_bench import count_macs, model_info
 

@@ -458,7 +458,8 @@ def _write_all(out, create_out, contents):
             raise UsageError(f"--out: cannot create the folder ({e.strerror or e}). Received: "
                              f"--out={out}") from None
     try:
-        write_files(contents, overwrite=True)  # existing files were refused up front
+        # existing files were refused up front; one that appeared since is refused here
+        write_files(contents, overwrite=FLAGS.overwrite)
     except BaseException:
         if create_out:
             try:

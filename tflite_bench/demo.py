@@ -124,23 +124,22 @@ def run(argv):
         raise UsageError(f"the output exists; pass --overwrite. Received: {existing[0]}")
     lenet = _import_lenet()
     created = _make_folder(FLAGS.out)  # before TensorFlow: a bad --out fails in one line, fast
-    written = []
     try:
         _cli.import_tensorflow()  # its start-up and cuInit lines ignore the log level
         import keras
 
-        from tflite_bench.report import atomic_write
+        from tflite_bench.report import write_files
 
         data = {}
         for name, filters in MODELS.items():
             keras.utils.set_random_seed(FLAGS.seed)
             data[name] = to_float32_tflite(lenet(filters=filters))
-        for name, content in data.items():  # nothing is written before both are converted
-            atomic_write(paths[name], content, overwrite=True)  # existing refused up front
-            if paths[name] not in existing:
-                written.append(paths[name])
-    except BaseException:  # no half-made output: the new files, then the new folders
-        _remove([*written, *created])
+        # nothing is written before both are converted; both or neither; a file that
+        # appeared while converting is refused too (FileExistsError: one line, exit 2)
+        write_files({paths[name]: content for name, content in data.items()},
+                    overwrite=FLAGS.overwrite)
+    except BaseException:  # no half-made output: write_files removed its new files, and
+        _remove(created)  # the new folders go here
         raise
     for name in MODELS:
         print(paths[name])
