@@ -192,6 +192,8 @@ def _output_axis_keys(layer_cls_by_name, weights):
             keys[name] = ("kernel", ws["kernel"].ndim - 2)
         elif _is_separable(cls):
             keys[name] = ("pointwise_kernel", ws["pointwise_kernel"].ndim - 1)
+        elif issubclass(cls, keras.layers.Embedding):
+            keys[name] = ("embeddings", ws["embeddings"].ndim - 1)
     return keys
 
 
@@ -257,25 +259,35 @@ def _restore(groups, removed, decisions, weights, alive, layer_cls, round_to):
 
 
 def _layer_block_reason(layer):
+    """Why thin cannot rebuild `layer` with fewer channels, or None. `removable_groups`
+    blocks the groups that reach such a layer with this reason, so that `apply_ssl` does not
+    penalise what thin would keep (and thin checks given groups with it again)."""
     cls = type(layer)
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return f"layer {layer.name!r} uses data_format='channels_first' (thin needs channels_last)"
     if _is_conv(cls) and getattr(layer, "groups", 1) > 1:
         return f"grouped convolution {layer.name!r} (groups={layer.groups}) is not thinned"
     known = (isinstance(layer, (keras.layers.Dense, keras.layers.BatchNormalization,
-                                keras.layers.PReLU, ConstantAdd))
+                                keras.layers.PReLU, keras.layers.Embedding,
+                                keras.layers.Normalization, ConstantAdd))
              or _is_conv(cls) or _is_transpose(cls) or _is_separable(cls) or _is_depthwise(cls))
     if not known:
         return (f"thin cannot rebuild layer {layer.name!r} of class {cls.__name__} with fewer "
-                "channels (supported: Dense, Conv1D/2D/3D, Conv*Transpose, DepthwiseConv, "
-                "SeparableConv, BatchNormalization, PReLU, ConstantAdd)")
+                f"channels (supported: {_THIN_CLASSES}), so the channels that reach it are "
+                "kept")
     key = ("units" if isinstance(layer, keras.layers.Dense) else
+           "output_dim" if isinstance(layer, keras.layers.Embedding) else
            "filters" if _is_conv(cls) or _is_transpose(cls) or _is_separable(cls) else None)
     if key is not None and key not in layer.get_config():
         return (f"the config of {layer.name!r} (class {cls.__name__}) has no {key!r} to set "
                 "the new width in (a subclass that renames it?), so thin cannot rebuild it "
                 "with fewer channels")
     return None
+
+
+_THIN_CLASSES = ("Dense, Conv1D/2D/3D, Conv*Transpose, DepthwiseConv, SeparableConv, "
+                 "Embedding, BatchNormalization, Normalization, PReLU, ConstantAdd and their "
+                 "subclasses")
 
 
 def _prepare(model, threshold, groups):
@@ -287,12 +299,13 @@ def _prepare(model, threshold, groups):
     `zero_groups(zero_groups(m))` is `zero_groups(m)`, which `thin` of a zeroed model relies
     on. The decisions are the last pass's; "weights" are the model's own (the fingerprint's).
     """
+    from ssl_keras.graph import check_layers_in_one_model, removable_groups
+
     threshold = _check_threshold(threshold)
     graph = _graph(model)
+    check_layers_in_one_model(model)  # the copy would untie such a layer's weights
     weights = _read_weights(graph)
     if groups is None:
-        from ssl_keras.graph import removable_groups
-
         groups = removable_groups(model)
     else:
         groups = validate_groups(groups, model)

@@ -61,6 +61,8 @@ def _out_channels(op, ins, in_shapes, out_shape, rem):
         return by_weight("kernel", len(op.kernel.shape) - 2)
     if _is_separable(cls):
         return by_weight("pointwise_kernel", len(op.pointwise_kernel.shape) - 1)
+    if isinstance(op, keras.layers.Embedding):  # output features: columns of `embeddings`
+        return by_weight("embeddings", len(op.embeddings.shape) - 1)
     if _is_depthwise(cls):
         dm = op.depth_multiplier
         return None if ins[0] is None else [c * dm + j for c in ins[0] for j in range(dm)]
@@ -113,6 +115,9 @@ def _width_config(layer, keep):
     if _is_separable(cls):
         k = kept("pointwise_kernel", len(layer.pointwise_kernel.shape) - 1)
         return {"filters": len(k)} if k is not None else {}
+    if isinstance(layer, keras.layers.Embedding):
+        k = kept("embeddings", len(layer.embeddings.shape) - 1)
+        return {"output_dim": len(k)} if k is not None else {}
     if isinstance(layer, ConstantAdd):
         k = kept("value", len(layer.value.shape) - 1)
         return {"shape": [*layer.shape[:-1], len(k)]} if k is not None else {}

@@ -22,7 +22,14 @@ How it works (Torch-Pruning's two rules on a union-find):
 
 A layer with an attribute `ssl_inner_layer` (the StructuredSparsity wrapper) is analysed as
 that inner layer under the wrapper's name. Nested functional / Sequential models are inlined,
-their layers named "outer/inner".
+their layers named "outer/inner"; a layer with weights used in two of them (inside a nested
+model and outside it) is refused (`check_layers_in_one_model`: every copy would untie it).
+
+Masks are not channels: a call's `mask=` (and `*_mask=`) argument without the channel axis is
+left out of its inputs, and the calls that only compute masks (an Embedding's `not_equal`,
+the `logical_or` of a merge layer) get no layout; the channels they read are blocked. A
+PRODUCER / TIED layer that `thin` cannot rebuild with fewer channels (a registered custom
+class) blocks the channels it touches, so that `apply_ssl` penalises only what thin removes.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ import dataclasses
 
 import keras
 import numpy as np
+from keras.src.ops.numpy import OnesLike, ZerosLike
 
+from ssl_keras._thin_plan import _layer_block_reason
 from ssl_keras.registry import (
     Kind,
     LayerSpec,
@@ -185,10 +194,16 @@ class _Graph:
         layouts = {}
         for tensor, layout in zip(graph.inputs, inputs, strict=True):
             layouts[id(tensor)] = layout
-        for node in _ordered_nodes(graph):
-            if any(id(t) not in layouts for t in node.input_tensors):
+        nodes = _ordered_nodes(graph)
+        masks = _mask_nodes(graph, nodes)
+        for node in nodes:
+            if id(node) in masks:
+                self.mask(node, prefix, layouts, masks[id(node)])
                 continue
-            ins = [layouts[id(t)] for t in node.input_tensors]
+            tensors = _channel_inputs(node)
+            if any(id(t) not in layouts for t in tensors):
+                continue
+            ins = [layouts[id(t)] for t in tensors]
             outs = self.node(node, prefix, ins)
             for tensor, layout in zip(node.outputs, outs, strict=True):
                 layouts[id(tensor)] = layout
@@ -203,6 +218,21 @@ class _Graph:
             outs = self.layer(op, path, node, ins)
         self.calls.append(_Call(path, type(op).__name__, ins, outs))
         return outs
+
+    def mask(self, node, prefix: str, layouts: dict, reader: str) -> None:
+        """A call that only computes a mask (Embedding(mask_zero=True)'s `not_equal`, the
+        masks a merge layer combines): its output carries no channels, and the channels it
+        reads stay (a mask read off a removed channel would change with it). `zeros_like` /
+        `ones_like` read a tensor's shape, not its channels (Concatenate broadcasts a step
+        mask to each input's shape with them, then reduces it over the channels with `any`)."""
+        op = node.operation
+        if isinstance(op, _SHAPE_ONLY):
+            return
+        path = prefix + op.name
+        for t in node.input_tensors:
+            for a in layouts.get(id(t), ()):
+                self.blocks[int(a)].append(
+                    f"is read by '{path}', which computes the mask of '{prefix + reader}'")
 
     def block(self, ins: list, node, path: str, reason: str) -> list:
         for layout in ins:
@@ -221,7 +251,7 @@ class _Graph:
                 f"reaches unregistered layer '{path}' (class {type(layer).__name__}): register "
                 "it with ssl_keras.register_layer, or pass strict=True for the full message"))
         registered, spec = found
-        shapes = [t.shape for t in node.input_tensors]
+        shapes = [t.shape for t in _channel_inputs(node)]
         reason = overridden_call(layer, registered)
         if reason is None and spec.check is not None:
             reason = spec.check(layer, shapes)
@@ -256,6 +286,11 @@ class _Graph:
             return self.block(ins, node, path, (
                 f"reaches {type(layer).__name__} '{path}' (its channels do not line up with its "
                 "inputs: check its LayerSpec)"))
+        rebuild = _rebuild_reason(layer, spec)
+        if rebuild is not None:  # analysed, but thin would keep every channel it touches
+            for layout in (*ins, *outs):
+                for a in layout:
+                    self.blocks[int(a)].append(rebuild)
         if spec.kind is not Kind.PRODUCER:
             for layout in outs:
                 for a in layout:
@@ -289,9 +324,89 @@ class _Graph:
         return self.tie(self.canon_in[path], x)
 
 
+# Operations whose output depends on their input's shape only.
+_SHAPE_ONLY = (ZerosLike, OnesLike)
 _ONE_INPUT = {Kind.PRODUCER, Kind.TIED, Kind.PASSTHROUGH, Kind.GLOBAL_POOL, Kind.FLATTEN}
 # Kinds whose layers keep no per-channel weights (a layer that has some is blocked).
 _WEIGHTLESS = {Kind.PASSTHROUGH, Kind.GLOBAL_POOL, Kind.MERGE_TIE, Kind.CONCAT, Kind.FLATTEN}
+
+
+def _is_mask_argument(name: str) -> bool:
+    """A keyword argument that holds a mask: Keras's `mask=` (which it fills in itself from
+    the inputs' masks) and the `*_mask=` of attention layers."""
+    return name == "mask" or name.endswith("_mask")
+
+
+def _split_inputs(node) -> tuple[list, list]:
+    """(channel inputs, masks) of a call. Masks are the tensors of its mask keyword arguments
+    without a channel axis (a lower rank than its first input: `(batch, steps)` beside
+    `(batch, steps, channels)`); a mask with one stays a channel input."""
+    masked = [k for k in node.arguments.kwargs if _is_mask_argument(k)]
+    if not masked:
+        return list(node.input_tensors), []
+    first = next((t for t in keras.tree.flatten(node.arguments.args)
+                  if isinstance(t, keras.KerasTensor)), None)
+    rank = len(first.shape) if first is not None else 0
+    kwargs, masks = dict(node.arguments.kwargs), []
+    for k in masked:
+        tensors = [t for t in keras.tree.flatten(kwargs[k]) if isinstance(t, keras.KerasTensor)]
+        if all(len(t.shape) < rank for t in tensors):
+            masks.extend(tensors)
+            del kwargs[k]
+    ins = [t for t in keras.tree.flatten((node.arguments.args, kwargs))
+           if isinstance(t, keras.KerasTensor)]
+    return ins, masks
+
+
+def _channel_inputs(node) -> list:
+    """The KerasTensors a call reads channels from: its positional arguments and keyword
+    arguments other than masks (see `_split_inputs`), in the order of `node.input_tensors`."""
+    return _split_inputs(node)[0]
+
+
+def _mask_nodes(graph, nodes) -> dict:
+    """{id(node): name of a layer whose mask it computes} for the calls whose outputs are
+    used only as masks, directly or through other such calls (Keras records the operations
+    of `compute_mask` in the graph: `not_equal` for an Embedding with mask_zero=True)."""
+    uses = collections.defaultdict(list)  # id(tensor) -> [(reading node, as a mask)]
+    for node in nodes:
+        ins, masks = _split_inputs(node)
+        for t in ins:
+            uses[id(t)].append((node, False))
+        for t in masks:
+            uses[id(t)].append((node, True))
+    outputs = {id(t) for t in graph.outputs}
+    found = {}
+    for node in reversed(nodes):  # readers first
+        reader = None
+        for t in node.outputs:
+            if id(t) in outputs:
+                break
+            ok = True
+            for user, as_mask in uses.get(id(t), ()):
+                if as_mask:
+                    reader = reader or user.operation.name
+                elif id(user) in found:
+                    reader = reader or found[id(user)]
+                else:
+                    ok = False
+            if not ok:
+                break
+        else:
+            if reader is not None:
+                found[id(node)] = reader
+    return found
+
+
+def _rebuild_reason(layer, spec: LayerSpec) -> str | None:
+    """Why thin cannot rebuild a PRODUCER / TIED layer that owns slices with fewer channels
+    (a registered class outside the ones thin slices), or None."""
+    if spec.kind not in (Kind.PRODUCER, Kind.TIED):
+        return None
+    names = {v.name for v in layer.weights}
+    if not any(ws.weight in names for ws in (*spec.consumes, *spec.produces, *spec.tied)):
+        return None  # nothing to slice: thin copies it as it is
+    return _layer_block_reason(layer)
 
 
 def _constant_operands(node) -> str | None:
@@ -377,6 +492,66 @@ _HANDLERS = {
 assert set(_HANDLERS) | {Kind.BLOCK} == set(Kind)
 
 
+# ---------------------------------------------------------------------- shared layers
+
+
+def check_layers_in_one_model(model) -> None:
+    """Raises a ValueError when a layer with weights is used in more than one model of
+    `model`: inside a nested model and outside it, in two nested models, or inside a layer
+    that holds other layers (`TimeDistributed(d)`) and beside it.
+
+    Keras ties such a layer (one set of weights), but every copy ssl_keras makes
+    (`apply_ssl`, `strip_ssl`, `zero_groups`, `thin`; `keras.models.clone_model` too) copies
+    a nested model, or a holding layer, as a unit from its config, with new layers: the copy
+    would hold the weights twice, untied. The graph, too, would see two layers
+    ("sub/shd" and "shd"). A layer shared within one model, and a nested model called
+    several times (a Siamese network), are fine.
+    """
+    places = {}  # id(layer) -> (layer, [where it is used])
+    seen = set()
+
+    def note(layer, where):
+        entry = places.setdefault(id(layer), (layer, []))
+        if where not in entry[1]:
+            entry[1].append(where)
+
+    def visit(container, scope):
+        if id(container) in seen:
+            return
+        seen.add(id(container))
+        graph = _functional(container, scope or container.name)
+        here = (f"inside the nested model '{scope}'" if scope else
+                f"in model '{container.name}'")
+        for op in graph._operations:
+            if not isinstance(op, keras.layers.Layer) or isinstance(
+                    op, keras.layers.InputLayer):
+                continue
+            if _is_graph_model(op):
+                note(op, here)
+                visit(op, f"{scope}/{op.name}" if scope else op.name)
+                continue
+            for layer in op._flatten_layers(include_self=True):
+                note(layer, here if layer is op else
+                     f"inside layer '{op.name}' ({type(op).__name__}) {here}")
+
+    visit(model, "")
+    for layer, where in places.values():
+        if len(where) > 1 and layer.weights:
+            used = " and ".join(where) if len(where) == 2 else ", ".join(where)
+            raise ValueError(
+                f"Layer '{layer.name}' (class {type(layer).__name__}) is used "
+                f"{'both ' if len(where) == 2 else ''}{used}. Keras shares its weights between "
+                "these uses, but ssl_keras copies a nested model (or a layer holding other "
+                "layers) as a unit, from its config, so the copy would hold this layer's "
+                "weights twice, no longer tied (keras.models.clone_model does the same), and "
+                "the coupled groups would treat its uses as two layers. Expected every layer "
+                "with weights to be called within one model only: flatten the model (call the "
+                "nested model's layers directly in the outer one), or give each model a layer "
+                f"of its own. Received: model '{model.name}', in which layer '{layer.name}' "
+                f"is used in {len(where)} places."
+            )
+
+
 # ---------------------------------------------------------------------- assembly
 
 
@@ -386,6 +561,7 @@ def _analyse(model, strict: bool):
             f"Expected a keras.Model (functional or Sequential). Received: model={model!r}"
         )
     graph = _functional(model, model.name)
+    check_layers_in_one_model(model)
     g = _Graph(strict)
     inputs = []
     for tensor in graph.inputs:
@@ -481,6 +657,10 @@ def removable_groups(model: keras.Model, strict: bool = False) -> list[dict]:
     Returns:
         A list of dicts (JSON-serialisable), ordered by producer and channel.
 
+    Raises:
+        ValueError: for a layer with weights used in two models (inside a nested model and
+            outside it): see `check_layers_in_one_model`.
+
     Example:
     >>> inputs = keras.Input((8, 8, 3))
     >>> x = keras.layers.Conv2D(4, 3, name="conv1")(inputs)
@@ -502,6 +682,8 @@ def layer_channels(model: keras.Model, strict: bool = False) -> list[dict]:
         {"layer": "block1_add", "class": "Add",
          "inputs":  [["conv_a:0", "conv_a:1", ...], ["conv_a:0", ...]],
          "outputs": [["conv_a:0", "conv_a:1", ...]]}
+
+    Masks are left out: a call's mask arguments, and the calls that only compute masks.
 
     Each inner list has one entry per position of the tensor's last axis: the `id` of the
     group (as in `removable_groups`) that lives there, or None for a channel that belongs to

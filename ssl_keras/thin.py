@@ -27,7 +27,8 @@ What counts as below threshold (`norm` is the L2 norm of the weight slice):
 
 Blocked groups (see the group's "blocked" reason) are kept, with their below-threshold slices
 zeroed all the same; a constant channel whose value differs between inputs at a consumer (a
-graph the analysis got wrong) or that a shared layer reads is kept too, with the reason.
+graph the analysis got wrong), that is NaN or inf on every draw of probe inputs (a masked
+average over all-padding ids), or that a shared layer reads is kept too, with the reason.
 
 Kernel shape: border rows / columns (any spatial axis) of a Conv1D/2D/3D kernel that are zero
 for every kept filter and channel are cropped, and the padding is made explicit
@@ -93,6 +94,7 @@ from ssl_keras._thin_slice import (
     _propagate_channels,
     _width_config,
 )
+from ssl_keras.graph import check_layers_in_one_model
 
 # ---------------------------------------------------------------------------------------------
 # The plan
@@ -150,18 +152,25 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
     alive, dropped, by_name = st["alive"], st["dropped"], st["by_name"]
     _check_width_names("round_to", round_to, st)
     zw = _zeroed_weights(st["weights"], st["zero"])
-    probes = _probe_inputs(graph)
+    probes = [_probe_inputs(graph)]  # one list, so that _constant_values can redraw it
     layer_cls = {n: type(layer) for n, layer in by_name.items() if n in alive}
     removed = {gid for gid, (s, _) in decisions.items() if s in ("constant", "unused")}
     for _ in range(len(groups) + 1):
         _restore(groups, removed, decisions, zw, alive, layer_cls, round_to)
         const_in = _const_inputs(groups, removed, decisions, alive, by_name)
         names = sorted(const_in)
-        values = dict(zip(names, _run(graph, zw, [_input_tensor(graph, n)[0] for n in names],
-                                      probes), strict=True))
-        bad = {(n, i) for n in names for i in (
-            const_in[n] if len(by_name[n]._inbound_nodes) > 1  # a shared consumer: keep
-            else _not_constant(values[n], const_in[n]))}
+        values = _constant_values(graph, zw, const_in, probes)
+        bad = {}
+        for n in names:
+            if len(by_name[n]._inbound_nodes) > 1:  # a shared consumer: keep
+                bad.update(dict.fromkeys(((n, i) for i in const_in[n]),
+                                         "is read by the shared layer"))
+                continue
+            bad.update(dict.fromkeys(((n, i) for i in _not_constant(values[n], const_in[n])),
+                                     "depends on the input at the input of"))
+            bad.update(dict.fromkeys(((n, i) for i in _not_finite(values[n], const_in[n])),
+                                     "is NaN or inf on the probe inputs (say, a masked average "
+                                     "over inputs whose steps are all masked) at the input of"))
         if not bad:
             break
         for g in groups:
@@ -170,14 +179,14 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
             for s in g["slices"]:
                 if s["layer"] not in alive or not _is_input_slice(s, by_name):
                     continue
-                if any((s["layer"], i) in bad for i in s["index"]):
+                why = next((bad[(s["layer"], i)] for i in s["index"]
+                            if (s["layer"], i) in bad), None)
+                if why is not None:
                     removed.discard(g["id"])
-                    why = ("is read by the shared layer" if len(
-                        by_name[s["layer"]]._inbound_nodes) > 1 else
-                        "depends on the input at the input of")
                     decisions[g["id"]] = ("kept", f"its constant channel {why} {s['layer']!r}: "
                                                   "not folded")
                     break
+    probes = probes[0]
     rem = _removed_indices(groups, removed, zw, alive)
     channels = _propagate_channels(graph, rem, dropped, alive)
     layers = {}
@@ -250,6 +259,32 @@ def thinning_plan(model: keras.Model, threshold: float = 1e-4, round_to: int | d
         "layers": layers,
         "adds": adds,
     }
+
+
+_PROBE_DRAWS = 8  # probe inputs drawn at most, until the constants are finite on them
+
+
+def _constant_values(graph, zw, const_in, probes):
+    """{consumer: its input on the probe inputs} (`_run`), for the consumers of removed
+    constant channels. Probes on which such a channel is NaN or inf (token ids that are all
+    padding, so that a masked average divides by zero) tell nothing about its value: others
+    are drawn (`probes[0]` is replaced), up to _PROBE_DRAWS in all; a channel still not
+    finite is kept (see `_not_finite`), never folded."""
+    names = sorted(const_in)
+    for seed in range(_PROBE_DRAWS):
+        if seed:
+            probes[0] = _probe_inputs(graph, seed=seed)
+        values = dict(zip(names, _run(graph, zw, [_input_tensor(graph, n)[0] for n in names],
+                                      probes[0]), strict=True))
+        if not any(_not_finite(values[n], const_in[n]) for n in names):
+            break
+    return values
+
+
+def _not_finite(value, idx):
+    """The positions of `idx` with a NaN or inf value on some probe input."""
+    v = np.asarray(value[..., idx], np.float64).reshape(-1, len(idx))
+    return {i for i, ok in zip(idx, np.isfinite(v).all(axis=0), strict=True) if not ok}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +404,9 @@ def apply_plan(model: keras.Model, plan: dict) -> keras.Model:
 
 def _apply_plan(model, plan, fingerprint: bool) -> keras.Model:
     """apply_plan; `fingerprint=False` skips hashing the weights (thin's own fresh plan)."""
-    graph = _graph(_plain(model))
+    plain = _plain(model)
+    graph = _graph(plain)
+    check_layers_in_one_model(plain)  # the copy would untie such a layer's weights
     weights = _read_weights(graph)
     _check_plan(plan, graph, weights, model.name, fingerprint)
     arrays = _zeroed_weights(weights, plan["zero"])

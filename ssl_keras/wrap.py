@@ -45,6 +45,7 @@ from ssl_keras._wrap_layer import (
     _registered,
     kernel_specs,
 )
+from ssl_keras.graph import check_layers_in_one_model
 from ssl_keras.graph import find_layer as find_layer  # importable from here as before
 from ssl_keras.registry import _layer_summary
 from ssl_keras.registry import lookup as lookup  # importable from here as before
@@ -417,6 +418,7 @@ def _warn_double_group_lasso(owner, by_name, overrides, stacklevel) -> None:
 
 def _apply_to_model(model, filters, channels, shapes, depth, coupled, layers, borders):
     _check_model(model)
+    check_layers_in_one_model(model)  # the clone would untie such a layer's weights
     if not isinstance(coupled, bool):
         raise ValueError(f"`coupled` must be a bool. Received: coupled={coupled!r}")
     if isinstance(model, SSLModel) or any(
@@ -525,6 +527,7 @@ def strip_ssl(model):
             f"Received: model={model!r} (of type {type(model).__name__})"
         )
     _check_model(model, argument="model")
+    check_layers_in_one_model(model)  # the clone would untie such a layer's weights
 
     def clone_function(layer):
         if not isinstance(layer, keras.layers.Layer):
