@@ -82,7 +82,8 @@ def test_lenet_quick_end_to_end(tmp_path, capsys):
     from ssl_keras import evaluate_tflite
 
     images = quick["max_test"]
-    test = datasets.load("fashion_mnist", max_train=quick["max_train"], max_test=images, seed=0)
+    test = datasets.load("fashion_mnist", max_train=quick["max_train"], max_test=images, seed=0,
+                         max_unused=images)  # as the pipeline: as many as the test images
     for key, name in (("baseline", "dense_float32"), ("ssl", "ssl_thinned_float32")):
         assert result[key]["accuracy"] == pytest.approx(evaluate_tflite(
             str(work / f"{name}.tflite"), test.x_test, test.y_test))
