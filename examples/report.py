@@ -280,8 +280,7 @@ class ReportMixin:
         change = results.get("accuracy_change")
         change_line = None if change is None else (
             f"Test accuracy change (SSL thinned - dense, float32 TFLite): "
-            f"{100 * change['change']:+.2f} points, 95% interval [{100 * change['ci95'][0]:+.2f}, "
-            f"{100 * change['ci95'][1]:+.2f}] (paired bootstrap over the {change['images']:,} "
+            f"{_change_text(change)} (paired bootstrap over the {change['images']:,} "
             f"test images; {change['only_dense_right']} right only for dense, "
             f"{change['only_thinned_right']} only for thinned)")
         if change_line:
@@ -289,9 +288,7 @@ class ReportMixin:
         unused = results.get("unused_accuracy_change")
         unused_line = None if unused is None else (
             f"Accuracy change on {unused['images']:,} training images that --max_train left "
-            f"unused (no phase trained on them; float32 TFLite): "
-            f"{100 * unused['change']:+.2f} points, 95% interval [{100 * unused['ci95'][0]:+.2f},"
-            f" {100 * unused['ci95'][1]:+.2f}] (dense "
+            f"unused (no phase trained on them; float32 TFLite): {_change_text(unused)} (dense "
             f"{100 * results['baseline']['unused_accuracy']:.2f}%, SSL thinned "
             f"{100 * results['ssl']['unused_accuracy']:.2f}%)")
         if unused_line:
@@ -392,6 +389,13 @@ class ReportMixin:
             _save_fig(fig, paths[2])
             plt.close(fig)
         return paths
+
+
+def _change_text(change: dict) -> str:
+    """"-0.47 points, 95% interval [-0.84, -0.10]" of an `_accuracy_change` dict."""
+    low, high = change["ci95"]
+    return (f"{100 * change['change']:+.2f} points, 95% interval [{100 * low:+.2f}, "
+            f"{100 * high:+.2f}]")
 
 
 def _first_conv(model):

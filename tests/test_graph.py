@@ -100,14 +100,6 @@ def _op_name(model, cls):
     return names[0]
 
 
-@pytest.fixture
-def clean_registry():
-    saved = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
-
-
 @pytest.mark.parametrize("cls", registry.builtin_classes(), ids=lambda c: c.__qualname__)
 def test_every_registered_class(cls):
     assert cls in LAYER_CASES, (f"registered class {cls.__qualname__} has no test case in "

@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 from keras import layers as L  # noqa: E402
 
 import ssl_keras  # noqa: E402
-from ssl_keras import registry, thin  # noqa: E402
+from ssl_keras import thin  # noqa: E402
 from ssl_keras.graph import layer_channels, removable_groups  # noqa: E402
 
 # Token ids with padding (0): rows with one, some and no real token at the start.
@@ -61,14 +61,6 @@ def _masked_gap(mask_zero=True, steps=6):
     x = L.Dense(6, activation="relu", name="d")(x)
     x = L.GlobalAveragePooling1D(name="gap")(x)
     return keras.Model(i, L.Dense(2, name="o")(x))
-
-
-@pytest.fixture
-def clean_registry():
-    saved = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
 
 
 # ------------------------------------------------------------------------------ masks

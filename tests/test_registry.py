@@ -13,14 +13,6 @@ from ssl_keras import registry  # noqa: E402
 from ssl_keras.registry import Kind, LayerSpec, WeightSlice  # noqa: E402
 
 
-@pytest.fixture
-def clean_registry():
-    saved = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(saved)
-
-
 class MyLayer(keras.layers.Layer):
     def call(self, x):
         return x
