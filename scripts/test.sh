@@ -18,7 +18,10 @@ lint=()
 for d in ssl_keras tflite_bench examples benchmarks tests; do [ -d "$d" ] && lint+=("$d"); done
 "$PY" -m ruff check "${lint[@]}"
 set +e
-"$PY" -m pytest -q -p no:cacheprovider "${args[@]}"
+# two workers: most tests keep one core busy, and a subprocess test waits seconds for
+# TensorFlow to import (the suite took 985 s in one process on the AMD EPYC machine); a
+# caller's -n 0 (later on the line) runs it in one process
+"$PY" -m pytest -q -p no:cacheprovider -n 2 "${args[@]}"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "test: pytest collected no tests: failing"; exit 1; fi
