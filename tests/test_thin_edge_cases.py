@@ -21,8 +21,9 @@ def _reasons(model):
 
 
 def _channels_first_conv_runs() -> bool:
-    """TensorFlow's CPU Conv2D runs NCHW only through oneDNN, which it enables by default on
-    Intel CPUs and not on others (AMD EPYC: UnimplementedError)."""
+    """TensorFlow's CPU Conv2D runs NCHW only through oneDNN, which it turns on by default only
+    for CPUs with certain newer instruction sets (the Intel Xeon here, not the AMD EPYC:
+    UnimplementedError)."""
     try:
         L.Conv2D(1, 1, data_format="channels_first")(np.zeros((1, 1, 2, 2), "float32"))
     except Exception:  # tensorflow's UnimplementedError
