@@ -275,24 +275,21 @@ class ReportMixin:
         val = (results["baseline"].get("val_accuracy"), results["ssl"].get("val_accuracy"))
         val_line = (None if None in val else f"Validation accuracy (Keras): dense "
                     f"{100 * val[0]:.2f}%, SSL thinned {100 * val[1]:.2f}%")
-        if val_line:
-            print(val_line, flush=True)
         change = results.get("accuracy_change")
         change_line = None if change is None else (
             f"Test accuracy change (SSL thinned - dense, float32 TFLite): "
             f"{_change_text(change)} (paired bootstrap over the {change['images']:,} "
             f"test images; {change['only_dense_right']} right only for dense, "
             f"{change['only_thinned_right']} only for thinned)")
-        if change_line:
-            print(change_line, flush=True)
         unused = results.get("unused_accuracy_change")
         unused_line = None if unused is None else (
             f"Accuracy change on {unused['images']:,} training images that --max_train left "
             f"unused (no phase trained on them; float32 TFLite): {_change_text(unused)} (dense "
             f"{100 * results['baseline']['unused_accuracy']:.2f}%, SSL thinned "
             f"{100 * results['ssl']['unused_accuracy']:.2f}%)")
-        if unused_line:
-            print(unused_line, flush=True)
+        notes = [line for line in (val_line, change_line, unused_line) if line]
+        for line in notes:
+            print(line, flush=True)
         out = self.cfg.out_dir
         json_path = os.path.join(out, f"{self.stem}.json")
         md_path = os.path.join(out, f"{self.stem}.md")
@@ -303,9 +300,8 @@ class ReportMixin:
               f"Command: {markdown_code(results['command'])}", "", table, "",
               f"Filters/units per layer: dense {results['baseline']['filters_per_layer']}"
               f" -> SSL {results['ssl']['filters_per_layer']}", ""]
-        for line in (val_line, change_line, unused_line):
-            if line:
-                md += [line, ""]
+        for line in notes:
+            md += [line, ""]
         atomic_write_text(md_path, "\n".join(md))
         written = [json_path, md_path]
         try:

@@ -47,32 +47,37 @@ def _flags() -> flags.FlagValues:
     return fv
 
 
-def find_results(paths: list[str]) -> list[str]:
-    """The result JSON files named by `paths`: files, or folders whose `*.json` files (not
-    in sub-folders: the phase checkpoints live there) are example results."""
-    found = []
+def find_results(paths: list[str]) -> dict[str, dict]:
+    """{path: results} of the result JSON files named by `paths`: files (checked to be an
+    example's), or folders whose `*.json` files (not in sub-folders: the phase checkpoints
+    live there) are example results; each file read once."""
+    found = {}
     for path in paths:
         if os.path.isdir(path):
             names = sorted(glob.glob(os.path.join(glob.escape(path), "*.json")))
-            names = [n for n in names if _is_result(n)]
-            if not names:
+            results = {os.path.abspath(n): _read_or_none(n) for n in names}
+            results = {n: r for n, r in results.items()
+                       if r is not None and all(key in r for key in _REQUIRED)}
+            if not results:
                 raise SummaryError(f"No example results in the folder {path!r}. Expected the "
                                    "<name>_<dataset>.json an example writes to its --out_dir. "
                                    f"Received: a folder without one")
-            found += names
+            found.update((n, r) for n, r in results.items() if n not in found)
         elif os.path.isfile(path):
-            found.append(path)
+            name = os.path.abspath(path)
+            if name not in found:
+                found[name] = load(path)
         else:
             raise SummaryError(f"No such file or folder. Expected an example's results JSON or "
                                f"its --out_dir. Received: {path!r}")
-    return list(dict.fromkeys(os.path.abspath(p) for p in found))
+    return found
 
 
-def _is_result(path: str) -> bool:
+def _read_or_none(path: str) -> dict | None:
     try:
-        return all(key in _read(path) for key in _REQUIRED)
+        return _read(path)
     except SummaryError:
-        return False
+        return None
 
 
 def _read(path: str) -> dict:
@@ -225,12 +230,11 @@ def main(argv=None) -> int:
         if not paths:
             raise SummaryError("Expected one or more results JSON files or --out_dir folders "
                                "of the examples. Received: none")
-        files = find_results(paths)
-        results = [load(p) for p in files]
+        found = find_results(paths)
     except (flags.Error, SummaryError) as e:
         print(f"summary: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    summaries = summarize(results, files, fv.within)
+    summaries = summarize(list(found.values()), list(found), fv.within)
     try:
         if fv.format == "json":
             print(json.dumps(summaries, indent=1))
