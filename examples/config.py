@@ -64,7 +64,7 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "ssl_momentum": 0.0,
         "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "borders": 0.0,
         "depth": 0.0, "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1,
-        "round_down": 1, "max_channels": None,
+        "round_down": 1, "max_channels": None, "max_channels_ramp": None,
         "seed": 0,
         "lr_schedule": "cosine", "finetune_thinned": True, "ssl_layers": None,
         "distill": 0.0, "distill_temperature": 4.0,
@@ -159,6 +159,12 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                     "until this many are left (zero_groups(max_channels=); before "
                     "--round_down): a width budget. null (no cap), an integer, or per-layer "
                     "JSON as --round_to, e.g. '{\"conv2\": 16}'.", flag_values=fv)
+    D.DEFINE_float("max_channels_ramp", d["max_channels_ramp"], "Reach --max_channels during "
+                   "the SSL phase instead of only after it: the allowed widths shrink from the "
+                   "full ones to --max_channels over this fraction of the SSL steps (a cubic "
+                   "schedule, ssl_keras.callbacks.WidthBudget), cutting the weakest groups every "
+                   "--zero_every steps while training goes on. In (0, 1]; needs --max_channels "
+                   "and not --proximal. Unset: the cut is made once, after SSL.", flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
     D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
     D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
@@ -211,6 +217,7 @@ class Config:
     round_to: int | dict
     round_down: int | dict
     max_channels: int | dict | None
+    max_channels_ramp: float | None
     seed: int
     out_dir: str
     threads: tuple
@@ -228,7 +235,8 @@ class Config:
                 "optimizer", "lr_schedule", "finetune_thinned", "ssl_layers", "distill",
                 "distill_temperature",
                 "batch_size", "filters", "channels", "shapes", "borders", "depth", "proximal",
-                "zero_every", "threshold", "round_to", "round_down", "max_channels", "seed")
+                "zero_every", "threshold", "round_to", "round_down", "max_channels",
+                "max_channels_ramp", "seed")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -272,6 +280,18 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     if not any(values[n] > 0 for n in ("filters", "channels", "shapes", "borders", "depth")):
         raise UsageError("At least one of --filters, --channels, --shapes, --borders, --depth "
                          "must be > 0. Received: all zero")
+    ramp = values["max_channels_ramp"]
+    if ramp is not None:
+        if not 0 < ramp <= 1:
+            raise UsageError(f"--max_channels_ramp must be in (0, 1] (a fraction of the SSL "
+                             f"phase). Received: --max_channels_ramp={ramp}")
+        if values["max_channels"] is None:
+            raise UsageError("--max_channels_ramp needs --max_channels (the widths it "
+                             "ramps to). Received: --max_channels=null")
+        if values["proximal"]:
+            raise UsageError("--max_channels_ramp cuts groups with the zeroing steps of the "
+                             "subgradient recipe; it cannot be combined with --proximal. "
+                             "Received: --proximal")
     if not 0 <= values["distill"] <= 1:
         raise UsageError(f"--distill must be in [0, 1]. Received: --distill={values['distill']}")
     if not values["distill_temperature"] > 0:

@@ -106,7 +106,7 @@ def _pct(value) -> str:
 
 
 # Settings added to the training key after runs were saved without them: their default.
-_ADDED_SETTINGS = {"round_down": 1, "max_channels": None}
+_ADDED_SETTINGS = {"round_down": 1, "max_channels": None, "max_channels_ramp": None}
 
 
 class Pipeline(ReportMixin):
@@ -279,6 +279,14 @@ class Pipeline(ReportMixin):
             if cfg.proximal:
                 callbacks.append(
                     need("ssl_keras.callbacks", "ProximalGroupLasso", "ssl")())
+            elif cfg.max_channels_ramp is not None:  # the width budget reached during SSL
+                steps = cfg.ssl_epochs * -(-len(self.data.x_train) // cfg.batch_size)
+                end = max(1, round(cfg.max_channels_ramp * steps))
+                self.log(f"phase ssl: --max_channels={json.dumps(cfg.max_channels)} reached "
+                         f"gradually by step {end} of {steps} (WidthBudget)")
+                callbacks.append(need("ssl_keras.callbacks", "WidthBudget", "ssl")(
+                    cfg.max_channels, end_step=end, every_n_steps=cfg.zero_every,
+                    threshold=cfg.threshold))
             else:  # the reference recipe: subgradient, small groups set to zero now and then
                 callbacks.append(need("ssl_keras.callbacks", "ZeroSmallGroups", "ssl")(
                     cfg.threshold, every_n_steps=cfg.zero_every))

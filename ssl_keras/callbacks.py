@@ -6,6 +6,8 @@
   table at the end of training.
 - `ZeroSmallGroups`: sets groups whose norm is at or below a threshold to exactly zero (the
   method's reference recipe).
+- `WidthBudget`: ZeroSmallGroups that also cuts named layers to a width budget, gradually
+  over a number of steps (the weakest groups first), so that the network adapts to the cut.
 - `ProximalGroupLasso`: group soft-thresholding after each optimizer step,
   `w_g <- w_g * max(0, 1 - lr * lambda / ||w_g||)`, exact zeros during training.
 - `freeze_zero_groups(model)`: a callback that keeps the groups that are zero now at exactly
@@ -62,6 +64,7 @@ __all__ = [
     "FreezeZeroGroups",
     "ProximalGroupLasso",
     "SparsityMonitor",
+    "WidthBudget",
     "ZeroSmallGroups",
     "freeze_zero_groups",
     "reestimate_batchnorm",
@@ -262,11 +265,156 @@ class ZeroSmallGroups(keras.callbacks.Callback):
         if self._steps // self.every_n_steps > self._done:
             self._done = self._steps // self.every_n_steps
             _sync_jax(self.model)
-            self.zeroed += _zero_below(self._sets, self.threshold)
+            self._zero()
 
     def on_train_end(self, logs=None):
         _sync_jax(self.model)
+        self._zero()
+
+    def _zero(self) -> None:
         self.zeroed += _zero_below(self._sets, self.threshold)
+
+
+class WidthBudget(ZeroSmallGroups):
+    """ZeroSmallGroups that also brings layers down to a width budget, gradually.
+
+    `zero_groups(max_channels=)` cuts a layer to its budget after training, by the groups'
+    norms; the network then has only fine-tuning to recover. This callback reaches the same
+    budget *during* the SSL phase instead (gradual pruning, as tfmot's PolynomialDecay
+    schedule, but of whole groups): at every zeroing step the allowed width of each named
+    layer is
+
+        cap(t) = M + (W - M) * (1 - p) ** power,   p = (t - begin_step) / (end_step - begin_step)
+
+    rounded up and clipped to [M, W] (W: the layer's number of groups, M: its budget), and
+    the weakest live groups beyond it are set to zero (by the norm group Lasso shrinks, the
+    one ZeroSmallGroups compares with `threshold`). Training goes on between cuts, so the
+    rest of the network adapts while the budget tightens; the group Lasso keeps shrinking the
+    weak groups the next cuts take. After `end_step` the budget stays at M. Groups below
+    `threshold` are zeroed as in ZeroSmallGroups first.
+
+    A layer's groups are its coupled channel groups (an SSLModel from `apply_ssl`, or
+    `groups=`), else the filter groups of its per-layer regulariser (`GroupLasso(filters=)`).
+    Steps and resumption are as in ZeroSmallGroups (the cap depends on the step count only).
+    Zeroed groups are not frozen: one that grows back above the cap is cut again at the next
+    step. Follow with `zero_groups(..., max_channels=)`, which makes the cut exact.
+
+    Args:
+        max_channels: {layer name: width >= 1} (other layers: no budget), or an int for
+            every layer with channel groups.
+        end_step: the optimizer step at which the budget is reached, > begin_step.
+        begin_step: the step at which the budget starts to tighten, >= 0.
+        every_n_steps: how often, in optimizer steps, to zero and cut, >= 1.
+        threshold: groups with `||w_g|| <= threshold` are zeroed (and do not count), >= 0.
+        power: the schedule's exponent, > 0 (3: most of the cut early, as Zhu & Gupta; 1:
+            linear).
+        groups: plain-data groups for a plain model, or None.
+
+    Attributes:
+        widths: {layer name: live groups after the last cut}.
+        cut: how many times the budget set a group to zero (not the threshold; a group that
+            grew back above the cap and was cut again counts again).
+
+    Example:
+    >>> budget = WidthBudget({"conv2": 16}, end_step=3000, every_n_steps=100, threshold=1e-3)
+    >>> ssl_model.fit(x, y, epochs=6, callbacks=[budget])
+    >>> capped = ssl_keras.zero_groups(ssl_model, 1e-3, max_channels={"conv2": 16})
+    >>> small = ssl_keras.thin(capped, 1e-3)
+    """
+
+    def __init__(self, max_channels, end_step, begin_step=0, every_n_steps=100,
+                 threshold=1e-4, power=3.0, groups=None):
+        super().__init__(threshold, every_n_steps, groups)
+        self.max_channels = _validate_budget(max_channels)
+        if not isinstance(begin_step, (int, np.integer)) or \
+                isinstance(begin_step, (bool, np.bool_)) or begin_step < 0:
+            raise ValueError(
+                f"`begin_step` must be an integer >= 0. Received: begin_step={begin_step!r}")
+        self.begin_step = int(begin_step)
+        self.end_step = _validate_steps(end_step, "end_step")
+        if self.end_step <= self.begin_step:
+            raise ValueError(
+                "`end_step` must be greater than `begin_step` (the budget tightens between "
+                f"them). Received: begin_step={begin_step}, end_step={end_step}")
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or \
+                not np.isfinite(power) or power <= 0:
+            raise ValueError(f"`power` must be a finite number > 0. Received: power={power!r}")
+        self.power = float(power)
+        self.widths = {}
+        self.cut = 0
+        self._layers = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._layers = _layer_groups(self._sets)
+        names = self.max_channels if isinstance(self.max_channels, dict) else self._layers
+        unknown = sorted(set(names) - set(self._layers))
+        if unknown:
+            raise ValueError(
+                "`max_channels` names layers without channel groups in this model. Expected "
+                f"names among {sorted(self._layers)}. Received: {unknown}")
+
+    def cap(self, layer: str, step: int) -> int:
+        """The width allowed to `layer` at optimizer step `step`."""
+        width = sum(len(index) for _, index in self._layers[layer])
+        target = (self.max_channels[layer] if isinstance(self.max_channels, dict)
+                  else self.max_channels)
+        if target >= width:
+            return width
+        p = min(max((step - self.begin_step) / (self.end_step - self.begin_step), 0.0), 1.0)
+        return int(min(width, target + np.ceil((width - target) * (1.0 - p) ** self.power)))
+
+    def _zero(self) -> None:
+        super()._zero()
+        names = self.max_channels if isinstance(self.max_channels, dict) else self._layers
+        for layer in names:
+            members = self._layers[layer]
+            norms = [s.norms() for s, _ in members]
+            live = [(float(n[i]), k, int(i)) for k, ((_, index), n) in
+                    enumerate(zip(members, norms, strict=True)) for i in index
+                    if n[i] > self.threshold]
+            cap = self.cap(layer, self._steps)
+            self.widths[layer] = min(len(live), cap)
+            if len(live) <= cap:
+                continue
+            live.sort()
+            factors = [np.ones_like(n) for n in norms]
+            for _, k, i in live[:len(live) - cap]:
+                factors[k][i] = 0.0
+            for (s, _), f in zip(members, factors, strict=True):
+                s.scale(f)
+            self.cut += len(live) - cap
+
+
+def _validate_budget(value):
+    if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            and v >= 1 for k, v in value.items()):
+        return {k: int(v) for k, v in value.items()}
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise ValueError(
+        "`max_channels` must be an int >= 1 or a dict {layer name: int >= 1}. "
+        f"Received: max_channels={value!r}")
+
+
+def _layer_groups(sets) -> dict:
+    """{layer name: [(group set, indices of the layer's output-channel groups in it)]}: the
+    coupled channel groups of each layer, else its per-layer filter groups."""
+    coupled, filters = {}, {}
+    for s in sets:
+        if s.labels is not None:
+            for i, label in enumerate(s.labels):
+                layer, _, kind = label.rpartition("/")
+                if kind == "channel":
+                    coupled.setdefault(layer, {}).setdefault(id(s), (s, []))[1].append(i)
+        elif s.label.endswith("/" + Structure.FILTERS.value):
+            filters[s.layer] = [(s, np.arange(len(s.norms())))]
+    out = {layer: [(s, np.asarray(i)) for s, i in found.values()]
+           for layer, found in coupled.items()}
+    for layer, found in filters.items():
+        out.setdefault(layer, found)
+    return out
 
 
 def _warn_unless_plain_sgd(optimizer) -> None:

@@ -361,6 +361,46 @@ def test_max_channels_flag_reaches_zero_groups(tmp_path):
             config_from_flags(fv, lenet.RECIPE)
 
 
+def test_max_channels_ramp_reaches_the_budget_during_ssl(tmp_path):
+    """--max_channels_ramp: the SSL phase itself ends at the --max_channels widths
+    (WidthBudget), so zero() cuts nothing more; bad values are usage errors."""
+    import types
+
+    import keras
+
+    import ssl_keras
+
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}", '--max_channels={"conv2": 4, "ip1": 6}',
+        "--max_channels_ramp=0.5", "--ssl_epochs=2", "--batch_size=8", "--zero_every=2",
+        "--threshold=1e-4", "--verbose=0", "--ssl_layers={}"])
+    cfg = config_from_flags(fv, lenet.RECIPE)
+    assert cfg.training_key()["max_channels_ramp"] == 0.5
+    pipeline = Pipeline(lenet.RECIPE, cfg)
+    pipeline._prepare_work_dir()
+    rng = np.random.default_rng(0)
+    pipeline.data = types.SimpleNamespace(
+        x_train=rng.normal(size=(32, 28, 28, 1)).astype("float32"),
+        y_train=rng.integers(0, 10, 32), x_val=np.zeros((0, 28, 28, 1), "float32"),
+        y_val=np.zeros((0,), "int64"))
+    keras.utils.set_random_seed(0)
+    pipeline.dense = models.lenet(filters=(6, 10), units=20)
+    pipeline.train_ssl()  # 8 steps: the budget is reached at step 4
+    zeroed = ssl_keras.zero_groups(ssl_keras.strip_ssl(pipeline.ssl), 1e-4)
+    small = ssl_keras.thin(zeroed, 1e-4)
+    assert small.get_layer("conv2").filters == 4 and small.get_layer("ip1").units == 6
+    assert small.get_layer("conv1").filters == 6
+    for flags_, message in (
+            (["--max_channels_ramp=0"], r"must be in \(0, 1\]"),
+            (["--max_channels_ramp=1.5"], r"must be in \(0, 1\]"),
+            (["--max_channels=null", "--max_channels_ramp=0.5"], "needs --max_channels"),
+            (["--max_channels_ramp=0.5", "--proximal"], "cannot be combined with --proximal")):
+        fv = define_flags(lenet.RECIPE)
+        fv(["lenet", *flags_])
+        with pytest.raises(UsageError, match=message):
+            config_from_flags(fv, lenet.RECIPE)
+
+
 def test_ssl_layers_flag_replaces_the_recipes_multipliers():
     fv = define_flags(lenet.RECIPE)
     fv(["lenet"])
