@@ -160,7 +160,7 @@ def count_macs(model: keras.Model, per_layer: bool = False):
 
 def _width(layer):
     layer = _inner(layer)
-    for attr in ("filters", "units"):
+    for attr in ("filters", "units", "output_dim"):  # output_dim: an Embedding's features
         value = getattr(layer, attr, None)
         if isinstance(value, int):
             return value
@@ -186,7 +186,8 @@ def _ratio(a, b):
 def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> str:
     """Prints and returns a table of widths, parameters and MACs before and after thinning.
 
-    One row per layer of `original` with a kernel: input channels and filters / units before
+    One row per layer of `original` with a kernel, and per Embedding (its vocabulary as the
+    input, its output features as the width): input channels and filters / units before
     -> after ("removed" for a layer the thinned model no longer has), its MACs before and
     after; then the totals of parameters and MACs with their reduction factors.
 
@@ -214,17 +215,21 @@ def summarize(original: keras.Model, thinned: keras.Model, print_fn=print) -> st
     names1 = {layer.name: layer for layer in thinned.layers}
     rows = [("layer", "class", "in", "out", "MACs", "MACs after")]
     for layer in original.layers:
-        if layer.name not in per0 or not any(v.name.endswith("kernel") for v in layer.weights):
+        embedding = isinstance(_inner(layer), keras.layers.Embedding)
+        if not embedding and (layer.name not in per0 or
+                              not any(v.name.endswith("kernel") for v in layer.weights)):
             continue
         new = names1.get(layer.name)
         before = _width(layer) or out0.get(layer.name)
+        # an Embedding's input is token ids: its "in" is the vocabulary, which thin keeps
+        ins = ((_inner(layer).input_dim,) * 2 if embedding else
+               (in0[layer.name], None if new is None else in1.get(layer.name)))
         if new is None:
-            io = (f"{in0[layer.name]} -> removed", f"{before} -> removed")
+            io = (f"{ins[0]} -> removed", f"{before} -> removed")
         else:
-            io = (f"{in0[layer.name]} -> {in1.get(layer.name)}",
-                  f"{before} -> {_width(new) or out1.get(layer.name)}")
-        rows.append((layer.name, type(_inner(layer)).__name__, *io, f"{per0[layer.name]:,}",
-                     f"{per1.get(layer.name, 0):,}"))
+            io = (f"{ins[0]} -> {ins[1]}", f"{before} -> {_width(new) or out1.get(layer.name)}")
+        rows.append((layer.name, type(_inner(layer)).__name__, *io,
+                     f"{per0.get(layer.name, 0):,}", f"{per1.get(layer.name, 0):,}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]

@@ -202,3 +202,21 @@ def test_bad_arguments_are_keras_style_errors():
     with pytest.raises(ValueError, match=r"`per_layer` must be a bool"):
         count_macs(model, per_layer="yes")
     assert summarize(model, model, print_fn=None).startswith("layer")
+
+
+def test_summarize_lists_a_thinned_embedding():
+    """An Embedding's output features are thinned (thin slices its `embeddings`): its row
+    shows the vocabulary as its input and the features before -> after. Was: no row (only
+    layers with a kernel were listed)."""
+    inputs = keras.Input((5,), dtype="int32")
+    x = L.Embedding(10, 8, name="emb")(inputs)
+    x = L.GlobalAveragePooling1D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(2, name="out")(x))
+    model.get_layer("out").kernel.assign(
+        np.where(np.arange(8)[:, None] < 3, 0.0, 1.0).astype("float32") * np.ones((8, 2)))
+    small = thin(model)
+    assert small.get_layer("emb").output_dim == 5
+    text = summarize(model, small, print_fn=None)
+    row = next(line for line in text.splitlines() if line.startswith("emb"))
+    assert row.split()[1:8] == ["Embedding", "10", "->", "10", "8", "->", "5"], row
+    assert next(line for line in text.splitlines() if line.startswith("out")).split()[1] == "Dense"
