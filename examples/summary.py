@@ -101,10 +101,15 @@ def load(path: str) -> dict:
 
 
 def _widths(result: dict) -> str:
-    """"7-16-128-10"; for deep models, how many layers thin() kept."""
+    """"7-16-128-10"; for residual models (layers named `<stage>_block<k>_<conv>`, as the
+    examples' ResNets), how many blocks thin() removed; else how many layers it kept."""
     base, thin = result["baseline"]["filters_per_layer"], result["ssl"]["filters_per_layer"]
     if len(base) <= 8 and set(thin) == set(base):
         return "-".join(str(thin[name]) for name in base)
+    blocks = {name.rsplit("_", 1)[0] for name in base if "_block" in name}
+    if blocks:
+        kept = {name.rsplit("_", 1)[0] for name in thin if "_block" in name}
+        return f"{len(blocks - kept)} of {len(blocks)} blocks removed"
     return f"{len(thin)} of {len(base)} layers"
 
 

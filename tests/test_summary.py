@@ -72,6 +72,22 @@ def test_deep_models_show_the_layers_kept():
     assert summary.row(r, "x")["widths"] == "14 of 20 layers"
 
 
+def test_residual_models_show_the_blocks_removed():
+    """The examples' ResNet names (`stage1_block2_conv1`): blocks, not layers, are counted.
+    Was: "16 of 22 layers" for a ResNet-20 without its 3 stage-1 blocks."""
+    base = {"conv0": 16, "fc": 10}
+    for stage in (1, 2, 3):
+        for block in (1, 2, 3):
+            base.update({f"stage{stage}_block{block}_conv{i}": 16 for i in (1, 2)})
+    base["stage2_block1_proj"] = 32
+    thin = {k: v for k, v in base.items() if not k.startswith("stage1_")}
+    r = _result(0, 0.9, 0.9)
+    r["baseline"]["filters_per_layer"], r["ssl"]["filters_per_layer"] = base, thin
+    assert summary.row(r, "x")["widths"] == "3 of 9 blocks removed"
+    thin.pop("stage3_block2_conv2")  # one conv of a block gone is not the block removed
+    assert summary.row(r, "x")["widths"] == "3 of 9 blocks removed"
+
+
 @pytest.mark.parametrize("args, match", [
     ([], "Expected one or more results JSON files"),
     (["nothere.json"], "No such file or folder"),
