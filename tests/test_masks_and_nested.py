@@ -22,6 +22,7 @@ from keras import layers as L  # noqa: E402
 
 import ssl_keras  # noqa: E402
 from ssl_keras import thin  # noqa: E402
+from ssl_keras._export_convert import rebuild_float32  # noqa: E402
 from ssl_keras.graph import layer_channels, removable_groups  # noqa: E402
 
 # Token ids with padding (0): rows with one, some and no real token at the start.
@@ -241,6 +242,8 @@ ENTRY_POINTS = {
     "apply_ssl_per_layer": lambda m: ssl_keras.apply_ssl(m, filters=1e-3, coupled=False,
                                                          layers={"sub": None}),
     "strip_ssl": lambda m: ssl_keras.strip_ssl(m),
+    # export's float32 copy of a mixed-precision model (was: set_weights' count mismatch)
+    "rebuild_float32": lambda m: rebuild_float32(m),
 }
 
 
