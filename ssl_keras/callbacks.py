@@ -39,6 +39,8 @@ from keras import ops
 
 from ssl_keras._callbacks_batchnorm import reestimate_batchnorm as reestimate_batchnorm
 from ssl_keras._callbacks_groups import (
+    _finite,
+    _is_real,
     _sync_jax,
     _validate_steps,
     _validate_threshold,
@@ -293,8 +295,11 @@ class WidthBudget(ZeroSmallGroups):
     weak groups the next cuts take. After `end_step` the budget stays at M. Groups below
     `threshold` are zeroed as in ZeroSmallGroups first.
 
-    A layer's groups are its coupled channel groups (an SSLModel from `apply_ssl`, or
-    `groups=`), else the filter groups of its per-layer regulariser (`GroupLasso(filters=)`).
+    A layer's width counts the groups `zero_groups` counts: those of `removable_groups(model)`
+    with an output channel in it (a channel an Add ties to several convolutions counts in
+    each of them; cut for one, it narrows them all). Groups are ranked by the norm of their
+    penalisable slices (zero_groups ranks a channel under a BatchNorm by its gamma instead).
+    Blocked channels, the output layer and layers inside nested models take no budget.
     Steps and resumption are as in ZeroSmallGroups (the cap depends on the step count only).
     Zeroed groups are not frozen: one that grows back above the cap is cut again at the next
     step. Follow with `zero_groups(..., max_channels=)`, which makes the cut exact.
@@ -308,7 +313,8 @@ class WidthBudget(ZeroSmallGroups):
         threshold: groups with `||w_g|| <= threshold` are zeroed (and do not count), >= 0.
         power: the schedule's exponent, > 0 (3: most of the cut early, as Zhu & Gupta; 1:
             linear).
-        groups: plain-data groups for a plain model, or None.
+        groups: the groups the threshold zeroing acts on, as in ZeroSmallGroups (the budget
+            always uses `removable_groups(model)`).
 
     Attributes:
         widths: {layer name: live groups after the last cut}.
@@ -336,27 +342,28 @@ class WidthBudget(ZeroSmallGroups):
             raise ValueError(
                 "`end_step` must be greater than `begin_step` (the budget tightens between "
                 f"them). Received: begin_step={begin_step}, end_step={end_step}")
-        if isinstance(power, bool) or not isinstance(power, (int, float)) or \
-                not np.isfinite(power) or power <= 0:
+        if not _is_real(power) or not _finite(power) or power <= 0:
             raise ValueError(f"`power` must be a finite number > 0. Received: power={power!r}")
         self.power = float(power)
         self.widths = {}
         self.cut = 0
-        self._layers = None
+        self._terms = self._layers = None
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self._layers = _layer_groups(self._sets)
+        self._terms, self._layers = _budget_groups(self.model)
         names = self.max_channels if isinstance(self.max_channels, dict) else self._layers
         unknown = sorted(set(names) - set(self._layers))
         if unknown:
             raise ValueError(
-                "`max_channels` names layers without channel groups in this model. Expected "
-                f"names among {sorted(self._layers)}. Received: {unknown}")
+                "`max_channels` names layers without removable output channels in this model "
+                "(an output layer, a layer whose channels are blocked, a layer inside a nested "
+                f"model, or no such layer). Expected names among {sorted(self._layers)}. "
+                f"Received: {unknown}")
 
     def cap(self, layer: str, step: int) -> int:
         """The width allowed to `layer` at optimizer step `step`."""
-        width = sum(len(index) for _, index in self._layers[layer])
+        width = len(self._layers[layer])
         target = (self.max_channels[layer] if isinstance(self.max_channels, dict)
                   else self.max_channels)
         if target >= width:
@@ -366,24 +373,30 @@ class WidthBudget(ZeroSmallGroups):
 
     def _zero(self) -> None:
         super()._zero()
+        if self._terms is None:
+            return
         names = self.max_channels if isinstance(self.max_channels, dict) else self._layers
-        for layer in names:
+        # layers in graph order, norms read again after each cut: a cut zeroes consumer
+        # slices of earlier layers' groups too, and a group tied to several layers (an Add)
+        # counts in each, so a cut for one layer also narrows the others
+        order = self._order
+        for layer in sorted(names, key=lambda name: order.get(name, -1)):
             members = self._layers[layer]
-            norms = [s.norms() for s, _ in members]
-            live = [(float(n[i]), k, int(i)) for k, ((_, index), n) in
-                    enumerate(zip(members, norms, strict=True)) for i in index
-                    if n[i] > self.threshold]
+            norms = self._terms.norms()
+            live = [g for g in members if norms[g] > self.threshold]
             cap = self.cap(layer, self._steps)
             self.widths[layer] = min(len(live), cap)
             if len(live) <= cap:
                 continue
-            live.sort()
-            factors = [np.ones_like(n) for n in norms]
-            for _, k, i in live[:len(live) - cap]:
-                factors[k][i] = 0.0
-            for (s, _), f in zip(members, factors, strict=True):
-                s.scale(f)
+            live.sort(key=lambda g: (norms[g], g))
+            factors = np.ones(len(norms))
+            factors[live[:len(live) - cap]] = 0.0
+            self._terms.scale(factors)
             self.cut += len(live) - cap
+
+    @property
+    def _order(self) -> dict:
+        return {layer.name: i for i, layer in enumerate(self.model.layers)}
 
 
 def _validate_budget(value):
@@ -398,23 +411,26 @@ def _validate_budget(value):
         f"Received: max_channels={value!r}")
 
 
-def _layer_groups(sets) -> dict:
-    """{layer name: [(group set, indices of the layer's output-channel groups in it)]}: the
-    coupled channel groups of each layer, else its per-layer filter groups."""
-    coupled, filters = {}, {}
-    for s in sets:
-        if s.labels is not None:
-            for i, label in enumerate(s.labels):
-                layer, _, kind = label.rpartition("/")
-                if kind == "channel":
-                    coupled.setdefault(layer, {}).setdefault(id(s), (s, []))[1].append(i)
-        elif s.label.endswith("/" + Structure.FILTERS.value):
-            filters[s.layer] = [(s, np.arange(len(s.norms())))]
-    out = {layer: [(s, np.asarray(i)) for s, i in found.values()]
-           for layer, found in coupled.items()}
-    for layer, found in filters.items():
-        out.setdefault(layer, found)
-    return out
+def _budget_groups(model):
+    """(CoupledTerms over the penalisable slices of the removable groups, {layer name: [group
+    indices]}) from `removable_groups(model)`, the groups zero_groups cuts: every group with a
+    producer slice in a layer counts in that layer's width (a group an Add ties to several
+    convolutions counts in each). Blocked groups, the model's output layer (no groups) and
+    layers inside nested models (thin does not narrow them) take no budget."""
+    from ssl_keras.graph import removable_groups
+
+    groups, layers = [], {}
+    for group in removable_groups(model):
+        producers = {s["layer"] for s in group["slices"] if s["role"] == "producer"
+                     and "/" not in s["layer"]}
+        slices = [s for s in group["slices"] if s.get("penalize")]
+        if group.get("blocked") or not producers or not slices:
+            continue
+        for layer in producers:
+            layers.setdefault(layer, []).append(len(groups))
+        groups.append({"id": group["id"], "coefficient": 0.0, "slices": slices})
+    return (CoupledTerms(model, groups) if groups else None), layers
+
 
 
 def _warn_unless_plain_sgd(optimizer) -> None:

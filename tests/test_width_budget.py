@@ -136,3 +136,98 @@ def test_unknown_layers_are_named():
     with pytest.raises(ValueError, match=r"Expected names among \['d1', 'd2'\]\. "
                                          r"Received: \['d9', 'out'\]"):
         s.fit(*_data(8), verbose=0, callbacks=[cb])
+
+
+# ------------------------------------------------ the groups zero_groups counts (probing)
+
+L = keras.layers
+
+
+def _fit_budget(model, budget, **kwargs):
+    rng = np.random.default_rng(0)
+    shape = (32, *model.input_shape[1:])
+    x = rng.normal(size=shape).astype("float32")
+    y = rng.normal(size=(32, model.output_shape[-1])).astype("float32")
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    cb = WidthBudget(budget, end_step=4, every_n_steps=1, threshold=1e-4, **kwargs)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    return cb
+
+
+def _thin_widths(model, names):
+    small = ssl_keras.thin(ssl_keras.zero_groups(model, 1e-4), 1e-4)
+    return {n: small.get_layer(n).filters if hasattr(small.get_layer(n), "filters")
+            else small.get_layer(n).units for n in names}
+
+
+def test_the_output_layer_and_blocked_channels_are_left_alone():
+    """A plain model: an int budget cuts what zero_groups(max_channels=) cuts, not the output
+    units or channels thin cannot remove. Was: the per-layer filter groups of every layer
+    were budgeted, so 2 of 5 outputs were zeroed and c2's filters zeroed but kept."""
+    def build():
+        keras.utils.set_random_seed(0)
+        i = keras.Input((8, 8, 3))
+        x = L.ReLU()(L.Conv2D(8, 3, padding="same", name="c1")(i))
+        x = L.ReLU()(L.Conv2D(8, 3, padding="same", name="c2")(x))
+        x = L.Flatten()(L.Reshape((8, 8, 2, 4))(x))  # blocks c2's channels
+        return keras.Model(i, L.Dense(5, name="out")(x))
+
+    model = build()
+    cb = _fit_budget(model, 3)
+    assert sorted(cb.widths) == ["c1"] and cb.widths["c1"] == 3
+    out = np.asarray(model.get_layer("out").kernel)
+    assert np.all(np.linalg.norm(out, axis=0) > 0)  # every output unit is still there
+    c2 = np.asarray(model.get_layer("c2").kernel).reshape(-1, 8)
+    assert np.all(np.linalg.norm(c2, axis=0) > 0)
+    assert _thin_widths(model, ["c1", "c2", "out"]) == {"c1": 3, "c2": 8, "out": 5}
+
+
+def _add_of_concat():
+    keras.utils.set_random_seed(0)
+    i = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same", name="a")(i)
+    b = L.Conv2D(4, 3, padding="same", name="b")(i)
+    c = L.Conv2D(8, 3, padding="same", name="c")(i)
+    x = L.Add()([L.Concatenate()([a, b]), c])
+    return keras.Model(i, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(L.ReLU()(x))))
+
+
+def test_channels_tied_by_an_add_count_in_every_layer():
+    """A channel an Add ties to several convolutions counts in each (as in zero_groups):
+    the int budget leaves every layer at most 3 wide, and a tied layer can be named. Was:
+    each group counted for its source layer only, so c kept 6 and {"c": 3} was refused."""
+    reference = _thin_widths(ssl_keras.zero_groups(_add_of_concat(), 1e-4, max_channels=3),
+                             "abc")
+    assert reference == {"a": 1, "b": 2, "c": 3}
+    model = ssl_keras.apply_ssl(_add_of_concat(), filters=1e-3, channels=1e-3)
+    _fit_budget(model, 3)
+    assert all(w <= 3 for w in _thin_widths(model, "abc").values())
+    model = ssl_keras.apply_ssl(_add_of_concat(), filters=1e-3, channels=1e-3)
+    cb = _fit_budget(model, {"c": 3})
+    assert cb.widths == {"c": 3} and _thin_widths(model, "c") == {"c": 3}
+
+
+def test_layers_inside_a_nested_model_take_no_budget():
+    """thin does not narrow a nested model's layers: the budget neither lumps them under the
+    nested model's name (was: 4 channels shared by body/c1 and body/c2) nor accepts them."""
+    keras.utils.set_random_seed(0)
+    ii = keras.Input((8, 8, 3))
+    z = L.ReLU()(L.Conv2D(8, 3, padding="same", name="c1")(ii))
+    inner = keras.Model(ii, L.ReLU()(L.Conv2D(8, 3, padding="same", name="c2")(z)),
+                        name="body")
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 1, name="top")(inner(i))
+    model = keras.Model(i, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(x)))
+    cb = _fit_budget(model, 4)
+    assert cb.widths == {"top": 4}
+    for name in ("c1", "c2"):
+        kernel = np.asarray(inner.get_layer(name).kernel).reshape(-1, 8)
+        assert np.all(np.linalg.norm(kernel, axis=0) > 0), name
+    with pytest.raises(ValueError, match=r"Expected names among \['top'\]\. "
+                                         r"Received: \['body'\]"):
+        _fit_budget(model, {"body": 4})
+
+
+def test_numpy_scalars_are_accepted():
+    cb = WidthBudget(np.int64(3), end_step=np.int64(10), power=np.float32(2.0))
+    assert (cb.max_channels, cb.end_step, cb.power) == (3, 10, 2.0)
