@@ -362,7 +362,13 @@ class WidthBudget(ZeroSmallGroups):
                 f"Received: {unknown}")
 
     def cap(self, layer: str, step: int) -> int:
-        """The width allowed to `layer` at optimizer step `step`."""
+        """The width allowed to `layer` at optimizer step `step` (once training has begun:
+        the widths come from the model)."""
+        if self._layers is None or layer not in self._layers:
+            raise ValueError(
+                "`cap` needs a layer with a budget of the model being trained (the callback "
+                f"reads the layers' widths when training begins). Expected one of "
+                f"{sorted(self._layers or [])}. Received: layer={layer!r}")
         width = len(self._layers[layer])
         target = (self.max_channels[layer] if isinstance(self.max_channels, dict)
                   else self.max_channels)
@@ -430,7 +436,6 @@ def _budget_groups(model):
             layers.setdefault(layer, []).append(len(groups))
         groups.append({"id": group["id"], "coefficient": 0.0, "slices": slices})
     return (CoupledTerms(model, groups) if groups else None), layers
-
 
 
 def _warn_unless_plain_sgd(optimizer) -> None:

@@ -231,3 +231,10 @@ def test_layers_inside_a_nested_model_take_no_budget():
 def test_numpy_scalars_are_accepted():
     cb = WidthBudget(np.int64(3), end_step=np.int64(10), power=np.float32(2.0))
     assert (cb.max_channels, cb.end_step, cb.power) == (3, 10, 2.0)
+
+
+def test_cap_before_training_says_why():
+    cb = WidthBudget({"d1": 4}, end_step=5)
+    with pytest.raises(ValueError, match=r"reads the layers' widths when training begins.*"
+                                         r"Received: layer='d1'"):
+        cb.cap("d1", 0)
