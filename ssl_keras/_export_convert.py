@@ -81,9 +81,10 @@ def rebuild_float32(model):
         A new model; `model` is not modified.
     """
 
-    from ssl_keras.graph import check_layers_in_one_model
+    from ssl_keras.graph import _is_graph_model, check_layers_in_one_model
 
-    check_layers_in_one_model(model)  # the clone would untie such a layer's weights
+    if _is_graph_model(model):  # a subclassed model fails in clone_model below, with its error
+        check_layers_in_one_model(model)  # the clone would untie such a layer's weights
 
     def clone(layer):
         return copy_layer(layer, _float32_config(layer_config(layer)))
