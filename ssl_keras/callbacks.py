@@ -48,6 +48,7 @@ from ssl_keras._callbacks_groups import (
     group_sets,
     sparsity_summary,
 )
+from ssl_keras._thin_model import _check_round_to
 
 # The structures / wrap names were importable from here before the split (not the callbacks'
 # API); only set_penalty_gradient is used below.
@@ -331,7 +332,7 @@ class WidthBudget(ZeroSmallGroups):
     def __init__(self, max_channels, end_step, begin_step=0, every_n_steps=100,
                  threshold=1e-4, power=3.0, groups=None):
         super().__init__(threshold, every_n_steps, groups)
-        self.max_channels = _validate_budget(max_channels)
+        self.max_channels = _check_round_to(max_channels, "max_channels")  # as zero_groups
         if not isinstance(begin_step, (int, np.integer)) or \
                 isinstance(begin_step, (bool, np.bool_)) or begin_step < 0:
             raise ValueError(
@@ -348,12 +349,16 @@ class WidthBudget(ZeroSmallGroups):
         self.widths = {}
         self.cut = 0
         self._terms = self._layers = None
+        self._names = []
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._terms, self._layers = _budget_groups(self.model)
         names = self.max_channels if isinstance(self.max_channels, dict) else self._layers
         unknown = sorted(set(names) - set(self._layers))
+        # graph order: the layers are cut in it (see _zero)
+        order = {layer.name: i for i, layer in enumerate(self.model.layers)}
+        self._names = sorted(set(names) & set(self._layers), key=lambda n: order.get(n, -1))
         if unknown:
             raise ValueError(
                 "`max_channels` names layers without removable output channels in this model "
@@ -381,12 +386,10 @@ class WidthBudget(ZeroSmallGroups):
         super()._zero()
         if self._terms is None:
             return
-        names = self.max_channels if isinstance(self.max_channels, dict) else self._layers
         # layers in graph order, norms read again after each cut: a cut zeroes consumer
         # slices of earlier layers' groups too, and a group tied to several layers (an Add)
         # counts in each, so a cut for one layer also narrows the others
-        order = self._order
-        for layer in sorted(names, key=lambda name: order.get(name, -1)):
+        for layer in self._names:
             members = self._layers[layer]
             norms = self._terms.norms()
             live = [g for g in members if norms[g] > self.threshold]
@@ -399,22 +402,6 @@ class WidthBudget(ZeroSmallGroups):
             factors[live[:len(live) - cap]] = 0.0
             self._terms.scale(factors)
             self.cut += len(live) - cap
-
-    @property
-    def _order(self) -> dict:
-        return {layer.name: i for i, layer in enumerate(self.model.layers)}
-
-
-def _validate_budget(value):
-    if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-            and v >= 1 for k, v in value.items()):
-        return {k: int(v) for k, v in value.items()}
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
-        return int(value)
-    raise ValueError(
-        "`max_channels` must be an int >= 1 or a dict {layer name: int >= 1}. "
-        f"Received: max_channels={value!r}")
 
 
 def _budget_groups(model):

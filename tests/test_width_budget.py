@@ -115,9 +115,9 @@ def test_hand_placed_filter_groups_are_cut():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"max_channels": {"d1": 0}, "end_step": 5}, "int >= 1 or a dict"),
-    ({"max_channels": {"d1": 2.5}, "end_step": 5}, "int >= 1 or a dict"),
-    ({"max_channels": True, "end_step": 5}, "int >= 1 or a dict"),
+    ({"max_channels": {"d1": 0}, "end_step": 5}, "`max_channels` must be an integer >= 1"),
+    ({"max_channels": {"d1": 2.5}, "end_step": 5}, "`max_channels` must be an integer >= 1"),
+    ({"max_channels": True, "end_step": 5}, "`max_channels` must be an integer >= 1"),
     ({"max_channels": 4, "end_step": 5, "begin_step": 5}, "greater than `begin_step`"),
     ({"max_channels": 4, "end_step": 0}, "`end_step` must be an integer >= 1"),
     ({"max_channels": 4, "end_step": 5, "begin_step": -1}, "`begin_step` must be an integer"),
