@@ -5,7 +5,8 @@ Extras:
   bench  tensorflow-model-optimization + tf-keras (the element-wise pruning baseline, run in
          its own process)
   plot   matplotlib (plots in the benchmark and the examples)
-  test   pytest, pytest-xdist, hypothesis, jax (backend-equivalence test) and everything above
+  test   pytest, pytest-xdist, hypothesis, jax (backend-equivalence test), scipy (the
+         t-intervals of examples.summary) and everything above
 
 ai-edge-litert (the LiteRT interpreter) is a core dependency: export_tflite counts ops and
 verifies outputs with it, and tflite_bench runs .tflite files with it.
@@ -20,7 +21,7 @@ BENCH = [
 ]
 PLOT = ["matplotlib>=3.7"]
 TEST = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100", "jax>=0.4.30",
-        "ruff>=0.5"] + BENCH + PLOT
+        "ruff>=0.5", "scipy>=1.10"] + BENCH + PLOT
 
 setup(
     name="ssl_keras",

@@ -17,6 +17,11 @@ from absl import flags
 
 from examples import datasets
 
+# Settings added to the examples after runs were saved without them, and the value that means
+# what those runs did: a resumed run's checkpoint settings and examples.summary's recipes read
+# a missing one as this.
+ADDED_SETTINGS = {"round_down": 1, "max_channels": None, "max_channels_ramp": None}
+
 
 class UsageError(ValueError):
     """Bad command-line input: printed as one line, exit status 2."""

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from examples import datasets
-from examples.config import Config, Recipe, UsageError
+from examples.config import ADDED_SETTINGS, Config, Recipe, UsageError
 from examples.distill import distillation_loss, distillation_targets, packed_accuracy
 from examples.report import ReportMixin, accuracy, units_per_layer
 from examples.util import StepUnavailableError, atomic_save, atomic_write_text, need
@@ -105,10 +105,6 @@ def _pct(value) -> str:
 # The pipeline
 
 
-# Settings added to the training key after runs were saved without them: their default.
-_ADDED_SETTINGS = {"round_down": 1, "max_channels": None, "max_channels_ramp": None}
-
-
 class Pipeline(ReportMixin):
     """Runs one recipe with one Config; `run()` returns the results dict (also written)."""
 
@@ -149,7 +145,7 @@ class Pipeline(ReportMixin):
         if os.path.exists(key_path):
             try:
                 with open(key_path, encoding="utf-8") as f:
-                    old = {**_ADDED_SETTINGS, **json.load(f)}
+                    old = {**ADDED_SETTINGS, **json.load(f)}
             except (OSError, ValueError, TypeError) as e:
                 raise UsageError(
                     f"The settings file of the checkpoints, {key_path}, cannot be read "

@@ -4,15 +4,23 @@ A single run's accuracy change is resolved only to about +-0.4 points by a 10,00
 set (the 95% interval each example prints), and the seed moves it by as much: the spread over
 seeds is what a recipe should be judged on. This reads the JSON files the examples write
 (`<out_dir>/<name>_<dataset>.json`, or folders holding them) and prints, per example and
-dataset, one row per run and a mean row: the float32 TFLite accuracies, the test accuracy
-change with its 95% interval, the change on the training images `--max_train` left unused
-(when the runs have them), the widths, the MAC ratio and the 1-thread speedup. Settings that
-differ between the runs besides the seed are listed under the table, so that unlike runs are
-not averaged unnoticed.
+dataset and recipe, one row per run and a mean row: the float32 TFLite accuracies, the test
+accuracy change with its 95% interval, the validation accuracy change (what a choice between
+recipes should go by: the test set only reports), the change on the training images
+`--max_train` left unused (when the runs have them), the widths, the MAC ratio and the
+1-thread speedup. The mean row's interval is a t-interval over the runs.
+
+Runs whose settings differ besides the seed are different recipes: each gets its own table,
+headed by its settings, so that unlike runs are never averaged together. Every recipe after
+the first (the recipe of the first run given) is then compared with the first one seed by
+seed: its accuracy changes minus the first recipe's, on the test and on the validation set,
+with the mean difference and its t-interval over the seeds both have.
 
 Example:
     for s in 0 1 2; do python -m examples.mlp --seed=$s --out_dir=runs/s$s; done
     python -m examples.summary runs/s0 runs/s1 runs/s2 --within=0.3
+    for s in 0 1 2; do python -m examples.mlp --seed=$s --filters=0.02 --out_dir=runs/f$s; done
+    python -m examples.summary runs/s* runs/f*      # two recipes, compared seed by seed
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import sys
 
 from absl import flags
 
+from examples.config import ADDED_SETTINGS
 from examples.util import HELP_FLAGS, print_help
 from tflite_bench._cli import normalize
 
@@ -117,12 +126,14 @@ def row(result: dict, path: str) -> dict:
     """The figures of one run that the table shows."""
     change = result["accuracy_change"] or {}
     unused = result.get("unused_accuracy_change") or {}
+    dense_val, ssl_val = result["baseline"].get("val_accuracy"), result["ssl"].get("val_accuracy")
     return {
         "path": path,
         "seed": result["config"].get("seed"),
         "dense_accuracy": result["baseline"].get("accuracy"),
         "ssl_accuracy": result["ssl"].get("accuracy"),
         "change": change.get("change"), "change_ci95": change.get("ci95"),
+        "val_change": None if dense_val is None or ssl_val is None else ssl_val - dense_val,
         "unused_change": unused.get("change"), "unused_change_ci95": unused.get("ci95"),
         "unused_images": unused.get("images"),
         "widths": _widths(result),
@@ -132,11 +143,19 @@ def row(result: dict, path: str) -> dict:
     }
 
 
+def _settings(result: dict) -> dict:
+    """The recipe's settings of one run: its config without the per-run ones, the settings
+    added to the examples since it was made read as their old behaviour."""
+    config = {**ADDED_SETTINGS, **result["config"]}
+    return {k: v for k, v in config.items() if k not in _PER_RUN}
+
+
 def differing_settings(results: list[dict]) -> dict:
     """{setting: [value per run]} for the settings that differ, besides the per-run ones."""
-    keys = sorted({k for r in results for k in r["config"]} - set(_PER_RUN))
-    return {k: [r["config"].get(k) for r in results] for k in keys
-            if len({json.dumps(r["config"].get(k), sort_keys=True) for r in results}) > 1}
+    settings = [_settings(r) for r in results]
+    keys = sorted({k for s in settings for k in s})
+    return {k: [s.get(k) for s in settings] for k in keys
+            if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1}
 
 
 def _mean(values):
@@ -144,27 +163,80 @@ def _mean(values):
     return statistics.fmean(values) if values else None
 
 
+def mean_ci95(values) -> list[float] | None:
+    """The two-sided 95% t-interval of the mean of `values` (None values left out), or None
+    with fewer than two values or without scipy. Over seeds it measures how far the recipe's
+    mean moves with the seed; every run here is scored on the same test images, so it does not
+    include how the test set itself was sampled (each run's own interval does)."""
+    values = [v for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    try:
+        from scipy import stats
+    except ImportError:  # scipy comes with the test extra (jax, tfmot); the table still prints
+        return None
+    mean, sem = statistics.fmean(values), statistics.stdev(values) / len(values) ** 0.5
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    return [mean - half, mean + half]
+
+
+def _paired(first: list[dict], rows: list[dict]) -> dict:
+    """`rows` (one recipe) minus `first` (the first recipe), seed by seed: the seeds that each
+    of the two has exactly once."""
+    def once(xs):
+        seeds = [x["seed"] for x in xs]
+        return {x["seed"]: x for x in xs if x["seed"] is not None and seeds.count(x["seed"]) == 1}
+    mine, theirs = once(rows), once(first)
+    pairs = [(mine[seed], theirs[seed]) for seed in sorted(set(mine) & set(theirs))]
+    out = {"seeds": [x["seed"] for x, _ in pairs]}
+    for key in ("change", "val_change"):
+        diffs = [None if x[key] is None or y[key] is None else x[key] - y[key]
+                 for x, y in pairs]
+        out[f"{key}_diff"] = diffs
+        out[f"mean_{key}_diff"] = _mean(diffs)
+        out[f"mean_{key}_diff_ci95"] = mean_ci95(diffs)
+    # the same dense model in both runs of a seed (one checkpoint copied into both out_dirs):
+    # then the difference is the thinned models' alone
+    out["same_dense"] = [x["dense_accuracy"] == y["dense_accuracy"] for x, y in pairs]
+    return out
+
+
 def summarize(results: list[dict], paths: list[str], within: float | None = None) -> list[dict]:
-    """One summary per (example, dataset): its rows, means and differing settings."""
+    """One summary per (example, dataset, recipe), in the order the runs were given: its rows,
+    means, the settings that set it apart from the other recipes of its example and dataset,
+    and, for every recipe after the first, its paired differences to the first."""
     groups = {}
     for result, path in zip(results, paths, strict=True):
         groups.setdefault((result["example"], result["dataset"]), []).append((result, path))
     out = []
     for (example, dataset), members in groups.items():
-        rows = sorted((row(r, p) for r, p in members),
-                      key=lambda x: (x["seed"] is None, x["seed"], x["path"]))
-        means = {k: _mean(x[k] for x in rows) for k in (
-            "dense_accuracy", "ssl_accuracy", "change", "unused_change", "mac_ratio",
-            "speedup")}
-        changes = [x["change"] for x in rows if x["change"] is not None]
-        summary = {"example": example, "dataset": dataset, "runs": len(rows), "rows": rows,
-                   "mean": means,
-                   "change_range": [min(changes), max(changes)] if changes else None,
-                   "differing_settings": differing_settings([r for r, _ in members])}
-        if within is not None:
-            summary["within"] = within
-            summary["runs_within"] = sum(c >= -within / 100 - 1e-12 for c in changes)
-        out.append(summary)
+        differing = differing_settings([r for r, _ in members])
+        recipes = {}
+        for result, path in members:
+            recipe = {k: _settings(result).get(k) for k in differing}
+            recipes.setdefault(json.dumps(recipe, sort_keys=True), (recipe, []))[1].append(
+                (result, path))
+        first_rows = None
+        for recipe, runs in recipes.values():
+            rows = sorted((row(r, p) for r, p in runs),
+                          key=lambda x: (x["seed"] is None, x["seed"], x["path"]))
+            means = {k: _mean(x[k] for x in rows) for k in (
+                "dense_accuracy", "ssl_accuracy", "change", "val_change", "unused_change",
+                "mac_ratio", "speedup")}
+            changes = [x["change"] for x in rows if x["change"] is not None]
+            summary = {"example": example, "dataset": dataset, "recipe": recipe,
+                       "runs": len(rows), "rows": rows, "mean": means,
+                       "mean_change_ci95": mean_ci95(changes),
+                       "mean_val_change_ci95": mean_ci95(x["val_change"] for x in rows),
+                       "change_range": [min(changes), max(changes)] if changes else None}
+            if within is not None:
+                summary["within"] = within
+                summary["runs_within"] = sum(c >= -within / 100 - 1e-12 for c in changes)
+            if first_rows is None:
+                first_rows = rows
+            else:
+                summary["paired"] = _paired(first_rows, rows)
+            out.append(summary)
     return out
 
 
@@ -185,22 +257,35 @@ def _x(v, ci=None) -> str:
     return f"{v:.2f}x" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
+def _recipe_text(recipe: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in recipe.items())
+
+
 def table(summary: dict) -> str:
-    """The Markdown table of one summary, with its notes."""
-    unused = any(x["unused_change"] is not None for x in summary["rows"])
+    """The Markdown table of one summary, with its notes and its paired comparison."""
+    rows = summary["rows"]
+    unused = any(x["unused_change"] is not None for x in rows)
+    val = any(x["val_change"] is not None for x in rows)
     head = ["seed", "dense", "SSL thinned", "test change (points) [95%]"]
+    head += ["validation change"] if val else []
     head += ["unused-images change [95%]"] if unused else []
     head += ["widths", "fewer MACs", "speedup 1T [95%]"]
-    lines = [f"{summary['example']} on {summary['dataset']}, {summary['runs']} run(s):", "",
+    title = f"{summary['example']} on {summary['dataset']}"
+    if summary["recipe"]:
+        title += f" with {_recipe_text(summary['recipe'])}"
+    lines = [f"{title}, {summary['runs']} run(s):", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for x in summary["rows"]:
+    for x in rows:
         cells = [str(x["seed"]), _pct(x["dense_accuracy"]), _pct(x["ssl_accuracy"]),
                  _pts(x["change"], x["change_ci95"])]
+        cells += [_pts(x["val_change"])] if val else []
         cells += [_pts(x["unused_change"], x["unused_change_ci95"])] if unused else []
         cells += [x["widths"], _x(x["mac_ratio"]), _x(x["speedup"], x["speedup_ci95"])]
         lines.append("| " + " | ".join(cells) + " |")
     m = summary["mean"]
-    cells = ["mean", _pct(m["dense_accuracy"]), _pct(m["ssl_accuracy"]), _pts(m["change"])]
+    cells = ["mean", _pct(m["dense_accuracy"]), _pct(m["ssl_accuracy"]),
+             _pts(m["change"], summary["mean_change_ci95"])]
+    cells += [_pts(m["val_change"], summary["mean_val_change_ci95"])] if val else []
     cells += [_pts(m["unused_change"])] if unused else []
     cells += ["", _x(m["mac_ratio"]), _x(m["speedup"])]
     lines.append("| " + " | ".join(cells) + " |")
@@ -211,16 +296,45 @@ def table(summary: dict) -> str:
     if "within" in summary:
         notes.append(f"Within {summary['within']:g} points of the dense baseline (test set): "
                      f"{summary['runs_within']} of {summary['runs']} runs.")
+    if summary["mean_change_ci95"]:
+        notes.append("The mean row's intervals are 95% t-intervals over the runs: how far the "
+                     "mean moves with the seed on these test images; each run's own interval "
+                     "is over the test images.")
     if unused:
         notes.append("Unused images: training images that --max_train left out, as many as "
                      "the test images; no phase trained on them.")
-    if summary["differing_settings"]:
-        diff = "; ".join(f"{k}: {', '.join(json.dumps(v) for v in vals)}"
-                         for k, vals in summary["differing_settings"].items())
-        notes.append(f"Settings that differ between the runs (besides the seed): {diff}.")
     notes.append("Speedups were measured in each run's own benchmark; compare them side by "
                  "side (python -m tflite_bench) before reading small differences.")
-    return "\n".join(lines + [""] + notes)
+    text = "\n".join(lines + [""] + notes)
+    if "paired" in summary:
+        text += "\n\n" + _paired_table(summary["paired"], summary["recipe"])
+    return text
+
+
+def _paired_table(paired: dict, recipe: dict) -> str:
+    if not paired["seeds"]:
+        return "No seed that both this recipe and the first one ran once: nothing to pair."
+    lines = [f"Paired with the first recipe, seed by seed ({_recipe_text(recipe)} minus the "
+             "first recipe's accuracy changes, points):", "",
+             "| seed | test change difference | validation change difference |",
+             "|---|---|---|"]
+    for i, seed in enumerate(paired["seeds"]):
+        lines.append(f"| {seed} | {_pts(paired['change_diff'][i])} | "
+                     f"{_pts(paired['val_change_diff'][i])} |")
+    lines.append(f"| mean [95%] | "
+                 f"{_pts(paired['mean_change_diff'], paired['mean_change_diff_ci95'])} | "
+                 f"{_pts(paired['mean_val_change_diff'], paired['mean_val_change_diff_ci95'])} |")
+    same = paired["same_dense"]
+    if all(same):
+        note = "Both runs of every seed have the same dense model: the differences are the " \
+               "thinned models' alone."
+    else:
+        seeds = ", ".join(str(s) for s, ok in zip(paired["seeds"], same, strict=True)
+                          if not ok)
+        note = (f"The two runs of seed(s) {seeds} have different dense accuracies: their "
+                "differences include the dense models' own spread (copy one dense checkpoint "
+                "into both --out_dir folders to pair the thinned models alone).")
+    return "\n".join(lines + ["", note])
 
 
 def main(argv=None) -> int:

@@ -116,6 +116,8 @@ def test_lenet_quick_end_to_end(tmp_path, capsys):
     assert (one["example"], one["runs"], one["rows"][0]["seed"]) == ("lenet", 1, 0)
     assert one["mean"]["change"] == change["change"]
     assert one["mean"]["unused_change"] == unused["change"]
+    assert one["rows"][0]["val_change"] == pytest.approx(
+        result["ssl"]["val_accuracy"] - result["baseline"]["val_accuracy"], abs=1e-12)
     assert one["rows"][0]["widths"] == "-".join(str(v) for v in thin.values())
 
     for suffix in ("_filters.png", "_latency.png", "_conv1.png", ".md"):

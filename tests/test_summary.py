@@ -43,26 +43,79 @@ def test_table_rows_means_and_counts(tmp_path, capsys):
     assert lines[4] == ("| 0 | 90.89% | 90.42% | -0.47 [-1.00, +0.00] | -0.10 [-0.50, +0.30] "
                         "| 7-16-500-10 | 4.00x | 6.00x [5.90, 6.00] |")
     assert lines[5].startswith("| 1 | 91.01% | 90.70% | -0.31 [-1.00, +0.00] | +0.20 ")
-    assert lines[6] == "| mean | 90.95% | 90.56% | -0.39 | +0.05 |  | 3.00x | 5.50x |"
+    # the mean's t-interval over 2 runs: -0.39 +- 12.706 x 0.08 (changes -0.47, -0.31)
+    assert lines[6] == ("| mean | 90.95% | 90.56% | -0.39 [-1.41, +0.63] | +0.05 |  | 3.00x "
+                        "| 5.50x |")
     assert "Test change from -0.47 to -0.31 points." in out
     assert "Within 0.4 points of the dense baseline (test set): 1 of 2 runs." in out
     assert "Settings that differ" not in out
 
 
-def test_json_groups_by_example_and_lists_differing_settings(tmp_path, capsys):
+def test_json_groups_by_example_and_recipe(tmp_path, capsys):
     files = [_write(tmp_path, f"{i}.json", r) for i, r in enumerate([
         _result(0, 0.9, 0.9, filters=0.015), _result(1, 0.9, 0.89, filters=0.02),
         _result(0, 0.8, 0.81, example="mlp", widths=None)])]
     assert summary.main(["summary", *files, "--format=json", "--within=0.5"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [(s["example"], s["runs"]) for s in out] == [("lenet", 2), ("mlp", 1)]
-    assert out[0]["differing_settings"] == {"filters": [0.015, 0.02]}
-    assert out[0]["runs_within"] == 1 and out[1]["runs_within"] == 1  # -1.0 misses 0.5
-    assert out[0]["mean"]["change"] == pytest.approx(-0.005)
-    assert out[0]["mean"]["unused_change"] is None
-    assert summary.main(["summary", files[0], files[1]]) == 0
-    assert ("Settings that differ between the runs (besides the seed): filters: 0.015, 0.02."
-            in capsys.readouterr().out)
+    # unlike runs are not averaged: two lenet recipes, in the order given
+    assert [(s["example"], s["recipe"], s["runs"]) for s in out] == [
+        ("lenet", {"filters": 0.015}, 1), ("lenet", {"filters": 0.02}, 1), ("mlp", {}, 1)]
+    assert [s["runs_within"] for s in out] == [1, 0, 1]  # -1.0 misses 0.5
+    assert out[1]["mean"]["change"] == pytest.approx(-0.01)
+    assert out[0]["mean"]["unused_change"] is None and out[0]["mean_change_ci95"] is None
+    assert out[1]["paired"]["seeds"] == []  # seed 1 against seed 0: nothing to pair
+    assert "paired" not in out[0] and "paired" not in out[2]
+    assert summary.main(["summary", files[1], files[0]]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("lenet on fashion_mnist with filters=0.02, 1 run(s):")
+    assert "lenet on fashion_mnist with filters=0.015, 1 run(s):" in text
+    assert "nothing to pair" in text
+
+
+def _with_val(result, dense_val, ssl_val):
+    result["baseline"]["val_accuracy"], result["ssl"]["val_accuracy"] = dense_val, ssl_val
+    return result
+
+
+def test_recipes_are_compared_seed_by_seed(tmp_path, capsys):
+    base = [_with_val(_result(s, 0.90, 0.90 - d), 0.91, 0.91 - v)
+            for s, d, v in [(0, 0.004, 0.003), (1, 0.005, 0.002), (2, 0.003, 0.004)]]
+    # the other recipe: better by 0.1, 0.2 and 0.3 points; seed 2's dense model differs;
+    # seed 3 has no partner
+    other = [_with_val(_result(s, dense, 0.90 - d + g, max_channels_ramp=0.67), 0.91, 0.91 - v)
+             for s, dense, d, v, g in [(0, 0.90, 0.004, 0.003, 0.001),
+                                       (1, 0.90, 0.005, 0.002, 0.002),
+                                       (2, 0.899, 0.003, 0.004, 0.003 - 0.001),
+                                       (3, 0.90, 0.0, 0.0, 0.0)]]
+    files = [_write(tmp_path, f"a{i}.json", r) for i, r in enumerate(base)]
+    files += [_write(tmp_path, f"b{i}.json", r) for i, r in enumerate(other)]
+    # a run saved before --max_channels_ramp existed is the same recipe as one without it
+    del base[0]["config"]["filters"]
+    assert summary.main(["summary", *files, "--format=json"]) == 0
+    first, second = json.loads(capsys.readouterr().out)
+    assert first["recipe"] == {"max_channels_ramp": None} and first["runs"] == 3
+    assert second["recipe"] == {"max_channels_ramp": 0.67} and second["runs"] == 4
+    assert first["mean"]["val_change"] == pytest.approx(-0.003)
+    low, high = first["mean_change_ci95"]  # changes -0.4, -0.5, -0.3 points
+    assert (low + high) / 2 == pytest.approx(-0.004)
+    assert high - low == pytest.approx(2 * 4.302653 * 0.001 / 3 ** 0.5, rel=1e-5)
+    paired = second["paired"]
+    assert paired["seeds"] == [0, 1, 2]
+    assert paired["change_diff"] == pytest.approx([0.001, 0.002, 0.003])
+    assert paired["val_change_diff"] == pytest.approx([0.0, 0.0, 0.0])
+    assert paired["mean_change_diff"] == pytest.approx(0.002)
+    assert paired["mean_change_diff_ci95"] == pytest.approx(
+        [0.002 - 4.302653 * 0.001 / 3 ** 0.5, 0.002 + 4.302653 * 0.001 / 3 ** 0.5], rel=1e-5)
+    assert paired["same_dense"] == [True, True, False]
+    old = _result(5, 0.9, 0.9)
+    assert "max_channels_ramp" not in old["config"]
+    assert summary._settings(old) == summary._settings(_result(5, 0.9, 0.9,
+                                                               max_channels_ramp=None))
+    assert summary.main(["summary", *files]) == 0
+    text = capsys.readouterr().out
+    assert "| mean [95%] | +0.20 [-0.05, +0.45] | +0.00 [+0.00, +0.00] |" in text
+    assert "The two runs of seed(s) 2 have different dense accuracies" in text
+    assert "| 0 | 90.00% | 89.60% | -0.40 [-1.00, +0.00] | -0.30 | 7-16-500-10 |" in text
 
 
 def test_deep_models_show_the_layers_kept():
