@@ -169,7 +169,8 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                    "full ones to --max_channels over this fraction of the SSL steps (a cubic "
                    "schedule, ssl_keras.callbacks.WidthBudget), cutting the weakest groups every "
                    "--zero_every steps while training goes on. In (0, 1]; needs --max_channels "
-                   "and not --proximal. Unset: the cut is made once, after SSL.", flag_values=fv)
+                   "and not --proximal (given either, a recipe's default ramp is off). 0 or "
+                   "unset: the cut is made once, after SSL.", flag_values=fv)
     D.DEFINE_integer("seed", d["seed"], "Random seed.", flag_values=fv)
     D.DEFINE_string("out_dir", d["out_dir"], "Where results and checkpoints go.", flag_values=fv)
     D.DEFINE_string("threads", d["threads"], "Comma-separated thread counts of the latency "
@@ -286,10 +287,18 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
         raise UsageError("At least one of --filters, --channels, --shapes, --borders, --depth "
                          "must be > 0. Received: all zero")
     ramp = values["max_channels_ramp"]
+    if ramp is not None and not fv["max_channels_ramp"].present and (
+            values["max_channels"] is None or values["proximal"]):
+        # the recipe's ramp belongs to its caps and its subgradient steps: --max_channels=null
+        # or --proximal given on the command line turn it off, as --max_channels_ramp=0 does
+        ramp = None
+    if ramp == 0:
+        ramp = None
+    values["max_channels_ramp"] = ramp
     if ramp is not None:
         if not 0 < ramp <= 1:
             raise UsageError(f"--max_channels_ramp must be in (0, 1] (a fraction of the SSL "
-                             f"phase). Received: --max_channels_ramp={ramp}")
+                             f"phase), or 0 (off). Received: --max_channels_ramp={ramp}")
         if values["max_channels"] is None:
             raise UsageError("--max_channels_ramp needs --max_channels (the widths it "
                              "ramps to). Received: --max_channels=null")

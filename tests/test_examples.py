@@ -192,7 +192,9 @@ def test_help_lists_the_flags_and_exits_0(capsys, tmp_path):
                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("LeNet-5 (Caffe")  # the example's docstring
-    assert "--filters: Filter-wise" in out.stdout and "(default: '0.015')" in out.stdout
+    assert "--filters: Filter-wise" in out.stdout and "(default: '0.012')" in out.stdout
+    ramp = out.stdout.split("  --max_channels_ramp: ")[1].split("\n  --")[0]
+    assert "(default: '0.67')" in ramp
     assert '(default: \'{"conv1": 7, "conv2": 16, "ip1": 128}\')' in out.stdout
     assert "\nFlags:\n" in out.stdout and "examples." not in out.stdout.split("Flags:")[1]
     assert "--flagfile" not in out.stdout  # absl's own flags stay out
@@ -393,7 +395,8 @@ def test_max_channels_ramp_reaches_the_budget_during_ssl(tmp_path):
     assert small.get_layer("conv2").filters == 4 and small.get_layer("ip1").units == 6
     assert small.get_layer("conv1").filters == 6
     for flags_, message in (
-            (["--max_channels_ramp=0"], r"must be in \(0, 1\]"),
+            (["--max_channels_ramp=-0.1"],
+             r"must be in \(0, 1\] \(a fraction of the SSL phase\), or 0"),
             (["--max_channels_ramp=1.5"], r"must be in \(0, 1\]"),
             (["--max_channels=null", "--max_channels_ramp=0.5"], "needs --max_channels"),
             (["--max_channels_ramp=0.5", "--proximal"], "cannot be combined with --proximal")):
@@ -401,6 +404,24 @@ def test_max_channels_ramp_reaches_the_budget_during_ssl(tmp_path):
         fv(["lenet", *flags_])
         with pytest.raises(UsageError, match=message):
             config_from_flags(fv, lenet.RECIPE)
+
+
+@pytest.mark.parametrize("flags_, ramp", [
+    ([], 0.67),  # the LeNet recipe's default
+    (["--max_channels_ramp=0"], None),
+    (["--max_channels_ramp=0.5"], 0.5),
+    (["--max_channels=null"], None),  # no caps: the recipe's ramp has nothing to ramp to
+    (["--proximal"], None),  # proximal steps: no zeroing steps to cut with
+    (['--max_channels={"conv2": 8}'], 0.67),
+])
+def test_the_lenet_recipe_ramps_to_its_caps_unless_told_otherwise(flags_, ramp):
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", *flags_])
+    cfg = config_from_flags(fv, lenet.RECIPE)
+    assert cfg.max_channels_ramp == ramp and cfg.training_key()["max_channels_ramp"] == ramp
+    fv = define_flags(mlp.RECIPE)
+    fv(["mlp", "--proximal"] if "--proximal" in flags_ else ["mlp"])
+    assert config_from_flags(fv, mlp.RECIPE).max_channels_ramp is None  # no ramp by default
 
 
 def test_ssl_layers_flag_replaces_the_recipes_multipliers():
