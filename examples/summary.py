@@ -130,7 +130,7 @@ def row(result: dict, path: str) -> dict:
     return {
         "path": path,
         "seed": result["config"].get("seed"),
-        "dense_accuracy": result["baseline"].get("accuracy"),
+        "dense_accuracy": result["baseline"].get("accuracy"), "dense_val_accuracy": dense_val,
         "ssl_accuracy": result["ssl"].get("accuracy"),
         "change": change.get("change"), "change_ci95": change.get("ci95"),
         "val_change": None if dense_val is None or ssl_val is None else ssl_val - dense_val,
@@ -195,9 +195,12 @@ def _paired(first: list[dict], rows: list[dict]) -> dict:
         out[f"{key}_diff"] = diffs
         out[f"mean_{key}_diff"] = _mean(diffs)
         out[f"mean_{key}_diff_ci95"] = mean_ci95(diffs)
-    # the same dense model in both runs of a seed (one checkpoint copied into both out_dirs):
-    # then the difference is the thinned models' alone
-    out["same_dense"] = [x["dense_accuracy"] == y["dense_accuracy"] for x, y in pairs]
+    # the same dense accuracies (test and validation) in both runs of a seed: as when one dense
+    # checkpoint is copied into both out_dirs, and then the difference is the thinned models'
+    out["same_dense_accuracy"] = [
+        (x["dense_accuracy"], x["dense_val_accuracy"]) == (y["dense_accuracy"],
+                                                          y["dense_val_accuracy"])
+        for x, y in pairs]
     return out
 
 
@@ -324,10 +327,11 @@ def _paired_table(paired: dict, recipe: dict) -> str:
     lines.append(f"| mean [95%] | "
                  f"{_pts(paired['mean_change_diff'], paired['mean_change_diff_ci95'])} | "
                  f"{_pts(paired['mean_val_change_diff'], paired['mean_val_change_diff_ci95'])} |")
-    same = paired["same_dense"]
+    same = paired["same_dense_accuracy"]
     if all(same):
-        note = "Both runs of every seed have the same dense model: the differences are the " \
-               "thinned models' alone."
+        note = ("Both runs of every seed have the same dense test and validation accuracies, "
+                "as when one dense checkpoint is copied into both --out_dir folders: the "
+                "differences are then the thinned models' alone.")
     else:
         seeds = ", ".join(str(s) for s, ok in zip(paired["seeds"], same, strict=True)
                           if not ok)

@@ -106,7 +106,7 @@ def test_recipes_are_compared_seed_by_seed(tmp_path, capsys):
     assert paired["mean_change_diff"] == pytest.approx(0.002)
     assert paired["mean_change_diff_ci95"] == pytest.approx(
         [0.002 - 4.302653 * 0.001 / 3 ** 0.5, 0.002 + 4.302653 * 0.001 / 3 ** 0.5], rel=1e-5)
-    assert paired["same_dense"] == [True, True, False]
+    assert paired["same_dense_accuracy"] == [True, True, False]
     old = _result(5, 0.9, 0.9)
     assert "max_channels_ramp" not in old["config"]
     assert summary._settings(old) == summary._settings(_result(5, 0.9, 0.9,
