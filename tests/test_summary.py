@@ -82,17 +82,19 @@ def test_recipes_are_compared_seed_by_seed(tmp_path, capsys):
             for s, d, v in [(0, 0.004, 0.003), (1, 0.005, 0.002), (2, 0.003, 0.004)]]
     # the other recipe: better by 0.1, 0.2 and 0.3 points; seed 2's dense model differs;
     # seed 3 has no partner
-    other = [_with_val(_result(s, dense, 0.90 - d + g, max_channels_ramp=0.67), 0.91, 0.91 - v)
+    other = [_with_val(_result(s, dense, 0.90 - d + g, max_channels_ramp=0.67, round_down=1),
+                       0.91, 0.91 - v)
              for s, dense, d, v, g in [(0, 0.90, 0.004, 0.003, 0.001),
                                        (1, 0.90, 0.005, 0.002, 0.002),
                                        (2, 0.899, 0.003, 0.004, 0.003 - 0.001),
                                        (3, 0.90, 0.0, 0.0, 0.0)]]
     files = [_write(tmp_path, f"a{i}.json", r) for i, r in enumerate(base)]
     files += [_write(tmp_path, f"b{i}.json", r) for i, r in enumerate(other)]
-    # a run saved before --max_channels_ramp existed is the same recipe as one without it
-    del base[0]["config"]["filters"]
     assert summary.main(["summary", *files, "--format=json"]) == 0
     first, second = json.loads(capsys.readouterr().out)
+    # the first recipe's configs have no round_down or max_channels_ramp (saved before they
+    # existed): read as what those runs did (round_down 1, no ramp), so only the ramp differs
+    assert all("round_down" not in r["config"] for r in base)
     assert first["recipe"] == {"max_channels_ramp": None} and first["runs"] == 3
     assert second["recipe"] == {"max_channels_ramp": 0.67} and second["runs"] == 4
     assert first["mean"]["val_change"] == pytest.approx(-0.003)
@@ -107,10 +109,8 @@ def test_recipes_are_compared_seed_by_seed(tmp_path, capsys):
     assert paired["mean_change_diff_ci95"] == pytest.approx(
         [0.002 - 4.302653 * 0.001 / 3 ** 0.5, 0.002 + 4.302653 * 0.001 / 3 ** 0.5], rel=1e-5)
     assert paired["same_dense_accuracy"] == [True, True, False]
-    old = _result(5, 0.9, 0.9)
-    assert "max_channels_ramp" not in old["config"]
-    assert summary._settings(old) == summary._settings(_result(5, 0.9, 0.9,
-                                                               max_channels_ramp=None))
+    assert summary._settings(_result(5, 0.9, 0.9)) == summary._settings(
+        _result(5, 0.9, 0.9, round_down=1, max_channels=None, max_channels_ramp=None))
     assert summary.main(["summary", *files]) == 0
     text = capsys.readouterr().out
     assert "| mean [95%] | +0.20 [-0.05, +0.45] | +0.00 [+0.00, +0.00] |" in text
