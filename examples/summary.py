@@ -150,9 +150,8 @@ def _settings(result: dict) -> dict:
     return {k: v for k, v in config.items() if k not in _PER_RUN}
 
 
-def differing_settings(results: list[dict]) -> dict:
-    """{setting: [value per run]} for the settings that differ, besides the per-run ones."""
-    settings = [_settings(r) for r in results]
+def differing_settings(settings: list[dict]) -> dict:
+    """{setting: [value per run]} for the settings (`_settings` of each run) that differ."""
     keys = sorted({k for s in settings for k in s})
     return {k: [s.get(k) for s in settings] for k in keys
             if len({json.dumps(s.get(k), sort_keys=True) for s in settings}) > 1}
@@ -213,10 +212,11 @@ def summarize(results: list[dict], paths: list[str], within: float | None = None
         groups.setdefault((result["example"], result["dataset"]), []).append((result, path))
     out = []
     for (example, dataset), members in groups.items():
-        differing = differing_settings([r for r, _ in members])
+        settings = [_settings(r) for r, _ in members]
+        differing = differing_settings(settings)
         recipes = {}
-        for result, path in members:
-            recipe = {k: _settings(result).get(k) for k in differing}
+        for (result, path), setting in zip(members, settings, strict=True):
+            recipe = {k: setting.get(k) for k in differing}
             recipes.setdefault(json.dumps(recipe, sort_keys=True), (recipe, []))[1].append(
                 (result, path))
         first_rows = None
