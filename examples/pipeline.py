@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from examples import datasets
+from examples.batches import shuffled_batches
 from examples.config import ADDED_SETTINGS, Config, Recipe, UsageError
 from examples.distill import distillation_loss, distillation_targets, packed_accuracy
 from examples.report import ReportMixin, accuracy, units_per_layer
@@ -75,13 +76,18 @@ def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, lr_flag: str
     diverged phase would otherwise train on for its remaining epochs and fail later, in the
     export's TFLite check, with a message about the conversion.
     """
-    callbacks = [_backup_and_restore(keras, backup), keras.callbacks.TerminateOnNaN(),
-                 *callbacks]
     y_train, y_val = targets if targets is not None else (data.y_train, data.y_val)
+    phase = os.path.basename(backup).replace("backup_", "")  # backup_ssl: the ssl phase
+    # A new order every epoch, seeded by the run's seed and the phase (examples/batches.py:
+    # fit(x, y, shuffle=True) repeated one order in every epoch of a seeded run).
+    batches, set_epoch = shuffled_batches(data.x_train, y_train, cfg.batch_size,
+                                          (cfg.seed, PHASES.index(phase)))
+    callbacks = [set_epoch, _backup_and_restore(keras, backup),
+                 keras.callbacks.TerminateOnNaN(), *callbacks]
     validation = (data.x_val, y_val) if len(data.x_val) else None
-    history = model.fit(data.x_train, y_train, batch_size=cfg.batch_size, epochs=epochs,
-                        validation_data=validation, callbacks=callbacks, verbose=cfg.verbose,
-                        shuffle=True)
+    history = model.fit(batches, epochs=epochs, validation_data=validation,
+                        validation_batch_size=cfg.batch_size, callbacks=callbacks,
+                        verbose=cfg.verbose, shuffle=False)  # the dataset shuffles
     losses = history.history.get("loss", [])
     bad = [v.path for v in model.weights
            if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
