@@ -20,7 +20,13 @@ from examples import datasets
 # Settings added to the examples after runs were saved without them, and the value that means
 # what those runs did: a resumed run's checkpoint settings and examples.summary's recipes read
 # a missing one as this.
-ADDED_SETTINGS = {"round_down": 1, "max_channels": None, "max_channels_ramp": None}
+ADDED_SETTINGS = {"round_down": 1, "max_channels": None, "max_channels_ramp": None,
+                  "batch_order": "one_order"}
+# The order of the training batches (examples/batches.py): a new seeded order every epoch
+# since 2026-11-27; "one_order", model.fit(x, y, shuffle=True), repeated one order in every
+# epoch of a seeded run. Not a flag: recorded so that resuming and examples.summary tell
+# runs of the two apart.
+BATCH_ORDER = "per_epoch"
 
 
 class UsageError(ValueError):
@@ -233,6 +239,7 @@ class Config:
     fresh: bool
     verbose: int
     quick: bool
+    batch_order: str = BATCH_ORDER
 
     def training_key(self) -> dict:
         """The settings that decide the checkpoints (a resumed run must match them)."""
@@ -242,7 +249,7 @@ class Config:
                 "distill_temperature",
                 "batch_size", "filters", "channels", "shapes", "borders", "depth", "proximal",
                 "zero_every", "threshold", "round_to", "round_down", "max_channels",
-                "max_channels_ramp", "seed")
+                "max_channels_ramp", "batch_order", "seed")
         return {k: getattr(self, k) for k in keys}
 
 

@@ -255,6 +255,24 @@ def test_resume_refuses_other_settings(tmp_path, flag, key):
         assert json.load(f)["filters"] == 0.5
 
 
+def test_resume_refuses_checkpoints_trained_on_one_repeated_batch_order(tmp_path):
+    """Checkpoints from before examples.batches (their config.json has no batch_order) read as
+    the one-order training they had, not as today's; resuming from them needs --fresh."""
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", f"--out_dir={tmp_path}"])
+    cfg = config_from_flags(fv, lenet.RECIPE)
+    assert cfg.batch_order == "per_epoch" and cfg.training_key()["batch_order"] == "per_epoch"
+    first = Pipeline(lenet.RECIPE, cfg)
+    first._prepare_work_dir()
+    path = tmp_path / "lenet_fashion_mnist" / "config.json"
+    old = json.loads(path.read_text())
+    del old["batch_order"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(UsageError, match=r"other settings.*'batch_order': \('one_order', "
+                                         r"'per_epoch'\).*Pass --fresh"):
+        Pipeline(lenet.RECIPE, cfg)._prepare_work_dir()
+
+
 def test_need_names_the_missing_piece():
     with pytest.raises(StepUnavailableError,
                        match=r"Step 'thin' needs ssl_keras.no_such_name, which this checkout"):
