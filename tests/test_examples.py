@@ -641,7 +641,7 @@ def _fit_data(n, batch_size, validation=0):
     y = rng.integers(0, 2, n)
     data = types.SimpleNamespace(x_train=x, y_train=y, x_val=x[:validation],
                                  y_val=y[:validation])
-    return data, types.SimpleNamespace(batch_size=batch_size, verbose=0)
+    return data, types.SimpleNamespace(batch_size=batch_size, verbose=0, seed=0)
 
 
 def test_a_diverged_phase_stops_with_the_learning_rate_named(tmp_path):
@@ -656,7 +656,7 @@ def test_a_diverged_phase_stops_with_the_learning_rate_named(tmp_path):
                               keras.layers.Dense(2)])
     model.compile(keras.optimizers.SGD(1e30),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    backup = str(tmp_path / "backup")
+    backup = str(tmp_path / "backup_dense")
     with pytest.raises(UsageError, match=r"Training diverged: the loss was nan in epoch 1 of "
                                          r"5\. .*smaller learning rate than --x_lr=1e\+30"):
         _fit(keras, model, data, cfg, 5, backup, "--x_lr=1e+30")
@@ -726,8 +726,9 @@ def test_non_finite_weights_after_a_finite_loss_stop_the_phase(tmp_path):
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(UsageError, match=r"Training diverged: the weights \['[^']*/kernel'\] "
                                          r"are not finite after epoch 1 of 1 .*--lr=1"):
-        _fit(keras, model, data, cfg, 1, str(tmp_path / "backup"), "--lr=1", [PoisonLastStep()])
-    assert not os.path.exists(tmp_path / "backup")  # nothing of the phase to resume from
+        _fit(keras, model, data, cfg, 1, str(tmp_path / "backup_dense"), "--lr=1",
+             [PoisonLastStep()])
+    assert not os.path.exists(tmp_path / "backup_dense")  # nothing of the phase to resume from
 
 
 def test_an_unreadable_backup_names_the_folder_to_delete(tmp_path):
