@@ -16,10 +16,12 @@ Why not `model.fit(x, y, shuffle=True)`, which the examples used until 2026-11-2
   epoch trained on the same batches in the same order (checked: the first batch of epochs
   1, 2 and 3 held the same labels).
 - Keras builds that dataset with tf.data's autotuning on. On the 2-core AMD machine, destroying
-  the previous epoch's iterator at the start of about half of the epochs waited 5-9 s for the
-  autotuner's thread (py-spy: the main thread in `~IteratorResource`, waiting in
-  `UnboundedThreadPool::LogicalThreadWrapper`). Eight epochs of the thinned LeNet took
-  125.3 s with it and 105.4 s with autotuning off, which this dataset turns off.
+  the previous epoch's iterator at the start of many epochs (13 of the 30 of one LeNet main
+  job) waited 5-15 s for the autotuner's thread (py-spy: the main thread in
+  `~IteratorResource`, waiting in `UnboundedThreadPool::LogicalThreadWrapper`). Eight epochs
+  of the thinned LeNet on 54,000 random images took 125.3 s that way and 105.4 s with
+  autotuning off, which this dataset turns off (RESULTS.md, "Every epoch its own batch
+  order").
 """
 
 from __future__ import annotations
