@@ -45,12 +45,17 @@ def _compile(keras, model, kind: str, lr, momentum: float = 0.9):
     )
 
 
+def _phase_of(backup: str) -> str:
+    """The phase whose in-phase backup folder this is: <work>/backup_ssl -> "ssl"."""
+    return os.path.basename(backup).replace("backup_", "")
+
+
 def _backup_and_restore(keras, backup: str):
     """keras BackupAndRestore keeping the backup before the last (double_checkpoint: a
     backup half-written when the run was killed falls back to it); a backup that still
     cannot be read is a UsageError naming the folder to delete (was: a traceback on every
     rerun, until --fresh deleted the finished phases too)."""
-    phase = os.path.basename(backup).replace("backup_", "")  # backup_ssl: the ssl phase
+    phase = _phase_of(backup)
 
     class Backup(keras.callbacks.BackupAndRestore):
         def on_train_begin(self, logs=None):
@@ -77,7 +82,7 @@ def _fit(keras, model, data, cfg: Config, epochs: int, backup: str, lr_flag: str
     export's TFLite check, with a message about the conversion.
     """
     y_train, y_val = targets if targets is not None else (data.y_train, data.y_val)
-    phase = os.path.basename(backup).replace("backup_", "")  # backup_ssl: the ssl phase
+    phase = _phase_of(backup)
     # A new order every epoch, seeded by the run's seed and the phase (examples/batches.py:
     # fit(x, y, shuffle=True) repeated one order in every epoch of a seeded run).
     batches, set_epoch = shuffled_batches(data.x_train, y_train, cfg.batch_size,
