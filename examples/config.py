@@ -72,7 +72,7 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
         "dataset": "fashion_mnist", "data_dir": None, "max_train": 0, "max_test": 0,
         "validation_split": 0.1, "epochs": 8, "ssl_epochs": 4, "finetune_epochs": 3,
         "lr": 0.01, "ssl_lr": 0.01, "finetune_lr": 0.001, "optimizer": "sgd",
-        "ssl_momentum": 0.0,
+        "ssl_momentum": 0.0, "steps_per_execution": 32,
         "batch_size": 64, "filters": 0.0, "channels": 0.0, "shapes": 0.0, "borders": 0.0,
         "depth": 0.0, "proximal": False, "zero_every": 100, "threshold": 1e-3, "round_to": 1,
         "round_down": 1, "max_channels": None, "max_channels_ramp": None,
@@ -134,6 +134,12 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                     "is not penalised); replaces the example's own. Default: the example's.",
                     flag_values=fv)
     D.DEFINE_integer("batch_size", d["batch_size"], "Batch size.", flag_values=fv)
+    D.DEFINE_integer("steps_per_execution", d["steps_per_execution"], "Training steps per "
+                     "call of Keras's compiled train function in the dense and fine-tuning "
+                     "phases (compile(steps_per_execution=...)): the same weights, less "
+                     "per-step overhead; progress bars and TerminateOnNaN see every N-th "
+                     "step. The SSL phase and --nofinetune_thinned run one step per call: "
+                     "their callbacks act after every step.", flag_values=fv)
     D.DEFINE_float("filters", d["filters"], "Filter-wise (neuron-wise) group Lasso coefficient.",
                    flag_values=fv)
     D.DEFINE_float("channels", d["channels"], "Channel-wise group Lasso coefficient.",
@@ -218,6 +224,7 @@ class Config:
     distill: float
     distill_temperature: float
     batch_size: int
+    steps_per_execution: int
     filters: float
     channels: float
     shapes: float
@@ -276,7 +283,8 @@ def config_from_flags(fv: flags.FlagValues, recipe: Recipe) -> Config:
     values["round_down"] = _round_to(values["round_down"], "--round_down")
     values["max_channels"] = (None if str(values["max_channels"]).strip() in ("", "null")
                               else _round_to(values["max_channels"], "--max_channels"))
-    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "runs", "zero_every"):
+    for name in ("epochs", "ssl_epochs", "finetune_epochs", "batch_size", "steps_per_execution",
+                 "runs", "zero_every"):
         if values[name] < 1:
             raise UsageError(f"--{name} must be >= 1. Received: --{name}={values[name]}")
     if not 0 <= values["seed"] < 2 ** 32:

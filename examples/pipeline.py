@@ -37,11 +37,12 @@ def _optimizer(keras, kind: str, lr, momentum: float = 0.9):
     return keras.optimizers.SGD(lr, momentum=momentum)
 
 
-def _compile(keras, model, kind: str, lr, momentum: float = 0.9):
+def _compile(keras, model, kind: str, lr, momentum: float = 0.9, steps_per_execution: int = 1):
     model.compile(
         optimizer=_optimizer(keras, kind, lr, momentum),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -250,7 +251,8 @@ class Pipeline(ReportMixin):
             self.log(f"phase dense: {cfg.epochs} epochs, {cfg.optimizer} lr={cfg.lr} "
                      f"({cfg.lr_schedule})")
             model = self._build()
-            _compile(keras, model, cfg.optimizer, self._schedule(keras, cfg.lr, cfg.epochs))
+            _compile(keras, model, cfg.optimizer, self._schedule(keras, cfg.lr, cfg.epochs),
+                     steps_per_execution=cfg.steps_per_execution)
             _fit(keras, model, self.data, cfg, cfg.epochs, self.path("backup_dense"),
                  f"--lr={cfg.lr}")
             # The baseline gets the same treatment as the SSL model (a fair comparison).
@@ -405,6 +407,8 @@ class Pipeline(ReportMixin):
             model = keras.models.clone_model(start)
             model.set_weights(start.get_weights())
             schedule = self._schedule(keras, cfg.finetune_lr, cfg.finetune_epochs)
+            # freeze_zero_groups masks the weights after every step: one step per call
+            steps = cfg.steps_per_execution if freeze is None else 1
             targets = None
             if cfg.distill > 0:
                 self.log(f"phase finetune: distillation from the dense model, alpha="
@@ -412,9 +416,9 @@ class Pipeline(ReportMixin):
                 targets = distillation_targets(self.dense, self.data)
                 model.compile(optimizer=_optimizer(keras, cfg.optimizer, schedule),
                               loss=distillation_loss(cfg.distill, cfg.distill_temperature),
-                              metrics=[packed_accuracy])
+                              metrics=[packed_accuracy], steps_per_execution=steps)
             else:
-                _compile(keras, model, cfg.optimizer, schedule)
+                _compile(keras, model, cfg.optimizer, schedule, steps_per_execution=steps)
             callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
             _fit(keras, model, self.data, cfg, cfg.finetune_epochs,
                  self.path("backup_finetune"), f"--finetune_lr={cfg.finetune_lr}", callbacks,

@@ -38,7 +38,8 @@ from examples.util import HELP_FLAGS, print_help
 from tflite_bench._cli import normalize
 
 # Config settings that differ between the seeds of one recipe without changing the recipe.
-_PER_RUN = ("seed", "out_dir", "fresh", "verbose", "runs", "warmup", "threads", "tfmot")
+_PER_RUN = ("seed", "out_dir", "fresh", "verbose", "runs", "warmup", "threads", "tfmot",
+            "steps_per_execution")  # speed only: the same weights (tests/test_examples.py)
 _REQUIRED = ("example", "dataset", "config", "baseline", "ssl", "accuracy_change")
 
 

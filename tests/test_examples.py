@@ -668,6 +668,42 @@ def test_a_diverged_phase_stops_with_the_learning_rate_named(tmp_path):
     assert len(_fit(keras, model, data, cfg, 2, backup, "--x_lr=0.01").history["loss"]) == 2
 
 
+def test_steps_per_execution_trains_the_same_weights(tmp_path, capsys):
+    """--steps_per_execution (the dense and fine-tuning phases) is a speed setting: the same
+    batches, the same updates, a different number of steps per compiled call. So it is not
+    in training_key (a run resumes across it), and must not change a weight: checked here
+    with BatchNorm, momentum, a cosine schedule and a step count (7 per epoch) it does not
+    divide."""
+    import keras
+
+    from examples.pipeline import _compile, _fit
+
+    data, cfg = _fit_data(53, 8)
+    weights = []
+    for steps in (1, 3, 32):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+                                  keras.layers.BatchNormalization(),
+                                  keras.layers.Activation("relu"), keras.layers.Dense(2)])
+        _compile(keras, model, "sgd", keras.optimizers.schedules.CosineDecay(0.1, 14),
+                 steps_per_execution=steps)
+        assert model.steps_per_execution == steps
+        start = model.get_weights()
+        _fit(keras, model, data, cfg, 2, str(tmp_path / f"s{steps}" / "backup_dense"), "--lr")
+        weights.append(model.get_weights())
+        # every array trained (BatchNorm's moving statistics included)
+        assert not any(np.array_equal(a, b) for a, b in zip(start, weights[-1], strict=True))
+    for other in weights[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(weights[0], other, strict=True))
+    fv = define_flags(lenet.RECIPE)
+    fv(["lenet", "--steps_per_execution=4", f"--out_dir={tmp_path}"])
+    cfg = config_from_flags(fv, lenet.RECIPE)
+    assert cfg.steps_per_execution == 4 and "steps_per_execution" not in cfg.training_key()
+    code, err = _main(["--steps_per_execution=0", f"--out_dir={tmp_path}"], capsys)
+    assert (code, err) == (2, ["lenet: error: --steps_per_execution must be >= 1. Received: "
+                               "--steps_per_execution=0"])
+
+
 def test_unreadable_data_is_one_line_and_exit_2(tmp_path, capsys):
     """datasets.load's ValueErrors (a truncated IDX file, an empty training split) reach the
     command line as one line. Were: a traceback and exit 1."""

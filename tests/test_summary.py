@@ -31,8 +31,10 @@ def _write(tmp_path, name, value):
 
 def test_table_rows_means_and_counts(tmp_path, capsys):
     # seeds written out of order; a folder and a file; the folder's checkpoint config.json
-    # (no example keys) is not a result
-    a = _write(tmp_path, "s1/lenet_fashion_mnist.json", _result(1, 0.9101, 0.9070, unused=0.002))
+    # (no example keys) is not a result; steps_per_execution (speed only; runs before it have
+    # none) does not split the recipe
+    a = _write(tmp_path, "s1/lenet_fashion_mnist.json", _result(1, 0.9101, 0.9070, unused=0.002,
+                                                               steps_per_execution=32))
     _write(tmp_path, "s1/lenet_fashion_mnist/config.json", {"seed": 1})
     b = _write(tmp_path, "s0/lenet_fashion_mnist.json", _result(0, 0.9089, 0.9042, unused=-0.001,
                                                                macs=4.0, speedup=6.0))
