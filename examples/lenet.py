@@ -10,7 +10,7 @@ same parameter sparsity. Writes results/lenet_<dataset>.json / .md / *.png and p
 table.
 
 Example:
-    python -m examples.lenet          # Fashion-MNIST; 2 cores: 9 min 34 s (AMD EPYC)
+    python -m examples.lenet          # Fashion-MNIST; 2 cores: 12 min 22 s (AMD EPYC)
     python -m examples.lenet --quick  # 10,000 images, 3 / 5 / 6 epochs, 87 s (AMD EPYC)
     python -m examples.lenet --dataset=mnist --data_dir=/path/to/idx --shapes=1e-3
 """
