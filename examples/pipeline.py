@@ -37,11 +37,13 @@ def _optimizer(keras, kind: str, lr, momentum: float = 0.9):
     return keras.optimizers.SGD(lr, momentum=momentum)
 
 
-def _compile(keras, model, kind: str, lr, momentum: float = 0.9, steps_per_execution: int = 1):
+def _compile(keras, model, kind: str, lr, momentum: float = 0.9, steps_per_execution: int = 1,
+             loss=None, metrics=("accuracy",)):
+    """compile with the examples' optimizer; the loss defaults to cross-entropy on logits."""
     model.compile(
         optimizer=_optimizer(keras, kind, lr, momentum),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=list(metrics),
         steps_per_execution=steps_per_execution,
     )
 
@@ -414,9 +416,9 @@ class Pipeline(ReportMixin):
                 self.log(f"phase finetune: distillation from the dense model, alpha="
                          f"{cfg.distill}, T={cfg.distill_temperature}")
                 targets = distillation_targets(self.dense, self.data)
-                model.compile(optimizer=_optimizer(keras, cfg.optimizer, schedule),
-                              loss=distillation_loss(cfg.distill, cfg.distill_temperature),
-                              metrics=[packed_accuracy], steps_per_execution=steps)
+                _compile(keras, model, cfg.optimizer, schedule, steps_per_execution=steps,
+                         loss=distillation_loss(cfg.distill, cfg.distill_temperature),
+                         metrics=[packed_accuracy])
             else:
                 _compile(keras, model, cfg.optimizer, schedule, steps_per_execution=steps)
             callbacks = [] if freeze is None else [freeze(model, cfg.threshold)]
