@@ -42,6 +42,10 @@ def one_line_error(p):
      "--weights: no such file"),
     (["--arch", "lenet", "--data", "{tmp}/none.npz", "--out", "{tmp}"],
      "--data must be an .npz with x_train, y_train, x_test, y_test"),
+    (["--arch", "lenet", "--kinds", "elementwise,2:4", "--out", "{tmp}"],
+     "--kinds takes one or more of elementwise, elementwise_sparseflag, 2of4, "
+     "2of4_sparseflag, separated by commas. Received: --kinds=elementwise,2:4"),
+    (["--arch", "lenet", "--kinds=", "--out", "{tmp}"], "Received: --kinds="),
 ])
 def test_cli_errors(tmp_path, args, match):
     line = one_line_error(cli(*[a.format(tmp=tmp_path) for a in args]))
@@ -123,6 +127,21 @@ def test_end_to_end_from_keras3_weights(tmp_path):
     assert all(0.0 <= f["accuracy"] <= 1.0 for f in m["files"])
     # the sparsity flag makes the element-wise file smaller
     assert by["elementwise_sparseflag"]["size_bytes"] < by["elementwise"]["size_bytes"]
+    assert m["kinds"] == ["elementwise", "elementwise_sparseflag", "2of4", "2of4_sparseflag"]
+
+    # --kinds: only the files asked for (and the dense one); the element-wise model is the
+    # same as in the full run (2:4 is pruned after it, from its own copy of the dense model)
+    only = tmp_path / "only"
+    m1 = make_baselines("lenet", 0.75, only, weights=tmp_path / "thin.keras",
+                        data=tmp_path / "data.npz", steps=2, batch_size=16,
+                        kinds=["elementwise"])
+    assert [f["kind"] for f in m1["files"]] == ["dense", "elementwise"]
+    assert m1["kinds"] == ["elementwise"]
+    assert sorted(os.listdir(only)) == ["baselines.json", "lenet_dense.tflite",
+                                        "lenet_sparsity75.tflite"]
+    assert (only / "lenet_sparsity75.tflite").read_bytes() == \
+        (out / "lenet_sparsity75.tflite").read_bytes()
+    assert m1["files"][1]["accuracy"] == by["elementwise"]["accuracy"]
 
 
 def only_line(p):

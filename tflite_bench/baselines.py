@@ -1,7 +1,8 @@
 """Command line: tfmot magnitude-pruning baselines as .tflite files.
 
     python -m tflite_bench.baselines --arch lenet --sparsity 0.9 [--weights MODEL.keras]
-        [--filters 3,12] [--data data.npz --steps 100] --out DIR [--overwrite]
+        [--filters 3,12] [--data data.npz --steps 100] [--kinds elementwise,2of4] --out DIR
+        [--overwrite]
 
 Runs in its own process: tfmot only works with tf_keras and switches the process to Keras 2.
 The architecture is rebuilt with the builder of examples/models.py and `keras=tf_keras`, so
@@ -17,6 +18,10 @@ Writes to DIR, for ARCH and sparsity S (in percent):
     ARCH_2of4_sparseflag.tflite     the same, with EXPERIMENTAL_SPARSITY
     baselines.json                  manifest: files, measured weight sparsity, pruning mode,
                                     accuracies when --data is given
+
+--kinds chooses the pruned files (default: all four); the dense file is always written. A kind
+left out is neither pruned nor fine-tuned nor converted: the examples ask for `elementwise`
+only.
 
 Without --data the pruning is one-shot (masks computed once from the magnitudes, no
 fine-tuning): the point is the latency at a given sparsity, not the accuracy. With --data
@@ -44,6 +49,8 @@ from tflite_bench._cli import UsageError, normalize
 from tflite_bench.baselines_api import ARCHS
 
 FLAGS = flags.FlagValues()
+# The pruned files, in the order they are written (the dense file is always written too).
+KINDS = ("elementwise", "elementwise_sparseflag", "2of4", "2of4_sparseflag")
 flags.DEFINE_enum("arch", None, list(ARCHS), "Architecture (examples/models.py).",
                   flag_values=FLAGS)
 flags.DEFINE_float("sparsity", 0.9, "Element-wise sparsity, in (0, 1).", lower_bound=0.01,
@@ -58,6 +65,8 @@ flags.DEFINE_integer("batch_size", 64, "Fine-tuning batch size.", lower_bound=1,
                      flag_values=FLAGS)
 flags.DEFINE_integer("seed", 0, "Random seed.",
                      lower_bound=0, upper_bound=2 ** 32 - 1, flag_values=FLAGS)
+flags.DEFINE_list("kinds", list(KINDS), "The pruned files to write, among "
+                  f"{', '.join(KINDS)}.", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output folder.", flag_values=FLAGS)
 flags.DEFINE_bool("overwrite", False, "Replace existing files in --out.", flag_values=FLAGS)
 
@@ -224,6 +233,16 @@ def _check_filters(values, arch):
     return filters
 
 
+def _check_kinds(values):
+    """--kinds as a tuple in KINDS order, each once; refuses an empty or unknown kind."""
+    given = f"--kinds={','.join(values)}"
+    unknown = [v for v in values if v not in KINDS]
+    if unknown or not values:
+        raise UsageError(f"--kinds takes one or more of {', '.join(KINDS)}, separated by "
+                         f"commas. Received: {given}")
+    return tuple(k for k in KINDS if k in values)
+
+
 def _check_weights(path):
     """Refuses a --weights that is not a Keras model file, before any work."""
     if path is None:
@@ -308,7 +327,8 @@ def run(argv):
     create_out = _check_out(out)
     filters = _check_filters(FLAGS.filters, arch)
     _check_weights(FLAGS.weights)
-    names = _file_names(arch, sparsity)
+    kinds = _check_kinds(FLAGS.kinds)
+    names = {k: v for k, v in _file_names(arch, sparsity).items() if k in ("dense", *kinds)}
     paths = {k: os.path.join(out, v) for k, v in names.items()}
     manifest_path = os.path.join(out, "baselines.json")
     existing = [p for p in [*paths.values(), manifest_path] if os.path.lexists(p)]
@@ -383,18 +403,21 @@ def run(argv):
                 "weights": FLAGS.weights, "sparsity": sparsity,
                 "pruning": ("fine-tuned" if data is not None and FLAGS.steps else "one-shot")
                 + " tfmot magnitude pruning (prune_low_magnitude, ConstantSparsity)",
-                "steps": FLAGS.steps if data is not None else 0,
+                "steps": FLAGS.steps if data is not None else 0, "kinds": list(kinds),
                 "dense_accuracy": _accuracy(dense, data), "files": []}
 
     def record(kind, model, skipped, achieved):
+        score = _accuracy(model, data)  # the Keras model's: one for both conversions
         for flag in (False, True):
             key = kind + ("_sparseflag" if flag else "")
+            if key not in kinds:
+                continue
             pending[paths[key]] = _to_tflite(tf, model, input_shape, flag)
             manifest["files"].append({
                 "kind": key, "file": names[key], "path": paths[key],
                 "size_bytes": len(pending[paths[key]]),
                 "kernel_sparsity": achieved, "experimental_sparsity_flag": flag,
-                "not_pruned_layers": skipped, "accuracy": _accuracy(model, data)})
+                "not_pruned_layers": skipped, "accuracy": score})
 
     pending = {paths["dense"]: _to_tflite(tf, dense, input_shape, False)}
     manifest["files"].append({"kind": "dense", "file": names["dense"], "path": paths["dense"],
@@ -403,6 +426,8 @@ def run(argv):
                               "experimental_sparsity_flag": False, "not_pruned_layers": [],
                               "accuracy": manifest["dense_accuracy"]})
     for kind, extra in (("elementwise", {}), ("2of4", {"sparsity_m_by_n": (2, 4)})):
+        if kind not in kinds and f"{kind}_sparseflag" not in kinds:
+            continue  # not asked for: not pruned, fine-tuned or converted
         skipped = []
         target = 0.5 if extra else sparsity
         schedule = sparsity_api.ConstantSparsity(target, begin_step=0, frequency=1)

@@ -17,7 +17,7 @@ class BaselineError(RuntimeError):
 
 
 def make_baselines(arch, sparsity, out, weights=None, data=None, filters=None, steps=100,
-                   batch_size=64, overwrite=False, seed=0, timeout=1800):
+                   batch_size=64, overwrite=False, seed=0, kinds=None, timeout=1800):
     """Builds tfmot magnitude-pruning baselines of an architecture as .tflite files.
 
     The architecture is rebuilt with tf_keras from `examples.models` (the same builder as the
@@ -37,6 +37,8 @@ def make_baselines(arch, sparsity, out, weights=None, data=None, filters=None, s
         batch_size: fine-tuning batch size.
         overwrite: replace existing files in `out`.
         seed: random seed.
+        kinds: the pruned files to write, among "elementwise", "elementwise_sparseflag",
+            "2of4", "2of4_sparseflag" (default: all four; the dense file is always written).
         timeout: seconds before the subprocess is killed.
 
     Returns:
@@ -68,6 +70,9 @@ def make_baselines(arch, sparsity, out, weights=None, data=None, filters=None, s
         cmd.append(f"--filters={','.join(str(int(f)) for f in filters)}")
     if overwrite:
         cmd.append("--overwrite")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        cmd.append(f"--kinds={','.join(kinds)}")
     env = dict(os.environ)
     env.pop("TF_USE_LEGACY_KERAS", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
