@@ -247,6 +247,10 @@ class Config:
     verbose: int
     quick: bool
     batch_order: str = BATCH_ORDER
+    # TensorFlow's oneDNN CPU kernels in this process (examples/util.onednn_enabled; set by
+    # Pipeline.run, None before): the same recipe, other round-off, so not a training_key
+    # setting; a resumed run's earlier phases may have run with the other setting.
+    onednn: bool | None = None
 
     def training_key(self) -> dict:
         """The settings that decide the checkpoints (a resumed run must match them)."""

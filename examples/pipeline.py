@@ -10,6 +10,7 @@ finished one. The report methods come from `examples.report.ReportMixin`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from examples.batches import shuffled_batches
 from examples.config import ADDED_SETTINGS, Config, Recipe, UsageError
 from examples.distill import distillation_loss, distillation_targets, packed_accuracy
 from examples.report import ReportMixin, accuracy, units_per_layer
-from examples.util import StepUnavailableError, atomic_save, atomic_write_text, need
+from examples.util import StepUnavailableError, atomic_save, atomic_write_text, need, onednn_enabled
 
 PHASES = ("dense", "ssl", "finetune")
 BN_BATCHES = 20  # training batches over which BatchNorm statistics are re-estimated
@@ -504,8 +505,8 @@ class Pipeline(ReportMixin):
         steps = 50 if self.cfg.quick else 300
         cmd = [sys.executable, "-m", "tflite_bench.baselines", "--arch", self.recipe.tfmot_arch,
                "--sparsity", f"{min(max(sparsity, 0.01), 0.99):.4f}", "--weights",
-               self.path("dense.keras"), "--data", npz, "--steps", str(steps), "--out", out,
-               "--overwrite"]
+               self.path("dense.keras"), "--data", npz, "--steps", str(steps),
+               "--kinds", "elementwise", "--out", out, "--overwrite"]
         self.log("tfmot: python " + " ".join(cmd[1:]))
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -544,6 +545,10 @@ class Pipeline(ReportMixin):
         import keras
 
         keras.utils.set_random_seed(self.cfg.seed)
+        self.cfg = dataclasses.replace(self.cfg, onednn=onednn_enabled())
+        self.log("TensorFlow's oneDNN CPU kernels: "
+                 + {True: "on", False: "off", None: "unknown"}[self.cfg.onednn]
+                 + f" (TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', '')!r})")
         self.load_data()
         self._check_layer_names(keras)
         self._prepare_work_dir()

@@ -39,7 +39,8 @@ from tflite_bench._cli import normalize
 
 # Config settings that differ between the seeds of one recipe without changing the recipe.
 _PER_RUN = ("seed", "out_dir", "fresh", "verbose", "runs", "warmup", "threads", "tfmot",
-            "steps_per_execution")  # speed only: the same weights (tests/test_examples.py)
+            "steps_per_execution",  # speed only: the same weights (tests/test_examples.py)
+            "onednn")  # TensorFlow's CPU kernels: the same recipe, other round-off
 _REQUIRED = ("example", "dataset", "config", "baseline", "ssl", "accuracy_change")
 
 

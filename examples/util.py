@@ -57,6 +57,21 @@ def need(module: str, name: str, step: str):
     return value
 
 
+def onednn_enabled() -> bool | None:
+    """Whether this process's TensorFlow runs its oneDNN CPU kernels (None: it cannot tell).
+
+    TensorFlow decides once, at its first op, from TF_ENABLE_ONEDNN_OPTS ("1" on, "0" off;
+    unset: on only for CPUs with AVX-512 VNNI / BF16 or AMX), so an environment variable set
+    after that changes nothing; this asks TensorFlow what it decided.
+    """
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:
+        return None
+    enabled = getattr(_pywrap_util_port, "IsMklEnabled", None)
+    return None if enabled is None else bool(enabled())
+
+
 def atomic_write(path: str, write, suffix: str = "") -> None:
     """`write(tmp)` to a temporary file beside `path`, then os.replace: no half-written file."""
     directory = os.path.dirname(os.path.abspath(path))
