@@ -135,11 +135,13 @@ def define_flags(recipe: Recipe) -> flags.FlagValues:
                     flag_values=fv)
     D.DEFINE_integer("batch_size", d["batch_size"], "Batch size.", flag_values=fv)
     D.DEFINE_integer("steps_per_execution", d["steps_per_execution"], "Training steps per "
-                     "call of Keras's compiled train function in the dense and fine-tuning "
-                     "phases (compile(steps_per_execution=...)): the same weights, less "
-                     "per-step overhead; progress bars and TerminateOnNaN see every N-th "
-                     "step. The SSL phase and --nofinetune_thinned run one step per call: "
-                     "their callbacks act after every step.", flag_values=fv)
+                     "call of Keras's compiled train function (compile(steps_per_execution="
+                     "...)): the same weights, less per-step overhead; progress bars and "
+                     "TerminateOnNaN see every N-th step. The SSL phase runs the largest "
+                     "number that divides this, --zero_every and its steps per epoch (its "
+                     "callbacks cut at multiples of --zero_every), one with --proximal; "
+                     "--nofinetune_thinned fine-tunes one step per call (its callback acts "
+                     "after every step).", flag_values=fv)
     D.DEFINE_float("filters", d["filters"], "Filter-wise (neuron-wise) group Lasso coefficient.",
                    flag_values=fv)
     D.DEFINE_float("channels", d["channels"], "Channel-wise group Lasso coefficient.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -285,17 +286,25 @@ class Pipeline(ReportMixin):
             model = apply_ssl(self.dense, filters=cfg.filters, channels=cfg.channels,
                               shapes=cfg.shapes, depth=cfg.depth, borders=cfg.borders,
                               coupled=True, layers=layers)
-            _compile(keras, model, cfg.optimizer, cfg.ssl_lr, cfg.ssl_momentum)
+            # Keras calls the callbacks once per compiled call. The zeroing / width cuts act
+            # at multiples of --zero_every: with steps per call that divide both it and the
+            # epoch (LeNet: 4), they act at the same steps as with one, so the weights are
+            # the same. The proximal step acts after every step: one per call.
+            per_epoch = -(-len(self.data.x_train) // cfg.batch_size)
+            steps = 1 if cfg.proximal else math.gcd(cfg.steps_per_execution, cfg.zero_every,
+                                                    per_epoch)
+            _compile(keras, model, cfg.optimizer, cfg.ssl_lr, cfg.ssl_momentum,
+                     steps_per_execution=steps)
             callbacks = [need("ssl_keras.callbacks", "SparsityMonitor", "ssl")(
                 threshold=cfg.threshold, verbose=cfg.verbose > 0)]
             if cfg.proximal:
                 callbacks.append(
                     need("ssl_keras.callbacks", "ProximalGroupLasso", "ssl")())
             elif cfg.max_channels_ramp is not None:  # the width budget reached during SSL
-                steps = cfg.ssl_epochs * -(-len(self.data.x_train) // cfg.batch_size)
-                end = max(1, round(cfg.max_channels_ramp * steps))
+                total = cfg.ssl_epochs * per_epoch
+                end = max(1, round(cfg.max_channels_ramp * total))
                 self.log(f"phase ssl: --max_channels={json.dumps(cfg.max_channels)} reached "
-                         f"gradually by step {end} of {steps} (WidthBudget)")
+                         f"gradually by step {end} of {total} (WidthBudget)")
                 callbacks.append(need("ssl_keras.callbacks", "WidthBudget", "ssl")(
                     cfg.max_channels, end_step=end, every_n_steps=cfg.zero_every,
                     threshold=cfg.threshold))

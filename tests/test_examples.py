@@ -714,6 +714,48 @@ def test_steps_per_execution_trains_the_same_weights(tmp_path, capsys):
                                "--steps_per_execution=0"])
 
 
+def test_ssl_phase_steps_per_execution_cuts_at_the_same_steps(tmp_path):
+    """The SSL phase runs gcd(--steps_per_execution, --zero_every, steps per epoch) steps per
+    compiled call: WidthBudget cuts at the same optimizer steps, so the weights are the same
+    bit for bit as with one step per call (here 12 steps per epoch, --zero_every=4: 4 of 32;
+    32 steps per call would cut at steps 12 and 24 instead of every 4th)."""
+    import types
+
+    import keras
+
+    import ssl_keras
+
+    rng = np.random.default_rng(0)
+    data = types.SimpleNamespace(
+        x_train=rng.normal(size=(48, 28, 28, 1)).astype("float32"),
+        y_train=rng.integers(0, 10, 48), x_val=np.zeros((0, 28, 28, 1), "float32"),
+        y_val=np.zeros((0,), "int64"))
+    trained = {}
+    for steps in ("1", "32", "32 --proximal"):
+        fv = define_flags(lenet.RECIPE)
+        extra = ["--proximal", "--max_channels_ramp=0"] if "proximal" in steps else []
+        fv(["lenet", f"--out_dir={tmp_path / steps.replace(' ', '')}",
+            '--max_channels={"conv2": 4, "ip1": 6}', "--max_channels_ramp=0.5",
+            "--ssl_epochs=2", "--batch_size=4", "--zero_every=4", "--threshold=1e-4",
+            "--verbose=0", "--ssl_layers={}", "--filters=0.01", "--channels=0.01",
+            f"--steps_per_execution={steps.split()[0]}", *extra])
+        pipeline = Pipeline(lenet.RECIPE, config_from_flags(fv, lenet.RECIPE))
+        pipeline._prepare_work_dir()
+        pipeline.data = data
+        keras.utils.set_random_seed(0)
+        pipeline.dense = models.lenet(filters=(6, 10), units=20)
+        pipeline.train_ssl()
+        trained[steps] = pipeline.ssl
+    assert trained["1"].steps_per_execution == 1
+    assert trained["32"].steps_per_execution == 4
+    assert trained["32 --proximal"].steps_per_execution == 1  # a proximal step after each
+    one, four = (ssl_keras.strip_ssl(trained[k]).get_weights() for k in ("1", "32"))
+    assert all(np.array_equal(a, b) for a, b in zip(one, four, strict=True))
+    small = ssl_keras.thin(ssl_keras.zero_groups(ssl_keras.strip_ssl(trained["32"]), 1e-4),
+                           1e-4)
+    assert small.get_layer("conv2").filters == 4 and small.get_layer("ip1").units == 6
+
+
 def test_unreadable_data_is_one_line_and_exit_2(tmp_path, capsys):
     """datasets.load's ValueErrors (a truncated IDX file, an empty training split) reach the
     command line as one line. Were: a traceback and exit 1."""
