@@ -10,8 +10,8 @@ same parameter sparsity. Writes results/lenet_<dataset>.json / .md / *.png and p
 table.
 
 Example:
-    python -m examples.lenet          # Fashion-MNIST; 2 cores: 12 min 22 s (AMD EPYC)
-    python -m examples.lenet --quick  # 10,000 images, 3 / 5 / 6 epochs, 87-126 s (AMD EPYC)
+    python -m examples.lenet          # Fashion-MNIST; 2 cores: 7 min 57 s (AMD EPYC)
+    python -m examples.lenet --quick  # 10,000 images, 3 / 5 / 6 epochs, 87 s (AMD EPYC)
     python -m examples.lenet --dataset=mnist --data_dir=/path/to/idx --shapes=1e-3
 """
 
@@ -54,12 +54,13 @@ RECIPE = Recipe(
               "finetune_lr": 0.01, "filters": 0.012, "channels": 0.012, "threshold": 1e-3,
               "distill": 0.7, "max_channels": {"conv1": 7, "conv2": 16, "ip1": 128},
               "max_channels_ramp": 0.67},
-    # --quick: 10,000 images, 3 / 5 / 6 epochs, 87-126 s (AMD EPYC): 705 SSL steps instead of
+    # --quick: 10,000 images, 3 / 5 / 6 epochs, 87 s (AMD EPYC): 705 SSL steps instead of
     # 5,064, so the coefficients are ~6x larger (lr * coefficient * steps about the same), and
     # conv1's multiplier is 1 (2.5 left it 1 filter in so few steps): a rough result, not the
     # recipe's (2026-11-27, with the ramp: 85.50% -> 82.55%, 7-16-96, one batch order repeated
-    # every epoch; 85.00% -> 82.60%, 7-14-96, with a new order every epoch; 0.1, the
-    # coefficient before the ramp, overshot to 5-7-27 at -4.35 points).
+    # every epoch; 85.00% -> 82.60%, 7-14-96, with a new order every epoch; 85.05% -> 82.85%,
+    # 7-15-101, with TensorFlow's oneDNN kernels; 0.1, the coefficient before the ramp,
+    # overshot to 5-7-27 at -4.35 points).
     quick={"max_train": 10000, "max_test": 2000, "epochs": 3, "ssl_epochs": 5,
            "finetune_epochs": 6, "filters": 0.08, "channels": 0.08, "runs": 50, "warmup": 5,
            "verbose": 2, "ssl_layers": json.dumps({**SSL_LAYERS, "conv1": {"filters": 1.0}})},
