@@ -61,8 +61,8 @@ def onednn_enabled() -> bool | None:
     """Whether this process's TensorFlow runs its oneDNN CPU kernels (None: it cannot tell).
 
     TensorFlow decides once, at its first op, from TF_ENABLE_ONEDNN_OPTS ("1" on, "0" off;
-    unset: on only for CPUs with AVX-512 VNNI / BF16 or AMX), so an environment variable set
-    after that changes nothing; this asks TensorFlow what it decided.
+    unset, on Linux: on only for CPUs with VNNI, AVX-512 BF16 or AMX), so an environment
+    variable set after that changes nothing; this asks TensorFlow what it decided.
     """
     try:
         from tensorflow.python.util import _pywrap_util_port
