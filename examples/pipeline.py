@@ -290,7 +290,7 @@ class Pipeline(ReportMixin):
             # at multiples of --zero_every: with steps per call that divide both it and the
             # epoch (LeNet: 4), they act at the same steps as with one, so the weights are
             # the same. The proximal step acts after every step: one per call.
-            per_epoch = -(-len(self.data.x_train) // cfg.batch_size)
+            per_epoch = self._steps_per_epoch()
             steps = 1 if cfg.proximal else math.gcd(cfg.steps_per_execution, cfg.zero_every,
                                                     per_epoch)
             _compile(keras, model, cfg.optimizer, cfg.ssl_lr, cfg.ssl_momentum,
@@ -362,11 +362,15 @@ class Pipeline(ReportMixin):
                              "no Add layer. Expected --depth=0 (or an architecture with "
                              f"residual blocks: examples.resnet). Received: --depth={cfg.depth}")
 
+    def _steps_per_epoch(self) -> int:
+        """Training steps in one epoch (the last batch holds the rest)."""
+        return -(-len(self.data.x_train) // self.cfg.batch_size)
+
     def _schedule(self, keras, lr: float, epochs: int):
         """The learning rate of a phase: `lr`, or cosine decay from it over the phase."""
         if self.cfg.lr_schedule == "constant":
             return lr
-        steps = epochs * -(-len(self.data.x_train) // self.cfg.batch_size)
+        steps = epochs * self._steps_per_epoch()
         return keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))
 
     def zero(self):
