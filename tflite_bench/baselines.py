@@ -68,7 +68,9 @@ flags.DEFINE_integer("seed", 0, "Random seed.",
 flags.DEFINE_list("kinds", list(KINDS), "The pruned files to write, among "
                   f"{', '.join(KINDS)}.", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "Output folder.", flag_values=FLAGS)
-flags.DEFINE_bool("overwrite", False, "Replace existing files in --out.", flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace the files of --out that this run writes; "
+                  "other files (an earlier run's other --kinds) are left as they are, and "
+                  "baselines.json lists this run's files only.", flag_values=FLAGS)
 
 USAGE = "python -m tflite_bench.baselines --arch lenet --sparsity 0.9 --out DIR"
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
