@@ -353,3 +353,56 @@ def test_huge_header_dimensions_are_a_size_error(tmp_path, shape):
     with pytest.raises(ValueError, match=rf"header says shape \({shape[0]}, .*, i\.e\. "
                                          rf"{size:,} bytes of data, but the file has 1 bytes "):
         datasets.read_idx(str(path))
+
+
+def _keras_like(n_train, n_test, shape, label_shape, seed=0):
+    """Arrays shaped and typed as keras.datasets.<name>.load_data() returns them."""
+    rng = np.random.default_rng(seed)
+    return ((rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
+             rng.integers(0, 10, (n_train, *label_shape), dtype=np.uint8)),
+            (rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
+             rng.integers(0, 10, (n_test, *label_shape), dtype=np.uint8)))
+
+
+@pytest.mark.parametrize("name, shape, label_shape", [
+    ("mnist", (28, 28), ()),              # uint8 (N, 28, 28), labels (N,)
+    ("cifar10", (32, 32, 3), (1,)),       # uint8 (N, 32, 32, 3), labels (N, 1)
+])
+def test_mnist_and_cifar10_come_through_keras_datasets(monkeypatch, name, shape, label_shape):
+    """Without local files, MNIST and CIFAR-10 are keras.datasets' load_data (a download, or
+    Keras's cache); here load_data is replaced by arrays of the same shapes and dtypes."""
+    import keras
+
+    raw = _keras_like(40, 12, shape, label_shape)
+    calls = []
+    monkeypatch.setattr(getattr(keras.datasets, name), "load_data",
+                        lambda: calls.append(name) or raw)
+    data = datasets.load(name, validation_split=0.25, seed=3, standardize=False)
+    assert calls == [name] and data.source == "keras.datasets"
+    channels = shape[2] if len(shape) == 3 else 1
+    assert data.x_train.shape == (30, shape[0], shape[1], channels)
+    assert data.x_val.shape == (10, shape[0], shape[1], channels)
+    assert data.x_test.shape == (12, shape[0], shape[1], channels)
+    assert data.y_train.shape == (30,) and data.y_test.shape == (12,)
+    assert data.y_train.dtype == np.int64
+    order = np.random.default_rng(3).permutation(40)
+    np.testing.assert_array_equal(data.y_train, raw[0][1].reshape(-1)[order[:30]])
+    np.testing.assert_array_equal(data.y_test, raw[1][1].reshape(-1))
+    np.testing.assert_allclose(data.x_test[0].reshape(shape),
+                               raw[1][0][0].astype(np.float32) / 255.0, atol=1e-6)
+
+
+def test_a_failed_download_names_what_was_tried_and_the_options(monkeypatch):
+    import keras
+
+    def offline():  # what keras.utils.get_file raises when the URL cannot be fetched
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- "
+                        "[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(datasets.DatasetNotFoundError,
+                       match=r"Could not load the dataset 'cifar10'\. Tried: "
+                             r"keras\.datasets\.cifar10 \(Exception: URL fetch failure.*"
+                             r"Expected: pass --data_dir \(data_dir=\) with data_batch_1.*"
+                             r"or connect to the internet"):
+        datasets.load("cifar10")
