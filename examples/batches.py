@@ -20,7 +20,7 @@ Why not `model.fit(x, y, shuffle=True)`, which the examples used until 2026-11-2
   job) waited 5-15 s for the autotuner's thread (py-spy: the main thread in
   `~IteratorResource`, waiting in `UnboundedThreadPool::LogicalThreadWrapper`). Eight epochs
   of the thinned LeNet on 54,000 random images took 125.3 s that way and 105.4 s with
-  autotuning off, which this dataset turns off (RESULTS.md, "Every epoch its own batch
+  autotuning off, which this dataset turns off (docs/results-log.md, "Every epoch its own batch
   order").
 """
 

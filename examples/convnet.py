@@ -4,7 +4,7 @@ CIFAR-10 where it can be loaded (keras.datasets cache or `--data_dir` with the P
 batches); on a machine without internet it falls back to Fashion-MNIST zero-padded to
 32x32x1, and the results file says which dataset was used. Widths are cut to multiples of 16
 before fine-tuning (`--round_down=16`): XNNPACK computed 16 float32 channels at a time on the
-x86 CPU measured here, so the 21-22 filters SSL leaves cost what 32 cost (RESULTS.md).
+x86 CPU measured here, so the 21-22 filters SSL leaves cost what 32 cost (docs/results-log.md).
 
 Example:
     python -m examples.convnet

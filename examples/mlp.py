@@ -17,9 +17,9 @@ from examples.common import Recipe, main
 RECIPE = Recipe(
     name="mlp",
     build=models.mlp,
-    # Tuned on Fashion-MNIST (RESULTS.md, MLP section): 16 dense epochs (8 left the baseline
-    # 0.36 points short), 16 fine-tuning epochs of the thinned model (8 left it 0.98 points
-    # below what 16 reach from the same SSL model) from lr 0.02 (the best mean validation
+    # Tuned on Fashion-MNIST (docs/results-log.md, MLP section): 16 dense epochs (8 left the
+    # baseline 0.36 points short), 16 fine-tuning epochs of the thinned model (8 left it 0.98
+    # points below what 16 reach from the same SSL model) from lr 0.02 (the best mean validation
     # drop over three seeds of four fine-tuning settings); the larger dense weights need a
     # larger coefficient than the former 0.0135 for the same widths.
     defaults={"epochs": 16, "ssl_epochs": 6, "finetune_epochs": 16, "lr": 0.01,

@@ -7,7 +7,7 @@ same architecture.
 - lenet:   Caffe's LeNet-5 (conv 20 5x5, pool, conv 50 5x5, pool, fc 500 + ReLU, fc 10).
 - mlp:     784-500-300-10 with ReLU.
 - convnet: Caffe's cifar10_full (conv 32-32-64 5x5, pooling, fc 10), without its LRN layers
-           (Keras has no LRN layer; see examples/README or RESULTS.md).
+           (Keras has no LRN layer; docs/results-log.md, ConvNet section).
 - resnet:  the CIFAR ResNet of He et al. (depth 6n+2: 20, 32, ...), BatchNorm, identity
            shortcuts and 1x1 projection shortcuts where the width or stride changes.
 """

@@ -28,7 +28,7 @@ def recipe(depth: int = 20) -> Recipe:
         build=lambda **kw: models.resnet(depth=depth, **kw),
         # A subset: ResNet-20 trains at about 20 s per epoch of 7,200 images on 2 CPU cores.
         # 15 dense epochs (not 4): with 4 the baseline is under-trained and an SSL model that
-        # trains 11 epochs more beats it by 2 points (RESULTS.md). Fine-tuning the thinned
+        # trains 11 epochs more beats it by 2 points (docs/results-log.md). Fine-tuning the thinned
         # model is a short retraining: 8 epochs, cosine from 0.05 (chosen on validation
         # accuracy: 8 at 0.05 over 4 or 8 at 0.02 after a 4-epoch dense model, over 15 at
         # 0.05 after the 15-epoch one).
