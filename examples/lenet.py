@@ -39,16 +39,16 @@ RECIPE = Recipe(
     # here, so the time follows conv2's blocks of 16, not its width (26 filters cost what 32 cost):
     # the recipe caps conv2 at one block, ip1 at 128 units and conv1 at 7 filters by group norm
     # (max_channels), with the lighter 0.015 that leaves conv1 at 6-10 filters and the cap to choose
-    # conv2's 16 of ~50 (7-16-128: 5.2x on a quiet host; 8-16-128 is under 5x, so conv1 is capped
-    # too; 5-26-105 without the caps: 4.1-4.8x). Since 2026-11-27 the caps are reached during SSL,
-    # over its first two thirds (WidthBudget), with the lighter 0.012 that leaves the choice to the
-    # budget: over eight seeds on the AMD machine its validation change was 0.21 points better than
-    # the one cut after SSL at 0.015, seed by seed from the same dense models (docs/results-log.md;
-    # those runs trained on one batch order per run, before examples/batches.py). With a new batch
-    # order every epoch the dense models got stronger and 16 fine-tuning epochs left the thinned
-    # ones 0.50 points behind on average (4 of 6 seeds within 0.5); 24 epochs, from the same SSL
-    # models, were better in every seed on test and validation (docs/results-log.md, "Every epoch
-    # its own batch order").
+    # conv2's 16 of ~50 (7-16-128: 5.2x on a quiet host; 8-16-128 is under 5x on the Intel machine,
+    # so conv1 is capped too; 5-26-105 without the caps: 4.1-4.8x). Since 2026-11-27 the caps are
+    # reached during SSL, over its first two thirds (WidthBudget), with the lighter 0.012 that
+    # leaves the choice to the budget: over eight seeds on the AMD machine its validation change was
+    # 0.21 points better than the one cut after SSL at 0.015, seed by seed from the same dense
+    # models (docs/results-log.md; those runs trained on one batch order per run, before
+    # examples/batches.py). With a new batch order every epoch the dense models got stronger and 16
+    # fine-tuning epochs left the thinned ones 0.50 points behind on average (4 of 6 seeds within
+    # 0.5); 24 epochs, from the same SSL models, were better in every seed on test and validation
+    # (docs/results-log.md, "Every epoch its own batch order").
     defaults={"epochs": 8, "ssl_epochs": 6, "finetune_epochs": 24, "lr": 0.01, "ssl_lr": 0.01,
               "finetune_lr": 0.01, "filters": 0.012, "channels": 0.012, "threshold": 1e-3,
               "distill": 0.7, "max_channels": {"conv1": 7, "conv2": 16, "ip1": 128},
