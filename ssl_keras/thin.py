@@ -490,9 +490,9 @@ def thin(model: keras.Model, threshold: float = 1e-4, round_to: int | dict = 1,
             from `apply_ssl` is stripped first (`strip_ssl`).
         threshold: the group norm at or below which a group counts as zero (>= 0).
         round_to: keep every thinned width a multiple of this (e.g. 16, XNNPACK's float32
-            output-channel block on the two x86 CPUs measured, AVX-512 and AVX2 (RESULTS.md);
-            other CPUs may differ: `benchmarks.lenet_widths` measures it), or a dict
-            `{layer name: multiple}` (the layers not named: 1).
+            output-channel block on the two x86 CPUs measured: AVX2 in RESULTS.md, AVX-512 in
+            docs/results-log.md; other CPUs may differ: `benchmarks.lenet_widths` measures
+            it), or a dict `{layer name: multiple}` (the layers not named: 1).
         groups: the coupled groups (checked against the model); `removable_groups(model)` when
             None.
         crop_kernels: crop zero border rows / columns of Conv kernels (see `thinning_plan`).
